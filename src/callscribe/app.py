@@ -1,0 +1,203 @@
+"""The Quart-Trio application: routes, and the supervisor that owns every call.
+
+Quart-Trio cancels a WebSocket handler the moment its peer disconnects. A call must outlive that
+(Twilio hanging up is the normal end of a call, and the last audio still has to be flushed and
+transcribed), so calls do not run in their handler: they run in the supervisor's nursery, which
+lives as long as the app. The `/twilio` handler starts the call there and waits for it; when the
+handler is cancelled it tells the call that its input ended, and the call finishes on its own.
+
+Routes:
+- `/twilio`  (WebSocket) Twilio Media Streams.
+- `/client`  (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
+- `/healthz` (GET) JSON with the live counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+from quart import Websocket, websocket
+from quart_trio import QuartTrio
+
+from callscribe.call import Call, CallSettings, Connector
+from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, Hub, InMemoryHub, UnknownCall
+
+log = logging.getLogger("callscribe.app")
+
+SUBSCRIBE_TIMEOUT_S = 30.0
+"""A subscriber has this long to name its call."""
+CLOSE_TIMEOUT_S = 2.0
+"""Sending a close frame to a peer that stopped reading gives up after this."""
+MAX_CLOSE_REASON = 120
+"""Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
+
+
+class Server:
+    """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
+
+    def __init__(self, settings: CallSettings, hub: Hub | None = None, connect: Connector | None = None) -> None:
+        self.settings = settings
+        self.hub: Hub = hub if hub is not None else InMemoryHub()
+        self.connect = connect
+        self.calls: set[Call] = set()
+        self.closing = False
+        self._nursery: trio.Nursery | None = None
+        self._connection_scopes: set[trio.CancelScope] = set()
+        self._idle = trio.Event()
+
+    async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own every call's tasks; runs for the life of the app."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _run_call(self, call: Call) -> None:
+        self.calls.add(call)
+        try:
+            await call.run()
+        except Exception:
+            log.exception("call %s failed", call.call_sid or "(before start)")
+        finally:
+            self.calls.discard(call)
+            if not self.calls:
+                self._idle.set()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
+        self.closing = True
+        for call in list(self.calls):
+            call.end_input(CLOSE_GOING_AWAY, "server shutting down")
+        if self.calls:
+            self._idle = trio.Event()
+            with trio.move_on_after(grace_s):
+                await self._idle.wait()
+        await self.hub.shutdown()
+        for scope in list(self._connection_scopes):
+            scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @contextmanager
+    def _connection(self) -> Iterator[trio.CancelScope]:
+        """A scope around a subscriber connection that shutdown cancels."""
+        with trio.CancelScope() as scope:
+            self._connection_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._connection_scopes.discard(scope)
+
+    # -- /twilio -------------------------------------------------------------------------------
+
+    async def handle_twilio(self, ws: Websocket) -> None:
+        await ws.accept()
+        if self.closing or self._nursery is None:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            return
+        call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect)
+        self._nursery.start_soon(self._run_call, call)
+        try:
+            await call.finished.wait()
+        finally:
+            call.end_input()
+        await _close(ws, call.close_code, call.close_reason)
+
+    # -- /client ---------------------------------------------------------------------------------
+
+    async def handle_client(self, ws: Websocket) -> None:
+        await ws.accept()
+        peer = _peer(ws)
+        if self.closing:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            return
+        with self._connection() as scope:
+            await ws.send(json.dumps(await self.hub.active_calls()))
+            reply: str | bytes | None = None
+            with trio.move_on_after(SUBSCRIBE_TIMEOUT_S) as waiting:
+                reply = await ws.receive()
+            if waiting.cancelled_caught:
+                await _close(ws, CLOSE_POLICY, f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s")
+                return
+            await self._subscribe(ws, peer, _text(reply).strip())
+        if scope.cancelled_caught:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
+        try:
+            async with self.hub.subscribe(call_sid) as subscription:
+                log.info("call %s: subscriber %s joined", call_sid, peer)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_discard_incoming, ws)
+                        with subscription.cancel_scope:
+                            async for message in subscription:
+                                await ws.send(message)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    log.info(
+                        "call %s: subscriber %s left after %d messages (%s)",
+                        call_sid, peer, subscription.delivered, subscription.close_reason,
+                    )
+        except UnknownCall:
+            log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
+            await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"}))
+            await _close(ws, CLOSE_POLICY, "unknown callSid")
+            return
+        await _close(ws, subscription.close_code, subscription.close_reason)
+
+    def health(self) -> dict[str, object]:
+        stats = self.hub.stats()
+        return {"status": "closing" if self.closing else "ok", "active_calls": stats["calls"], "subscribers": stats["subscribers"]}
+
+
+async def _discard_incoming(ws: Websocket) -> None:
+    """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
+    while True:
+        await ws.receive()
+
+
+async def _close(ws: Websocket, code: int, reason: str) -> None:
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        await ws.close(code, reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"))
+
+
+def _text(message: str | bytes | None) -> str:
+    if message is None:
+        return ""
+    if isinstance(message, bytes):
+        return message.decode("utf-8", "replace")
+    return message
+
+
+def _peer(ws: Websocket) -> str:
+    client = ws.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def create_app(settings: CallSettings, *, hub: Hub | None = None, connect: Connector | None = None) -> QuartTrio:
+    app = QuartTrio("callscribe")
+    server = Server(settings, hub, connect)
+    app.extensions["callscribe"] = server
+
+    @app.before_serving
+    async def start_supervisor() -> None:
+        await app.nursery.start(server.supervise)
+
+    @app.websocket("/twilio")
+    async def twilio() -> None:
+        await server.handle_twilio(websocket._get_current_object())
+
+    @app.websocket("/client")
+    async def client() -> None:
+        await server.handle_client(websocket._get_current_object())
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, object], int]:
+        return server.health(), 200
+
+    return app

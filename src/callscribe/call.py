@@ -1,0 +1,322 @@
+"""One call: the tasks that carry its audio from Twilio to Deepgram and its transcripts to the hub.
+
+Where a media frame goes:
+
+    Call._read_twilio    frame -> TwilioStream.receive -> Media       -> media channel
+    Call._mix            Media -> Mixer.add -> Mixer.windows          -> window channel
+    Call._send_deepgram  window -> DeepgramStream.send_audio          -> Deepgram socket
+    Call._read_deepgram  Deepgram text -> DeepgramStream.receive      -> Hub.publish -> subscribers
+
+All four run in the call's nursery (the Deepgram pair in a child nursery that also owns the
+socket), joined by bounded memory channels. The call ends the same way whatever ends it -- Twilio's
+`stop`, Twilio hanging up, or the server asking the call to finish (`end_input`): the reader closes
+the media channel, the mixer flushes its partial window and closes the window channel, the sender
+sends the rest and `CloseStream`, the Deepgram reader waits (bounded) for the final results and
+`Metadata`, and only then are the subscribers closed. Cancelling the call's nursery outright (a
+hard stop) skips the waiting but still closes Deepgram and every subscriber in `finally`.
+
+If Deepgram refuses or drops the connection, subscribers are told, and the window channel is
+drained and discarded, so Twilio is still read to the end and never sees a stalled socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import trio
+import trio_websocket
+
+from callscribe import deepgram
+from callscribe.deepgram import DeepgramState, DeepgramStream
+from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Hub
+from callscribe.mixer import SAMPLES_PER_MS, Mixer
+from callscribe.twilio_stream import Media, MediaInfo, Rejected, Start, Stop, TwilioStream
+from callscribe.websocket_client import ConnectFailed, connect_websocket
+
+log = logging.getLogger("callscribe.call")
+
+MEDIA_QUEUE = 50
+"""Twilio frames between reader and mixer (1 s of both tracks): the mixer never waits on IO."""
+WINDOW_QUEUE_SECONDS = 10
+"""Audio that may queue for Deepgram, e.g. while its connection is being opened."""
+LOGGED_REJECTIONS = 5
+"""Skipped frames logged one by one per call; after that every 100th."""
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    deepgram_url: str = deepgram.DEFAULT_URL
+    deepgram_api_key: str = ""
+    window_ms: int = 100
+    jitter_ms: int = 40
+    keepalive_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    finalize_timeout_s: float = 5.0
+    start_timeout_s: float = 10.0
+    deepgram_ssl_context: ssl.SSLContext | None = None
+
+
+class DeepgramConnection(Protocol):
+    async def send_message(self, message: str | bytes) -> None: ...
+    async def get_message(self) -> str | bytes: ...
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+Connector = Callable[[trio.Nursery, str, list[tuple[str, str]]], Awaitable[DeepgramConnection]]
+"""Opens a Deepgram connection whose background tasks run in the given nursery."""
+
+
+class DeepgramLost(Exception):
+    """The Deepgram connection ended before the call did."""
+
+
+def error_message(call_sid: str, message: str) -> str:
+    """What subscribers receive when callscribe (not Deepgram) has something to report."""
+    return msgspec.json.encode({"type": "Error", "source": "callscribe", "callSid": call_sid, "message": message}).decode()
+
+
+class Call:
+    """One Twilio stream and everything it feeds.
+
+    `receive` returns the Twilio socket's next frame and raises `trio.EndOfChannel` once the socket
+    is gone; a shell that cannot tell (Quart cancels the handler instead) calls `end_input()`.
+    """
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[str | bytes | None]],
+        *,
+        settings: CallSettings,
+        hub: Hub,
+        connect: Connector | None = None,
+    ) -> None:
+        self._receive = receive
+        self.settings = settings
+        self.hub = hub
+        self._connect = connect or self._connect_websocket
+        self.stream = TwilioStream()
+        self.mixer: Mixer | None = None
+        self.deepgram = DeepgramStream()
+        self.call_sid = ""
+        self.close_code = CLOSE_NORMAL
+        self.close_reason = "call ended"
+        self.deepgram_error = ""
+        self.finished = trio.Event()
+        self._input_ended = False
+        self._reader_scope = trio.CancelScope()
+        self._discarded_audio = 0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def end_input(self, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
+        """Twilio is gone, or the server is shutting down: stop reading and finish the call normally."""
+        if not self._input_ended:
+            self._input_ended = True
+            self.close_code, self.close_reason = code, reason
+            self._reader_scope.cancel()
+
+    async def run(self) -> None:
+        """Run the call to its end. Returns when every task, socket and subscriber is closed."""
+        started_at = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_twilio, nursery)
+        finally:
+            if self.call_sid:
+                with trio.move_on_after(2, shield=True):
+                    await self.hub.unregister_call(self.call_sid, self.close_code, self.close_reason)
+                self._log_end(trio.current_time() - started_at)
+            self.finished.set()
+
+    # -- Twilio -> mixer -------------------------------------------------------------------
+
+    async def _read_twilio(self, nursery: trio.Nursery) -> None:
+        media_send: trio.MemorySendChannel[MediaInfo] | None = None
+        scope = self._reader_scope
+        scope.deadline = trio.current_time() + self.settings.start_timeout_s
+        try:
+            with scope:
+                while True:
+                    try:
+                        frame = await self._receive()
+                    except trio.EndOfChannel:
+                        return
+                    event = self.stream.receive(frame)
+                    kind = type(event)
+                    if kind is Media:
+                        await media_send.send(event.media)  # type: ignore[union-attr]
+                    elif kind is Rejected:
+                        self._log_rejected(event)  # type: ignore[arg-type]
+                        if event.fatal:  # type: ignore[union-attr]
+                            self.close_code, self.close_reason = 1003, event.reason[:120]  # type: ignore[union-attr]
+                            return
+                    elif kind is Start:
+                        scope.deadline = math.inf
+                        media_send = await self._begin(nursery)
+                    elif kind is Stop:
+                        return
+            if scope.cancelled_caught and not self._input_ended:
+                log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
+                self.close_code, self.close_reason = 1008, "no start message"
+        finally:
+            if media_send is not None:
+                media_send.close()
+
+    async def _begin(self, nursery: trio.Nursery) -> trio.MemorySendChannel[MediaInfo]:
+        """`start` arrived: register the call and start the mixer and the Deepgram tasks."""
+        start = self.stream.start
+        assert start is not None
+        self.call_sid = start.call_sid
+        tracks = self.stream.tracks
+        self.mixer = Mixer(len(tracks), window_ms=self.settings.window_ms, jitter_ms=self.settings.jitter_ms)
+        await self.hub.register_call(self.call_sid)
+        log.info(
+            "call %s started: stream %s, tracks %s, parameters %s",
+            self.call_sid, start.stream_sid, "+".join(tracks), start.custom_parameters or "none",
+        )
+        media_send, media_receive = trio.open_memory_channel[MediaInfo](MEDIA_QUEUE)
+        window_send, window_receive = trio.open_memory_channel[bytes](
+            WINDOW_QUEUE_SECONDS * 1000 // self.settings.window_ms
+        )
+        nursery.start_soon(self._mix, media_receive, window_send)
+        nursery.start_soon(self._run_deepgram, window_receive)
+        return media_send
+
+    async def _mix(self, media: trio.MemoryReceiveChannel[MediaInfo], windows: trio.MemorySendChannel[bytes]) -> None:
+        mixer = self.mixer
+        assert mixer is not None
+        channel_of = {track: index for index, track in enumerate(self.stream.tracks)}
+        async with media, windows:
+            async for frame in media:
+                mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
+                for window in mixer.windows():
+                    await windows.send(window)
+            for window in mixer.flush():
+                await windows.send(window)
+
+    # -- mixer -> Deepgram -> hub ----------------------------------------------------------
+
+    async def _run_deepgram(self, windows: trio.MemoryReceiveChannel[bytes]) -> None:
+        async with windows:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self._stream_to_deepgram(nursery, windows)
+            except* trio_websocket.ConnectionRejected as group:
+                rejected = group.exceptions[0]
+                await self._deepgram_failed(
+                    "Deepgram refused the connection: "
+                    + deepgram.rejection_summary(rejected.status_code, list(rejected.headers), rejected.body)
+                )
+            except* ConnectFailed as group:
+                await self._deepgram_failed(f"cannot reach Deepgram: {group.exceptions[0]}")
+            except* DeepgramLost as group:
+                await self._deepgram_failed(f"Deepgram connection lost: {group.exceptions[0]}")
+            async for window in windows:
+                self._discarded_audio += len(window)
+
+    async def _stream_to_deepgram(self, nursery: trio.Nursery, windows: trio.MemoryReceiveChannel[bytes]) -> None:
+        channels = len(self.stream.tracks)
+        url = deepgram.listen_url(self.settings.deepgram_url, channels=channels)
+        headers = [("Authorization", f"Token {self.settings.deepgram_api_key}")]
+        connection = await self._connect(nursery, url, headers)
+        finished = trio.Event()
+        try:
+            nursery.start_soon(self._read_deepgram, connection, finished)
+            await self._send_deepgram(connection, windows)
+            with trio.move_on_after(self.settings.finalize_timeout_s) as waiting:
+                await finished.wait()
+            if waiting.cancelled_caught:
+                log.warning(
+                    "call %s: no Metadata from Deepgram within %g s of CloseStream; closing",
+                    self.call_sid, self.settings.finalize_timeout_s,
+                )
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await connection.aclose()
+            nursery.cancel_scope.cancel()
+
+    async def _send_deepgram(self, connection: DeepgramConnection, windows: trio.MemoryReceiveChannel[bytes]) -> None:
+        stream = self.deepgram
+        keepalive_s = self.settings.keepalive_s
+        try:
+            while True:
+                window = None
+                with trio.move_on_after(keepalive_s):
+                    try:
+                        window = await windows.receive()
+                    except trio.EndOfChannel:
+                        break
+                if window is None:
+                    await connection.send_message(stream.send_keepalive())
+                else:
+                    await connection.send_message(stream.send_audio(window))
+            await connection.send_message(stream.send_close_stream())
+        except trio_websocket.ConnectionClosed as closed:
+            raise DeepgramLost(_close_text(closed)) from None
+
+    async def _read_deepgram(self, connection: DeepgramConnection, finished: trio.Event) -> None:
+        stream = self.deepgram
+        try:
+            while stream.state is not DeepgramState.FINISHED:
+                try:
+                    message = await connection.get_message()
+                except trio_websocket.ConnectionClosed as closed:
+                    if stream.state is DeepgramState.STREAMING:
+                        raise DeepgramLost(_close_text(closed)) from None
+                    return
+                if isinstance(message, bytes):
+                    continue
+                stream.receive(message)
+                await self.hub.publish(self.call_sid, message)
+        finally:
+            finished.set()
+
+    async def _deepgram_failed(self, description: str) -> None:
+        self.deepgram_error = description
+        log.error("call %s: %s", self.call_sid, description)
+        await self.hub.publish(self.call_sid, error_message(self.call_sid, description), sticky=True)
+
+    async def _connect_websocket(self, nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> Any:
+        return await connect_websocket(
+            nursery,
+            url,
+            headers=headers,
+            connect_timeout=self.settings.connect_timeout_s,
+            ssl_context=self.settings.deepgram_ssl_context,
+        )
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def _log_rejected(self, event: Rejected) -> None:
+        count = self.stream.rejected
+        if count <= LOGGED_REJECTIONS or count % 100 == 0 or event.fatal:
+            log.warning("call %s: skipped a Twilio frame (%d so far): %s", self.call_sid or "(before start)", count, event.reason)
+
+    def _log_end(self, duration_s: float) -> None:
+        mixer = self.mixer
+        channels = mixer.channels if mixer else 1
+        audio_s = self.deepgram.audio_bytes_sent / (SAMPLES_PER_MS * 1000 * channels)
+        padded = sum(mixer.padded) / (SAMPLES_PER_MS * 1000) if mixer else 0.0
+        log.info(
+            "call %s ended (%s): %.1f s, tracks %s, %d frames (%d skipped), %.2f s of audio sent to Deepgram"
+            " (%.2f s padding), %d results received%s",
+            self.call_sid, self.close_reason, duration_s, "+".join(self.stream.tracks), self.stream.media_frames,
+            self.stream.rejected, audio_s, padded, self.deepgram.results_received,
+            f"; transcription failed: {self.deepgram_error}" if self.deepgram_error else "",
+        )
+
+
+def _close_text(closed: trio_websocket.ConnectionClosed) -> str:
+    reason = closed.reason
+    if reason is None:
+        return "closed"
+    return f"closed with {reason.code} {reason.reason or reason.name}".rstrip()
+
+
+__all__ = ["Call", "CallSettings", "DeepgramLost", "error_message", "CLOSE_GOING_AWAY"]

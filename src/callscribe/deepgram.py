@@ -1,0 +1,127 @@
+"""Deepgram live speech-to-text, client side, without IO.
+
+`DeepgramStream` tracks one connection to `/v1/listen`: it returns the frames to send (binary
+audio, text control messages) and classifies the text frames Deepgram sends back. It never
+re-serializes Deepgram's results: subscribers receive the exact JSON text Deepgram produced.
+
+States (developers.deepgram.com, live streaming):
+
+    STREAMING --CloseStream sent--> CLOSING --Metadata received--> FINISHED
+
+In CLOSING Deepgram flushes its final `Results` for the audio it has, then sends `Metadata` and
+closes with 1000. A connection that closes in any state is simply over; the shell decides what
+that means for the call.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+DEFAULT_URL = (
+    "wss://api.deepgram.com/v1/listen?model=nova-3&language=en-US&punctuate=true"
+    "&smart_format=true&interim_results=true&endpointing=300&utterance_end_ms=1000"
+    "&vad_events=true"
+)
+"""Deepgram's endpoint with options that suit phone calls: interim results for live captions,
+300 ms endpointing (the 10 ms default splits phone speech), utterance ends and VAD events."""
+
+KEEPALIVE = '{"type":"KeepAlive"}'
+FINALIZE = '{"type":"Finalize"}'
+CLOSE_STREAM = '{"type":"CloseStream"}'
+
+_FORCED_PARAMETERS = ("encoding", "sample_rate", "channels", "multichannel")
+
+
+def listen_url(base_url: str, *, channels: int, sample_rate: int = 8000) -> str:
+    """`base_url` with the audio parameters set from what is really sent; other options are kept."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"Deepgram URL must be ws:// or wss:// with a host, not {base_url!r}")
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _FORCED_PARAMETERS]
+    forced = [
+        ("encoding", "mulaw"),
+        ("sample_rate", str(sample_rate)),
+        ("channels", str(channels)),
+        ("multichannel", "true" if channels > 1 else "false"),
+    ]
+    return urlunsplit(parts._replace(query=urlencode(kept + forced)))
+
+
+def rejection_summary(status: int, headers: Mapping[str, str] | list[tuple[bytes, bytes]], body: bytes | None) -> str:
+    """One readable line for a refused handshake, with Deepgram's `dg-error` and request id."""
+    if not isinstance(headers, Mapping):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+    else:
+        headers = {k.lower(): v for k, v in headers.items()}
+    error = headers.get("dg-error")
+    if not error and body:
+        try:
+            error = msgspec.json.decode(body).get("err_msg")
+        except (msgspec.DecodeError, AttributeError):
+            error = body[:200].decode("utf-8", "replace")
+    summary = f"HTTP {status}"
+    if error:
+        summary += f": {error}"
+    if request_id := headers.get("dg-request-id"):
+        summary += f" (dg-request-id {request_id})"
+    return summary
+
+
+class _Kind(msgspec.Struct):
+    type: str = ""
+    is_final: bool = False
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
+class DeepgramState(enum.Enum):
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    FINISHED = "finished"
+
+
+class DeepgramStream:
+    """Bookkeeping and framing for one Deepgram connection."""
+
+    def __init__(self) -> None:
+        self.state = DeepgramState.STREAMING
+        self.audio_bytes_sent = 0
+        self.messages_received = 0
+        self.results_received = 0
+        self.finals_received = 0
+        self.unparsable = 0
+
+    def send_audio(self, window: bytes) -> bytes:
+        if self.state is not DeepgramState.STREAMING:
+            raise RuntimeError(f"cannot send audio while {self.state.value}")
+        if not window:
+            raise ValueError("an empty binary frame would tell Deepgram nothing (and older APIs close on it)")
+        self.audio_bytes_sent += len(window)
+        return window
+
+    def send_keepalive(self) -> str:
+        return KEEPALIVE
+
+    def send_close_stream(self) -> str:
+        self.state = DeepgramState.CLOSING
+        return CLOSE_STREAM
+
+    def receive(self, text: str | bytes) -> str:
+        """Classify one message from Deepgram; returns its `type` ("" if it has none or is not JSON)."""
+        self.messages_received += 1
+        try:
+            kind = _kind_decoder.decode(text)
+        except msgspec.DecodeError:
+            self.unparsable += 1
+            return ""
+        if kind.type == "Results":
+            self.results_received += 1
+            self.finals_received += kind.is_final
+        elif kind.type == "Metadata" and self.state is DeepgramState.CLOSING:
+            self.state = DeepgramState.FINISHED
+        return kind.type

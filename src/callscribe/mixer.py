@@ -1,0 +1,140 @@
+"""Aligns a call's tracks on one timeline and cuts them into interleaved windows for Deepgram. No IO.
+
+Audio is 8 kHz mu-law, one byte per sample, so a position on the timeline is a byte offset:
+`timestamp_ms * 8`. Each channel keeps a buffer of audio that starts at `head`, the first sample not
+yet emitted (shared by all channels). A chunk is placed where its timestamp says:
+
+- within `ROUNDING_SAMPLES` of the channel's end: appended (Twilio's millisecond timestamps round);
+- later than that: the gap is filled with mu-law silence (0xFF) of exactly that length, then the
+  chunk is appended -- unless the jump is larger than `max_gap_ms`, which is treated as a clock
+  jump: the chunk is appended and `resyncs` is counted, so a hostile timestamp cannot make us
+  allocate gigabytes of silence;
+- earlier than the end (a repeated or backwards timestamp, or audio for a stretch that was already
+  padded): the part that overlaps is dropped and counted. The timeline only moves forward, so
+  audio is never duplicated and no length is ever negative.
+
+A window (`window_ms` of every channel) is emitted as soon as every channel has it. The mix never
+waits for a silent track for long: when one channel has a full window plus `jitter_ms` more
+buffered, the lagging channels are padded with silence to a full window and it is emitted. So a
+track that stops (or never starts, like the outbound leg before `<Dial>` connects) holds the other
+back by at most one window plus the jitter allowance. `flush()` pads the channels to the same
+length and emits what is left, the last window possibly shorter.
+
+Interleaving: window byte `i * channels + c` is sample `i` of channel `c` (Deepgram's
+`multichannel=true` layout); with one channel the window is the channel's audio unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+SAMPLES_PER_MS = 8
+SILENCE = 0xFF
+ROUNDING_SAMPLES = SAMPLES_PER_MS
+"""Twilio timestamps are whole milliseconds: a chunk within 1 ms of where it is expected is contiguous."""
+
+MIN_WINDOW_MS = 20
+MAX_WINDOW_MS = 250
+
+
+class Mixer:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        window_ms: int = 100,
+        jitter_ms: int = 40,
+        max_gap_ms: int = 10_000,
+    ) -> None:
+        if channels < 1:
+            raise ValueError("a mix needs at least one channel")
+        if not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+            raise ValueError(f"window_ms must be {MIN_WINDOW_MS}..{MAX_WINDOW_MS}, not {window_ms}")
+        if jitter_ms < 0 or max_gap_ms < 0:
+            raise ValueError("jitter_ms and max_gap_ms must not be negative")
+        self.channels = channels
+        self.window = window_ms * SAMPLES_PER_MS
+        self.jitter = jitter_ms * SAMPLES_PER_MS
+        self.max_gap = max_gap_ms * SAMPLES_PER_MS
+        self.head = 0
+        self._buffers = [bytearray() for _ in range(channels)]
+        self._out = bytearray(self.window * channels)
+        self.received = [0] * channels
+        """Payload bytes received per channel."""
+        self.padded = [0] * channels
+        """Silence bytes inserted per channel (gaps, late starts, held-back tracks, flush)."""
+        self.dropped = [0] * channels
+        """Payload bytes dropped per channel because they overlapped audio already placed."""
+        self.resyncs = 0
+
+    @property
+    def emitted_ms(self) -> float:
+        """Milliseconds of call audio emitted so far (per channel)."""
+        return self.head / SAMPLES_PER_MS
+
+    def buffered(self, channel: int) -> int:
+        """Samples of `channel` waiting to be emitted."""
+        return len(self._buffers[channel])
+
+    def add(self, channel: int, timestamp_ms: int, payload: bytes) -> None:
+        """Place one chunk of `channel`'s audio at `timestamp_ms` on the call's timeline."""
+        buffer = self._buffers[channel]
+        self.received[channel] += len(payload)
+        gap = timestamp_ms * SAMPLES_PER_MS - (self.head + len(buffer))
+        if gap > ROUNDING_SAMPLES:
+            if gap > self.max_gap:
+                self.resyncs += 1
+            else:
+                buffer.extend(b"\xff" * gap)
+                self.padded[channel] += gap
+        elif gap < -ROUNDING_SAMPLES:
+            overlap = -gap
+            if overlap >= len(payload):
+                self.dropped[channel] += len(payload)
+                return
+            self.dropped[channel] += overlap
+            payload = payload[overlap:]
+        buffer += payload
+
+    def windows(self) -> Iterator[bytes]:
+        """Emit every window that is ready now."""
+        window = self.window
+        buffers = self._buffers
+        while True:
+            shortest = min(map(len, buffers))
+            if shortest < window:
+                if max(map(len, buffers)) < window + self.jitter:
+                    return
+                self._pad_to(window)
+            yield self._cut(window)
+
+    def flush(self) -> Iterator[bytes]:
+        """At call end: pad the channels to one length and emit everything, the last window short."""
+        longest = max(map(len, self._buffers))
+        self._pad_to(longest)
+        while longest > 0:
+            size = min(self.window, longest)
+            yield self._cut(size)
+            longest -= size
+
+    def _pad_to(self, length: int) -> None:
+        for channel, buffer in enumerate(self._buffers):
+            missing = length - len(buffer)
+            if missing > 0:
+                buffer.extend(b"\xff" * missing)
+                self.padded[channel] += missing
+
+    def _cut(self, size: int) -> bytes:
+        """Remove `size` samples from every channel and return them interleaved."""
+        self.head += size
+        buffers = self._buffers
+        if self.channels == 1:
+            window = bytes(buffers[0][:size])
+            del buffers[0][:size]
+            return window
+        channels = self.channels
+        out = self._out if size == self.window else bytearray(size * channels)
+        for channel, buffer in enumerate(buffers):
+            out[channel::channels] = buffer[:size]
+            del buffer[:size]
+        return bytes(out)

@@ -1,0 +1,78 @@
+"""Running the app on Hypercorn's Trio worker, with TLS and a graceful shutdown on SIGTERM/SIGINT.
+
+Hypercorn, once told to stop, drops the sockets still open after its `graceful_timeout` (peers see
+1006). So the shutdown trigger first lets the live calls finish and closes every subscriber with
+1001 itself (`Server.shutdown`), and only then hands over to Hypercorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from callscribe.app import Server, create_app
+from callscribe.config import ServerSettings
+from callscribe.hub import Hub
+
+log = logging.getLogger("callscribe")
+
+MAX_WEBSOCKET_MESSAGE = 64 * 1024
+"""Twilio frames are ~300 bytes and subscribers send one callSid: 64 KiB is generous, 16 MiB (the
+library default) would let one client make us buffer a lot."""
+
+
+def hypercorn_config(settings: ServerSettings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    if settings.tls:
+        config.certfile = settings.certfile
+        config.keyfile = settings.keyfile
+    config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE
+    config.graceful_timeout = 2.0
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    settings: ServerSettings,
+    *,
+    stop: trio.Event | None = None,
+    hub: Hub | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs."""
+    app = create_app(settings.call, hub=hub)
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
+    server: Server = app.extensions["callscribe"]
+    stop = stop or trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("shutting down: %d live calls get up to %g s to finish", len(server.calls), settings.shutdown_grace_s)
+        await server.shutdown(settings.shutdown_grace_s)
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                stop.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        async with trio.open_nursery() as hypercorn_nursery:
+            binds = await hypercorn_nursery.start(
+                lambda task_status: hypercorn_serve(
+                    app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger, task_status=task_status
+                )
+            )
+            log.info("callscribe listening on %s", ", ".join(binds))
+            task_status.started(binds)
+        nursery.cancel_scope.cancel()
+    log.info("callscribe stopped")

@@ -1,0 +1,202 @@
+"""Twilio Media Streams, server side, without IO.
+
+One `TwilioStream` per Twilio WebSocket. Feed it every frame the socket delivers with
+`receive(frame)`; each frame yields exactly one event. A frame that cannot be used is never an
+exception: it becomes a `Rejected` event naming the reason, so the shell can log it, count it and
+carry on -- one bad frame never ends a call.
+
+Wire format (twilio.com/docs/voice/media-streams/websocket-messages): JSON text frames whose
+values are all strings, `sequenceNumber`, `chunk` and `timestamp` included; only
+`mediaFormat.sampleRate` and `mediaFormat.channels` are numbers. msgspec decodes the JSON, turns
+the numeric strings into ints and the base64 payload into bytes in one C pass.
+
+States, as the protocol orders the messages:
+
+    AWAITING_START --start--> STREAMING --stop--> STOPPED
+    (connected is allowed only while AWAITING_START; media, mark and dtmf only while STREAMING)
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+MULAW_ENCODING = "audio/x-mulaw"
+SAMPLE_RATE = 8000
+TRACK_ORDER = ("inbound", "outbound")
+"""Channel order of the mix: channel 0 is the caller (inbound), channel 1 the other party."""
+
+MAX_PAYLOAD_BYTES = 8000
+"""Largest media payload accepted: one second of audio. Twilio sends 20 ms (160 bytes)."""
+
+
+class _Message(msgspec.Struct, tag_field="event", rename="camel", frozen=True):
+    pass
+
+
+class Connected(_Message, tag="connected"):
+    protocol: str = ""
+    version: str = ""
+
+
+class MediaFormat(msgspec.Struct, rename="camel", frozen=True):
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+class StartInfo(msgspec.Struct, rename="camel", frozen=True):
+    call_sid: str
+    stream_sid: str
+    tracks: list[str]
+    media_format: MediaFormat
+    account_sid: str = ""
+    custom_parameters: dict[str, str] = {}
+
+
+class Start(_Message, tag="start"):
+    start: StartInfo
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
+class MediaInfo(msgspec.Struct, frozen=True):
+    track: str
+    timestamp: int
+    payload: bytes
+    chunk: int = 0
+
+
+class Media(_Message, tag="media"):
+    media: MediaInfo
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
+class MarkInfo(msgspec.Struct, frozen=True):
+    name: str
+
+
+class Mark(_Message, tag="mark"):
+    mark: MarkInfo
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
+class DtmfInfo(msgspec.Struct, frozen=True):
+    digit: str
+    track: str = "inbound_track"
+
+
+class Dtmf(_Message, tag="dtmf"):
+    dtmf: DtmfInfo
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
+class Stop(_Message, tag="stop"):
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """A frame that was skipped, and why. `fatal` means the stream cannot go on (bad `start`)."""
+
+    reason: str
+    fatal: bool = False
+
+
+Event = Connected | Start | Media | Mark | Dtmf | Stop | Rejected
+
+_decoder = msgspec.json.Decoder(Connected | Start | Media | Mark | Dtmf | Stop, strict=False)
+
+
+class TwilioState(enum.Enum):
+    AWAITING_START = "awaiting start"
+    STREAMING = "streaming"
+    STOPPED = "stopped"
+
+
+class TwilioStream:
+    """Validates one Twilio stream's messages against the protocol's order and the `start` it announced."""
+
+    def __init__(self) -> None:
+        self.state = TwilioState.AWAITING_START
+        self.start: StartInfo | None = None
+        self.rejected = 0
+        self.media_frames = 0
+
+    @property
+    def tracks(self) -> tuple[str, ...]:
+        """The announced tracks in channel order (inbound first)."""
+        if self.start is None:
+            return ()
+        return tuple(t for t in TRACK_ORDER if t in self.start.tracks)
+
+    def receive(self, frame: str | bytes | None) -> Event:
+        """Parse one WebSocket frame; return the event it carries or why it was rejected."""
+        if not frame:
+            return self._reject("empty frame")
+        try:
+            message = _decoder.decode(frame)
+        except msgspec.DecodeError as error:
+            return self._reject(f"malformed message: {error}")
+        if type(message) is Media:
+            return self._media(message)
+        if type(message) is Start:
+            return self._start(message)
+        if type(message) is Connected:
+            if self.state is not TwilioState.AWAITING_START:
+                return self._reject(f"'connected' while {self.state.value}")
+            return message
+        if self.state is not TwilioState.STREAMING:
+            return self._reject(f"{type(message).__name__.lower()!r} while {self.state.value}")
+        if message.stream_sid and message.stream_sid != self.start.stream_sid:  # type: ignore[union-attr]
+            return self._reject(f"streamSid {message.stream_sid!r} is not this stream's")
+        if type(message) is Stop:
+            self.state = TwilioState.STOPPED
+        return message
+
+    def _media(self, message: Media) -> Event:
+        if self.state is not TwilioState.STREAMING:
+            return self._reject(f"'media' while {self.state.value}")
+        media = message.media
+        if media.track not in self.start.tracks:  # type: ignore[union-attr]
+            return self._reject(f"media for track {media.track!r}, not announced in start")
+        if not media.payload:
+            return self._reject("media with an empty payload")
+        if len(media.payload) > MAX_PAYLOAD_BYTES:
+            return self._reject(f"media payload of {len(media.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        if media.timestamp < 0:
+            return self._reject(f"negative media timestamp {media.timestamp}")
+        if message.stream_sid and message.stream_sid != self.start.stream_sid:  # type: ignore[union-attr]
+            return self._reject(f"streamSid {message.stream_sid!r} is not this stream's")
+        self.media_frames += 1
+        return message
+
+    def _start(self, message: Start) -> Event:
+        if self.state is not TwilioState.AWAITING_START:
+            return self._reject(f"second 'start' while {self.state.value}")
+        info = message.start
+        fmt = info.media_format
+        if fmt.encoding != MULAW_ENCODING or fmt.sample_rate != SAMPLE_RATE or fmt.channels != 1:
+            return self._reject(
+                f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz {fmt.channels} ch"
+                f" (expected {MULAW_ENCODING} {SAMPLE_RATE} Hz mono)",
+                fatal=True,
+            )
+        unknown = [t for t in info.tracks if t not in TRACK_ORDER]
+        if unknown or not info.tracks or len(set(info.tracks)) != len(info.tracks):
+            return self._reject(f"unsupported tracks {info.tracks!r}", fatal=True)
+        if not info.call_sid or not info.stream_sid:
+            return self._reject("start without callSid or streamSid", fatal=True)
+        self.state = TwilioState.STREAMING
+        self.start = info
+        return message
+
+    def _reject(self, reason: str, *, fatal: bool = False) -> Rejected:
+        self.rejected += 1
+        if fatal:
+            self.state = TwilioState.STOPPED
+        return Rejected(reason, fatal)

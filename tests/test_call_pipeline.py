@@ -1,0 +1,293 @@
+"""The call pipeline over memory channels with a scripted Deepgram and Trio's MockClock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.call import Call, CallSettings
+from callscribe.deepgram import CLOSE_STREAM, KEEPALIVE
+from callscribe.hub import InMemoryHub
+
+CALL_SID = "CA00000000000000000000000000000001"
+
+
+def results(channel: int, channels: int, text: str, final: bool = True) -> str:
+    return json.dumps({
+        "type": "Results", "channel_index": [channel, channels], "is_final": final,
+        "channel": {"alternatives": [{"transcript": text}]},
+    })
+
+
+METADATA = json.dumps({"type": "Metadata", "request_id": "r1"})
+
+
+class ScriptedDeepgram:
+    """A Deepgram connection in memory: records what the call sends and answers as the test says."""
+
+    def __init__(self, *, channels: int = 2, answer_close_stream: bool = True) -> None:
+        self.sent: list[str | bytes] = []
+        self.channels = channels
+        self.answer_close_stream = answer_close_stream
+        self._send, self._receive = trio.open_memory_channel[str](100)
+        self.closed = False
+        self.url = ""
+        self.headers: list[tuple[str, str]] = []
+
+    async def connect(self, nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> ScriptedDeepgram:
+        self.url, self.headers = url, headers
+        return self
+
+    async def send_message(self, message: str | bytes) -> None:
+        if self.closed:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1006, "gone"))
+        self.sent.append(message)
+        if message == CLOSE_STREAM and self.answer_close_stream:
+            for channel in range(self.channels):
+                self.say(results(channel, self.channels, f"final words {channel}"))
+            self.say(METADATA)
+            self._send.close()
+
+    def say(self, message: str) -> None:
+        self._send.send_nowait(message)
+
+    def drop(self) -> None:
+        """The server goes away mid-stream."""
+        self._send.close()
+        self.closed = True
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            code = 1000 if not self.closed else 1011
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(code, "NET-0000" if self.closed else None)) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = True
+
+    @property
+    def audio(self) -> list[bytes]:
+        return [m for m in self.sent if isinstance(m, bytes)]
+
+    @property
+    def control(self) -> list[str]:
+        return [m for m in self.sent if isinstance(m, str)]
+
+
+def twilio_start(tracks: list[str]) -> str:
+    return json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": CALL_SID, "tracks": tracks,
+                  "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+    })
+
+
+def twilio_media(track: str, timestamp_ms: int, payload: bytes) -> str:
+    return json.dumps({"event": "media", "sequenceNumber": "2", "streamSid": "MZ1",
+                       "media": {"track": track, "chunk": "1", "timestamp": str(timestamp_ms),
+                                 "payload": base64.b64encode(payload).decode()}})
+
+
+STOP = json.dumps({"event": "stop", "sequenceNumber": "9", "streamSid": "MZ1"})
+
+
+class Harness:
+    def __init__(self, deepgram: ScriptedDeepgram | None = None, **settings: object) -> None:
+        self.hub = InMemoryHub()
+        self.deepgram = deepgram or ScriptedDeepgram()
+        self.twilio_send, twilio_receive = trio.open_memory_channel[str | None](1000)
+        base = {"deepgram_api_key": "k", "deepgram_url": "wss://dg.example/v1/listen?model=nova-3&channels=7&encoding=linear16"}
+        self.call = Call(
+            twilio_receive.receive, settings=CallSettings(**(base | settings)), hub=self.hub, connect=self.deepgram.connect
+        )
+        self.received: list[str] = []
+        self.close: tuple[int, str] | None = None
+
+    async def subscribe_when_live(self) -> None:
+        while CALL_SID not in await self.hub.active_calls():
+            await trio.sleep(0.001)
+        async with self.hub.subscribe(CALL_SID) as subscription:
+            async for message in subscription:
+                self.received.append(message)
+            self.close = (subscription.close_code, subscription.close_reason)
+
+    def feed(self, *frames: str | None) -> None:
+        for frame in frames:
+            self.twilio_send.send_nowait(frame)
+
+
+def frames(track: str, count: int, byte: int, start_ms: int = 0) -> list[str]:
+    return [twilio_media(track, start_ms + 20 * n, bytes([byte]) * 160) for n in range(count)]
+
+
+async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), twilio_start(["inbound", "outbound"]))
+        for inbound, outbound in zip(frames("inbound", 13, 0x11), frames("outbound", 13, 0x22)):
+            h.feed(inbound, outbound)
+        await trio.sleep(1)
+        h.deepgram.say(results(0, 2, "hello"))
+        h.feed(STOP)
+
+    audio = h.deepgram.audio
+    assert [len(w) for w in audio] == [1600, 1600, 960]  # 100 ms windows of 2 channels, then the 60 ms rest
+    mixed = b"".join(audio)
+    assert mixed[0::2] == b"\x11" * 2080 and mixed[1::2] == b"\x22" * 2080
+    assert h.deepgram.control == [CLOSE_STREAM]
+    query = parse_qs(urlsplit(h.deepgram.url).query)
+    assert query["channels"] == ["2"] and query["multichannel"] == ["true"]
+    assert query["encoding"] == ["mulaw"] and query["sample_rate"] == ["8000"] and query["model"] == ["nova-3"]
+    assert h.deepgram.headers == [("Authorization", "Token k")]
+    assert [json.loads(m)["type"] for m in h.received] == ["Results", "Results", "Results", "Metadata"]
+    assert json.loads(h.received[0])["channel"]["alternatives"][0]["transcript"] == "hello"
+    assert h.close == (1000, "call ended")
+    assert await h.hub.active_calls() == []
+    assert h.call.deepgram.audio_bytes_sent == 2 * 2080
+
+
+async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 5, 0x33))
+        await trio.sleep(1)
+        # One full window went out before the call ends: nothing waits for a second track.
+        assert [len(w) for w in h.deepgram.audio] == [800]
+        h.feed(STOP)
+    assert parse_qs(urlsplit(h.deepgram.url).query)["channels"] == ["1"]
+    assert b"".join(h.deepgram.audio) == b"\x33" * 800
+
+
+async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]))
+        await trio.sleep(12)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]
+        h.feed(*frames("inbound", 5, 1, start_ms=12_000))
+        await trio.sleep(4)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]  # audio reset the idle clock
+        await trio.sleep(2)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE, KEEPALIVE]
+        h.feed(STOP)
+    assert h.deepgram.control[-1] == CLOSE_STREAM
+
+
+async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 3, 0x44))
+        await trio.sleep(1)
+        h.call.end_input()
+    assert b"".join(h.deepgram.audio) == b"\x44" * 480  # the partial window was flushed
+    assert h.deepgram.control == [CLOSE_STREAM]
+    assert json.loads(h.received[-1])["type"] == "Metadata"
+    assert h.close == (1000, "call ended")
+
+
+async def test_malformed_frames_are_skipped_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        good = frames("inbound", 10, 0x55)
+        h.feed(twilio_start(["inbound"]), *good[:5], "{garbage", None, '{"event":"media","media":{"track":"inbound","timestamp":"1","payload":"%%"}}', *good[5:], STOP)
+    assert b"".join(h.deepgram.audio) == b"\x55" * 1600
+    assert h.call.stream.rejected == 3
+
+
+async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_read_to_the_end(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        raise trio_websocket.ConnectionRejected(
+            401, ((b"dg-error", b"Invalid credentials."), (b"dg-request-id", b"req-9")), b'{"err_code":"INVALID_AUTH"}'
+        )
+
+    h = Harness()
+    h.call._connect = refuse
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]))
+        await trio.sleep(0.5)
+        h.feed(*frames("inbound", 300, 1), STOP)  # 6 s of audio: more than the window queue holds
+    (error,) = [json.loads(m) for m in h.received]
+    assert error["type"] == "Error" and error["callSid"] == CALL_SID
+    assert "HTTP 401: Invalid credentials. (dg-request-id req-9)" in error["message"]
+    assert h.call.stream.media_frames == 300  # every frame was read
+    assert h.close == (1000, "call ended")
+    assert any("Invalid credentials." in r.getMessage() and CALL_SID in r.getMessage() for r in caplog.records)
+
+
+async def test_deepgram_dropping_mid_call_tells_subscribers_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+        await trio.sleep(1)
+        h.deepgram.drop()
+        await trio.sleep(1)
+        h.feed(*frames("inbound", 100, 2, start_ms=200), STOP)
+    (error,) = [json.loads(m) for m in h.received]
+    assert "Deepgram connection lost: closed with 1011 NET-0000" in error["message"]
+    assert h.call.stream.media_frames == 110
+    assert h.close == (1000, "call ended")
+
+
+async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False), finalize_timeout_s=3.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 2, 1), STOP)
+    assert trio.current_time() == pytest.approx(3.0, abs=0.1)
+    assert h.deepgram.closed
+
+
+async def test_no_start_closes_the_stream_with_a_reason(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(start_timeout_s=10.0)
+    h.feed(json.dumps({"event": "connected"}))
+    await h.call.run()
+    assert (h.call.close_code, h.call.close_reason) == (1008, "no start message")
+    assert trio.current_time() == pytest.approx(10.0)
+
+
+async def test_an_unusable_start_ends_the_stream_with_1003(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness()
+    h.feed(twilio_start(["inbound"]).replace("audio/x-mulaw", "audio/l16"))
+    await h.call.run()
+    assert h.call.close_code == 1003 and "unsupported media format" in h.call.close_reason
+    assert h.deepgram.url == ""
+
+
+async def test_cancelling_the_call_closes_deepgram_and_every_subscriber(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.subscribe_when_live)
+        call_scope = trio.CancelScope()
+        nursery.start_soon(_run_in, call_scope, h.call)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+        await trio.sleep(1)
+        assert h.hub.stats() == {"calls": 1, "subscribers": 2}
+        call_scope.cancel()
+    assert h.deepgram.closed
+    assert h.hub.stats() == {"calls": 0, "subscribers": 0}
+    assert h.call.finished.is_set()
+
+
+async def _run_in(scope: trio.CancelScope, call: Call) -> None:
+    with scope:
+        await call.run()
