@@ -50,7 +50,7 @@ async def serve(
     app = create_app(settings.call, hub=hub)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     server: Server = app.extensions["callscribe"]
-    stop = stop or trio.Event()
+    stop = trio.Event() if stop is None else stop
 
     async def shutdown_trigger() -> None:
         await stop.wait()

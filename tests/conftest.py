@@ -1,0 +1,133 @@
+"""Shared fixtures: a fake Deepgram and a real callscribe server on loopback, and subscriber clients."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.call import CallSettings
+from callscribe.config import ServerSettings
+from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.serve import serve
+
+API_KEY = "test-key"
+
+
+@dataclass
+class RunningServer:
+    http_url: str
+    ws_url: str
+    stop: trio.Event
+    done: trio.Event
+    ssl_context: ssl.SSLContext | None = None
+    app_server: object = None
+
+    def url(self, path: str) -> str:
+        return self.ws_url + path
+
+
+@dataclass
+class Subscriber:
+    calls_listed: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    @property
+    def types(self) -> list[str]:
+        return [json.loads(m).get("type", "") for m in self.messages]
+
+
+@pytest.fixture
+async def fake_deepgram(nursery: trio.Nursery) -> FakeDeepgram:
+    fake = FakeDeepgram(FakeDeepgramBehaviour(api_key=API_KEY))
+    await nursery.start(fake.serve)
+    return fake
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    fake: FakeDeepgram,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+    **call_settings: object,
+) -> RunningServer:
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        call=CallSettings(**({"deepgram_url": fake.url, "deepgram_api_key": API_KEY} | call_settings)),
+        certfile=certfile,
+        keyfile=keyfile,
+        shutdown_grace_s=5.0,
+    )
+    stop, done = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await serve(settings, stop=stop, task_status=task_status)
+        finally:
+            done.set()
+
+    (bind,) = await nursery.start(run)
+    scheme = "wss" if certfile else "ws"
+    host_port = bind.split("://", 1)[1]
+    return RunningServer(bind, f"{scheme}://{host_port}", stop, done, client_ssl)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> AsyncIterator[RunningServer]:
+    running = await start_server(nursery, fake_deepgram)
+    yield running
+    running.stop.set()
+    with trio.fail_after(10):
+        await running.done.wait()
+
+
+async def subscribe(
+    server: RunningServer,
+    call_sid: str,
+    into: Subscriber,
+    *,
+    wait_for_call: bool = True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> Subscriber:
+    """Subscribe to `call_sid` (waiting until it is live) and collect everything until the close frame."""
+    started = False
+    with trio.fail_after(15):
+        while True:
+            async with trio_websocket.open_websocket_url(
+                server.url("/client"), server.ssl_context, connect_timeout=5
+            ) as ws:
+                into.calls_listed = json.loads(await ws.get_message())
+                if call_sid not in into.calls_listed and wait_for_call:
+                    await ws.aclose()
+                    await trio.sleep(0.01)
+                    continue
+                await ws.send_message(call_sid)
+                if not started:
+                    task_status.started()
+                    started = True
+                try:
+                    while True:
+                        into.messages.append(await ws.get_message())
+                except trio_websocket.ConnectionClosed as closed:
+                    into.close_code, into.close_reason = closed.reason.code, closed.reason.reason
+                return into
+
+
+async def wait_until_live(server: RunningServer, call_sid: str) -> None:
+    """Poll /client's list of live calls until `call_sid` is in it."""
+    with trio.fail_after(10):
+        while True:
+            async with trio_websocket.open_websocket_url(server.url("/client"), server.ssl_context, connect_timeout=5) as ws:
+                if call_sid in json.loads(await ws.get_message()):
+                    return
+            await trio.sleep(0.01)
