@@ -107,3 +107,13 @@ async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> N
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "scripts/serve" in first_block and "scripts/test" in first_block
+    for option in OPTIONS:
+        assert f"| `{option.flag}` | `{option.env}` |" in readme
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "scripts/test" in ci
