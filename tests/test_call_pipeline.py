@@ -13,6 +13,7 @@ import trio_websocket
 from callscribe.call import Call, CallSettings
 from callscribe.deepgram import CLOSE_STREAM, KEEPALIVE
 from callscribe.hub import InMemoryHub
+from callscribe.websocket_client import ConnectFailed
 
 CALL_SID = "CA00000000000000000000000000000001"
 
@@ -27,26 +28,23 @@ def results(channel: int, channels: int, text: str, final: bool = True) -> str:
 METADATA = json.dumps({"type": "Metadata", "request_id": "r1"})
 
 
-class ScriptedDeepgram:
-    """A Deepgram connection in memory: records what the call sends and answers as the test says."""
+class ScriptedConnection:
+    """One Deepgram connection in memory: records what the call sends and answers as the test says."""
 
-    def __init__(self, *, channels: int = 2, answer_close_stream: bool = True) -> None:
+    def __init__(self, channels: int, answer_close_stream: bool) -> None:
         self.sent: list[str | bytes] = []
+        self.sent_at: list[float] = []
         self.channels = channels
         self.answer_close_stream = answer_close_stream
         self._send, self._receive = trio.open_memory_channel[str](100)
         self.closed = False
-        self.url = ""
-        self.headers: list[tuple[str, str]] = []
-
-    async def connect(self, nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> ScriptedDeepgram:
-        self.url, self.headers = url, headers
-        return self
+        self.dropped = False
 
     async def send_message(self, message: str | bytes) -> None:
         if self.closed:
             raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1006, "gone"))
         self.sent.append(message)
+        self.sent_at.append(trio.current_time())
         if message == CLOSE_STREAM and self.answer_close_stream:
             for channel in range(self.channels):
                 self.say(results(channel, self.channels, f"final words {channel}"))
@@ -57,16 +55,16 @@ class ScriptedDeepgram:
         self._send.send_nowait(message)
 
     def drop(self) -> None:
-        """The server goes away mid-stream."""
+        """The server goes away mid-stream with 1011."""
         self._send.close()
-        self.closed = True
+        self.closed = self.dropped = True
 
     async def get_message(self) -> str:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            code = 1000 if not self.closed else 1011
-            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(code, "NET-0000" if self.closed else None)) from None
+            reason = trio_websocket.CloseReason(1011, "NET-0000") if self.dropped else trio_websocket.CloseReason(1000, None)
+            raise trio_websocket.ConnectionClosed(reason) from None
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         self.closed = True
@@ -78,6 +76,46 @@ class ScriptedDeepgram:
     @property
     def control(self) -> list[str]:
         return [m for m in self.sent if isinstance(m, str)]
+
+
+class ScriptedDeepgram:
+    """Hands out a new scripted connection per attempt; the properties speak of the latest one."""
+
+    def __init__(self, *, channels: int = 2, answer_close_stream: bool = True) -> None:
+        self.channels = channels
+        self.answer_close_stream = answer_close_stream
+        self.connections: list[ScriptedConnection] = []
+        self.url = ""
+        self.headers: list[tuple[str, str]] = []
+        self.connected = trio.Event()
+
+    async def connect(self, nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> ScriptedConnection:
+        self.url, self.headers = url, headers
+        self.connections.append(ScriptedConnection(self.channels, self.answer_close_stream))
+        self.connected.set()
+        return self.connections[-1]
+
+    @property
+    def latest(self) -> ScriptedConnection:
+        return self.connections[-1]
+
+    def say(self, message: str) -> None:
+        self.latest.say(message)
+
+    def drop(self) -> None:
+        self.latest.drop()
+
+    @property
+    def closed(self) -> bool:
+        return all(c.closed for c in self.connections)
+
+    @property
+    def audio(self) -> list[bytes]:
+        return [w for c in self.connections for w in c.audio]
+
+    @property
+    def control(self) -> list[str]:
+        return [m for c in self.connections for m in c.control]
 
 
 def twilio_start(tracks: list[str]) -> str:
@@ -151,7 +189,7 @@ async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber
     assert json.loads(h.received[0])["channel"]["alternatives"][0]["transcript"] == "hello"
     assert h.close == (1000, "call ended")
     assert await h.hub.active_calls() == []
-    assert h.call.deepgram.audio_bytes_sent == 2 * 2080
+    assert h.call.audio_bytes_sent == 2 * 2080
 
 
 async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:
@@ -231,20 +269,93 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
     assert any("Invalid credentials." in r.getMessage() and CALL_SID in r.getMessage() for r in caplog.records)
 
 
-async def test_deepgram_dropping_mid_call_tells_subscribers_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+def final(start: float, duration: float, text: str = "words") -> str:
+    return json.dumps({
+        "type": "Results", "channel_index": [0, 1], "is_final": True, "start": start, "duration": duration,
+        "channel": {"alternatives": [{"transcript": text, "words": [{"word": text, "start": start, "end": start + duration}]}]},
+    })
+
+
+async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
+    audio = bytes(range(256)) * 50  # 12800 bytes = 1.6 s, recognisable at every offset
+    chunks = [audio[i : i + 160] for i in range(0, len(audio), 160)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
-        await trio.sleep(1)
-        h.deepgram.drop()
-        await trio.sleep(1)
-        h.feed(*frames("inbound", 100, 2, start_ms=200), STOP)
-    (error,) = [json.loads(m) for m in h.received]
-    assert "Deepgram connection lost: closed with 1011 NET-0000" in error["message"]
-    assert h.call.stream.media_frames == 110
+        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        await trio.sleep(0.5)
+        first = h.deepgram.latest
+        assert len(first.audio) == 2
+        first.say(final(0.0, 0.1, "one"))  # Deepgram has finished the first 100 ms only
+        await trio.sleep(0.1)
+        first.drop()
+        # While Deepgram is away, 1.2 s more audio arrives at once (more than the pacer's burst).
+        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
+        with trio.fail_after(5):
+            while len(h.deepgram.connections) < 2:
+                await trio.sleep(0.01)
+        second = h.deepgram.latest
+        await trio.sleep(3)
+        second.say(final(0.0, 0.5, "two"))
+        h.feed(STOP)
+
+    assert not any(json.loads(m).get("source") == "callscribe" for m in h.received)  # no error: it recovered
+    # Audio: the second connection replays from the first window not covered by a final (100 ms).
+    assert b"".join(first.audio) == audio[:1600]
+    assert b"".join(second.audio) == audio[800:]
+    # The replay (1.5 s of audio) went out no faster than 1.25x real time, apart from the 0.5 s burst.
+    replay = [t for t, m in zip(second.sent_at, second.sent) if isinstance(m, bytes)]
+    assert replay[-1] - replay[0] >= (1.5 - 0.5 - 0.1) / 1.25 - 1e-6
+    # Timeline: the second connection's times are shifted by the 0.1 s it started at.
+    finals = [json.loads(m) for m in h.received if json.loads(m).get("is_final")]
+    assert [(f["channel"]["alternatives"][0]["transcript"], f["start"]) for f in finals][:2] == [("one", 0.0), ("two", 0.1)]
+    assert finals[1]["channel"]["alternatives"][0]["words"][0] == {"word": "two", "start": 0.1, "end": 0.6}
     assert h.close == (1000, "call ended")
+    assert h.call.stream.media_frames == 80
+
+
+async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        attempts.append(trio.current_time())
+        raise ConnectFailed("cannot connect to dg.example:443: Connection refused")
+
+    h = Harness(max_reconnects=3)
+    h.call._connect = unreachable
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
+        await trio.sleep(30)
+        h.feed(*frames("inbound", 50, 1, start_ms=1000), STOP)
+    assert len(attempts) == 4  # the first try and 3 reconnects
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert all(g > 0.2 for g in gaps) and gaps[-1] > gaps[0]  # backing off, not a storm
+    (error,) = [json.loads(m) for m in h.received]
+    assert "giving up on Deepgram after 4 failed attempts" in error["message"]
+    assert h.call.stream.media_frames == 100 and h.close == (1000, "call ended")
+
+
+async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.Clock) -> None:
+    for status, expected_attempts in ((403, 1), (429, 3)):
+        attempts = 0
+
+        async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+            nonlocal attempts
+            attempts += 1
+            raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)
+
+        h = Harness(max_reconnects=2)
+        h.call._connect = refuse
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.call.run)
+            h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+            await trio.sleep(20)
+            h.feed(STOP)
+        assert attempts == expected_attempts, status
+        assert f"HTTP {status}: nope" in h.call.deepgram_error
 
 
 async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:

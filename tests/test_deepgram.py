@@ -31,15 +31,15 @@ def test_stream_states_and_counters() -> None:
     with pytest.raises(ValueError):
         stream.send_audio(b"")
     assert stream.send_keepalive() == KEEPALIVE
-    assert stream.receive('{"type":"Results","is_final":false}') == "Results"
-    assert stream.receive('{"type":"Results","is_final":true}') == "Results"
-    assert stream.receive('{"type":"Metadata"}') == "Metadata"
+    assert stream.receive('{"type":"Results","is_final":false}').type == "Results"
+    assert stream.receive('{"type":"Results","is_final":true}').type == "Results"
+    assert stream.receive('{"type":"Metadata"}').type == "Metadata"
     assert stream.state is DeepgramState.STREAMING  # Metadata only finishes a closing stream
     assert stream.send_close_stream() == CLOSE_STREAM
     assert stream.state is DeepgramState.CLOSING
     with pytest.raises(RuntimeError):
         stream.send_audio(b"\x00")
-    assert stream.receive("not json") == ""
+    assert stream.receive("not json").type == ""
     stream.receive('{"type":"Metadata","request_id":"x"}')
     assert stream.state is DeepgramState.FINISHED
     assert (stream.audio_bytes_sent, stream.results_received, stream.finals_received, stream.unparsable) == (10, 2, 1, 1)

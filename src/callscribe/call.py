@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import trio
 import trio_websocket
 
 from callscribe import deepgram
-from callscribe.deepgram import DeepgramState, DeepgramStream
+from callscribe.backlog import AudioBacklog, Pacer
+from callscribe.deepgram import DeepgramState, DeepgramStream, rebase
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Hub
 from callscribe.mixer import SAMPLES_PER_MS, Mixer
 from callscribe.twilio_stream import Media, MediaInfo, Rejected, Start, Stop, TwilioStream
@@ -45,6 +47,8 @@ MEDIA_QUEUE = 50
 """Twilio frames between reader and mixer (1 s of both tracks): the mixer never waits on IO."""
 WINDOW_QUEUE_SECONDS = 10
 """Audio that may queue for Deepgram, e.g. while its connection is being opened."""
+RETRYABLE_STATUS = frozenset({408, 429})
+"""Handshake refusals worth retrying; any other 4xx (bad key, bad options, no credit) is final."""
 LOGGED_REJECTIONS = 5
 """Skipped frames logged one by one per call; after that every 100th."""
 
@@ -59,6 +63,12 @@ class CallSettings:
     connect_timeout_s: float = 5.0
     finalize_timeout_s: float = 5.0
     start_timeout_s: float = 10.0
+    send_timeout_s: float = 10.0
+    backlog_s: float = 60.0
+    max_reconnects: int = 8
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    replay_rate: float = 1.25
     deepgram_ssl_context: ssl.SSLContext | None = None
 
 
@@ -102,7 +112,8 @@ class Call:
         self._connect = connect or self._connect_websocket
         self.stream = TwilioStream()
         self.mixer: Mixer | None = None
-        self.deepgram = DeepgramStream()
+        self.connections: list[DeepgramStream] = []
+        self.backlog = AudioBacklog(1)
         self.call_sid = ""
         self.close_code = CLOSE_NORMAL
         self.close_reason = "call ended"
@@ -110,7 +121,11 @@ class Call:
         self.finished = trio.Event()
         self._input_ended = False
         self._reader_scope = trio.CancelScope()
-        self._discarded_audio = 0
+        self._input_done = False
+        self._audio_ready = trio.Event()
+        self._productive = False
+        self._published_final_end: dict[int, float] = {}
+        self._random = random.Random()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -203,32 +218,75 @@ class Call:
     # -- mixer -> Deepgram -> hub ----------------------------------------------------------
 
     async def _run_deepgram(self, windows: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Keep a Deepgram connection for the call, reconnecting and replaying what was not transcribed."""
+        self.backlog = AudioBacklog(len(self.stream.tracks), self.settings.backlog_s)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._collect_windows, windows)
+            await self._keep_deepgram_connected()
+
+    async def _collect_windows(self, windows: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Move the mixer's windows into the backlog as they come, whatever state Deepgram is in."""
+        backlog = self.backlog
         async with windows:
+            async for window in windows:
+                backlog.append(window)
+                self._audio_ready.set()
+        self._input_done = True
+        self._audio_ready.set()
+
+    async def _keep_deepgram_connected(self) -> None:
+        failures = 0
+        while True:
+            failure = ""
+            permanent = False
+            self._productive = False
             try:
                 async with trio.open_nursery() as nursery:
-                    await self._stream_to_deepgram(nursery, windows)
+                    await self._stream_to_deepgram(nursery)
+                return
             except* trio_websocket.ConnectionRejected as group:
                 rejected = group.exceptions[0]
-                await self._deepgram_failed(
-                    "Deepgram refused the connection: "
-                    + deepgram.rejection_summary(rejected.status_code, list(rejected.headers), rejected.body)
-                )
+                summary = deepgram.rejection_summary(rejected.status_code, list(rejected.headers), rejected.body)
+                failure = f"Deepgram refused the connection: {summary}"
+                permanent = 400 <= rejected.status_code < 500 and rejected.status_code not in RETRYABLE_STATUS
             except* ConnectFailed as group:
-                await self._deepgram_failed(f"cannot reach Deepgram: {group.exceptions[0]}")
+                failure = f"cannot reach Deepgram: {group.exceptions[0]}"
             except* DeepgramLost as group:
-                await self._deepgram_failed(f"Deepgram connection lost: {group.exceptions[0]}")
-            async for window in windows:
-                self._discarded_audio += len(window)
+                failure = f"Deepgram connection lost: {group.exceptions[0]}"
+            failures = 1 if self._productive else failures + 1
+            if permanent:
+                await self._deepgram_failed(failure)
+                return
+            if failures > self.settings.max_reconnects:
+                await self._deepgram_failed(
+                    f"giving up on Deepgram after {failures} failed attempts ({failure}); the call goes on untranscribed"
+                )
+                return
+            delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (failures - 1))
+            delay *= self._random.uniform(0.5, 1.0)
+            log.warning(
+                "call %s: %s; reconnecting in %.1f s (attempt %d of %d, %.1f s of audio waiting)",
+                self.call_sid, failure, delay, failures, self.settings.max_reconnects, self.backlog.unsent_seconds,
+            )
+            await trio.sleep(delay)
 
-    async def _stream_to_deepgram(self, nursery: trio.Nursery, windows: trio.MemoryReceiveChannel[bytes]) -> None:
-        channels = len(self.stream.tracks)
-        url = deepgram.listen_url(self.settings.deepgram_url, channels=channels)
+    async def _stream_to_deepgram(self, nursery: trio.Nursery) -> None:
+        backlog = self.backlog
+        url = deepgram.listen_url(self.settings.deepgram_url, channels=backlog.channels)
         headers = [("Authorization", f"Token {self.settings.deepgram_api_key}")]
         connection = await self._connect(nursery, url, headers)
+        base = backlog.rewind()
+        stream = DeepgramStream()
+        self.connections.append(stream)
+        if len(self.connections) > 1:
+            log.info(
+                "call %s: Deepgram connection %d open; replaying %.2f s of audio from call time %.2f s",
+                self.call_sid, len(self.connections), backlog.unsent_seconds, base,
+            )
         finished = trio.Event()
         try:
-            nursery.start_soon(self._read_deepgram, connection, finished)
-            await self._send_deepgram(connection, windows)
+            nursery.start_soon(self._read_deepgram, connection, stream, base, finished)
+            await self._send_deepgram(connection, stream)
             with trio.move_on_after(self.settings.finalize_timeout_s) as waiting:
                 await finished.wait()
             if waiting.cancelled_caught:
@@ -241,27 +299,47 @@ class Call:
                 await connection.aclose()
             nursery.cancel_scope.cancel()
 
-    async def _send_deepgram(self, connection: DeepgramConnection, windows: trio.MemoryReceiveChannel[bytes]) -> None:
-        stream = self.deepgram
-        keepalive_s = self.settings.keepalive_s
+    async def _send_deepgram(self, connection: DeepgramConnection, stream: DeepgramStream) -> None:
+        """Send the backlog in order (at most `replay_rate` x real time), KeepAlive when idle, then CloseStream."""
+        backlog = self.backlog
+        settings = self.settings
+        pacer = Pacer(settings.replay_rate)
+        last_sent = trio.current_time()
+        while True:
+            window = backlog.next_unsent()
+            if window is None:
+                if self._input_done:
+                    break
+                self._audio_ready = trio.Event()
+                with trio.move_on_at(last_sent + settings.keepalive_s) as idle:
+                    await self._audio_ready.wait()
+                if idle.cancelled_caught:
+                    await self._send(connection, stream.send_keepalive())
+                    last_sent = trio.current_time()
+                continue
+            wait = pacer.delay(trio.current_time(), len(window) / backlog.bytes_per_second)
+            if wait > 0:
+                await trio.sleep(wait)
+            await self._send(connection, stream.send_audio(window))
+            backlog.mark_sent(window)
+            last_sent = trio.current_time()
+        await self._send(connection, stream.send_close_stream())
+
+    async def _send(self, connection: DeepgramConnection, message: str | bytes) -> None:
         try:
-            while True:
-                window = None
-                with trio.move_on_after(keepalive_s):
-                    try:
-                        window = await windows.receive()
-                    except trio.EndOfChannel:
-                        break
-                if window is None:
-                    await connection.send_message(stream.send_keepalive())
-                else:
-                    await connection.send_message(stream.send_audio(window))
-            await connection.send_message(stream.send_close_stream())
+            with trio.fail_after(self.settings.send_timeout_s):
+                await connection.send_message(message)
+        except trio.TooSlowError:
+            raise DeepgramLost(f"a send stalled for {self.settings.send_timeout_s:g} s") from None
         except trio_websocket.ConnectionClosed as closed:
             raise DeepgramLost(_close_text(closed)) from None
 
-    async def _read_deepgram(self, connection: DeepgramConnection, finished: trio.Event) -> None:
-        stream = self.deepgram
+    async def _read_deepgram(
+        self, connection: DeepgramConnection, stream: DeepgramStream, base: float, finished: trio.Event
+    ) -> None:
+        backlog = self.backlog
+        published_final_end = self._published_final_end
+        replaying = len(self.connections) > 1
         try:
             while stream.state is not DeepgramState.FINISHED:
                 try:
@@ -272,8 +350,20 @@ class Call:
                     return
                 if isinstance(message, bytes):
                     continue
-                stream.receive(message)
-                await self.hub.publish(self.call_sid, message)
+                kind = stream.receive(message)
+                interim = False
+                if kind.type == "Results":
+                    self._productive = True
+                    if kind.is_final:
+                        end = base + kind.start + kind.duration
+                        backlog.acknowledge(kind.channel, kind.start + kind.duration, base)
+                        previous = published_final_end.get(kind.channel, -1.0)
+                        if replaying and end <= previous + 1e-6:
+                            continue  # a replayed stretch whose final subscribers already have
+                        published_final_end[kind.channel] = end
+                    else:
+                        interim = True
+                await self.hub.publish(self.call_sid, rebase(message, base), droppable=interim)
         finally:
             finished.set()
 
@@ -291,6 +381,14 @@ class Call:
             ssl_context=self.settings.deepgram_ssl_context,
         )
 
+    @property
+    def audio_bytes_sent(self) -> int:
+        return sum(stream.audio_bytes_sent for stream in self.connections)
+
+    @property
+    def results_received(self) -> int:
+        return sum(stream.results_received for stream in self.connections)
+
     # -- logging ---------------------------------------------------------------------------
 
     def _log_rejected(self, event: Rejected) -> None:
@@ -301,13 +399,13 @@ class Call:
     def _log_end(self, duration_s: float) -> None:
         mixer = self.mixer
         channels = mixer.channels if mixer else 1
-        audio_s = self.deepgram.audio_bytes_sent / (SAMPLES_PER_MS * 1000 * channels)
+        audio_s = self.audio_bytes_sent / (SAMPLES_PER_MS * 1000 * channels)
         padded = sum(mixer.padded) / (SAMPLES_PER_MS * 1000) if mixer else 0.0
         log.info(
             "call %s ended (%s): %.1f s, tracks %s, %d frames (%d skipped), %.2f s of audio sent to Deepgram"
-            " (%.2f s padding), %d results received%s",
+            " (%.2f s padding), %d results received, %d Deepgram connection(s)%s",
             self.call_sid, self.close_reason, duration_s, "+".join(self.stream.tracks), self.stream.media_frames,
-            self.stream.rejected, audio_s, padded, self.deepgram.results_received,
+            self.stream.rejected, audio_s, padded, self.results_received, len(self.connections),
             f"; transcription failed: {self.deepgram_error}" if self.deepgram_error else "",
         )
 

@@ -71,12 +71,24 @@ def rejection_summary(status: int, headers: Mapping[str, str] | list[tuple[bytes
     return summary
 
 
-class _Kind(msgspec.Struct):
+class MessageKind(msgspec.Struct):
+    """What the relay needs to know of a Deepgram message; the message itself is passed on as is."""
+
     type: str = ""
     is_final: bool = False
+    channel_index: list[int] = []
+    start: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def channel(self) -> int:
+        return self.channel_index[0] if self.channel_index else 0
 
 
-_kind_decoder = msgspec.json.Decoder(_Kind)
+_UNKNOWN = MessageKind()
+
+
+_kind_decoder = msgspec.json.Decoder(MessageKind)
 
 
 class DeepgramState(enum.Enum):
@@ -111,17 +123,54 @@ class DeepgramStream:
         self.state = DeepgramState.CLOSING
         return CLOSE_STREAM
 
-    def receive(self, text: str | bytes) -> str:
-        """Classify one message from Deepgram; returns its `type` ("" if it has none or is not JSON)."""
+    def receive(self, text: str | bytes) -> MessageKind:
+        """Classify one message from Deepgram (`type` "" if it has none or is not JSON)."""
         self.messages_received += 1
         try:
             kind = _kind_decoder.decode(text)
         except msgspec.DecodeError:
             self.unparsable += 1
-            return ""
+            return _UNKNOWN
         if kind.type == "Results":
             self.results_received += 1
             self.finals_received += kind.is_final
         elif kind.type == "Metadata" and self.state is DeepgramState.CLOSING:
             self.state = DeepgramState.FINISHED
-        return kind.type
+        return kind
+
+
+def rebase(text: str, offset_s: float) -> str:
+    """Shift the times in a Deepgram message by `offset_s`, so that a reconnected stream (whose times
+    restart at 0) continues the call's timeline. With no offset the text is returned untouched."""
+    if not offset_s:
+        return text
+    try:
+        message = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+    if not isinstance(message, dict):
+        return text
+
+    def shift(holder: dict, key: str) -> None:
+        value = holder.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            holder[key] = round(value + offset_s, 6)
+
+    kind = message.get("type")
+    if kind == "Results":
+        shift(message, "start")
+        channel = message.get("channel")
+        alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
+        for alternative in alternatives if isinstance(alternatives, list) else ():
+            words = alternative.get("words") if isinstance(alternative, dict) else None
+            for word in words if isinstance(words, list) else ():
+                if isinstance(word, dict):
+                    shift(word, "start")
+                    shift(word, "end")
+    elif kind == "UtteranceEnd":
+        shift(message, "last_word_end")
+    elif kind == "SpeechStarted":
+        shift(message, "timestamp")
+    else:
+        return text
+    return msgspec.json.encode(message).decode()

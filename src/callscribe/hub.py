@@ -7,7 +7,9 @@ local subscribers through the same `Subscription` objects.
 Fan-out never waits for a subscriber: `publish` offers the message (one `str`, shared by all) to
 every subscription's bounded queue without blocking. A subscriber whose queue is full is too slow
 to follow the call; it is ended with close code 1008 and a reason instead of silently losing
-messages or slowing anyone else down. No lock exists, so none is held across an await.
+messages or slowing anyone else down. Interim results are droppable: once a subscriber's queue is
+half full it is lagging, and interims are skipped for it (counted) so that the finals still fit; a
+final is never dropped silently. No lock exists, so none is held across an await.
 """
 
 from __future__ import annotations
@@ -42,14 +44,20 @@ class Subscription:
         self.close_code = CLOSE_NORMAL
         self.close_reason = "call ended"
         self.delivered = 0
+        self.skipped = 0
+        """Droppable (interim) messages not queued because the subscriber was lagging."""
         self.ended = False
+        self._lagging_at = max(1, queue_size // 2)
         self.cancel_scope = trio.CancelScope()
         """The subscriber's sending loop runs in here, so an overflow can stop a send stuck on a
         stalled peer."""
 
-    def offer(self, message: str) -> bool:
+    def offer(self, message: str, droppable: bool = False) -> bool:
         """Queue `message` without waiting. False if the queue was full: the subscription is ended."""
         if self.ended:
+            return True
+        if droppable and self._send.statistics().current_buffer_used >= self._lagging_at:
+            self.skipped += 1
             return True
         try:
             self._send.send_nowait(message)
@@ -83,8 +91,10 @@ class Hub(Protocol):
     async def unregister_call(self, call_sid: str, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
         """A stream of this call ends; when its last stream ends every subscriber is ended."""
 
-    async def publish(self, call_sid: str, message: str, *, sticky: bool = False) -> None:
+    async def publish(self, call_sid: str, message: str, *, sticky: bool = False, droppable: bool = False) -> None:
         """Deliver `message` to every subscriber of the call, never blocking on any of them.
+
+        A droppable message (an interim result) may be skipped for a subscriber that lags behind.
 
         A sticky message (a notice such as "transcription failed") is also kept, the latest one
         per call, and given first to anyone who subscribes later."""
@@ -131,14 +141,14 @@ class InMemoryHub:
         for subscription in entry.subscriptions:
             subscription.end(code, reason)
 
-    async def publish(self, call_sid: str, message: str, *, sticky: bool = False) -> None:
+    async def publish(self, call_sid: str, message: str, *, sticky: bool = False, droppable: bool = False) -> None:
         entry = self._calls.get(call_sid)
         if entry is None:
             return
         if sticky:
             entry.notice = message
         for subscription in entry.subscriptions:
-            if not subscription.offer(message):
+            if not subscription.offer(message, droppable):
                 log.warning("call %s: dropping a subscriber: %s", call_sid, subscription.close_reason)
 
     async def active_calls(self) -> list[str]:

@@ -1,0 +1,98 @@
+"""Audio kept for Deepgram until its final results cover it, and the pace of replaying it. No IO.
+
+Deepgram's final results say which audio is done: a final for channel c with `start` s and
+`duration` d covers that channel up to s + d (in the connection's time). Everything after the
+point that every channel's finals have reached is still "in flight": if the connection drops, the
+transcript of that audio would be lost. `AudioBacklog` keeps those windows (bounded) and, after a
+reconnect, hands them out again from the first one not yet covered. The new connection's time 0 is
+that window's position in the call, which is the offset to add to everything it says.
+
+`Pacer` keeps the replay at no more than `rate` times real time (Deepgram asks for at most 1.25x),
+with a small burst allowance so that live audio, which arrives in real time, is never delayed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+BYTES_PER_SECOND_PER_CHANNEL = 8000
+
+
+class AudioBacklog:
+    def __init__(self, channels: int, max_seconds: float = 60.0) -> None:
+        self.bytes_per_second = BYTES_PER_SECOND_PER_CHANNEL * channels
+        self.channels = channels
+        self.max_bytes = int(max_seconds * self.bytes_per_second)
+        self._windows: deque[tuple[int, bytes]] = deque()  # (offset in the call's interleaved audio, window)
+        self._held = 0
+        self.end = 0
+        """Interleaved bytes of call audio appended so far."""
+        self.sent_until = 0
+        """Offset up to which audio went out on the current connection."""
+        self.lost = 0
+        """Bytes dropped unsent because the backlog was full."""
+        self._final_end = [0.0] * channels
+
+    def append(self, window: bytes) -> None:
+        self._windows.append((self.end, window))
+        self.end += len(window)
+        self._held += len(window)
+        while self._held > self.max_bytes and self._windows:
+            offset, oldest = self._windows.popleft()
+            self._held -= len(oldest)
+            if offset + len(oldest) > self.sent_until:
+                self.lost += offset + len(oldest) - max(offset, self.sent_until)
+                self.sent_until = offset + len(oldest)
+
+    def next_unsent(self) -> bytes | None:
+        """The next window to send on the current connection (call `mark_sent` once it went out)."""
+        for offset, window in self._windows:
+            if offset >= self.sent_until:
+                return window
+        return None
+
+    def mark_sent(self, window: bytes) -> None:
+        self.sent_until += len(window)
+
+    @property
+    def unsent_seconds(self) -> float:
+        return (self.end - self.sent_until) / self.bytes_per_second
+
+    def acknowledge(self, channel: int, final_end_s: float, base_s: float) -> None:
+        """A final result for `channel` covers its audio up to `final_end_s` of a connection whose 0 is `base_s`."""
+        if 0 <= channel < self.channels:
+            self._final_end[channel] = max(self._final_end[channel], base_s + final_end_s)
+        covered = int(round(min(self._final_end) * self.bytes_per_second))
+        while self._windows:
+            offset, window = self._windows[0]
+            if offset + len(window) > covered or offset + len(window) > self.sent_until:
+                break
+            self._windows.popleft()
+            self._held -= len(window)
+
+    def rewind(self) -> float:
+        """A new connection starts: resend from the first uncovered window. Returns its call time (s)."""
+        start = self._windows[0][0] if self._windows else self.sent_until
+        self.sent_until = start
+        return start / self.bytes_per_second
+
+
+class Pacer:
+    """A token bucket: audio may go out at `rate` x real time, plus a burst of `burst_s` seconds."""
+
+    def __init__(self, rate: float = 1.25, burst_s: float = 0.5) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._credit = burst_s
+        self._at: float | None = None
+
+    def delay(self, now: float, audio_s: float) -> float:
+        """How long to wait before sending `audio_s` seconds of audio at `now`; then consider it sent."""
+        if self._at is not None:
+            self._credit = min(self.burst_s, self._credit + (now - self._at) * self.rate)
+        self._at = now
+        wait = max(0.0, (audio_s - self._credit) / self.rate)
+        self._credit -= audio_s
+        self._at = now + wait
+        self._credit += wait * self.rate
+        return wait
