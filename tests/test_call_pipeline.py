@@ -320,7 +320,7 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
 
     async def unreachable(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
         attempts.append(trio.current_time())
-        raise ConnectFailed("cannot connect to dg.example:443: Connection refused")
+        raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
 
     h = Harness(max_reconnects=3)
     h.call._connect = unreachable

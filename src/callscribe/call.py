@@ -39,7 +39,7 @@ from callscribe.deepgram import DeepgramState, DeepgramStream, rebase
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Hub
 from callscribe.mixer import SAMPLES_PER_MS, Mixer
 from callscribe.twilio_stream import Media, MediaInfo, Rejected, Start, Stop, TwilioStream
-from callscribe.websocket_client import ConnectFailed, connect_websocket
+from callscribe.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
 log = logging.getLogger("callscribe.call")
 
@@ -253,6 +253,8 @@ class Call:
                 failure = f"cannot reach Deepgram: {group.exceptions[0]}"
             except* DeepgramLost as group:
                 failure = f"Deepgram connection lost: {group.exceptions[0]}"
+            except* trio_websocket.HandshakeError as group:  # raised by trio-websocket's reader task
+                failure = f"WebSocket handshake with Deepgram failed: {describe_failure(group.exceptions[0])}"
             failures = 1 if self._productive else failures + 1
             if permanent:
                 await self._deepgram_failed(failure)

@@ -359,6 +359,14 @@ def results_message(
     }
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """Instrumentation callbacks of a :class:`FakeDeepgram` (see its constructor)."""
+
+    on_audio: Callable[[FakeDeepgramSession, bytes], None] | None = None
+    on_send: Callable[[FakeDeepgramSession, str], None] | None = None
+
+
 @dataclass
 class _Outgoing:
     """One entry of a connection's send queue: a message, or the close that ends it."""
@@ -378,8 +386,10 @@ class _Connection:
         session: FakeDeepgramSession,
         behaviour: FakeDeepgramBehaviour,
         audio: _AudioFormat,
+        hooks: _Hooks | None = None,
     ) -> None:
         self._ws = ws
+        self._hooks = hooks if hooks is not None else _Hooks()
         self._session = session
         self._behaviour = behaviour
         self._audio = audio
@@ -435,6 +445,8 @@ class _Connection:
                 return close
 
     async def _on_audio(self, data: bytes) -> tuple[int, str | None] | None:
+        if self._hooks.on_audio is not None:
+            self._hooks.on_audio(self._session, data)
         self._session.message_sizes.append(len(data))
         if not data:
             logger.warning("fake Deepgram %s: empty binary message ignored", self._session.request_id)
@@ -574,6 +586,8 @@ class _Connection:
                         await self._ws.aclose(code, reason)
                     return
                 assert item.text is not None
+                if self._hooks.on_send is not None:
+                    self._hooks.on_send(self._session, item.text)
                 try:
                     await self._ws.send_message(item.text)
                 except ConnectionClosed as exc:
@@ -591,8 +605,19 @@ class FakeDeepgram:
     was when its handshake arrived.
     """
 
-    def __init__(self, behaviour: FakeDeepgramBehaviour | None = None) -> None:
+    def __init__(
+        self,
+        behaviour: FakeDeepgramBehaviour | None = None,
+        *,
+        on_audio: Callable[[FakeDeepgramSession, bytes], None] | None = None,
+        on_send: Callable[[FakeDeepgramSession, str], None] | None = None,
+    ) -> None:
+        """``on_audio(session, data)`` and ``on_send(session, text)`` are optional instrumentation
+        hooks (used by ``callscribe bench``): the first is called as each binary (audio) message
+        arrives, before it is handled; the second just before each text message is written to the
+        socket. They run on the fake's own tasks, so they must be quick and must not raise."""
         self.behaviour = behaviour if behaviour is not None else FakeDeepgramBehaviour()
+        self._hooks = _Hooks(on_audio, on_send)
         self.sessions: list[FakeDeepgramSession] = []
         self.rejected = 0
         self.port = 0
@@ -699,7 +724,7 @@ class FakeDeepgram:
         self._add_session(session)
         logger.info("fake Deepgram %s: connection accepted for %s", request_id, request.path)
         try:
-            await _Connection(ws, session, behaviour, audio).run()
+            await _Connection(ws, session, behaviour, audio, self._hooks).run()
         except Exception:
             logger.exception("fake Deepgram %s: connection failed; closing it with 1011 NET-0000", request_id)
             if session.close_code is None:

@@ -36,6 +36,7 @@ import trio
 import trio_websocket
 
 from callscribe import mulaw
+from callscribe.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
 __all__ = [
     "DEFAULT_URL",
@@ -372,30 +373,7 @@ def _describe_connect_failure(exc: BaseException) -> str:
         body = " ".join((exc.body or b"")[:200].decode("utf-8", "replace").split())
         text = f"server rejected the WebSocket upgrade with HTTP {exc.status_code}"
         return f"{text}: {body}" if body else text
-    # trio-websocket wraps OSErrors in HandshakeError, trio reports failed connection
-    # attempts as an OSError caused by a group, and TLS failures surface as
-    # trio.BrokenResourceError caused by an SSLError: report the root causes.
-    texts: list[str] = []
-    for cause in _root_causes(exc):
-        if isinstance(cause, ssl.SSLError):
-            text = f"TLS error: {cause.reason or cause}"
-            if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
-                text += f" ({cause.verify_message})"
-        elif isinstance(cause, OSError):
-            text = str(cause) or type(cause).__name__
-        else:
-            text = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
-        if text not in texts:
-            texts.append(text)
-    return "; ".join(texts)
-
-
-def _root_causes(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [root for sub in exc.exceptions for root in _root_causes(sub)]
-    if exc.__cause__ is not None:
-        return _root_causes(exc.__cause__)
-    return [exc]
+    return describe_failure(exc)
 
 
 async def run_call(
@@ -425,10 +403,9 @@ async def run_call(
     _check_url(url, ssl_context)
     script = _call_script(spec, include_stop=send_stop)
     report = SimulationReport(call_sid=spec.call_sid, bytes_by_track={t: 0 for t in spec.tracks})
-    extra_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] if headers else None
     try:
         async with trio.open_nursery() as nursery:  # runs trio-websocket's reader task
-            ws = await _connect(nursery, url, ssl_context, extra_headers, connect_timeout)
+            ws = await _connect(nursery, url, ssl_context, headers, connect_timeout)
             try:
                 await _play(ws, script, speed, close_wait, report)
             finally:
@@ -448,49 +425,18 @@ async def _connect(
     nursery: trio.Nursery,
     url: str,
     ssl_context: ssl.SSLContext | None,
-    extra_headers: list[tuple[bytes, bytes]] | None,
+    headers: list[tuple[str, str]] | None,
     timeout: float,
 ) -> trio_websocket.WebSocketConnection:
-    """Open the TCP connection, the TLS session (for ``wss``) and the WebSocket.
-
-    Done step by step rather than with ``trio_websocket.open_websocket_url`` because
-    trio-websocket 0.12.2 there (a) reports a TLS failure such as an untrusted
-    certificate only as a connect timeout, and (b) does not return at all when a server
-    accepts the TCP connection but never answers the upgrade (its reader task keeps the
-    internal nursery open past ``connect_timeout``). Here each step is bounded by
-    ``timeout`` and a failure names its real cause.
-    """
-    parts = urllib.parse.urlsplit(url)
-    secure = parts.scheme == "wss"
-    host = parts.hostname or ""
-    default_port = 443 if secure else 80
-    port = parts.port or default_port
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if port != default_port:
-        host_header += f":{port}"
-    step = "the TCP connection"
-    stream: trio.abc.Stream | None = None
+    """Open the WebSocket step by step (see `callscribe.websocket_client`), each step bounded by `timeout`."""
     try:
-        with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
-            if secure:
-                step = "the TLS handshake"
-                context = ssl_context or ssl.create_default_context()
-                stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-                await stream.do_handshake()
-            step = "the WebSocket handshake"
-            return await trio_websocket.wrap_client_stream(
-                nursery, stream, host_header, resource, extra_headers=extra_headers
-            )
-    except BaseException as exc:
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
-        if isinstance(exc, trio.TooSlowError):
-            raise CallConnectionError(url, f"timed out after {timeout:g} s waiting for {step}") from None
-        if isinstance(exc, (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError)):
-            raise CallConnectionError(url, _describe_connect_failure(exc)) from exc
-        raise
+        return await connect_websocket(
+            nursery, url, headers=headers or (), connect_timeout=timeout, ssl_context=ssl_context
+        )
+    except ConnectFailed as exc:
+        raise CallConnectionError(url, exc.cause) from exc
+    except trio_websocket.ConnectionRejected as exc:
+        raise CallConnectionError(url, _describe_connect_failure(exc)) from exc
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
