@@ -36,6 +36,7 @@ class RunningServer:
 class Subscriber:
     calls_listed: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str | None = None
 
@@ -58,6 +59,7 @@ async def start_server(
     certfile: str | None = None,
     keyfile: str | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    stall_timeout_s: float = 10.0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -67,6 +69,7 @@ async def start_server(
         certfile=certfile,
         keyfile=keyfile,
         shutdown_grace_s=5.0,
+        stall_timeout_s=stall_timeout_s,
     )
     stop, done = trio.Event(), trio.Event()
 
@@ -118,6 +121,7 @@ async def subscribe(
                 try:
                     while True:
                         into.messages.append(await ws.get_message())
+                        into.arrived_at.append(trio.current_time())
                 except trio_websocket.ConnectionClosed as closed:
                     into.close_code, into.close_reason = closed.reason.code, closed.reason.reason
                 return into

@@ -24,10 +24,12 @@ from quart import Websocket, websocket
 from quart_trio import QuartTrio
 
 from callscribe.call import Call, CallSettings, Connector
-from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, Hub, InMemoryHub, UnknownCall
+from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, Hub, InMemoryHub, Subscription, UnknownCall
 
 log = logging.getLogger("callscribe.app")
 
+SUBSCRIBER_SEND_TIMEOUT_S = 10.0
+"""A subscriber whose socket has not taken one message for this long has stopped reading."""
 SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
 CLOSE_TIMEOUT_S = 2.0
@@ -39,8 +41,16 @@ MAX_CLOSE_REASON = 120
 class Server:
     """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
 
-    def __init__(self, settings: CallSettings, hub: Hub | None = None, connect: Connector | None = None) -> None:
+    def __init__(
+        self,
+        settings: CallSettings,
+        hub: Hub | None = None,
+        connect: Connector | None = None,
+        *,
+        subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+    ) -> None:
         self.settings = settings
+        self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.hub: Hub = hub if hub is not None else InMemoryHub()
         self.connect = connect
         self.calls: set[Call] = set()
@@ -136,7 +146,7 @@ class Server:
                         nursery.start_soon(_discard_incoming, ws)
                         with subscription.cancel_scope:
                             async for message in subscription:
-                                await ws.send(message)
+                                await self._send_to_subscriber(ws, subscription, message, peer)
                         nursery.cancel_scope.cancel()
                 finally:
                     log.info(
@@ -149,6 +159,21 @@ class Server:
             await _close(ws, CLOSE_POLICY, "unknown callSid")
             return
         await _close(ws, subscription.close_code, subscription.close_reason)
+
+    async def _send_to_subscriber(self, ws: Websocket, subscription: Subscription, message: str, peer: str) -> None:
+        """Send one message. Hypercorn's writes cannot be interrupted (they are shielded); a peer that
+        stops reading is cut off by the kernel (TCP_USER_TIMEOUT, see serve.py), and a send that took
+        that long is recorded here as the reason, even if Quart cancels us as the socket dies."""
+        started = trio.current_time()
+        try:
+            await ws.send(message)
+        finally:
+            took = trio.current_time() - started
+            if took >= self.subscriber_send_timeout_s / 2:  # the kernel's clock may have started a little earlier
+                subscription.end(CLOSE_POLICY, f"subscriber stalled: a send took {took:.0f} s")
+                log.warning("call %s: dropping subscriber %s: %s", subscription.call_sid, peer, subscription.close_reason)
+        if subscription.ended and subscription.close_code == CLOSE_POLICY:
+            subscription.cancel_scope.cancel()
 
     def health(self) -> dict[str, object]:
         stats = self.hub.stats()
@@ -179,9 +204,15 @@ def _peer(ws: Websocket) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
-def create_app(settings: CallSettings, *, hub: Hub | None = None, connect: Connector | None = None) -> QuartTrio:
+def create_app(
+    settings: CallSettings,
+    *,
+    hub: Hub | None = None,
+    connect: Connector | None = None,
+    subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+) -> QuartTrio:
     app = QuartTrio("callscribe")
-    server = Server(settings, hub, connect)
+    server = Server(settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s)
     app.extensions["callscribe"] = server
 
     @app.before_serving

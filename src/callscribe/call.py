@@ -49,6 +49,8 @@ WINDOW_QUEUE_SECONDS = 10
 """Audio that may queue for Deepgram, e.g. while its connection is being opened."""
 RETRYABLE_STATUS = frozenset({408, 429})
 """Handshake refusals worth retrying; any other 4xx (bad key, bad options, no credit) is final."""
+MAX_REJECTED_FRAMES = 1000
+"""A Twilio socket that sends this many unusable frames is not Twilio; it is closed with 1008."""
 LOGGED_REJECTIONS = 5
 """Skipped frames logged one by one per call; after that every 100th."""
 
@@ -120,6 +122,7 @@ class Call:
         self.deepgram_error = ""
         self.finished = trio.Event()
         self._input_ended = False
+        self._close_decided = False
         self._reader_scope = trio.CancelScope()
         self._input_done = False
         self._audio_ready = trio.Event()
@@ -133,8 +136,14 @@ class Call:
         """Twilio is gone, or the server is shutting down: stop reading and finish the call normally."""
         if not self._input_ended:
             self._input_ended = True
-            self.close_code, self.close_reason = code, reason
+            self._set_close(code, reason)
             self._reader_scope.cancel()
+
+    def _set_close(self, code: int, reason: str) -> None:
+        """The first reason to end the call is the one reported (to Twilio and subscribers)."""
+        if not self._close_decided:
+            self._close_decided = True
+            self.close_code, self.close_reason = code, reason
 
     async def run(self) -> None:
         """Run the call to its end. Returns when every task, socket and subscriber is closed."""
@@ -169,16 +178,21 @@ class Call:
                     elif kind is Rejected:
                         self._log_rejected(event)  # type: ignore[arg-type]
                         if event.fatal:  # type: ignore[union-attr]
-                            self.close_code, self.close_reason = 1003, event.reason[:120]  # type: ignore[union-attr]
+                            self._set_close(1003, event.reason[:120])  # type: ignore[union-attr]
+                            return
+                        if self.stream.rejected >= MAX_REJECTED_FRAMES:
+                            log.warning("call %s: closing the Twilio socket after %d unusable frames", self.call_sid or "(before start)", self.stream.rejected)
+                            self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
                             return
                     elif kind is Start:
                         scope.deadline = math.inf
                         media_send = await self._begin(nursery)
                     elif kind is Stop:
+                        self._set_close(CLOSE_NORMAL, "call ended")
                         return
             if scope.cancelled_caught and not self._input_ended:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
-                self.close_code, self.close_reason = 1008, "no start message"
+                self._set_close(1008, "no start message")
         finally:
             if media_send is not None:
                 media_send.close()
@@ -261,7 +275,8 @@ class Call:
                 return
             if failures > self.settings.max_reconnects:
                 await self._deepgram_failed(
-                    f"giving up on Deepgram after {failures} failed attempts ({failure}); the call goes on untranscribed"
+                    f"giving up on Deepgram after {failures} failed attempt{'s' * (failures > 1)} ({failure});"
+                    " the call goes on untranscribed"
                 )
                 return
             delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (failures - 1))

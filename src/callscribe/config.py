@@ -43,6 +43,8 @@ OPTIONS = [
     Option("--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"),
     Option("--finalize-timeout", "CALLSCRIBE_FINALIZE_TIMEOUT", "seconds to wait for Deepgram's final results at call end", "5"),
     Option("--shutdown-grace", "CALLSCRIBE_SHUTDOWN_GRACE", "seconds live calls get to finish on SIGTERM/SIGINT", "10"),
+    Option("--stall-timeout", "CALLSCRIBE_STALL_TIMEOUT", "seconds a client may leave our data untaken before it is"
+           " disconnected", "20"),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
 ]
 
@@ -61,6 +63,7 @@ class ServerSettings:
     certfile: str | None = None
     keyfile: str | None = None
     shutdown_grace_s: float = 10.0
+    stall_timeout_s: float = 20.0
     log_level: int = logging.INFO
 
     @property
@@ -143,6 +146,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     jitter_ms = int(_number(values, "CALLSCRIBE_JITTER_MS", 0, 1000, int))
     finalize = _number(values, "CALLSCRIBE_FINALIZE_TIMEOUT", 0, 60)
     grace = _number(values, "CALLSCRIBE_SHUTDOWN_GRACE", 0, 300)
+    stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
     level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}")
@@ -162,5 +166,6 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         certfile=certfile or None,
         keyfile=keyfile or None,
         shutdown_grace_s=grace,
+        stall_timeout_s=stall,
         log_level=getattr(logging, level_name),
     )

@@ -33,6 +33,9 @@ SILENCE = 0xFF
 ROUNDING_SAMPLES = SAMPLES_PER_MS
 """Twilio timestamps are whole milliseconds: a chunk within 1 ms of where it is expected is contiguous."""
 
+_NOTHING: Iterator[bytes] = iter(())
+"""An exhausted iterator: what `windows()` returns when no window is ready (shared; it has no state)."""
+
 MIN_WINDOW_MS = 20
 MAX_WINDOW_MS = 250
 
@@ -97,7 +100,22 @@ class Mixer:
         buffer += payload
 
     def windows(self) -> Iterator[bytes]:
-        """Emit every window that is ready now."""
+        """Emit every window that is ready now.
+
+        Called after every chunk (100 times a second per call) and usually nothing is ready, so that
+        case is answered from two lengths, with no generator made; ready windows are cut at once.
+        """
+        buffers = self._buffers
+        if len(buffers) == 2:
+            first, second = len(buffers[0]), len(buffers[1])
+            shortest, longest = (first, second) if first <= second else (second, first)
+        else:
+            shortest, longest = min(map(len, buffers)), max(map(len, buffers))
+        if shortest < self.window and longest < self.window + self.jitter:
+            return _NOTHING
+        return iter(list(self._ready()))
+
+    def _ready(self) -> Iterator[bytes]:
         window = self.window
         buffers = self._buffers
         while True:

@@ -3,12 +3,19 @@
 Hypercorn, once told to stop, drops the sockets still open after its `graceful_timeout` (peers see
 1006). So the shutdown trigger first lets the live calls finish and closes every subscriber with
 1001 itself (`Server.shutdown`), and only then hands over to Hypercorn.
+
+Hypercorn writes to a socket inside a shielded cancel scope: a peer that stops reading (its TCP
+window stays shut) blocks the writing task for good -- no timeout or shutdown can interrupt it. The
+listening sockets therefore get TCP_USER_TIMEOUT, which the accepted sockets inherit: the kernel
+aborts a connection whose data has not been taken for `stall_timeout_s`, the blocked write fails,
+and the task moves on.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 
 import trio
 from hypercorn.config import Config
@@ -25,8 +32,22 @@ MAX_WEBSOCKET_MESSAGE = 64 * 1024
 library default) would let one client make us buffer a lot."""
 
 
+class _Config(Config):
+    """Hypercorn's config, whose listening sockets carry TCP_USER_TIMEOUT."""
+
+    user_timeout_ms = 0
+
+    def create_sockets(self):  # type: ignore[no-untyped-def]
+        sockets = super().create_sockets()
+        if self.user_timeout_ms and hasattr(socket, "TCP_USER_TIMEOUT"):
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout_ms)
+        return sockets
+
+
 def hypercorn_config(settings: ServerSettings) -> Config:
-    config = Config()
+    config = _Config()
+    config.user_timeout_ms = int(settings.stall_timeout_s * 1000)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     if settings.tls:
@@ -47,7 +68,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs."""
-    app = create_app(settings.call, hub=hub)
+    app = create_app(settings.call, hub=hub, subscriber_send_timeout_s=settings.stall_timeout_s)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     server: Server = app.extensions["callscribe"]
     stop = trio.Event() if stop is None else stop

@@ -1,0 +1,357 @@
+"""A lean WebSocket client for the benchmark's load generator (``callscribe bench``).
+
+The load process has to offer hundreds of simulated Twilio calls (100 frames per second each) and
+thousands of subscribers from one core, while the server it measures gets the other. A
+full-featured client (trio-websocket: a reader task, wsproto events, memory channels) costs more
+per frame than the server being measured, so the load generator speaks the wire protocol itself:
+
+- the opening handshake is a plain HTTP/1.1 upgrade request;
+- frames to the server are built once as bytes, masked with the connection's random key as RFC
+  6455 requires, and written with a non-blocking ``send`` straight from the pacer -- no task, no
+  await -- with whatever the kernel does not take kept in order and flushed by a helper task;
+- frames from the server (unmasked) are parsed from a byte buffer by :class:`FrameReader`.
+
+Only what the benchmark needs: text, close, ping/pong, fragmentation; no extensions.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import Iterable
+
+import trio
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+RECV_SIZE = 65536
+
+
+class WebSocketError(Exception):
+    """The handshake failed or the peer broke the protocol."""
+
+
+def mask(key: bytes, data: bytes) -> bytes:
+    """``data`` XOR-ed with the 4-byte ``key`` repeated (RFC 6455 section 5.3)."""
+    n = len(data)
+    if n == 0:
+        return b""
+    stream = (key * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+
+
+def client_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """One final client frame (masked with ``key``)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return header + key + mask(key, payload)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode()[:120]
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    if len(payload) < 2:
+        return 1005, ""
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8", "replace")
+
+
+class FrameReader:
+    """Incremental parser of the frames a server sends: ``feed(bytes) -> [(opcode, payload)]``.
+
+    Fragmented messages are reassembled (the opcode of the first fragment is reported); control
+    frames may come between fragments, as the RFC allows.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._fragments: list[bytes] | None = None
+        self._fragment_opcode = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 2:
+            b0 = buffer[pos]
+            b1 = buffer[pos + 1]
+            length = b1 & 0x7F
+            header = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (buffer[pos + 2] << 8) | buffer[pos + 3]
+                header = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
+                header = 10
+            key = b""
+            if b1 & 0x80:
+                if end - pos < header + 4:
+                    break
+                key = bytes(buffer[pos + header : pos + header + 4])
+                header += 4
+            if end - pos < header + length:
+                break
+            payload = bytes(buffer[pos + header : pos + header + length])
+            pos += header + length
+            if key:
+                payload = mask(key, payload)
+            opcode = b0 & 0x0F
+            final = b0 & 0x80
+            if opcode >= 0x8:
+                frames.append((opcode, payload))
+            elif opcode == OP_CONTINUATION:
+                if self._fragments is None:
+                    raise WebSocketError("continuation frame without a first fragment")
+                self._fragments.append(payload)
+                if final:
+                    frames.append((self._fragment_opcode, b"".join(self._fragments)))
+                    self._fragments = None
+            elif not final:
+                self._fragments = [payload]
+                self._fragment_opcode = opcode
+            else:
+                frames.append((opcode, payload))
+        if pos:
+            del buffer[:pos]
+        return frames
+
+
+class ClientConnection:
+    """One client WebSocket over a non-blocking socket.
+
+    ``send_now`` never waits: it writes what the kernel takes and queues the rest, in order, for a
+    drain task started in ``nursery``. ``receive`` returns the next batch of frames with the
+    ``time.monotonic()`` at which their bytes were read.
+    """
+
+    def __init__(self, sock: socket.socket, nursery: trio.Nursery, leftover: bytes = b"") -> None:
+        self.sock = sock
+        self.key = os.urandom(4)
+        self.reader = FrameReader()
+        self._nursery = nursery
+        self._pending = bytearray()
+        self._draining = False
+        self._leftover = leftover
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.bytes_sent = 0
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def frame(self, opcode: int, payload: bytes) -> bytes:
+        return client_frame(opcode, payload, self.key)
+
+    def send_now(self, data: bytes) -> None:
+        """Write ``data`` (whole frames) without waiting; the kernel's refusal is queued, never lost."""
+        if self.closed:
+            return
+        self.bytes_sent += len(data)
+        if self._pending:
+            self._pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost()
+            return
+        if sent < len(data):
+            self._pending += data[sent:]
+            if not self._draining:
+                self._draining = True
+                self._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending and not self.closed:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    sent = self.sock.send(self._pending)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._lost()
+                    return
+                del self._pending[:sent]
+        finally:
+            self._draining = False
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued reached the kernel (bounded)."""
+        with trio.move_on_after(timeout):
+            while self._pending and not self.closed:
+                await trio.sleep(0.005)
+
+    def send_text(self, text: str | bytes) -> None:
+        self.send_now(self.frame(OP_TEXT, text.encode() if isinstance(text, str) else text))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def receive(self) -> tuple[float, list[tuple[int, bytes]]]:
+        """Next frames from the server, answering pings. Raises EOFError when the socket ends."""
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            frames = self.reader.feed(data)
+            if frames:
+                return time.monotonic(), self._answer(frames)
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except OSError:
+                data = b""
+            now = time.monotonic()
+            if not data:
+                self._lost()
+                raise EOFError("connection closed by peer")
+            frames = self.reader.feed(data)
+            if frames:
+                return now, self._answer(frames)
+
+    def _answer(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        for opcode, payload in frames:
+            if opcode == OP_PING:
+                self.send_now(self.frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE and self.close_code is None:
+                self.close_code, self.close_reason = parse_close(payload)
+                self.send_now(self.frame(OP_CLOSE, payload[:2]))
+        return frames
+
+    async def receive_text(self, timeout: float) -> str:
+        """The next text message (skipping control frames); EOFError if the server closes first."""
+        with trio.fail_after(timeout):
+            while True:
+                _, frames = await self.receive()
+                for opcode, payload in frames:
+                    if opcode == OP_TEXT:
+                        return payload.decode()
+                    if opcode == OP_CLOSE:
+                        raise EOFError(f"server closed with {self.close_code} {self.close_reason}")
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Read (and drop) until the server's close frame; True if it came within ``timeout``."""
+        with trio.move_on_after(timeout):
+            while self.close_code is None:
+                try:
+                    await self.receive()
+                except EOFError:
+                    break
+        return self.close_code is not None
+
+    async def aclose(self, code: int = 1000, timeout: float = 2.0) -> None:
+        """Close politely if the server has not, then drop the socket."""
+        if self.closed:
+            return
+        if self.close_code is None:
+            self.send_now(self.frame(OP_CLOSE, close_payload(code)))
+            await self.flush(timeout)
+            with trio.move_on_after(timeout):
+                try:
+                    while self.close_code is None:
+                        await self.receive()
+                except EOFError:
+                    pass
+        else:
+            await self.flush(timeout)
+        self._lost()
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pending.clear()
+            try:
+                trio.lowlevel.notify_closing(self.sock)
+            except RuntimeError:  # outside trio
+                pass
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+async def connect(
+    host: str, port: int, path: str, nursery: trio.Nursery, *, timeout: float = 10.0, headers: Iterable[tuple[str, str]] = ()
+) -> ClientConnection:
+    """Open ``ws://host:port/path``; raises ``WebSocketError``/``OSError``/``trio.TooSlowError``."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw.setblocking(False)
+    sock = trio.socket.from_stdlib_socket(raw)
+    try:
+        with trio.fail_after(timeout):
+            await sock.connect((host, port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+            ).encode()
+            while request:
+                sent = await sock.send(request)
+                request = request[sent:]
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = await sock.recv(RECV_SIZE)
+                if not chunk:
+                    raise WebSocketError(f"{path}: connection closed during the handshake")
+                response += chunk
+                if len(response) > 65536:
+                    raise WebSocketError(f"{path}: handshake response too long")
+        head, _, leftover = response.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0]
+        if not status.startswith(b"HTTP/1.1 101"):
+            raise WebSocketError(f"{path}: upgrade refused: {status.decode('latin-1')}")
+    except BaseException:
+        raw.close()
+        raise
+    return ClientConnection(raw, nursery, leftover)
+
+
+async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A minimal HTTP/1.1 GET (for health checks): ``(status, body)``."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = await stream.receive_some(RECV_SIZE)
+                if not chunk:
+                    break
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep:
+                    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                    if length and len(body) >= int(length.group(1)):
+                        break
+    head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise WebSocketError(f"bad HTTP response: {head[:80]!r}") from None
+    return status, body
