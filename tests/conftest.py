@@ -14,6 +14,7 @@ import trio_websocket
 from callscribe.call import CallSettings
 from callscribe.config import ServerSettings
 from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.games import GameSettings
 from callscribe.serve import serve
 
 API_KEY = "test-key"
@@ -60,6 +61,11 @@ async def start_server(
     keyfile: str | None = None,
     client_ssl: ssl.SSLContext | None = None,
     stall_timeout_s: float = 10.0,
+    games: GameSettings = GameSettings(),
+    speech: str = "espeak",
+    speak_url: str = "http://127.0.0.1:9/v1/speak",
+    public_url: str | None = None,
+    forward_number: str | None = None,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -70,6 +76,11 @@ async def start_server(
         keyfile=keyfile,
         shutdown_grace_s=5.0,
         stall_timeout_s=stall_timeout_s,
+        games=games,
+        speech=speech,
+        speak_url=speak_url,
+        public_url=public_url,
+        forward_number=forward_number,
     )
     stop, done = trio.Event(), trio.Event()
 

@@ -97,7 +97,7 @@ async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> N
                     except httpx.ConnectError:
                         await trio.sleep(0.05)
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "active_calls": 0, "subscribers": 0}
+        assert response.json() == {"status": "ok", "active_calls": 0, "subscribers": 0, "games": 0}
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await process.wait() == 0

@@ -111,13 +111,13 @@ async def test_unknown_call_sid_gets_an_error_and_1008(server: RunningServer) ->
 async def test_health_reports_live_calls_and_subscribers(server: RunningServer) -> None:
     spec = CallSpec(inbound=speech(2.0, 440), call_sid="CA" + "5" * 32)
     async with httpx.AsyncClient() as http:
-        assert (await http.get(server.http_url + "/healthz")).json() == {"status": "ok", "active_calls": 0, "subscribers": 0}
+        assert (await http.get(server.http_url + "/healthz")).json() == {"status": "ok", "active_calls": 0, "subscribers": 0, "games": 0}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0))
             await nursery.start(subscribe, server, spec.call_sid, Subscriber())
             await trio.sleep(0.2)
             health = (await http.get(server.http_url + "/healthz")).json()
-            assert health == {"status": "ok", "active_calls": 1, "subscribers": 1}
+            assert health == {"status": "ok", "active_calls": 1, "subscribers": 1, "games": 0}
 
 
 async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:

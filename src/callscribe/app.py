@@ -7,9 +7,12 @@ lives as long as the app. The `/twilio` handler starts the call there and waits 
 handler is cancelled it tells the call that its input ended, and the call finishes on its own.
 
 Routes:
-- `/twilio`  (WebSocket) Twilio Media Streams.
-- `/client`  (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
-- `/healthz` (GET) JSON with the live counts.
+- `/twilio`      (WebSocket) Twilio Media Streams.
+- `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
+- `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
+- `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
+- `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
+- `/healthz`     (GET) JSON with the live counts.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
-from quart import Websocket, websocket
+from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
 
 from callscribe.call import Call, CallSettings, Connector
-from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, Hub, InMemoryHub, Subscription, UnknownCall
+from callscribe.games import Game, GameRegistry, GameSettings, error_message
+from callscribe.twiml import game_twiml, transcription_twiml
+from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, InMemoryHub, Subscription, UnknownCall
 
 log = logging.getLogger("callscribe.app")
 
@@ -48,9 +53,15 @@ class Server:
         connect: Connector | None = None,
         *,
         subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+        games: GameRegistry | None = None,
+        public_url: str | None = None,
+        forward_number: str | None = None,
     ) -> None:
         self.settings = settings
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
+        self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
+        self.public_url = public_url
+        self.forward_number = forward_number
         self.hub: Hub = hub if hub is not None else InMemoryHub()
         self.connect = connect
         self.calls: set[Call] = set()
@@ -87,6 +98,7 @@ class Server:
             with trio.move_on_after(grace_s):
                 await self._idle.wait()
         await self.hub.shutdown()
+        self.games.shutdown()
         for scope in list(self._connection_scopes):
             scope.cancel()
         if self._nursery is not None:
@@ -109,7 +121,7 @@ class Server:
         if self.closing or self._nursery is None:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
             return
-        call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect)
+        call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games)
         self._nursery.start_soon(self._run_call, call)
         try:
             await call.finished.wait()
@@ -175,9 +187,59 @@ class Server:
         if subscription.ended and subscription.close_code == CLOSE_POLICY:
             subscription.cancel_scope.cancel()
 
+    # -- /game ---------------------------------------------------------------------------------
+
+    async def handle_game(self, ws: Websocket) -> None:
+        await ws.accept()
+        peer = _peer(ws)
+        if self.closing:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            return
+        game = self.games.join(peer)
+        if game is None:
+            log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
+            await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))
+            await _close(ws, CLOSE_TRY_AGAIN_LATER, "no game code free")
+            return
+        log.info("game %s joined with code %s", peer, game.code)
+        try:
+            with self._connection():
+                await ws.send(self.games.settings.phone_number)
+                await ws.send(game.code)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_game_commands, ws, game)
+                    with game.outbox.cancel_scope:
+                        async for message in game.outbox:
+                            await self._send_to_subscriber(ws, game.outbox, message, peer)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.games.leave(game)
+            log.info("game %s with code %s left (%s)", peer, game.code, game.outbox.close_reason)
+        await _close(ws, game.outbox.close_code, game.outbox.close_reason)
+
+    # -- TwiML -----------------------------------------------------------------------------------
+
+    def base_url(self, http_request: Request) -> str:
+        """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
+        if self.public_url:
+            return self.public_url
+        scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
+        host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
+        return f"{scheme}://{host}"
+
     def health(self) -> dict[str, object]:
         stats = self.hub.stats()
-        return {"status": "closing" if self.closing else "ok", "active_calls": stats["calls"], "subscribers": stats["subscribers"]}
+        return {
+            "status": "closing" if self.closing else "ok",
+            "active_calls": stats["calls"],
+            "subscribers": stats["subscribers"],
+            "games": len(self.games.games),
+        }
+
+
+async def _game_commands(ws: Websocket, game: Game) -> None:
+    while True:
+        game.command(await ws.receive())
 
 
 async def _discard_incoming(ws: Websocket) -> None:
@@ -210,9 +272,15 @@ def create_app(
     hub: Hub | None = None,
     connect: Connector | None = None,
     subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+    games: GameRegistry | None = None,
+    public_url: str | None = None,
+    forward_number: str | None = None,
 ) -> QuartTrio:
     app = QuartTrio("callscribe")
-    server = Server(settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s)
+    server = Server(
+        settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s, games=games,
+        public_url=public_url, forward_number=forward_number,
+    )
     app.extensions["callscribe"] = server
 
     @app.before_serving
@@ -226,6 +294,18 @@ def create_app(
     @app.websocket("/client")
     async def client() -> None:
         await server.handle_client(websocket._get_current_object())
+
+    @app.websocket("/game")
+    async def game() -> None:
+        await server.handle_game(websocket._get_current_object())
+
+    @app.post("/twiml")
+    async def twiml() -> Response:
+        return Response(transcription_twiml(server.base_url(request), server.forward_number), mimetype="text/xml")
+
+    @app.post("/twiml/game")
+    async def twiml_game() -> Response:
+        return Response(game_twiml(server.base_url(request)), mimetype="text/xml")
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:

@@ -38,7 +38,8 @@ from callscribe.backlog import AudioBacklog, Pacer
 from callscribe.deepgram import DeepgramState, DeepgramStream, rebase
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Hub
 from callscribe.mixer import SAMPLES_PER_MS, Mixer
-from callscribe.twilio_stream import Media, MediaInfo, Rejected, Start, Stop, TwilioStream
+from callscribe.games import GamePatch, GameRegistry
+from callscribe.twilio_stream import Dtmf, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
 log = logging.getLogger("callscribe.call")
@@ -107,8 +108,13 @@ class Call:
         settings: CallSettings,
         hub: Hub,
         connect: Connector | None = None,
+        send: Callable[[str], Awaitable[None]] | None = None,
+        games: GameRegistry | None = None,
     ) -> None:
         self._receive = receive
+        self._send_twilio = send
+        self._games = games
+        self.game: GamePatch | None = None
         self.settings = settings
         self.hub = hub
         self._connect = connect or self._connect_websocket
@@ -152,6 +158,8 @@ class Call:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_twilio, nursery)
         finally:
+            if self.game is not None:
+                self.game.call_ended(self.close_reason)
             if self.call_sid:
                 with trio.move_on_after(2, shield=True):
                     await self.hub.unregister_call(self.call_sid, self.close_code, self.close_reason)
@@ -190,12 +198,19 @@ class Call:
                     elif kind is Stop:
                         self._set_close(CLOSE_NORMAL, "call ended")
                         return
+                    elif self.game is not None:
+                        if kind is Dtmf:
+                            self.game.on_dtmf(event.dtmf.digit)  # type: ignore[union-attr]
+                        elif kind is Mark:
+                            self.game.on_mark(event.mark.name)  # type: ignore[union-attr]
             if scope.cancelled_caught and not self._input_ended:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")
         finally:
             if media_send is not None:
                 media_send.close()
+            if self.game is not None:
+                self.game.twilio_gone()
 
     async def _begin(self, nursery: trio.Nursery) -> trio.MemorySendChannel[MediaInfo]:
         """`start` arrived: register the call and start the mixer and the Deepgram tasks."""
@@ -215,6 +230,10 @@ class Call:
         )
         nursery.start_soon(self._mix, media_receive, window_send)
         nursery.start_soon(self._run_deepgram, window_receive)
+        if self._games is not None and self._send_twilio is not None and self._games.wants(start.custom_parameters):
+            self.game = self._games.patch_for(self.call_sid, start.stream_sid, self._send_twilio)
+            nursery.start_soon(self.game.run_speaker)
+            log.info("call %s is routed to games: waiting for the caller to say or key in a code", self.call_sid)
         return media_send
 
     async def _mix(self, media: trio.MemoryReceiveChannel[MediaInfo], windows: trio.MemorySendChannel[bytes]) -> None:
@@ -380,7 +399,10 @@ class Call:
                         published_final_end[kind.channel] = end
                     else:
                         interim = True
-                await self.hub.publish(self.call_sid, rebase(message, base), droppable=interim)
+                message = rebase(message, base)
+                await self.hub.publish(self.call_sid, message, droppable=interim)
+                if self.game is not None:
+                    self.game.on_deepgram(kind, message, interim)
         finally:
             finished.set()
 

@@ -14,7 +14,12 @@ import ssl
 from dataclasses import dataclass
 
 from callscribe import deepgram
+from urllib.parse import urlsplit
+
 from callscribe.call import CallSettings
+from callscribe.game_codes import CodePool
+from callscribe.games import GameSettings
+from callscribe.twiml import stream_url
 from callscribe.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
 
 
@@ -46,6 +51,16 @@ OPTIONS = [
     Option("--stall-timeout", "CALLSCRIBE_STALL_TIMEOUT", "seconds a client may leave our data untaken before it is"
            " disconnected", "20"),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
+    Option("--public-url", "PUBLIC_URL", "the server's public https:// (or wss://) address, used in the TwiML it"
+           " serves; default: taken from each request's Host and X-Forwarded-* headers"),
+    Option("--forward-number", "FORWARD_NUMBER", "number the transcription TwiML (POST /twiml) dials after starting the stream"),
+    Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games"),
+    Option("--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'),
+    Option("--route", "CALLSCRIBE_ROUTE", "transcribe, or game to route every call to games (calls with the stream"
+           " parameter route=game always go to games)", "transcribe"),
+    Option("--speech", "CALLSCRIBE_SPEECH", "speech engine for talking back: aura, espeak, or auto (Aura when"
+           " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)", "auto"),
+    Option("--speak-url", "DEEPGRAM_SPEAK_URL", "Deepgram Aura text-to-speech endpoint", "https://api.deepgram.com/v1/speak"),
 ]
 
 
@@ -65,6 +80,11 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0
     stall_timeout_s: float = 20.0
     log_level: int = logging.INFO
+    games: GameSettings = GameSettings()
+    public_url: str | None = None
+    forward_number: str | None = None
+    speech: str = "espeak"
+    speak_url: str = "https://api.deepgram.com/v1/speak"
 
     @property
     def tls(self) -> bool:
@@ -151,6 +171,29 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}")
 
+    public_url = values["PUBLIC_URL"] or None
+    if public_url:
+        try:
+            stream_url(public_url)
+        except ValueError as error:
+            raise ConfigError(f"PUBLIC_URL: {error}") from None
+    route = (values["CALLSCRIBE_ROUTE"] or "").lower()
+    if route not in ("transcribe", "game"):
+        raise ConfigError(f"CALLSCRIBE_ROUTE must be transcribe or game, not {values['CALLSCRIBE_ROUTE']!r}")
+    codes_file = values["CALLSCRIBE_GAME_CODES"] or None
+    if codes_file:
+        try:
+            CodePool.from_file(codes_file)
+        except ValueError as error:
+            raise ConfigError(f"CALLSCRIBE_GAME_CODES: {error}") from None
+    speech = (values["CALLSCRIBE_SPEECH"] or "").lower()
+    if speech not in ("auto", "aura", "espeak"):
+        raise ConfigError(f"CALLSCRIBE_SPEECH must be auto, aura or espeak, not {values['CALLSCRIBE_SPEECH']!r}")
+    speak_url = values["DEEPGRAM_SPEAK_URL"] or ""
+    if speech == "auto":
+        explicit_speak_url = bool(getattr(args, "speak_url", None) or (environ or os.environ).get("DEEPGRAM_SPEAK_URL"))
+        speech = "aura" if explicit_speak_url or urlsplit(url).hostname == "api.deepgram.com" else "espeak"
+
     call = CallSettings(
         deepgram_url=url,
         deepgram_api_key=api_key,
@@ -168,4 +211,11 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         shutdown_grace_s=grace,
         stall_timeout_s=stall,
         log_level=getattr(logging, level_name),
+        games=GameSettings(
+            phone_number=values["TWILIO_PHONE_NUMBER"] or "", route_all_calls=route == "game", codes_file=codes_file
+        ),
+        public_url=public_url,
+        forward_number=values["FORWARD_NUMBER"] or None,
+        speech=speech,
+        speak_url=speak_url,
     )

@@ -26,6 +26,7 @@ log = logging.getLogger("callscribe.hub")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
 
 DEFAULT_QUEUE_SIZE = 1000
 """Messages a subscriber may lag behind: with interim results a call produces a few per second."""

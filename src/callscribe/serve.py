@@ -23,6 +23,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from callscribe.app import Server, create_app
 from callscribe.config import ServerSettings
+from callscribe.games import GameRegistry
+from callscribe.speech import engine_from_settings
 from callscribe.hub import Hub
 
 log = logging.getLogger("callscribe")
@@ -68,7 +70,19 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs."""
-    app = create_app(settings.call, hub=hub, subscriber_send_timeout_s=settings.stall_timeout_s)
+    speech = engine_from_settings(
+        settings.call.deepgram_api_key, prefer=settings.speech, aura_url=settings.speak_url  # type: ignore[arg-type]
+    )
+    games = GameRegistry(settings.games, speech)
+    app = create_app(
+        settings.call,
+        hub=hub,
+        subscriber_send_timeout_s=settings.stall_timeout_s,
+        games=games,
+        public_url=settings.public_url,
+        forward_number=settings.forward_number,
+    )
+    log.info("talk-back speech: %s", speech.name)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     server: Server = app.extensions["callscribe"]
     stop = trio.Event() if stop is None else stop

@@ -104,6 +104,8 @@ class CallSpec:
     changes timestamps or the order within a track."""
     seed: int = 0
     """Seed for all randomness (loss, off-size, jitter)."""
+    dtmf: list[tuple[float, str]] = field(default_factory=list)
+    """Keypad presses as ``(seconds since stream start, digit)``, sent as ``dtmf`` events."""
 
     def __post_init__(self) -> None:
         self.inbound = bytes(self.inbound)
@@ -283,10 +285,22 @@ def stop_message(spec: CallSpec, sequence_number: int) -> str:
     )
 
 
+def dtmf_message(spec: CallSpec, digit: str, sequence_number: int) -> str:
+    """A ``dtmf`` event (bidirectional streams): the caller pressed a key."""
+    return _dumps(
+        {
+            "event": "dtmf",
+            "streamSid": spec.stream_sid,
+            "sequenceNumber": str(sequence_number),
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
+
+
 @dataclass(frozen=True)
 class _Scripted:
     send_at: float
-    event: str  # "connected" | "start" | "media" | "stop"
+    event: str  # "connected" | "start" | "media" | "dtmf" | "stop"
     text: str
     frame: PlannedFrame | None = None  # set for media messages
 
@@ -296,17 +310,72 @@ def _call_script(spec: CallSpec, *, include_stop: bool = True) -> list[_Scripted
         _Scripted(0.0, "connected", connected_message()),
         _Scripted(0.0, "start", start_message(spec, 1)),
     ]
+    timed: list[tuple[float, PlannedFrame | str]] = [(frame.send_at, frame) for frame in plan_frames(spec)]
+    timed += [(at, digit) for at, digit in spec.dtmf]
+    timed.sort(key=lambda item: item[0])  # stable: media keeps its order
     sequence = 1
     last_send = 0.0
-    for frame in plan_frames(spec):
+    for send_at, item in timed:
         sequence += 1
-        script.append(_Scripted(frame.send_at, "media", media_message(spec, frame, sequence), frame))
-        last_send = frame.send_at
+        if isinstance(item, PlannedFrame):
+            script.append(_Scripted(send_at, "media", media_message(spec, item, sequence), item))
+        else:
+            script.append(_Scripted(send_at, "dtmf", dtmf_message(spec, item, sequence)))
+        last_send = send_at
     if include_stop:
         # The call ends when the audio does, even if its last frames were lost.
         stop_at = max(last_send, spec.duration_s)
         script.append(_Scripted(stop_at, "stop", stop_message(spec, sequence + 1)))
     return script
+
+
+class Playback:
+    """Twilio's side of a bidirectional stream, without IO: it plays the `media` it is sent in
+    real time, echoes each `mark` once the audio queued before it has played, and on `clear`
+    drops what is queued and echoes the pending marks at once."""
+
+    def __init__(self, stream_sid: str) -> None:
+        self.stream_sid = stream_sid
+        self.audio = bytearray()
+        """Every media payload received, in order."""
+        self.marks: list[str] = []
+        """Marks echoed, in order."""
+        self.clears = 0
+        self.bad_messages: list[str] = []
+        """Messages Twilio would reject (bad JSON, unknown event, wrong streamSid)."""
+        self._playing_until = 0.0
+        self._pending: list[tuple[float, str]] = []
+
+    def receive(self, text: str, now: float) -> None:
+        try:
+            message = json.loads(text)
+            event = message["event"]
+            if message.get("streamSid") != self.stream_sid:
+                raise ValueError("wrong streamSid")
+            if event == "media":
+                audio = base64.b64decode(message["media"]["payload"], validate=True)
+                self.audio += audio
+                self._playing_until = max(self._playing_until, now) + len(audio) / 8000
+            elif event == "mark":
+                self._pending.append((max(self._playing_until, now), str(message["mark"]["name"])))
+            elif event == "clear":
+                self.clears += 1
+                self._playing_until = now
+                self._pending = [(now, name) for _, name in self._pending]
+            else:
+                raise ValueError(f"unknown event {event!r}")
+        except (ValueError, KeyError, TypeError) as error:
+            self.bad_messages.append(f"{error}: {text[:80]}")
+
+    def next_due(self) -> float | None:
+        return self._pending[0][0] if self._pending else None
+
+    def due(self, now: float) -> list[str]:
+        """The marks to echo now (Twilio's `mark` messages)."""
+        ready = [name for at, name in self._pending if at <= now]
+        self._pending = [(at, name) for at, name in self._pending if at > now]
+        self.marks += ready
+        return [_dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}) for name in ready]
 
 
 def call_messages(spec: CallSpec) -> list[tuple[float, str]]:
@@ -351,6 +420,8 @@ class SimulationReport:
     """``trio.current_time()`` at stream start, the origin of ``PlannedFrame.send_at``."""
     stop_sent: bool = False
     """Whether the ``stop`` message was sent."""
+    playback: Playback | None = None
+    """With ``bidirectional=True``: what the server played to the caller, and the marks echoed."""
 
 
 def _check_url(url: str, ssl_context: ssl.SSLContext | None) -> None:
@@ -386,6 +457,7 @@ async def run_call(
     close_wait: float = 5.0,
     send_stop: bool = True,
     headers: list[tuple[str, str]] | None = None,
+    bidirectional: bool = False,
 ) -> SimulationReport:
     """Play one call to ``url`` and report what happened.
 
@@ -393,7 +465,9 @@ async def run_call(
     possible (still one checkpoint per message). After the last frame it sends ``stop``
     and waits up to ``close_wait`` seconds for the server to close the socket, then
     closes it itself; with ``send_stop=False`` it closes right away without ``stop``
-    (Twilio hanging up). If the server closes earlier, sending stops there.
+    (Twilio hanging up). If the server closes earlier, sending stops there. With
+    ``bidirectional=True`` it also plays what the server sends back like Twilio does for
+    ``<Connect><Stream>``: marks are echoed once the audio before them has played.
 
     Raises :class:`CallConnectionError` (a :class:`ConnectionError`) if the connection
     or the WebSocket handshake fails, :class:`ValueError` for a bad URL or speed.
@@ -403,6 +477,8 @@ async def run_call(
     _check_url(url, ssl_context)
     script = _call_script(spec, include_stop=send_stop)
     report = SimulationReport(call_sid=spec.call_sid, bytes_by_track={t: 0 for t in spec.tracks})
+    if bidirectional:
+        report.playback = Playback(spec.stream_sid)
     try:
         async with trio.open_nursery() as nursery:  # runs trio-websocket's reader task
             ws = await _connect(nursery, url, ssl_context, headers, connect_timeout)
@@ -485,20 +561,43 @@ async def _play(
         server_closed.set()
         send_scope.cancel()  # stop sending, even in the middle of a long sleep
 
+    playback = report.playback
+    wake = trio.Event()
+
     async def receive() -> None:
+        nonlocal wake
         try:
             while True:
                 message = await ws.get_message()
                 if isinstance(message, str):
                     report.received.append(message)
+                    if playback is not None:
+                        playback.receive(message, trio.current_time())
+                        wake.set()
         except trio_websocket.ConnectionClosed as exc:
             # Messages sent before a server-side close are all delivered first.
             note_server_close(exc.reason)
         finally:
             receiver_done.set()
 
+    async def echo_marks() -> None:
+        nonlocal wake
+        assert playback is not None
+        while True:
+            due = playback.next_due()
+            wake = trio.Event()
+            with trio.move_on_at(due if due is not None else math.inf):
+                await wake.wait()
+            for echo in playback.due(trio.current_time()):
+                try:
+                    await ws.send_message(echo)
+                except trio_websocket.ConnectionClosed:
+                    return
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receive)
+        if playback is not None:
+            nursery.start_soon(echo_marks)
         report.started_at = start = trio.current_time()
         with send_scope:
             for item in script:

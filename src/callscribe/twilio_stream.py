@@ -225,3 +225,23 @@ class TwilioStream:
         if fatal:
             self.state = TwilioState.STOPPED
         return Rejected(reason, fatal)
+
+
+# -- messages to Twilio (bidirectional streams only: `<Connect><Stream>`) -----------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+def media_message(stream_sid: str, audio: bytes) -> str:
+    """Audio to play to the caller: raw 8 kHz mu-law, base64 (msgspec encodes bytes as base64)."""
+    return _encoder.encode({"event": "media", "streamSid": stream_sid, "media": {"payload": audio}}).decode()
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    """Twilio echoes a mark once the audio queued before it has played (or was cleared)."""
+    return _encoder.encode({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}).decode()
+
+
+def clear_message(stream_sid: str) -> str:
+    """Empties Twilio's playback buffer (barge-in); pending marks are echoed."""
+    return _encoder.encode({"event": "clear", "streamSid": stream_sid}).decode()
