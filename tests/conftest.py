@@ -66,6 +66,10 @@ async def start_server(
     speak_url: str = "http://127.0.0.1:9/v1/speak",
     public_url: str | None = None,
     forward_number: str | None = None,
+    twilio_auth_token: str | None = None,
+    tokens: frozenset[str] = frozenset(),
+    token_secret: str | None = None,
+    allowed_origins: frozenset[str] = frozenset(),
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -81,6 +85,10 @@ async def start_server(
         speak_url=speak_url,
         public_url=public_url,
         forward_number=forward_number,
+        twilio_auth_token=twilio_auth_token,
+        tokens=tokens,
+        token_secret=token_secret,
+        allowed_origins=allowed_origins,
     )
     stop, done = trio.Event(), trio.Event()
 

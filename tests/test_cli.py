@@ -103,6 +103,7 @@ async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> N
             assert await process.wait() == 0
         log = (await process.stderr.receive_some(1 << 16)).decode()  # type: ignore[union-attr]
         assert "received SIGTERM" in log and "callscribe stopped" in log
+        assert "TWILIO_AUTH_TOKEN is not set" in log and "anyone can read every transcript" in log
     finally:
         if process.returncode is None:
             process.kill()

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
 
+from callscribe.auth import BEARER_SUBPROTOCOL, TokenCheck, TwilioSignatureCheck, Verdict, bearer_token, origin_allowed, public_url
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
 from callscribe.twiml import game_twiml, transcription_twiml
@@ -43,6 +44,49 @@ MAX_CLOSE_REASON = 120
 """Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
 
 
+class Access:
+    """The authentication settings the routes apply (see auth.py). Empty: everything is open."""
+
+    def __init__(
+        self,
+        twilio: TwilioSignatureCheck | None = None,
+        tokens: TokenCheck | None = None,
+        origins: frozenset[str] = frozenset(),
+        public_url: str | None = None,
+    ) -> None:
+        self.twilio = twilio
+        self.tokens = tokens or TokenCheck()
+        self.origins = origins
+        self.public_url = public_url
+
+    @property
+    def open(self) -> bool:
+        return self.twilio is None and not self.tokens.enabled
+
+    def check_twilio(self, headers: object, scheme: str, path: str, query: str, params: dict[str, str]) -> Verdict:
+        if self.twilio is None:
+            return Verdict(True)
+        url = public_url(headers, scheme, path, query, self.public_url)  # type: ignore[arg-type]
+        return self.twilio.check(url, params, headers.get("X-Twilio-Signature"))  # type: ignore[attr-defined]
+
+    def check_client(self, ws: Websocket) -> tuple[Verdict, bool]:
+        """Origin and bearer token of a /client or /game connection; also whether to echo the subprotocol."""
+        verdict = origin_allowed(ws.headers, self.origins)  # type: ignore[arg-type]
+        if not verdict.ok:
+            return verdict, False
+        token, as_subprotocol = bearer_token(ws.headers, ws.query_string.decode("latin-1"))  # type: ignore[arg-type]
+        return self.tokens.check(token), as_subprotocol
+
+
+def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
+    log.warning("refused %s from %s: %s", what, peer, verdict.reason)
+    return Response(verdict.reason + "\n", status=status, mimetype="text/plain")
+
+
+async def _accept(ws: Websocket, as_subprotocol: bool) -> None:
+    await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
+
+
 class Server:
     """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
 
@@ -54,13 +98,13 @@ class Server:
         *,
         subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
         games: GameRegistry | None = None,
-        public_url: str | None = None,
         forward_number: str | None = None,
+        access: Access | None = None,
     ) -> None:
         self.settings = settings
+        self.access = access or Access()
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
-        self.public_url = public_url
         self.forward_number = forward_number
         self.hub: Hub = hub if hub is not None else InMemoryHub()
         self.connect = connect
@@ -116,7 +160,10 @@ class Server:
 
     # -- /twilio -------------------------------------------------------------------------------
 
-    async def handle_twilio(self, ws: Websocket) -> None:
+    async def handle_twilio(self, ws: Websocket) -> Response | None:
+        verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string.decode("latin-1"), {})
+        if not verdict.ok:
+            return _refuse(verdict, 403, "a Twilio stream", _peer(ws))
         await ws.accept()
         if self.closing or self._nursery is None:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
@@ -128,26 +175,40 @@ class Server:
         finally:
             call.end_input()
         await _close(ws, call.close_code, call.close_reason)
+        return None
 
     # -- /client ---------------------------------------------------------------------------------
 
-    async def handle_client(self, ws: Websocket) -> None:
-        await ws.accept()
+    async def handle_client(self, ws: Websocket) -> Response | None:
         peer = _peer(ws)
+        verdict, as_subprotocol = self.access.check_client(ws)
+        if not verdict.ok:
+            return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a subscriber", peer)
+        await _accept(ws, as_subprotocol)
         if self.closing:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
-            return
+            return None
         with self._connection() as scope:
-            await ws.send(json.dumps(await self.hub.active_calls()))
+            calls = await self.hub.active_calls()
+            if verdict.call_sid is not None:  # a token for one call sees only that call
+                calls = [sid for sid in calls if sid == verdict.call_sid]
+            await ws.send(json.dumps(calls))
             reply: str | bytes | None = None
             with trio.move_on_after(SUBSCRIBE_TIMEOUT_S) as waiting:
                 reply = await ws.receive()
             if waiting.cancelled_caught:
                 await _close(ws, CLOSE_POLICY, f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s")
-                return
-            await self._subscribe(ws, peer, _text(reply).strip())
+                return None
+            call_sid = _text(reply).strip()
+            if verdict.call_sid is not None and call_sid != verdict.call_sid:
+                log.warning("subscriber %s: token is for call %s, not %s", peer, verdict.call_sid, call_sid[:64])
+                await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}))
+                await _close(ws, CLOSE_POLICY, "token not valid for this call")
+                return None
+            await self._subscribe(ws, peer, call_sid)
         if scope.cancelled_caught:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+        return None
 
     async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
         try:
@@ -189,18 +250,21 @@ class Server:
 
     # -- /game ---------------------------------------------------------------------------------
 
-    async def handle_game(self, ws: Websocket) -> None:
-        await ws.accept()
+    async def handle_game(self, ws: Websocket) -> Response | None:
         peer = _peer(ws)
+        verdict, as_subprotocol = self.access.check_client(ws)
+        if not verdict.ok:
+            return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a game", peer)
+        await _accept(ws, as_subprotocol)
         if self.closing:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
-            return
+            return None
         game = self.games.join(peer)
         if game is None:
             log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
             await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))
             await _close(ws, CLOSE_TRY_AGAIN_LATER, "no game code free")
-            return
+            return None
         log.info("game %s joined with code %s", peer, game.code)
         try:
             with self._connection():
@@ -216,13 +280,24 @@ class Server:
             self.games.leave(game)
             log.info("game %s with code %s left (%s)", peer, game.code, game.outbox.close_reason)
         await _close(ws, game.outbox.close_code, game.outbox.close_reason)
+        return None
 
     # -- TwiML -----------------------------------------------------------------------------------
 
+    async def twiml(self, http_request: Request, build: Callable[[str], str]) -> Response:
+        form = await http_request.form
+        verdict = self.access.check_twilio(
+            http_request.headers, http_request.scheme, http_request.path, http_request.query_string.decode("latin-1"),
+            {key: form[key] for key in form},
+        )
+        if not verdict.ok:
+            return _refuse(verdict, 403, "a TwiML request", http_request.remote_addr or "unknown")
+        return Response(build(self.base_url(http_request)), mimetype="text/xml")
+
     def base_url(self, http_request: Request) -> str:
         """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
-        if self.public_url:
-            return self.public_url
+        if self.access.public_url:
+            return self.access.public_url
         scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
         host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
         return f"{scheme}://{host}"
@@ -275,11 +350,12 @@ def create_app(
     games: GameRegistry | None = None,
     public_url: str | None = None,
     forward_number: str | None = None,
+    access: Access | None = None,
 ) -> QuartTrio:
     app = QuartTrio("callscribe")
     server = Server(
         settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s, games=games,
-        public_url=public_url, forward_number=forward_number,
+        forward_number=forward_number, access=access or Access(public_url=public_url),
     )
     app.extensions["callscribe"] = server
 
@@ -288,24 +364,24 @@ def create_app(
         await app.nursery.start(server.supervise)
 
     @app.websocket("/twilio")
-    async def twilio() -> None:
-        await server.handle_twilio(websocket._get_current_object())
+    async def twilio() -> Response | None:
+        return await server.handle_twilio(websocket._get_current_object())
 
     @app.websocket("/client")
-    async def client() -> None:
-        await server.handle_client(websocket._get_current_object())
+    async def client() -> Response | None:
+        return await server.handle_client(websocket._get_current_object())
 
     @app.websocket("/game")
-    async def game() -> None:
-        await server.handle_game(websocket._get_current_object())
+    async def game() -> Response | None:
+        return await server.handle_game(websocket._get_current_object())
 
     @app.post("/twiml")
     async def twiml() -> Response:
-        return Response(transcription_twiml(server.base_url(request), server.forward_number), mimetype="text/xml")
+        return await server.twiml(request, lambda base: transcription_twiml(base, server.forward_number))
 
     @app.post("/twiml/game")
     async def twiml_game() -> Response:
-        return Response(game_twiml(server.base_url(request)), mimetype="text/xml")
+        return await server.twiml(request, game_twiml)
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate-call", help="replay audio to a server as a Twilio Media Stream")
     simulator.add_cli_arguments(simulate)
+
+    token = commands.add_parser(
+        "token", help="mint a signed bearer token for /client and /game (needs CALLSCRIBE_TOKEN_SECRET)"
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS", help="lifetime (default 3600)")
+    token.add_argument("--call", metavar="CALLSID", help="limit the token to this call")
     return parser
 
 
@@ -45,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "fake-deepgram":
         from callscribe import fake_deepgram
 
@@ -53,6 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from callscribe import simulator
 
     return simulator.run_from_cli(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import os
+
+    from callscribe.auth import TokenCheck
+
+    secret = os.environ.get("CALLSCRIBE_TOKEN_SECRET")
+    if not secret:
+        print("callscribe: CALLSCRIBE_TOKEN_SECRET must be set to the server's token secret", file=sys.stderr)
+        return 2
+    if args.ttl <= 0:
+        print("callscribe: --ttl must be positive", file=sys.stderr)
+        return 2
+    print(TokenCheck(secret=secret).issue(ttl_s=args.ttl, call_sid=args.call))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -60,6 +60,13 @@ OPTIONS = [
            " parameter route=game always go to games)", "transcribe"),
     Option("--speech", "CALLSCRIBE_SPEECH", "speech engine for talking back: aura, espeak, or auto (Aura when"
            " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)", "auto"),
+    Option("--twilio-auth-token", "TWILIO_AUTH_TOKEN", "check X-Twilio-Signature on /twilio and the TwiML routes"
+           " with this Twilio auth token", secret=True),
+    Option("--tokens", "CALLSCRIBE_TOKENS", "comma-separated bearer tokens accepted on /client and /game", secret=True),
+    Option("--token-secret", "CALLSCRIBE_TOKEN_SECRET", "secret for signed bearer tokens (callscribe token mints"
+           " them; they expire and may be limited to one call)", secret=True),
+    Option("--allowed-origins", "CALLSCRIBE_ALLOWED_ORIGINS", "comma-separated Origins browsers may connect"
+           " from (default: any)"),
     Option("--speak-url", "DEEPGRAM_SPEAK_URL", "Deepgram Aura text-to-speech endpoint", "https://api.deepgram.com/v1/speak"),
 ]
 
@@ -85,6 +92,10 @@ class ServerSettings:
     forward_number: str | None = None
     speech: str = "espeak"
     speak_url: str = "https://api.deepgram.com/v1/speak"
+    twilio_auth_token: str | None = None
+    tokens: frozenset[str] = frozenset()
+    token_secret: str | None = None
+    allowed_origins: frozenset[str] = frozenset()
 
     @property
     def tls(self) -> bool:
@@ -218,4 +229,12 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         forward_number=values["FORWARD_NUMBER"] or None,
         speech=speech,
         speak_url=speak_url,
+        twilio_auth_token=values["TWILIO_AUTH_TOKEN"] or None,
+        tokens=_list(values["CALLSCRIBE_TOKENS"]),
+        token_secret=values["CALLSCRIBE_TOKEN_SECRET"] or None,
+        allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
     )
+
+
+def _list(text: str | None) -> frozenset[str]:
+    return frozenset(item.strip() for item in (text or "").split(",") if item.strip())

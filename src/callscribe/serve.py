@@ -21,7 +21,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from callscribe.app import Server, create_app
+from callscribe.app import Access, Server, create_app
+from callscribe.auth import TokenCheck, TwilioSignatureCheck
 from callscribe.config import ServerSettings
 from callscribe.games import GameRegistry
 from callscribe.speech import engine_from_settings
@@ -74,13 +75,23 @@ async def serve(
         settings.call.deepgram_api_key, prefer=settings.speech, aura_url=settings.speak_url  # type: ignore[arg-type]
     )
     games = GameRegistry(settings.games, speech)
+    access = Access(
+        twilio=TwilioSignatureCheck(settings.twilio_auth_token) if settings.twilio_auth_token else None,
+        tokens=TokenCheck(settings.tokens, settings.token_secret),
+        origins=settings.allowed_origins,
+        public_url=settings.public_url,
+    )
+    if access.twilio is None:
+        log.warning("TWILIO_AUTH_TOKEN is not set: anyone who finds /twilio can stream audio (and run up the Deepgram bill)")
+    if not access.tokens.enabled:
+        log.warning("no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game")
     app = create_app(
         settings.call,
         hub=hub,
         subscriber_send_timeout_s=settings.stall_timeout_s,
         games=games,
-        public_url=settings.public_url,
         forward_number=settings.forward_number,
+        access=access,
     )
     log.info("talk-back speech: %s", speech.name)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
