@@ -120,6 +120,21 @@ async def test_health_reports_live_calls_and_subscribers(server: RunningServer) 
             assert health == {"status": "ok", "active_calls": 1, "subscribers": 1, "games": 0}
 
 
+async def test_metrics_count_calls_frames_and_audio(server: RunningServer) -> None:
+    spec = CallSpec(inbound=speech(2.0, 440), outbound=speech(2.0, 550), call_sid="CA" + "c" * 32)
+    await run_call(server.url("/twilio"), spec, speed=0)
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(5):
+            while True:
+                text = (await http.get(server.http_url + "/metrics")).text
+                if 'callscribe_calls_total{outcome="ok"} 1.0' in text:
+                    break
+                await trio.sleep(0.02)
+    assert "callscribe_twilio_frames_total 200.0" in text
+    assert "callscribe_audio_seconds_sent_total 2.0" in text
+    assert "callscribe_active_calls 0.0" in text and "callscribe_deepgram_connections_total 1.0" in text
+
+
 async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
     good = CallSpec(inbound=speech(2.0, 300), outbound=speech(2.0, 500), call_sid="CA" + "6" * 32)
     steady = Subscriber()

@@ -29,8 +29,9 @@ from quart_trio import QuartTrio
 from callscribe.auth import BEARER_SUBPROTOCOL, TokenCheck, TwilioSignatureCheck, Verdict, bearer_token, origin_allowed, public_url
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
-from callscribe.twiml import game_twiml, transcription_twiml
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, InMemoryHub, Subscription, UnknownCall
+from callscribe.metrics import CONTENT_TYPE, Metrics
+from callscribe.twiml import game_twiml, transcription_twiml
 
 log = logging.getLogger("callscribe.app")
 
@@ -112,6 +113,7 @@ class Server:
         self.closing = False
         self._nursery: trio.Nursery | None = None
         self._connection_scopes: set[trio.CancelScope] = set()
+        self.metrics = Metrics(self._live_counts)
         self._idle = trio.Event()
 
     async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,11 +125,23 @@ class Server:
 
     async def _run_call(self, call: Call) -> None:
         self.calls.add(call)
+        outcome = "failed"
         try:
             await call.run()
+            outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
         except Exception:
             log.exception("call %s failed", call.call_sid or "(before start)")
         finally:
+            backlog = call.backlog
+            self.metrics.call_ended(
+                outcome=outcome,
+                frames=call.stream.media_frames,
+                rejected=call.stream.rejected,
+                audio_s=call.audio_bytes_sent / backlog.bytes_per_second,
+                lost_s=backlog.lost / backlog.bytes_per_second,
+                results=call.results_received,
+                connections=len(call.connections),
+            )
             self.calls.discard(call)
             if not self.calls:
                 self._idle.set()
@@ -222,6 +236,8 @@ class Server:
                                 await self._send_to_subscriber(ws, subscription, message, peer)
                         nursery.cancel_scope.cancel()
                 finally:
+                    if subscription.close_code == CLOSE_POLICY:
+                        self.metrics.dropped.inc()
                     log.info(
                         "call %s: subscriber %s left after %d messages (%s)",
                         call_sid, peer, subscription.delivered, subscription.close_reason,
@@ -301,6 +317,10 @@ class Server:
         scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
         host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
         return f"{scheme}://{host}"
+
+    def _live_counts(self) -> dict[str, int]:
+        stats = self.hub.stats()
+        return {"active_calls": stats["calls"], "subscribers": stats["subscribers"], "games": len(self.games.games)}
 
     def health(self) -> dict[str, object]:
         stats = self.hub.stats()
@@ -382,6 +402,10 @@ def create_app(
     @app.post("/twiml/game")
     async def twiml_game() -> Response:
         return await server.twiml(request, game_twiml)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), mimetype=CONTENT_TYPE)
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:

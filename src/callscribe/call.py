@@ -2,21 +2,25 @@
 
 Where a media frame goes:
 
-    Call._read_twilio    frame -> TwilioStream.receive -> Media       -> media channel
-    Call._mix            Media -> Mixer.add -> Mixer.windows          -> window channel
-    Call._send_deepgram  window -> DeepgramStream.send_audio          -> Deepgram socket
-    Call._read_deepgram  Deepgram text -> DeepgramStream.receive      -> Hub.publish -> subscribers
+    Call._read_twilio      frame -> TwilioStream.receive -> Media    -> media channel
+    Call._mix              Media -> Mixer.add -> Mixer.windows       -> window channel
+    Call._collect_windows  window -> AudioBacklog.append
+    Call._send_deepgram    AudioBacklog.next_unsent -> DeepgramStream.send_audio -> Deepgram socket
+    Call._read_deepgram    Deepgram text -> DeepgramStream.receive -> rebase -> Hub.publish (and GamePatch)
 
-All four run in the call's nursery (the Deepgram pair in a child nursery that also owns the
-socket), joined by bounded memory channels. The call ends the same way whatever ends it -- Twilio's
-`stop`, Twilio hanging up, or the server asking the call to finish (`end_input`): the reader closes
-the media channel, the mixer flushes its partial window and closes the window channel, the sender
-sends the rest and `CloseStream`, the Deepgram reader waits (bounded) for the final results and
-`Metadata`, and only then are the subscribers closed. Cancelling the call's nursery outright (a
-hard stop) skips the waiting but still closes Deepgram and every subscriber in `finally`.
+All of them run in the call's nursery (the Deepgram pair in a child nursery per connection, which
+also owns that socket), joined by bounded memory channels and the bounded backlog. The call ends
+the same way whatever ends it -- Twilio's `stop`, Twilio hanging up, or the server asking the call
+to finish (`end_input`): the reader closes the media channel, the mixer flushes its partial window
+and closes the window channel, the sender sends the rest and `CloseStream`, the Deepgram reader
+waits (bounded) for the final results and `Metadata`, and only then are the subscribers closed.
+Cancelling the call's nursery outright (a hard stop) skips the waiting but still closes Deepgram
+and every subscriber in `finally`.
 
-If Deepgram refuses or drops the connection, subscribers are told, and the window channel is
-drained and discarded, so Twilio is still read to the end and never sees a stalled socket.
+Deepgram failing never stalls Twilio: windows always go into the backlog. A dropped connection is
+reopened with backoff, and what Deepgram had not finalized is replayed (see backlog.py); a refused
+handshake, or too many failures in a row, is reported to subscribers and the rest of the call's
+audio is discarded while Twilio is still read to the end.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ import trio_websocket
 from callscribe import deepgram
 from callscribe.backlog import AudioBacklog, Pacer
 from callscribe.deepgram import DeepgramState, DeepgramStream, rebase
-from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Hub
-from callscribe.mixer import SAMPLES_PER_MS, Mixer
+from callscribe.hub import CLOSE_NORMAL, Hub
 from callscribe.games import GamePatch, GameRegistry
+from callscribe.mixer import SAMPLES_PER_MS, Mixer
 from callscribe.twilio_stream import Dtmf, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
@@ -445,7 +449,8 @@ class Call:
             " (%.2f s padding), %d results received, %d Deepgram connection(s)%s",
             self.call_sid, self.close_reason, duration_s, "+".join(self.stream.tracks), self.stream.media_frames,
             self.stream.rejected, audio_s, padded, self.results_received, len(self.connections),
-            f"; transcription failed: {self.deepgram_error}" if self.deepgram_error else "",
+            (f"; {self.backlog.lost / self.backlog.bytes_per_second:.1f} s of audio never reached Deepgram" if self.backlog.lost else "")
+            + (f"; transcription failed: {self.deepgram_error}" if self.deepgram_error else ""),
         )
 
 
@@ -456,4 +461,4 @@ def _close_text(closed: trio_websocket.ConnectionClosed) -> str:
     return f"closed with {reason.code} {reason.reason or reason.name}".rstrip()
 
 
-__all__ = ["Call", "CallSettings", "DeepgramLost", "error_message", "CLOSE_GOING_AWAY"]
+__all__ = ["Call", "CallSettings", "DeepgramLost", "error_message"]
