@@ -26,7 +26,7 @@ import trio
 from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
 
-from callscribe.auth import BEARER_SUBPROTOCOL, TokenCheck, TwilioSignatureCheck, Verdict, bearer_token, origin_allowed, public_url
+from callscribe.auth import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, InMemoryHub, Subscription, UnknownCall
@@ -43,40 +43,6 @@ CLOSE_TIMEOUT_S = 2.0
 """Sending a close frame to a peer that stopped reading gives up after this."""
 MAX_CLOSE_REASON = 120
 """Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
-
-
-class Access:
-    """The authentication settings the routes apply (see auth.py). Empty: everything is open."""
-
-    def __init__(
-        self,
-        twilio: TwilioSignatureCheck | None = None,
-        tokens: TokenCheck | None = None,
-        origins: frozenset[str] = frozenset(),
-        public_url: str | None = None,
-    ) -> None:
-        self.twilio = twilio
-        self.tokens = tokens or TokenCheck()
-        self.origins = origins
-        self.public_url = public_url
-
-    @property
-    def open(self) -> bool:
-        return self.twilio is None and not self.tokens.enabled
-
-    def check_twilio(self, headers: object, scheme: str, path: str, query: str, params: dict[str, str]) -> Verdict:
-        if self.twilio is None:
-            return Verdict(True)
-        url = public_url(headers, scheme, path, query, self.public_url)  # type: ignore[arg-type]
-        return self.twilio.check(url, params, headers.get("X-Twilio-Signature"))  # type: ignore[attr-defined]
-
-    def check_client(self, ws: Websocket) -> tuple[Verdict, bool]:
-        """Origin and bearer token of a /client or /game connection; also whether to echo the subprotocol."""
-        verdict = origin_allowed(ws.headers, self.origins)  # type: ignore[arg-type]
-        if not verdict.ok:
-            return verdict, False
-        token, as_subprotocol = bearer_token(ws.headers, ws.query_string.decode("latin-1"))  # type: ignore[arg-type]
-        return self.tokens.check(token), as_subprotocol
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -195,7 +161,7 @@ class Server:
 
     async def handle_client(self, ws: Websocket) -> Response | None:
         peer = _peer(ws)
-        verdict, as_subprotocol = self.access.check_client(ws)
+        verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
         if not verdict.ok:
             return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a subscriber", peer)
         await _accept(ws, as_subprotocol)
@@ -268,7 +234,7 @@ class Server:
 
     async def handle_game(self, ws: Websocket) -> Response | None:
         peer = _peer(ws)
-        verdict, as_subprotocol = self.access.check_client(ws)
+        verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
         if not verdict.ok:
             return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a game", peer)
         await _accept(ws, as_subprotocol)

@@ -147,3 +147,34 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Access:
+    """The policy the routes apply. Nothing configured: everything is open."""
+
+    def __init__(
+        self,
+        twilio: TwilioSignatureCheck | None = None,
+        tokens: TokenCheck | None = None,
+        origins: frozenset[str] = frozenset(),
+        public_url: str | None = None,
+    ) -> None:
+        self.twilio = twilio
+        self.tokens = tokens or TokenCheck()
+        self.origins = origins
+        self.public_url = public_url
+
+    def check_twilio(self, headers: Mapping[str, str], scheme: str, path: str, query: str, params: Mapping[str, str]) -> Verdict:
+        """A request that claims to come from Twilio (the /twilio upgrade, a TwiML webhook)."""
+        if self.twilio is None:
+            return ALLOWED
+        url = public_url(headers, scheme, path, query, self.public_url)
+        return self.twilio.check(url, params, headers.get("X-Twilio-Signature"))
+
+    def check_client(self, headers: Mapping[str, str], query: str) -> tuple[Verdict, bool]:
+        """A /client or /game connection: its Origin and bearer token; also whether to echo the subprotocol."""
+        verdict = origin_allowed(headers, self.origins)
+        if not verdict.ok:
+            return verdict, False
+        token, as_subprotocol = bearer_token(headers, query)
+        return self.tokens.check(token), as_subprotocol

@@ -21,8 +21,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from callscribe.app import Access, Server, create_app
-from callscribe.auth import TokenCheck, TwilioSignatureCheck
+from callscribe.app import Server, create_app
+from callscribe.auth import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.config import ServerSettings
 from callscribe.games import GameRegistry
 from callscribe.speech import engine_from_settings
