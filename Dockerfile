@@ -8,9 +8,13 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip install --no-cache-dir .
 
-# Runtime stage: no compilers, no sources, an unprivileged user.
+# Runtime stage: no compilers, no sources, an unprivileged user. espeak-ng is the offline voice
+# for games talking back (CALLSCRIBE_SPEECH=espeak, or auto without Deepgram Aura).
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home callscribe
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends espeak-ng \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home callscribe
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -279,3 +280,44 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def test_hostile_subscribers_games_and_http_requests_get_clear_answers(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+    from callscribe.games import GameSettings
+
+    server = await start_server(nursery, fake_deepgram, games=GameSettings(phone_number="+1555"))
+    good = CallSpec(inbound=noise(2.0, 11), call_sid="CA" + "7" * 32)
+    steady = Subscriber()
+    rng = random.Random(7)
+
+    async def junk_subscriber(reply: str | bytes) -> tuple[int, str | None]:
+        async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
+            await ws.get_message()
+            await ws.send_message(reply)
+            try:
+                with trio.fail_after(5):
+                    while True:
+                        await ws.get_message()
+            except trio_websocket.ConnectionClosed as closed:
+                return closed.reason.code, closed.reason.reason
+        raise AssertionError("not closed")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(server.url("/twilio"), good, speed=2.0))
+        await wait_until_live(server, good.call_sid)
+        inner.start_soon(subscribe, server, good.call_sid, steady)
+        for reply in (b"\x00\xff" * 10, "", "x" * 60_000, '{"callSid": "CA1"}', rng.randbytes(100)):
+            assert (await junk_subscriber(reply))[0] == 1008
+        async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as game:
+            await game.get_message(), await game.get_message()
+            for junk in ("{not json", '{"type": "Explode"}', b"\x01\x02", '{"type": "Say"}', "speak without a call"):
+                await game.send_message(junk)
+                reply = json.loads(await game.get_message())
+                assert reply["type"] == "Error" and reply["message"]
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(server.http_url + "/twiml", content=rng.randbytes(500))).status_code == 200
+            assert (await http.delete(server.http_url + "/healthz")).status_code == 405
+            assert (await http.get(server.http_url + "/nowhere")).status_code == 404
+            assert (await http.get(server.http_url + "/healthz")).json()["status"] == "ok"
+    assert steady.types[-1] == "Metadata" and steady.close_code == 1000
+    server.stop.set()

@@ -284,3 +284,16 @@ async def test_twiml_for_transcription_and_for_games(nursery: trio.Nursery, fake
         assert parameter is not None and (parameter.get("name"), parameter.get("value")) == ("route", "game")
         assert xml.find("./Say") is not None
     server.stop.set()
+
+
+async def test_route_game_sends_every_call_to_games(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str) -> None:
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await start_server(nursery, fake_deepgram, games=GameSettings(phone_number=PHONE, codes_file=codes_file, route_all_calls=True))
+    spec = CallSpec(inbound=generate_tone(2.0))  # no route parameter: a TwiML Bin cannot set one
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game)
+        await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+    assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    server.stop.set()
