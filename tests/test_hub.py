@@ -77,3 +77,18 @@ async def test_shutdown_closes_subscribers_with_1001() -> None:
         assert (subscription.close_code, subscription.close_reason) == (CLOSE_GOING_AWAY, "server shutting down")
         with trio.fail_after(1):
             assert await drain(subscription) == []
+
+
+async def test_a_lagging_subscriber_skips_interims_but_never_a_final() -> None:
+    hub = InMemoryHub()
+    await hub.register_call("CA1")
+    async with hub.subscribe("CA1", queue_size=4) as lagging:
+        await hub.publish("CA1", "final-1")
+        await hub.publish("CA1", "final-2")  # half full now: lagging
+        await hub.publish("CA1", "interim-1", droppable=True)
+        await hub.publish("CA1", "final-3")
+        assert lagging.skipped == 1 and not lagging.ended
+        await hub.publish("CA1", "final-4")
+        await hub.publish("CA1", "final-5")  # would be lost: the subscriber is closed instead
+        assert lagging.ended and lagging.close_code == CLOSE_POLICY
+        assert await drain(lagging) == ["final-1", "final-2", "final-3", "final-4"]

@@ -46,6 +46,10 @@ OPTIONS = [
     Option("--key", "KEY_PEM", "TLS private key (PEM); with --cert"),
     Option("--window-ms", "CALLSCRIBE_WINDOW_MS", f"audio per Deepgram message, {MIN_WINDOW_MS}-{MAX_WINDOW_MS} ms", "100"),
     Option("--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"),
+    Option("--deepgram-backlog", "CALLSCRIBE_DEEPGRAM_BACKLOG", "seconds of audio kept while Deepgram is"
+           " unreachable, replayed on reconnect", "60"),
+    Option("--deepgram-retries", "CALLSCRIBE_DEEPGRAM_RETRIES", "failed Deepgram connection attempts in a row"
+           " before a call gives up on transcription", "8"),
     Option("--finalize-timeout", "CALLSCRIBE_FINALIZE_TIMEOUT", "seconds to wait for Deepgram's final results at call end", "5"),
     Option("--shutdown-grace", "CALLSCRIBE_SHUTDOWN_GRACE", "seconds live calls get to finish on SIGTERM/SIGINT", "10"),
     Option("--stall-timeout", "CALLSCRIBE_STALL_TIMEOUT", "seconds a client may leave our data untaken before it is"
@@ -176,6 +180,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     window_ms = int(_number(values, "CALLSCRIBE_WINDOW_MS", MIN_WINDOW_MS, MAX_WINDOW_MS, int))
     jitter_ms = int(_number(values, "CALLSCRIBE_JITTER_MS", 0, 1000, int))
     finalize = _number(values, "CALLSCRIBE_FINALIZE_TIMEOUT", 0, 60)
+    backlog = _number(values, "CALLSCRIBE_DEEPGRAM_BACKLOG", 1, 600)
+    retries = int(_number(values, "CALLSCRIBE_DEEPGRAM_RETRIES", 0, 100, int))
     grace = _number(values, "CALLSCRIBE_SHUTDOWN_GRACE", 0, 300)
     stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
     level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
@@ -211,6 +217,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         window_ms=window_ms,
         jitter_ms=jitter_ms,
         finalize_timeout_s=finalize,
+        backlog_s=backlog,
+        max_reconnects=retries,
         deepgram_ssl_context=deepgram_ssl,
     )
     return ServerSettings(
