@@ -70,6 +70,7 @@ async def start_server(
     tokens: frozenset[str] = frozenset(),
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
+    redis_url: str | None = None,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -89,6 +90,7 @@ async def start_server(
         tokens=tokens,
         token_secret=token_secret,
         allowed_origins=allowed_origins,
+        redis_url=redis_url,
     )
     stop, done = trio.Event(), trio.Event()
 

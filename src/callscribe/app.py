@@ -83,11 +83,15 @@ class Server:
         self._idle = trio.Event()
 
     async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own every call's tasks; runs for the life of the app."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        """Own the hub's tasks and every call's; runs for the life of the app. The hub outlives the
+        calls, which unregister from it as they end."""
+        async with trio.open_nursery() as hub_nursery:
+            await hub_nursery.start(self.hub.run)
+            async with trio.open_nursery() as calls:
+                self._nursery = calls
+                task_status.started()
+                await trio.sleep_forever()
+            hub_nursery.cancel_scope.cancel()
 
     async def _run_call(self, call: Call) -> None:
         self.calls.add(call)

@@ -71,6 +71,8 @@ OPTIONS = [
            " them; they expire and may be limited to one call)", secret=True),
     Option("--allowed-origins", "CALLSCRIBE_ALLOWED_ORIGINS", "comma-separated Origins browsers may connect"
            " from (default: any)"),
+    Option("--redis-url", "CALLSCRIBE_REDIS_URL", "redis:// URL of a Redis shared by several callscribe processes"
+           " (calls streaming into one can be followed from any); default: this process only"),
     Option("--speak-url", "DEEPGRAM_SPEAK_URL", "Deepgram Aura text-to-speech endpoint", "https://api.deepgram.com/v1/speak"),
 ]
 
@@ -100,6 +102,7 @@ class ServerSettings:
     tokens: frozenset[str] = frozenset()
     token_secret: str | None = None
     allowed_origins: frozenset[str] = frozenset()
+    redis_url: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -211,6 +214,10 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         explicit_speak_url = bool(getattr(args, "speak_url", None) or (environ or os.environ).get("DEEPGRAM_SPEAK_URL"))
         speech = "aura" if explicit_speak_url or urlsplit(url).hostname == "api.deepgram.com" else "espeak"
 
+    redis_url = values["CALLSCRIBE_REDIS_URL"] or None
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"CALLSCRIBE_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
+
     call = CallSettings(
         deepgram_url=url,
         deepgram_api_key=api_key,
@@ -241,6 +248,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         tokens=_list(values["CALLSCRIBE_TOKENS"]),
         token_secret=values["CALLSCRIBE_TOKEN_SECRET"] or None,
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
+        redis_url=redis_url,
     )
 
 

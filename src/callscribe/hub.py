@@ -86,6 +86,9 @@ class Subscription:
 
 
 class Hub(Protocol):
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The hub's own tasks (connections, dispatch); started before any call, cancelled after the last."""
+
     async def register_call(self, call_sid: str) -> None:
         """A stream of this call starts. A call may have several streams (Twilio can fork twice)."""
 
@@ -127,6 +130,10 @@ class InMemoryHub:
 
     def __init__(self) -> None:
         self._calls: dict[str, _CallEntry] = {}
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
 
     async def register_call(self, call_sid: str) -> None:
         self._calls.setdefault(call_sid, _CallEntry()).streams += 1

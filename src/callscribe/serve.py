@@ -85,6 +85,11 @@ async def serve(
         log.warning("TWILIO_AUTH_TOKEN is not set: anyone who finds /twilio can stream audio (and run up the Deepgram bill)")
     if not access.tokens.enabled:
         log.warning("no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game")
+    if hub is None and settings.redis_url:
+        from callscribe.redis_hub import RedisHub
+
+        hub = RedisHub(settings.redis_url)
+        log.info("hub: Redis at %s", settings.redis_url.rsplit("@", 1)[-1])
     app = create_app(
         settings.call,
         hub=hub,
