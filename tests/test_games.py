@@ -63,6 +63,16 @@ async def play(
     return game
 
 
+def say_when_connected(text: str) -> Script:
+    """A game that says `text` (as a plain text frame) once a caller is patched in."""
+
+    async def script(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
+        if message["type"] == "CallConnected":
+            await ws.send_message(text)
+
+    return script
+
+
 @pytest.fixture
 def codes_file(tmp_path: Path) -> str:
     path = tmp_path / "codes.json"
@@ -101,14 +111,9 @@ async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
     fake_deepgram.behaviour.result_every_s = 0.5
     server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
     spec = game_call()
-
-    async def say_hello(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
-        if message["type"] == "CallConnected":
-            await ws.send_message("Hello caller, welcome to the game.")
-
     game = GameClient()
     async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, say_hello)
+        await inner.start(play, server, game, say_when_connected("Hello caller, welcome to the game."))
         report = await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
 
     assert (game.number, game.code) == (PHONE, "42")
@@ -134,13 +139,9 @@ async def test_barge_in_clears_twilio_and_tells_the_game(
     fake_deepgram.behaviour.result_every_s = 0.5
     server = await game_server(nursery, fake_deepgram, aura, codes_file, interim=True)
 
-    async def long_speech(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
-        if message["type"] == "CallConnected":
-            await ws.send_message(json.dumps({"type": "Say", "text": "A very long story " * 20}))
-
     game = GameClient()
     async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, long_speech)
+        await inner.start(play, server, game, say_when_connected(json.dumps({"type": "Say", "text": "A very long story " * 20})))
         report = await run_call(server.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
     aura.release()
     assert "Interrupted" in game.types
@@ -229,14 +230,9 @@ async def test_speech_failure_is_reported_to_the_game_and_the_call_goes_on(
     fake_deepgram.behaviour.transcript = "forty two"
     fake_deepgram.behaviour.result_every_s = 0.5
     server = await game_server(nursery, fake_deepgram, aura, codes_file)
-
-    async def speak(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
-        if message["type"] == "CallConnected":
-            await ws.send_message("anyone there")
-
     game = GameClient()
     async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, speak)
+        await inner.start(play, server, game, say_when_connected("anyone there"))
         report = await run_call(server.url("/twilio"), game_call(3.0), speed=2.0, bidirectional=True)
     errors = [m for m in game.messages if m["type"] == "Error"]
     assert errors and "speech failed" in errors[0]["message"] and "503" in errors[0]["message"]
@@ -249,14 +245,9 @@ async def test_espeak_talks_back_offline(nursery: trio.Nursery, fake_deepgram: F
     fake_deepgram.behaviour.transcript = "forty two"
     fake_deepgram.behaviour.result_every_s = 0.5
     server = await game_server(nursery, fake_deepgram, None, codes_file, speech="espeak")
-
-    async def speak(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
-        if message["type"] == "CallConnected":
-            await ws.send_message("Welcome.")
-
     game = GameClient()
     async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, speak)
+        await inner.start(play, server, game, say_when_connected("Welcome."))
         report = await run_call(server.url("/twilio"), game_call(5.0), speed=1.5, bidirectional=True)
     assert report.playback is not None and len(report.playback.audio) > 2000  # a fraction of a second of speech
     assert "SpeechDone" in game.types

@@ -50,10 +50,6 @@ def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
     return Response(verdict.reason + "\n", status=status, mimetype="text/plain")
 
 
-async def _accept(ws: Websocket, as_subprotocol: bool) -> None:
-    await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
-
-
 class Server:
     """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
 
@@ -163,15 +159,23 @@ class Server:
 
     # -- /client ---------------------------------------------------------------------------------
 
-    async def handle_client(self, ws: Websocket) -> Response | None:
-        peer = _peer(ws)
+    async def _admit(self, ws: Websocket, what: str) -> Verdict | Response | None:
+        """Check a /client or /game connection's Origin and token. A Response refuses the upgrade;
+        None means the socket was accepted and closed again (shutting down); a Verdict, go on."""
         verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
         if not verdict.ok:
-            return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a subscriber", peer)
-        await _accept(ws, as_subprotocol)
+            return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, _peer(ws))
+        await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
         if self.closing:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
             return None
+        return verdict
+
+    async def handle_client(self, ws: Websocket) -> Response | None:
+        peer = _peer(ws)
+        verdict = await self._admit(ws, "a subscriber")
+        if not isinstance(verdict, Verdict):
+            return verdict
         with self._connection() as scope:
             calls = await self.hub.active_calls()
             if verdict.call_sid is not None:  # a token for one call sees only that call
@@ -238,13 +242,9 @@ class Server:
 
     async def handle_game(self, ws: Websocket) -> Response | None:
         peer = _peer(ws)
-        verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
-        if not verdict.ok:
-            return _refuse(verdict, 401 if "token" in verdict.reason else 403, "a game", peer)
-        await _accept(ws, as_subprotocol)
-        if self.closing:
-            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
-            return None
+        admitted = await self._admit(ws, "a game")
+        if not isinstance(admitted, Verdict):
+            return admitted
         game = self.games.join(peer)
         if game is None:
             log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
