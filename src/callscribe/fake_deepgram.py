@@ -65,6 +65,8 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from callscribe import argtypes
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
@@ -752,20 +754,6 @@ def _url_host(host: str) -> str:
 # ---- command line ------------------------------------------------------------------------------
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -802,21 +790,21 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drop-after",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=None,
         metavar="SECONDS",
         help="close each connection with 1011 NET-0000 after this much audio",
     )
     parser.add_argument(
         "--delay",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=defaults.response_delay_s,
         metavar="SECONDS",
         help="delay every message by this much (default %(default)s)",
     )
     parser.add_argument(
         "--result-every",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=defaults.result_every_s,
         metavar="SECONDS",
         help="one final result per channel per this much audio (default %(default)s)",
@@ -828,7 +816,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=defaults.idle_timeout_s,
         metavar="SECONDS",
         help="close 1011 NET-0001 after this long without audio or KeepAlive (default %(default)s)",

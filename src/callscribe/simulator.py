@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 import trio
 import trio_websocket
 
-from callscribe import mulaw
+from callscribe import argtypes, mulaw
 from callscribe.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
 __all__ = [
@@ -633,50 +633,6 @@ async def _play(
 # ---------------------------------------------------------------------------- CLI
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
 def _key_value(separator: str) -> Any:
     def parse(text: str) -> tuple[str, str]:
         key, sep, value = text.partition(separator)
@@ -706,7 +662,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=None,
         metavar="SECONDS",
         help="length of the generated tone (default 5); with a file, play at most this much",
@@ -720,29 +676,29 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--outbound-start-ms",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=0,
         metavar="MS",
         help="outbound track starts this late",
     )
     parser.add_argument(
         "--speed",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=1.0,
         help="1 = real time (default), 0 = as fast as possible",
     )
     parser.add_argument(
-        "--frame-ms", type=_positive_int, default=20, metavar="MS", help="chunk length (default 20)"
+        "--frame-ms", type=argtypes.positive_int, default=20, metavar="MS", help="chunk length (default 20)"
     )
     parser.add_argument(
-        "--jitter-ms", type=_non_negative_float, default=0.0, metavar="MS", help="random send delay up to MS"
+        "--jitter-ms", type=argtypes.non_negative_float, default=0.0, metavar="MS", help="random send delay up to MS"
     )
     parser.add_argument(
-        "--loss", type=_probability, default=0.0, metavar="P", help="probability a chunk is not sent"
+        "--loss", type=argtypes.probability, default=0.0, metavar="P", help="probability a chunk is not sent"
     )
     parser.add_argument(
         "--off-size",
-        type=_probability,
+        type=argtypes.probability,
         default=0.0,
         metavar="P",
         help="probability a chunk is split or merged",
@@ -769,11 +725,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate for wss:// URLs")
     parser.add_argument(
-        "--connect-timeout", type=_positive_float, default=5.0, metavar="SECONDS", help="default 5"
+        "--connect-timeout", type=argtypes.positive_float, default=5.0, metavar="SECONDS", help="default 5"
     )
     parser.add_argument(
         "--close-wait",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for the server to close after stop (default 5)",
