@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate-call", help="replay audio to a server as a Twilio Media Stream")
     simulator.add_cli_arguments(simulate)
 
+    bench = commands.add_parser(
+        "bench", help="measure calls per core, latency and memory (starts its own server and load)"
+    )
+    from callscribe import bench as bench_module
+
+    bench_module.add_cli_arguments(bench)
+
     token = commands.add_parser(
         "token", help="mint a signed bearer token for /client and /game (needs CALLSCRIBE_TOKEN_SECRET)"
     )
@@ -53,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "bench":
+        from callscribe import bench
+
+        return bench.run_from_cli(args)
     if args.command == "fake-deepgram":
         from callscribe import fake_deepgram
 
