@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -45,7 +44,7 @@ from callscribe.bench_load import Audio, Pacer, SimCall, SimSubscriber, Tracker
 from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 API_KEY = "bench-key"
-KINDS = ("callscribe", "floor-receive", "floor-forward")
+KINDS = ("callscribe", "floor-receive", "floor-forward", "floor-asgi-receive")
 DEFAULT_STEPS = (10, 25, 50, 100, 150, 200, 250, 300, 400, 500)
 CPU_LIMIT_PCT = 95.0
 LATENCY_SLACK_MS = 50.0
@@ -86,6 +85,25 @@ def cpu_busy_seconds(cpu: int) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Ctrl-C, also when trio hands it over inside an exception group."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return any(_interrupted(sub) for sub in error.exceptions)
+    return False
 
 
 def free_port(host: str) -> int:
@@ -161,7 +179,8 @@ class ServerProcess:
         self.command = command
         self._log = open(self.log_path, "wb")
         self.process: subprocess.Popen[bytes] = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
+            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         _processes.add(self.process)
 
@@ -266,7 +285,7 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
         FakeDeepgramBehaviour(api_key=API_KEY, idle_timeout_s=60.0), on_audio=tracker.on_audio, on_send=tracker.on_send
     )
     result: dict[str, Any] = {"kind": plan.kind, "calls": plan.calls, "subscribers_per_call": plan.subscribers}
-    audio_checked = plan.kind != "floor-receive"
+    audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
     counts = {
         "calls_started": 0, "calls_failed": 0, "calls_exact": 0, "calls_inexact": 0, "frames_sent": 0,
         "frames_received": 0, "subscribers_failed": 0, "subscribers_ok": 0,
@@ -542,7 +561,8 @@ def _start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[by
     path.parent.mkdir(parents=True, exist_ok=True)
     command = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
                "--format", "raw", "--nonblocking", "--output", str(path)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     _processes.add(process)
     return process
 
@@ -608,11 +628,13 @@ def describe(step: dict[str, Any]) -> str:
 class Settings:
     steps: tuple[int, ...] = DEFAULT_STEPS
     max_calls: int = 1000
-    refine: int = 1
+    refine: int = 2
     step_seconds: float = 15.0
     warmup_seconds: float = 5.0
     subscribers: int = 1
-    floor_calls: int = 100
+    floor_calls: int | None = None
+    """None: the ramp's largest sustained count (where every server keeps up, so CPU per frame is
+    per frame processed), else 100."""
     fanout_subscribers: int = 1000
     fanout_seconds: float = 30.0
     soak_minutes: float = 10.0
@@ -667,10 +689,18 @@ def scenario_ramp(opts: Options, settings: Settings) -> dict[str, Any]:
     return {"steps": steps, "max_sustained_calls": last_pass or 0, "first_unsustained_calls": first_fail}
 
 
+def floor_calls(settings: Settings, ramp: dict[str, Any] | None) -> int:
+    if settings.floor_calls is not None:
+        return settings.floor_calls
+    if ramp and ramp.get("max_sustained_calls"):
+        return int(ramp["max_sustained_calls"])
+    return 100
+
+
 def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | None) -> dict[str, Any]:
-    calls = settings.floor_calls
+    calls = floor_calls(settings, ramp)
     results: dict[str, Any] = {}
-    for kind in ("floor-receive", "floor-forward", "callscribe"):
+    for kind in ("floor-asgi-receive", "floor-receive", "floor-forward", "callscribe"):
         reuse = [s for s in (ramp or {}).get("steps", []) if s["calls"] == calls and s["kind"] == "callscribe"]
         if kind == "callscribe" and reuse:
             results[kind] = reuse[0]
@@ -682,7 +712,7 @@ def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
         results[kind] = result
     out: dict[str, Any] = {"calls": calls, "steps": results}
     ours = results["callscribe"].get("cpu_us_per_frame")
-    for kind in ("floor-receive", "floor-forward"):
+    for kind in ("floor-receive", "floor-forward", "floor-asgi-receive"):
         floor = results[kind].get("cpu_us_per_frame")
         if ours and floor:
             out[f"ratio_to_{kind.replace('-', '_')}"] = round(ours / floor, 2)
@@ -700,27 +730,49 @@ def scenario_fanout(opts: Options, settings: Settings) -> dict[str, Any]:
     return {"step": result, "subscribers": settings.fanout_subscribers}
 
 
+FLAT_PCT_PER_HOUR = 1.0
+"""A soak is flat when its steady-state slope is statistically zero or under this much of RSS per hour
+(RSS moves in whole pages, so a single 4 KB step can make a tiny slope 'significant')."""
+
+
+def soak_fit(samples: list[tuple[float, int]], seconds: float) -> dict[str, Any]:
+    """RSS slope of the soak's second half (steady state), and of everything after a 2-minute warm-up."""
+    out: dict[str, Any] = {}
+    half = seconds / 2
+    steady = linear_fit([(t / 60, kb) for t, kb in samples if t >= half])
+    warm = min(120.0, seconds * 0.2)
+    everything = linear_fit([(t / 60, kb) for t, kb in samples if t >= warm])
+    if steady is None or everything is None:
+        return out
+    mean = sum(kb for t, kb in samples if t >= half) / max(1, sum(1 for t, _ in samples if t >= half))
+    out["fit_from_s"] = half
+    out["slope_kb_per_min"] = round(steady["slope"], 2)
+    out["slope_ci95_kb_per_min"] = [round(steady["ci95_low"], 2), round(steady["ci95_high"], 2)]
+    out["slope_all_kb_per_min"] = round(everything["slope"], 2)
+    out["slope_all_from_s"] = warm
+    out["rss_first_kb"] = samples[0][1]
+    out["rss_half_kb"] = next(kb for t, kb in samples if t >= half)
+    out["rss_last_kb"] = samples[-1][1]
+    out["flat"] = (steady["ci95_low"] <= 0 <= steady["ci95_high"]) or abs(steady["slope"]) * 60 < FLAT_PCT_PER_HOUR / 100 * mean
+    return out
+
+
 def scenario_soak(opts: Options, settings: Settings) -> dict[str, Any]:
     seconds = settings.soak_minutes * 60
     call_seconds = settings.soak_call_seconds or None
     result = run_step(opts, StepPlan(calls=settings.soak_calls, subscribers=settings.subscribers, measure_s=seconds,
                                      warmup_s=settings.warmup_seconds, call_seconds=call_seconds,
-                                     rss_interval_s=max(1.0, seconds / 300)))
+                                     rss_interval_s=max(1.0, seconds / 300)),
+                      retries=0)  # memory growth does not depend on a quiet core; a re-run would double a long run
     opts.say(describe(result))
-    samples = result.get("rss_samples") or []
-    skip = min(120.0, seconds * 0.2)
-    fit = linear_fit([(t / 60, kb) for t, kb in samples if t >= skip])
     soak: dict[str, Any] = {"step": result, "minutes": settings.soak_minutes, "calls": settings.soak_calls,
-                            "call_seconds": call_seconds, "fit_from_s": skip}
-    if fit:
-        soak["slope_kb_per_min"] = round(fit["slope"], 2)
-        soak["slope_ci95_kb_per_min"] = [round(fit["ci95_low"], 2), round(fit["ci95_high"], 2)]
-        soak["flat"] = fit["ci95_low"] <= 0 <= fit["ci95_high"]
-        later = [kb for t, kb in samples if t >= skip]
-        soak["rss_first_kb"], soak["rss_last_kb"] = later[0], later[-1]
+                            "call_seconds": call_seconds, **soak_fit(result.get("rss_samples") or [], seconds)}
+    if "slope_kb_per_min" in soak:
+        low, high = soak["slope_ci95_kb_per_min"]
         opts.say(
-            f"soak: RSS slope {fit['slope']:.1f} KB/min (95% CI {fit['ci95_low']:.1f} .. {fit['ci95_high']:.1f}), "
-            f"{'indistinguishable from zero' if soak['flat'] else 'NOT flat'}"
+            f"soak: RSS {soak['rss_first_kb'] / 1024:.1f} -> {soak['rss_last_kb'] / 1024:.1f} MB; second half slope "
+            f"{soak['slope_kb_per_min']:.1f} KB/min (95% CI {low:.1f} .. {high:.1f}), whole run after warm-up "
+            f"{soak['slope_all_kb_per_min']:.1f} KB/min: {'flat' if soak['flat'] else 'NOT flat'}"
         )
     return soak
 
@@ -784,12 +836,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
     parser.add_argument("--steps", type=_int_list, help=f"call counts of the ramp (default {','.join(map(str, DEFAULT_STEPS))})")
     parser.add_argument("--max-calls", type=int, default=1000, help="never ramp above this (default 1000)")
-    parser.add_argument("--refine", type=int, default=1, help="bisection steps between the last sustained and the first unsustained count (default 1)")
+    parser.add_argument("--refine", type=int, default=2, help="bisection steps between the last sustained and the first unsustained count (default 2)")
     parser.add_argument("--step-seconds", type=float, help="measurement window per step (default 15)")
     parser.add_argument("--warmup-seconds", type=float, help="after set-up, before measuring (default 5)")
     parser.add_argument("--subscribers", type=int, default=1, help="subscribers per call (default 1)")
     parser.add_argument("--window-ms", type=int, default=100, help="the server's --window-ms (default 100)")
-    parser.add_argument("--floor-calls", type=int, help="calls for the floor comparison (default 100)")
+    parser.add_argument("--floor-calls", type=int,
+                        help="calls for the floor comparison (default: the ramp's largest sustained count, "
+                        "so that every server keeps up; 100 without a ramp)")
     parser.add_argument("--fanout-subscribers", type=int, help="subscribers of the one fan-out call (default 1000)")
     parser.add_argument("--fanout-seconds", type=float, help="fan-out measurement window (default 30)")
     parser.add_argument("--soak-minutes", type=float, default=None, help="soak length (default 10)")
@@ -799,6 +853,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true", help="also run one step under py-spy and summarise where the server's time goes")
     parser.add_argument("--profile-calls", type=int, default=100, help="calls of the profiled step (default 100)")
     parser.add_argument("--out", default="bench-results", help="directory for bench-results.json/.md, the plot and logs (default ./bench-results)")
+    parser.add_argument("--log-dir", default=None, help="server logs (default: OUT/logs)")
     parser.add_argument("--fresh", action="store_true", help="do not merge with an existing bench-results.json in --out")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate CPUs")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (default 0)")
@@ -815,12 +870,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     s = Settings()
     if args.quick:
-        s = Settings(steps=(5, 10, 20), step_seconds=4.0, warmup_seconds=1.0, floor_calls=10, fanout_subscribers=100,
+        s = Settings(steps=(5, 10, 20), step_seconds=4.0, warmup_seconds=1.0, fanout_subscribers=100,
                      fanout_seconds=5.0, soak_minutes=1.0, soak_calls=10, soak_call_seconds=20.0, refine=0, profile_calls=10)
     if args.steps:
         s.steps = args.steps
     s.max_calls = args.max_calls
-    s.refine = args.refine if not args.quick or args.refine != 1 else 0
+    s.refine = args.refine if not args.quick or args.refine != 2 else 0
     s.subscribers = args.subscribers
     for name in ("step_seconds", "warmup_seconds", "floor_calls", "fanout_subscribers", "fanout_seconds", "soak_minutes",
                  "soak_calls", "soak_call_seconds"):
@@ -856,7 +911,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bench_load.COALESCE_TRACKS = args.coalesce_tracks
     opts = Options(window_ms=args.window_ms, pin=not args.no_pin, retries=max(0, args.retries), server_cpu=args.server_cpu, load_cpu=args.load_cpu,
-                   server_pythonpath=args.server_pythonpath, server_log_level=args.server_log_level, log_dir=out / "logs")
+                   server_pythonpath=args.server_pythonpath, server_log_level=args.server_log_level,
+                   log_dir=Path(args.log_dir) if args.log_dir else out / "logs")
     cpus = os.sched_getaffinity(0)
     if opts.pin and (len(cpus) < 2 or opts.server_cpu not in cpus or opts.load_cpu not in cpus or opts.server_cpu == opts.load_cpu):
         print(f"bench: cannot pin to CPUs {opts.server_cpu}/{opts.load_cpu} (have {sorted(cpus)}); running unpinned", file=sys.stderr)
@@ -877,8 +933,9 @@ def run_from_cli(args: argparse.Namespace) -> int:
             opts.say(f"== ramp: steps {','.join(map(str, settings.steps))}, {settings.step_seconds:g} s each")
             results["ramp"] = {**scenario_ramp(opts, settings), **stamp}
         if "floor" in scenarios:
-            opts.say(f"== floor: {settings.floor_calls} calls against the stack's floor servers")
-            results["floor"] = {**scenario_floor(opts, settings, results.get("ramp") if "ramp" in scenarios else None), **stamp}
+            ramp = results.get("ramp") if "ramp" in scenarios else None
+            opts.say(f"== floor: {floor_calls(settings, ramp)} calls against the stack's floor servers")
+            results["floor"] = {**scenario_floor(opts, settings, ramp), **stamp}
         if "fanout" in scenarios:
             opts.say(f"== fan-out: 1 call, {settings.fanout_subscribers} subscribers")
             results["fanout"] = {**scenario_fanout(opts, settings), **stamp}
@@ -889,15 +946,19 @@ def run_from_cli(args: argparse.Namespace) -> int:
             opts.say(f"== profile: {settings.profile_calls} calls under py-spy")
             path = out / f"profile-{settings.profile_calls}-calls.folded"
             step = run_step(opts, StepPlan(calls=settings.profile_calls, subscribers=settings.subscribers,
-                                           measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds, profile_path=path))
+                                           measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds, profile_path=path),
+                            retries=0)  # where the time goes does not need an undisturbed core
             opts.say(describe(step) + " (under py-spy: slower than unprofiled)")
             results["profile"] = {"step": step, "folded": path.name, **bench_report.summarise_profile(path), **stamp}
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as error:
-        print(f"bench: {error}", file=sys.stderr)
-        return 1
+    except BaseException as error:
+        kill_all()
+        if _interrupted(error):
+            print("bench: interrupted; no results written", file=sys.stderr)
+            return 130
+        if isinstance(error, RuntimeError):
+            print(f"bench: {error}", file=sys.stderr)
+            return 1
+        raise
     finally:
         kill_all()
     paths = bench_report.write_outputs(results, out)

@@ -6,6 +6,8 @@ subscribers). Two kinds:
 
 - ``receive``: the ``/twilio`` handler only receives frames (no parsing) until it sees ``stop``.
   Its CPU per frame is the *stack floor*: what Hypercorn + Quart-Trio cost per received frame.
+- ``asgi-receive``: the same as ``receive`` written as a plain ASGI application (no Quart): what
+  Quart-Trio's own per-frame work costs on top of Hypercorn's.
 - ``forward``: receive, decode each frame with msgspec, append the payload to its track's buffer,
   and every window send both tracks interleaved (slice assignment) to Deepgram from the same task;
   Deepgram's messages are read and dropped; on ``stop`` the rest is sent with ``CloseStream``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from typing import Any
 
 import msgspec
 import trio
@@ -33,7 +36,7 @@ from callscribe.websocket_client import connect_websocket
 
 log = logging.getLogger("callscribe.bench_floor")
 
-KINDS = ("receive", "forward")
+KINDS = ("receive", "forward", "asgi-receive")
 
 
 class _Media(msgspec.Struct):
@@ -50,9 +53,41 @@ _decode = msgspec.json.Decoder(_Frame).decode
 _STOP_PREFIX = '{"event":"stop"'
 
 
-def create_floor_app(kind: str, deepgram_url: str, api_key: str, window_ms: int = 100) -> QuartTrio:
+async def asgi_receive_only(scope: dict, receive: Any, send: Any) -> None:
+    """Plain ASGI: ``/healthz`` and a receive-only ``/twilio``."""
+    if scope["type"] == "lifespan":
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        await receive()
+        body = b'{"status": "ok", "kind": "asgi-receive"}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if scope["type"] != "websocket" or (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        text = event.get("text")
+        if text is not None and text.startswith(_STOP_PREFIX):
+            break
+    await send({"type": "websocket.close", "code": 1000, "reason": "call ended"})
+
+
+def create_floor_app(kind: str, deepgram_url: str, api_key: str, window_ms: int = 100) -> Any:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    if kind == "asgi-receive":
+        return asgi_receive_only
     app = QuartTrio("callscribe-floor")
     window = window_ms * 8
     headers = [("Authorization", f"Token {api_key}")]
