@@ -5,9 +5,10 @@ Quart-Trio cancels a WebSocket handler the moment its peer disconnects. A call m
 transcribed), so calls do not run in their handler: they run in the supervisor's nursery, which
 lives as long as the app. The `/twilio` handler starts the call there and waits for it; when the
 handler is cancelled it tells the call that its input ended, and the call finishes on its own.
+(`/twilio` runs outside Quart anyway, for speed; the same shape keeps it safe either way.)
 
 Routes:
-- `/twilio`      (WebSocket) Twilio Media Streams.
+- `/twilio`      (WebSocket) Twilio Media Streams, served on plain ASGI in front of Quart (asgi_websocket.py).
 - `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
@@ -21,11 +22,13 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
 
+from callscribe.asgi_websocket import MAX_CLOSE_REASON, AsgiWebSocket, ASGIReceive, ASGISend
 from callscribe.auth import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
@@ -41,8 +44,6 @@ SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
 CLOSE_TIMEOUT_S = 2.0
 """Sending a close frame to a peer that stopped reading gives up after this."""
-MAX_CLOSE_REASON = 120
-"""Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -140,13 +141,20 @@ class Server:
 
     # -- /twilio -------------------------------------------------------------------------------
 
-    async def handle_twilio(self, ws: Websocket) -> Response | None:
-        verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string.decode("latin-1"), {})
+    async def handle_twilio(self, ws: AsgiWebSocket) -> None:
+        """A Twilio Media Stream. It runs on plain ASGI, not Quart (see asgi_websocket.py): the
+        call reads Hypercorn's queue directly and runs in the supervisor's nursery; this waits for
+        it, then closes the socket with the call's close code."""
+        if not await ws.connected():
+            return
+        verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string, {})
         if not verdict.ok:
-            return _refuse(verdict, 403, "a Twilio stream", _peer(ws))
+            log.warning("refused a Twilio stream from %s: %s", ws.peer, verdict.reason)
+            await ws.refuse(403, verdict.reason)
+            return
         await ws.accept()
         if self.closing or self._nursery is None:
-            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
             return
         call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games)
         self._nursery.start_soon(self._run_call, call)
@@ -154,8 +162,7 @@ class Server:
             await call.finished.wait()
         finally:
             call.end_input()
-        await _close(ws, call.close_code, call.close_reason)
-        return None
+        await ws.close(call.close_code, call.close_reason, CLOSE_TIMEOUT_S)
 
     # -- /client ---------------------------------------------------------------------------------
 
@@ -353,10 +360,6 @@ def create_app(
     async def start_supervisor() -> None:
         await app.nursery.start(server.supervise)
 
-    @app.websocket("/twilio")
-    async def twilio() -> Response | None:
-        return await server.handle_twilio(websocket._get_current_object())
-
     @app.websocket("/client")
     async def client() -> Response | None:
         return await server.handle_client(websocket._get_current_object())
@@ -381,4 +384,13 @@ def create_app(
     async def healthz() -> tuple[dict[str, object], int]:
         return server.health(), 200
 
+    quart_asgi = app.asgi_app
+
+    async def asgi_app(scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/twilio":
+            await server.handle_twilio(AsgiWebSocket(scope, receive, send))
+        else:
+            await quart_asgi(scope, receive, send)
+
+    app.asgi_app = asgi_app  # type: ignore[method-assign]
     return app
