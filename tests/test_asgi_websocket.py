@@ -101,6 +101,18 @@ async def test_send_text_and_bytes() -> None:
     assert server.sent == [{"type": "websocket.send", "text": "hi"}, {"type": "websocket.send", "bytes": b"\xff"}]
 
 
+async def test_send_after_the_peer_left_is_dropped_but_still_yields() -> None:
+    server = ScriptedServer({"type": "websocket.disconnect", "code": 1001})
+    ws = socket(server)
+    with pytest.raises(trio.EndOfChannel):
+        await ws.receive()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):  # a checkpoint: a loop of sends can be cancelled
+            await ws.send("talk-back audio")
+    assert server.sent == []
+
+
 async def test_close_reads_on_until_the_peer_answers() -> None:
     server = ScriptedServer(
         {"type": "websocket.receive", "text": "late frame"},

@@ -87,6 +87,11 @@ class AsgiWebSocket:
         raise trio.EndOfChannel
 
     async def send(self, message: str | bytes) -> None:
+        """Send one message. Once the peer has gone it is dropped, with a checkpoint: Hypercorn
+        would drop it too but return without one, and a sending loop would spin."""
+        if self.gone:
+            await trio.lowlevel.checkpoint()
+            return
         if isinstance(message, str):
             await self._send({"type": "websocket.send", "text": message})
         else:
