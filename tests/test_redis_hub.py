@@ -18,7 +18,7 @@ from callscribe.fake_deepgram import FakeDeepgram
 from callscribe.mulaw import generate_tone
 from callscribe.simulator import CallSpec, run_call
 
-from conftest import Subscriber, start_server, subscribe, wait_until_live
+from conftest import RunningServer, Subscriber, start_server, subscribe, wait_until_live
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup")
 
@@ -52,6 +52,16 @@ async def redis_url() -> AsyncIterator[str]:
         await process.wait()
 
 
+async def _stop(*servers: RunningServer) -> None:
+    """Stop the servers and wait until they are down: the redis_url fixture kills Redis on teardown,
+    and a server still shutting down would hit a dead Redis."""
+    for server in servers:
+        server.stop.set()
+    with trio.fail_after(10):
+        for server in servers:
+            await server.done.wait()
+
+
 async def test_a_call_in_one_process_is_followed_from_another(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
 ) -> None:
@@ -72,8 +82,7 @@ async def test_a_call_in_one_process_is_followed_from_another(
     assert on_a.messages == on_b.messages
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []  # gone from the shared registry
-    a.stop.set()
-    b.stop.set()
+    await _stop(a, b)
 
 
 async def test_notices_and_unknown_calls_across_processes(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str) -> None:
@@ -91,8 +100,7 @@ async def test_notices_and_unknown_calls_across_processes(nursery: trio.Nursery,
     assert "HTTP 401" in error["message"] and late.close_code == 1000
     unknown = await subscribe(b, "CA-nowhere", Subscriber(), wait_for_call=False)
     assert unknown.close_code == 1008
-    a.stop.set()
-    b.stop.set()
+    await _stop(a, b)
 
 
 async def test_calls_of_a_dead_process_drop_out_after_the_lease(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str) -> None:
@@ -101,4 +109,4 @@ async def test_calls_of_a_dead_process_drop_out_after_the_lease(nursery: trio.Nu
         await client.zadd("callscribe:calls", {"CA-stale": time.time() - 120, "CA-fresh": time.time()})
     async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == ["CA-fresh"]
-    server.stop.set()
+    await _stop(server)
