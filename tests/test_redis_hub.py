@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import coredis
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -29,27 +30,48 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    port = _free_port()
-    process = await trio.lowlevel.open_process(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}"
-    try:
+class RedisServer:
+    """A redis-server of the test's own on a free port, which a test may kill and start again."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: trio.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await trio.lowlevel.open_process(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         with trio.fail_after(10):
             while True:
                 try:
-                    async with coredis.Redis.from_url(url) as client:
+                    async with coredis.Redis.from_url(self.url) as client:
                         await client.ping()
-                    break
+                    return
                 except (coredis.exceptions.ConnectionError, OSError):
                     await trio.sleep(0.05)
-        yield url
+
+    async def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            await self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
     finally:
-        process.kill()
-        await process.wait()
+        await server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 async def _stop(*servers: RunningServer) -> None:
@@ -109,4 +131,52 @@ async def test_calls_of_a_dead_process_drop_out_after_the_lease(nursery: trio.Nu
         await client.zadd("callscribe:calls", {"CA-stale": time.time() - 120, "CA-fresh": time.time()})
     async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == ["CA-fresh"]
+    await _stop(server)
+
+
+async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(nursery, fake_deepgram, redis_url=redis_server.url)
+    spec = CallSpec(inbound=generate_tone(3.0), outbound=generate_tone(3.0, freq_hz=600), call_sid="CA" + "6" * 32)
+    subscriber = Subscriber()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.5))
+        await wait_until_live(server, spec.call_sid)
+        inner.start_soon(subscribe, server, spec.call_sid, subscriber)
+        with trio.fail_after(10):
+            while not subscriber.messages:
+                await trio.sleep(0.01)
+        await redis_server.kill()  # mid-call: results are still coming
+    (session,) = fake_deepgram.sessions
+    assert bytes(session.audio_by_channel[0]) == spec.inbound  # the call itself never noticed
+    assert bytes(session.audio_by_channel[1]) == spec.outbound
+    # This process's subscriber was served directly while Redis was down, to the end.
+    assert subscriber.types[-1] == "Metadata"
+    assert (subscriber.close_code, subscriber.close_reason) == (1000, "call ended")
+    assert "Redis is unavailable" in caplog.text
+    async with httpx.AsyncClient() as client:
+        health = await client.get(server.http_url + "/healthz")
+    assert health.status_code == 200 and health.json()["active_calls"] == 0
+
+    # A new subscriber cannot be served meanwhile, and is told so.
+    async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
+        error = json.loads(await ws.get_message())
+        assert error["type"] == "Error" and "subscriptions are unavailable" in error["message"]
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await ws.get_message()
+        assert closed.value.reason.code == 1013
+
+    await redis_server.start()  # same port, empty: the hub reconnects by itself
+    again = CallSpec(inbound=generate_tone(4.0), call_sid="CA" + "7" * 32)
+    follower = Subscriber()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(server.url("/twilio"), again, speed=1.0))
+        await wait_until_live(server, again.call_sid)
+        # Joining may wait for the pub/sub connection's own reconnection (retried every <= 2 s);
+        # what was published before the subscription took effect is not replayed, as for anyone.
+        inner.start_soon(subscribe, server, again.call_sid, follower)
+    assert 0 < follower.types.count("Results") <= fake_deepgram.sessions[-1].results_sent
+    assert (follower.types[-1], follower.close_code) == ("Metadata", 1000)
+    assert "Redis is back" in caplog.text
     await _stop(server)

@@ -32,7 +32,7 @@ from callscribe.asgi_websocket import MAX_CLOSE_REASON, AsgiWebSocket, ASGIRecei
 from callscribe.auth import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
-from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, InMemoryHub, Subscription, UnknownCall
+from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, HubUnavailable, InMemoryHub, Subscription, UnknownCall
 from callscribe.metrics import CONTENT_TYPE, Metrics
 from callscribe.twiml import game_twiml, transcription_twiml
 
@@ -184,7 +184,11 @@ class Server:
         if not isinstance(verdict, Verdict):
             return verdict
         with self._connection() as scope:
-            calls = await self.hub.active_calls()
+            try:
+                calls = await self.hub.active_calls()
+            except HubUnavailable as error:
+                await _hub_unavailable(ws, peer, error)
+                return None
             if verdict.call_sid is not None:  # a token for one call sees only that call
                 calls = [sid for sid in calls if sid == verdict.call_sid]
             await ws.send(json.dumps(calls))
@@ -227,6 +231,9 @@ class Server:
             log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
             await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"}))
             await _close(ws, CLOSE_POLICY, "unknown callSid")
+            return
+        except HubUnavailable as error:
+            await _hub_unavailable(ws, peer, error)
             return
         await _close(ws, subscription.close_code, subscription.close_reason)
 
@@ -318,6 +325,12 @@ async def _discard_incoming(ws: Websocket) -> None:
     """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
     while True:
         await ws.receive()
+
+
+async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
+    log.warning("subscriber %s turned away: %s", peer, error)
+    await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"subscriptions are unavailable: {error}"}))
+    await _close(ws, CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
 
 
 async def _close(ws: Websocket, code: int, reason: str) -> None:

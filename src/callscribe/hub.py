@@ -36,6 +36,10 @@ class UnknownCall(LookupError):
     """No live call has this callSid."""
 
 
+class HubUnavailable(RuntimeError):
+    """The hub cannot answer now (its Redis is unreachable); the subscriber may try again later."""
+
+
 class Subscription:
     """One listener's bounded queue of a call's messages, and how it is to be closed."""
 
@@ -104,10 +108,11 @@ class Hub(Protocol):
         per call, and given first to anyone who subscribes later."""
 
     async def active_calls(self) -> list[str]:
-        """callSids of the live calls, oldest first."""
+        """callSids of the live calls, oldest first; raises `HubUnavailable` if the hub cannot tell now."""
 
     def subscribe(self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE) -> AsyncIterator[Subscription]:
-        """Async context manager: a subscription to a live call; raises `UnknownCall` if there is none."""
+        """Async context manager: a subscription to a live call; raises `UnknownCall` if there is none,
+        `HubUnavailable` if the hub cannot tell now."""
 
     def stats(self) -> dict[str, int]:
         """Counts for health checks: {"calls": ..., "subscribers": ...}."""
