@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio_websocket
+import trustme
 
 from callscribe.call import CallSettings
 from callscribe.config import ServerSettings
@@ -18,6 +20,33 @@ from callscribe.games import GameSettings
 from callscribe.serve import serve
 
 API_KEY = "test-key"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a subprocess to bind, or to be refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LocalTls:
+    """A throwaway CA (trustme) with a certificate for 127.0.0.1, as SSL contexts for both ends."""
+
+    ca: trustme.CA
+    server: ssl.SSLContext
+    """Presents the certificate for 127.0.0.1."""
+    client: ssl.SSLContext
+    """Trusts the CA."""
+
+
+def local_tls() -> LocalTls:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return LocalTls(ca, server, client)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import trio
 import trustme
 
 from callscribe.config import OPTIONS
+
+from conftest import free_port
 
 PYTHON = sys.executable
 
@@ -74,12 +75,6 @@ def test_bad_configuration_is_one_line_and_status_2(env: dict[str, str], message
 def test_flags_override_the_environment() -> None:
     result = run_cli("serve", "--window-ms", "999", env={"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WINDOW_MS": "100"})
     assert result.returncode == 2 and "not 999" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> None:

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -40,6 +39,8 @@ from callscribe.fake_deepgram import (
     results_message,
     run_from_cli,
 )
+
+from conftest import local_tls
 
 AUTH = [(b"Authorization", b"Token test-key")]
 MULAW = "?encoding=mulaw&sample_rate=8000"
@@ -200,12 +201,8 @@ async def test_encoding_without_sample_rate_rejected_400(fake: FakeDeepgram) -> 
 
 
 async def test_tls_url_and_handshake(nursery: trio.Nursery) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    tls = local_tls()
+    server_context, client_context = tls.server, tls.client
     fake = FakeDeepgram()
     await nursery.start(lambda task_status: fake.serve(ssl_context=server_context, task_status=task_status))
     assert fake.url.startswith("wss://127.0.0.1:")

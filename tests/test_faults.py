@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,12 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-import trustme
 
 from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.simulator import CallSpec, call_messages, run_call
 from callscribe.websocket_client import connect_websocket
 
-from conftest import API_KEY, RunningServer, Subscriber, start_server, subscribe, wait_until_live
+from conftest import API_KEY, RunningServer, Subscriber, free_port, local_tls, start_server, subscribe, wait_until_live
 
 
 def noise(seconds: float, seed: int) -> bytes:
@@ -74,9 +72,7 @@ async def test_deepgram_dropping_several_times_loses_no_audio_and_keeps_one_time
 
 
 async def test_an_untrusted_deepgram_certificate_is_reported_as_such(nursery: trio.Nursery, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+    server_ssl = local_tls().server  # a CA nobody trusts
     fake = FakeDeepgram(FakeDeepgramBehaviour(api_key=API_KEY))
     await nursery.start(lambda task_status: fake.serve(ssl_context=server_ssl, task_status=task_status))
     server = await start_server(nursery, fake, max_reconnects=0, connect_timeout_s=2.0)
@@ -241,7 +237,7 @@ async def test_oversized_frames_and_floods_get_clear_close_codes(server: Running
 
 
 async def test_sigterm_mid_call_delivers_final_results_before_closing_subscribers(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "CALLSCRIBE_"))}
     env |= {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_URL": fake_deepgram.url, "PROXY_URL": f"127.0.0.1:{port}"}
     process = await trio.lowlevel.open_process([sys.executable, "-m", "callscribe", "serve"], env=env, stderr=subprocess.DEVNULL)
@@ -272,14 +268,6 @@ async def test_sigterm_mid_call_delivers_final_results_before_closing_subscriber
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_hostile_subscribers_games_and_http_requests_get_clear_answers(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:

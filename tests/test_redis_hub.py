@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -19,22 +18,16 @@ from callscribe.fake_deepgram import FakeDeepgram
 from callscribe.mulaw import generate_tone
 from callscribe.simulator import CallSpec, run_call
 
-from conftest import RunningServer, Subscriber, start_server, subscribe, wait_until_live
+from conftest import RunningServer, Subscriber, free_port, start_server, subscribe, wait_until_live
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
     """A redis-server of the test's own on a free port, which a test may kill and start again."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.process: trio.Process | None = None
 

@@ -7,7 +7,6 @@ import base64
 import functools
 import json
 import socket
-import ssl
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,8 @@ from hypothesis import strategies as st
 
 from callscribe import mulaw
 from callscribe import simulator as sim
+
+from conftest import LocalTls, free_port, local_tls
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -420,14 +421,8 @@ async def test_run_call_real_time_pacing(nursery: trio.Nursery, autojump_clock: 
         assert report.close_code == 1000
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_connection_refused() -> None:
-    port = unused_port()
+    port = free_port()
     with (
         trio.fail_after(5),
         pytest.raises(ConnectionError, match=f"cannot connect to ws://127.0.0.1:{port}/twilio: .*refused"),
@@ -467,18 +462,12 @@ async def test_bad_arguments() -> None:
 
 
 @pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext, Any]:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context, ca
+def tls() -> LocalTls:
+    return local_tls()
 
 
-async def test_wss(nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext, Any]) -> None:
-    server_context, client_context, _ = tls
+async def test_wss(nursery: trio.Nursery, tls: LocalTls) -> None:
+    server_context, client_context = tls.server, tls.client
     recorder = Recorder()
     port = await start_server(nursery, recorder.handler, ssl_context=server_context)
     spec = small_spec()
@@ -543,7 +532,7 @@ def test_cli_bad_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_cli_unreachable_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    port = unused_port()
+    port = free_port()
     assert (
         sim.run_from_cli(parse("--url", f"ws://127.0.0.1:{port}/twilio", "--speed", "0", "--duration", "0.1"))
         == 1

@@ -38,7 +38,7 @@ import struct
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -491,10 +491,7 @@ class _EspeakAudio:
             if not data:
                 self._ended = True
                 return await self._end()
-            try:
-                out = self._decoder.feed(data)
-            except ValueError as error:
-                raise SpeechError(f"{self._program} wrote audio that cannot be converted: {error}") from error
+            out = self._convert(self._decoder.feed, data)
             if out:
                 return out
         raise StopAsyncIteration
@@ -504,13 +501,17 @@ class _EspeakAudio:
         if status != 0:
             message = " ".join((await self._stderr_text()).split()) or "no message"
             raise SpeechError(f"{self._program} failed (exit status {status}): {message}")
-        try:
-            tail = self._decoder.finish()
-        except ValueError as error:
-            raise SpeechError(f"{self._program} wrote audio that cannot be converted: {error}") from error
+        tail = self._convert(self._decoder.finish)
         if tail:
             return tail
         raise StopAsyncIteration
+
+    def _convert(self, step: Callable[..., bytes], *data: bytes) -> bytes:
+        """One step of turning the program's audio into 8 kHz mu-law; bad audio is a SpeechError."""
+        try:
+            return step(*data)
+        except ValueError as error:
+            raise SpeechError(f"{self._program} wrote audio that cannot be converted: {error}") from error
 
     async def _stderr_text(self) -> str:
         """What the (exited) process wrote to stderr: a line or two, far below a pipe's buffer."""

@@ -35,6 +35,13 @@ class _Message(msgspec.Struct, tag_field="event", rename="camel", frozen=True):
     pass
 
 
+class _StreamMessage(_Message, kw_only=True):
+    """Every message after `connected` names its stream and carries a sequence number."""
+
+    stream_sid: str = ""
+    sequence_number: int = 0
+
+
 class Connected(_Message, tag="connected"):
     protocol: str = ""
     version: str = ""
@@ -55,10 +62,8 @@ class StartInfo(msgspec.Struct, rename="camel", frozen=True):
     custom_parameters: dict[str, str] = {}
 
 
-class Start(_Message, tag="start"):
+class Start(_StreamMessage, tag="start"):
     start: StartInfo
-    stream_sid: str = ""
-    sequence_number: int = 0
 
 
 class MediaInfo(msgspec.Struct, frozen=True):
@@ -68,20 +73,16 @@ class MediaInfo(msgspec.Struct, frozen=True):
     chunk: int = 0
 
 
-class Media(_Message, tag="media"):
+class Media(_StreamMessage, tag="media"):
     media: MediaInfo
-    stream_sid: str = ""
-    sequence_number: int = 0
 
 
 class MarkInfo(msgspec.Struct, frozen=True):
     name: str
 
 
-class Mark(_Message, tag="mark"):
+class Mark(_StreamMessage, tag="mark"):
     mark: MarkInfo
-    stream_sid: str = ""
-    sequence_number: int = 0
 
 
 class DtmfInfo(msgspec.Struct, frozen=True):
@@ -89,15 +90,12 @@ class DtmfInfo(msgspec.Struct, frozen=True):
     track: str = "inbound_track"
 
 
-class Dtmf(_Message, tag="dtmf"):
+class Dtmf(_StreamMessage, tag="dtmf"):
     dtmf: DtmfInfo
-    stream_sid: str = ""
-    sequence_number: int = 0
 
 
-class Stop(_Message, tag="stop"):
-    stream_sid: str = ""
-    sequence_number: int = 0
+class Stop(_StreamMessage, tag="stop"):
+    pass
 
 
 class Rejected(msgspec.Struct, frozen=True):
