@@ -19,8 +19,8 @@ import socket
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
+from callscribe import listener
 from callscribe.app import Server, create_app
 from callscribe.auth import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.config import ServerSettings
@@ -119,7 +119,7 @@ async def serve(
         nursery.start_soon(watch_signals)
         async with trio.open_nursery() as hypercorn_nursery:
             binds = await hypercorn_nursery.start(
-                lambda task_status: hypercorn_serve(
+                lambda task_status: listener.serve(
                     app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger, task_status=task_status
                 )
             )
