@@ -108,6 +108,32 @@ def test_pacer_lets_live_audio_through_and_holds_a_replay_to_the_rate() -> None:
     assert now >= (10 - 0.5) / 1.25 - 0.1 - 1e-9
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.floats(1.0, 4.0),
+    burst_s=st.floats(0.02, 2.0),
+    windows=st.lists(st.tuples(st.floats(0, 2), st.floats(0.001, 1.0)), min_size=1, max_size=60),
+)
+def test_pacer_sends_at_most_the_burst_plus_rate_times_the_time_since_a_send(
+    rate: float, burst_s: float, windows: list[tuple[float, float]]
+) -> None:
+    """Windows of at most `burst_s`, each ready `idle` s after the previous one went out (0: a backlog)."""
+    pacer = Pacer(rate, burst_s)
+    now = 0.0
+    sent: list[tuple[float, float]] = []
+    for idle, fraction in windows:
+        now += idle
+        audio = fraction * burst_s
+        now += pacer.delay(now, audio)
+        sent.append((now, audio))
+    # From any send (the first included), the next T seconds carry at most burst_s + rate * T.
+    for first, (start, _) in enumerate(sent):
+        total = 0.0
+        for at, audio in sent[first:]:
+            total += audio
+            assert total <= burst_s + rate * (at - start) + 1e-9 * (1 + total)
+
+
 def test_rebase_shifts_every_time_and_leaves_the_rest() -> None:
     results = {"type": "Results", "start": 1.5, "duration": 1.0, "is_final": True,
                "channel": {"alternatives": [{"transcript": "hi there", "words": [{"word": "hi", "start": 1.5, "end": 1.7}]}]}}

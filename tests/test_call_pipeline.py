@@ -39,6 +39,8 @@ class ScriptedConnection:
         self._send, self._receive = trio.open_memory_channel[str](100)
         self.closed = False
         self.dropped = False
+        self.close_stream_answer: list[str] | None = None
+        """What to say on CloseStream (by default a final per channel, then Metadata)."""
 
     async def send_message(self, message: str | bytes) -> None:
         if self.closed:
@@ -46,9 +48,12 @@ class ScriptedConnection:
         self.sent.append(message)
         self.sent_at.append(trio.current_time())
         if message == CLOSE_STREAM and self.answer_close_stream:
-            for channel in range(self.channels):
-                self.say(results(channel, self.channels, f"final words {channel}"))
-            self.say(METADATA)
+            answer = self.close_stream_answer
+            if answer is None:
+                answer = [results(channel, self.channels, f"final words {channel}") for channel in range(self.channels)]
+                answer.append(METADATA)
+            for text in answer:
+                self.say(text)
             self._send.close()
 
     def say(self, message: str) -> None:
@@ -118,21 +123,24 @@ class ScriptedDeepgram:
         return [m for c in self.connections for m in c.control]
 
 
+# The Twilio messages carry no sequenceNumber: `Harness.feed` numbers them in the order fed.
+
+
 def twilio_start(tracks: list[str]) -> str:
     return json.dumps({
-        "event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+        "event": "start", "streamSid": "MZ1",
         "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": CALL_SID, "tracks": tracks,
                   "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
     })
 
 
 def twilio_media(track: str, timestamp_ms: int, payload: bytes) -> str:
-    return json.dumps({"event": "media", "sequenceNumber": "2", "streamSid": "MZ1",
+    return json.dumps({"event": "media", "streamSid": "MZ1",
                        "media": {"track": track, "chunk": "1", "timestamp": str(timestamp_ms),
                                  "payload": base64.b64encode(payload).decode()}})
 
 
-STOP = json.dumps({"event": "stop", "sequenceNumber": "9", "streamSid": "MZ1"})
+STOP = json.dumps({"event": "stop", "streamSid": "MZ1"})
 
 
 class Harness:
@@ -146,6 +154,7 @@ class Harness:
         )
         self.received: list[str] = []
         self.close: tuple[int, str] | None = None
+        self.sequence_number = 0
 
     async def subscribe_when_live(self) -> None:
         while CALL_SID not in await self.hub.active_calls():
@@ -156,7 +165,15 @@ class Harness:
             self.close = (subscription.close_code, subscription.close_reason)
 
     def feed(self, *frames: str | None) -> None:
+        """Queue Twilio frames; like Twilio, number each message after `connected` in the order sent."""
         for frame in frames:
+            try:
+                message = json.loads(frame or "")
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and message.get("event") != "connected" and "sequenceNumber" not in message:
+                self.sequence_number += 1
+                frame = json.dumps(message | {"sequenceNumber": str(self.sequence_number)})
             self.twilio_send.send_nowait(frame)
 
 
@@ -269,10 +286,11 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
     assert any("Invalid credentials." in r.getMessage() and CALL_SID in r.getMessage() for r in caplog.records)
 
 
-def final(start: float, duration: float, text: str = "words") -> str:
+def final(start: float, duration: float, text: str = "words", **extra: object) -> str:
     return json.dumps({
         "type": "Results", "channel_index": [0, 1], "is_final": True, "start": start, "duration": duration,
         "channel": {"alternatives": [{"transcript": text, "words": [{"word": text, "start": start, "end": start + duration}]}]},
+        **extra,
     })
 
 
@@ -309,10 +327,77 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     assert replay[-1] - replay[0] >= (1.5 - 0.5 - 0.1) / 1.25 - 1e-6
     # Timeline: the second connection's times are shifted by the 0.1 s it started at.
     finals = [json.loads(m) for m in h.received if json.loads(m).get("is_final")]
-    assert [(f["channel"]["alternatives"][0]["transcript"], f["start"]) for f in finals][:2] == [("one", 0.0), ("two", 0.1)]
+    # Last, the scripted answer to CloseStream: a final with no times (duration 0), so no repeat.
+    assert [(f["channel"]["alternatives"][0]["transcript"], f.get("start")) for f in finals] == [
+        ("one", 0.0), ("two", 0.1), ("final words 0", None)
+    ]
     assert finals[1]["channel"]["alternatives"][0]["words"][0] == {"word": "two", "start": 0.1, "end": 0.6}
     assert h.close == (1000, "call ended")
     assert h.call.stream.media_frames == 80
+
+
+async def call_with_a_reconnect(second_says: list[str], close_stream_answer: list[str]) -> list[tuple[str, str, float]]:
+    """A mono call of 1.6 s whose first Deepgram connection finalizes call time 0-0.15 s and drops.
+    The second replays from 0.1 s (the first window not covered), says `second_says` (in its own
+    time, which is call time - 0.1 s) and answers CloseStream with `close_stream_answer`.
+    Returns what the subscriber got: (type, transcript, start)."""
+    h = Harness(ScriptedDeepgram(channels=1))
+    chunks = [bytes([n]) * 160 for n in range(80)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        await trio.sleep(0.5)
+        first = h.deepgram.latest
+        first.say(final(0.0, 0.15, "one"))
+        await trio.sleep(0.1)
+        first.drop()
+        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
+        with trio.fail_after(5):
+            while len(h.deepgram.connections) < 2:
+                await trio.sleep(0.01)
+        second = h.deepgram.latest
+        await trio.sleep(3)
+        assert b"".join(second.audio) == b"".join(chunks[5:])  # the replay went out, from 0.1 s
+        for text in second_says:
+            second.say(text)
+        second.close_stream_answer = close_stream_answer
+        h.feed(STOP)
+    assert h.close == (1000, "call ended") and len(h.deepgram.connections) == 2
+    received = [json.loads(m) for m in h.received]
+    return [(m["type"], m.get("channel", {}).get("alternatives", [{}])[0].get("transcript", ""), m.get("start", 0.0)) for m in received]
+
+
+async def test_after_a_reconnect_finals_of_no_audio_still_reach_subscribers(autojump_clock: trio.abc.Clock) -> None:
+    # After CloseStream, Deepgram finalizes at the end of the audio: finals of duration 0 that
+    # end where the last published final did. They repeat nothing.
+    at_the_end = final(1.5, 0.0, "", from_finalize=True)
+    received = await call_with_a_reconnect([final(0.05, 1.45, "two")], [at_the_end, at_the_end, METADATA])
+    assert received == [
+        ("Results", "one", 0.0),
+        ("Results", "two", 0.15),
+        ("Results", "", 1.6),
+        ("Results", "", 1.6),
+        ("Metadata", "", 0.0),
+    ]
+
+
+async def test_after_a_reconnect_finals_of_audio_already_published_are_dropped(autojump_clock: trio.abc.Clock) -> None:
+    received = await call_with_a_reconnect(
+        [final(0.0, 0.0, ""), final(0.0, 0.05, "one again"), final(0.0, 0.1, "one and on"), final(0.1, 1.2, "two")],
+        [final(1.0, 0.3, "two again", from_finalize=True), final(1.3, 0.2, "three", from_finalize=True), METADATA],
+    )
+    # "one again" (0.1-0.15) and "two again" (1.1-1.4) lie within finals already published; a final
+    # reaching past them ("one and on", 0.1-0.2) is published, though it overlaps. The final of no
+    # audio at 0.1 repeats nothing, and does not pull back the end of what was published.
+    assert received == [
+        ("Results", "one", 0.0),
+        ("Results", "", 0.1),
+        ("Results", "one and on", 0.1),
+        ("Results", "two", 0.2),
+        ("Results", "three", 1.4),
+        ("Metadata", "", 0.0),
+    ]
 
 
 async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:

@@ -7,8 +7,9 @@ transcript of that audio would be lost. `AudioBacklog` keeps those windows (boun
 reconnect, hands them out again from the first one not yet covered. The new connection's time 0 is
 that window's position in the call, which is the offset to add to everything it says.
 
-`Pacer` keeps the replay at no more than `rate` times real time (Deepgram asks for at most 1.25x),
-with a small burst allowance so that live audio, which arrives in real time, is never delayed.
+`Pacer` keeps the replay at most `rate` x real time (Deepgram asks for at most 1.25x) after an
+initial burst of `burst_s` seconds of audio. The burst is there so that live audio, which arrives
+in real time and a window at a time, is never delayed.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ class AudioBacklog:
 
 
 class Pacer:
-    """A token bucket: audio may go out at `rate` x real time, plus a burst of `burst_s` seconds."""
+    """A token bucket: at most `rate` x real time after an initial burst of `burst_s` seconds of audio.
+
+    From any send (the first included), the audio sent in the next T seconds, that send included,
+    is at most `burst_s + rate * T` seconds, provided no single send is longer than `burst_s`.
+    """
 
     def __init__(self, rate: float = 1.25, burst_s: float = 0.5) -> None:
         self.rate = rate

@@ -377,6 +377,15 @@ class Call:
     async def _read_deepgram(
         self, connection: DeepgramConnection, stream: DeepgramStream, base: float, finished: trio.Event
     ) -> None:
+        """Publish what Deepgram says, in call time (`base` + its times).
+
+        A connection after the first replays audio some of whose finals subscribers already have.
+        Its final for channel c covering call time [start, end) is dropped as a repeat when it
+        covers audio (duration > 0) and `end` is not past the furthest end of the finals published
+        for c: published finals cover c up to there. A final that reaches past it is published,
+        overlap and all; a final of duration 0 (e.g. Deepgram's `from_finalize` flush at the end of
+        the audio after CloseStream) covers nothing, so it repeats nothing and is published.
+        """
         backlog = self.backlog
         published_final_end = self._published_final_end
         replaying = len(self.connections) > 1
@@ -398,9 +407,10 @@ class Call:
                         end = base + kind.start + kind.duration
                         backlog.acknowledge(kind.channel, kind.start + kind.duration, base)
                         previous = published_final_end.get(kind.channel, -1.0)
-                        if replaying and end <= previous + 1e-6:
+                        if replaying and kind.duration > 0 and end <= previous + 1e-6:
                             continue  # a replayed stretch whose final subscribers already have
-                        published_final_end[kind.channel] = end
+                        if end > previous:
+                            published_final_end[kind.channel] = end
                     else:
                         interim = True
                 message = rebase(message, base)

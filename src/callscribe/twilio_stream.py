@@ -14,6 +14,16 @@ States, as the protocol orders the messages:
 
     AWAITING_START --start--> STREAMING --stop--> STOPPED
     (connected is allowed only while AWAITING_START; media, mark and dtmf only while STREAMING)
+
+Numbers, checked against the messages accepted so far (a rejected frame changes nothing):
+
+- `sequenceNumber` counts up across all messages of the stream. A message whose number is present
+  (not 0) and not greater than the last accepted one is rejected ("sequenceNumber 5 after 9").
+  A missing number (0) is accepted and leaves the last one as it was.
+- The stream's timeline is the highest media `timestamp` accepted on any track (0 at `start`).
+  Media more than `MAX_TIMESTAMP_LEAD_MS` (one hour) ahead of it is rejected, as is a negative
+  timestamp: no call jumps an hour, and the mixer would put such a payload where the next real
+  frame belongs.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
 TRACK_ORDER = ("inbound", "outbound")
 """Channel order of the mix: channel 0 is the caller (inbound), channel 1 the other party."""
+
+MAX_TIMESTAMP_LEAD_MS = 3_600_000
+"""How far (one hour) a media timestamp may be ahead of the stream's timeline."""
 
 MAX_PAYLOAD_BYTES = 8000
 """Largest media payload accepted: one second of audio. Twilio sends 20 ms (160 bytes)."""
@@ -124,9 +137,14 @@ class TwilioStream:
         self.start: StartInfo | None = None
         self.rejected = 0
         self.media_frames = 0
-        # Set from `start`, so that the per-frame checks are a few comparisons.
+        self.timeline = 0
+        """Highest media timestamp accepted (ms)."""
+        self.sequence_number = 0
+        """Last `sequenceNumber` accepted (0: none yet)."""
+        # Set from `start` and kept up to date, so that the per-frame checks are a few comparisons.
         self._tracks: tuple[str, ...] = ()
         self._stream_sid = ""
+        self._timestamp_limit = MAX_TIMESTAMP_LEAD_MS
 
     @property
     def state(self) -> TwilioState:
@@ -150,19 +168,31 @@ class TwilioStream:
             message = _decoder.decode(frame)
         except msgspec.DecodeError as error:
             return self._reject(f"malformed message: {error}")
+        except UnicodeError:  # bytes that are not UTF-8 in a string; a lone surrogate in a str frame
+            return self._reject("malformed message: text is not valid UTF-8")
+        except RecursionError:  # nested deeper than the interpreter allows, even in a skipped field
+            return self._reject("malformed message: nested too deeply")
         if type(message) is Media:
             # The hot path (100 frames a second per call): a good frame passes with no call; any
             # doubt goes to `_media`, which finds the reason.
             media = message.media
             size = len(media.payload)
+            timestamp = media.timestamp
+            sequence = message.sequence_number
             if (
                 self._streaming
                 and media.track in self._tracks
                 and 0 < size <= MAX_PAYLOAD_BYTES
-                and media.timestamp >= 0
+                and 0 <= timestamp <= self._timestamp_limit
+                and (sequence > self.sequence_number or not sequence)
                 and (not message.stream_sid or message.stream_sid == self._stream_sid)
             ):
                 self.media_frames += 1
+                if sequence:
+                    self.sequence_number = sequence
+                if timestamp > self.timeline:
+                    self.timeline = timestamp
+                    self._timestamp_limit = timestamp + MAX_TIMESTAMP_LEAD_MS
                 return message
             return self._media(message)
         if type(message) is Start:
@@ -173,8 +203,10 @@ class TwilioStream:
             return message
         if self.state is not TwilioState.STREAMING:
             return self._reject(f"{type(message).__name__.lower()!r} while {self.state.value}")
-        if message.stream_sid and message.stream_sid != self.start.stream_sid:  # type: ignore[union-attr]
+        if message.stream_sid and message.stream_sid != self._stream_sid:
             return self._reject(f"streamSid {message.stream_sid!r} is not this stream's")
+        if rejected := self._check_sequence(message.sequence_number):
+            return rejected
         if type(message) is Stop:
             self.state = TwilioState.STOPPED
         return message
@@ -191,10 +223,28 @@ class TwilioStream:
             return self._reject(f"media payload of {len(media.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
         if media.timestamp < 0:
             return self._reject(f"negative media timestamp {media.timestamp}")
-        if message.stream_sid and message.stream_sid != self.start.stream_sid:  # type: ignore[union-attr]
+        if media.timestamp > self._timestamp_limit:
+            return self._reject(
+                f"media timestamp {media.timestamp} ms is more than an hour ahead of the stream (at {self.timeline} ms)"
+            )
+        if message.stream_sid and message.stream_sid != self._stream_sid:
             return self._reject(f"streamSid {message.stream_sid!r} is not this stream's")
+        if rejected := self._check_sequence(message.sequence_number):
+            return rejected
         self.media_frames += 1
+        if media.timestamp > self.timeline:
+            self.timeline = media.timestamp
+            self._timestamp_limit = media.timestamp + MAX_TIMESTAMP_LEAD_MS
         return message
+
+    def _check_sequence(self, sequence: int) -> Rejected | None:
+        """The last check before a message is accepted: reject a `sequence` that does not count up,
+        else take it as the last one (unless it is missing, 0)."""
+        if sequence:
+            if sequence <= self.sequence_number:
+                return self._reject(f"sequenceNumber {sequence} after {self.sequence_number}")
+            self.sequence_number = sequence
+        return None
 
     def _start(self, message: Start) -> Event:
         if self.state is not TwilioState.AWAITING_START:
@@ -212,6 +262,8 @@ class TwilioStream:
             return self._reject(f"unsupported tracks {info.tracks!r}", fatal=True)
         if not info.call_sid or not info.stream_sid:
             return self._reject("start without callSid or streamSid", fatal=True)
+        if rejected := self._check_sequence(message.sequence_number):
+            return rejected
         self.state = TwilioState.STREAMING
         self.start = info
         self._tracks = tuple(t for t in TRACK_ORDER if t in info.tracks)
