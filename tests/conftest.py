@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -20,6 +21,11 @@ from callscribe.games import GameSettings
 from callscribe.serve import serve
 
 API_KEY = "test-key"
+
+
+def noise(seconds: float, seed: int) -> bytes:
+    """Audio in which every stretch of a few bytes is unique, so a slice can be found by content."""
+    return random.Random(seed).randbytes(int(seconds * 8000))
 
 
 def free_port() -> int:

@@ -20,12 +20,7 @@ from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDe
 from callscribe.simulator import CallSpec, call_messages, run_call
 from callscribe.websocket_client import connect_websocket
 
-from conftest import API_KEY, RunningServer, Subscriber, free_port, local_tls, start_server, subscribe, wait_until_live
-
-
-def noise(seconds: float, seed: int) -> bytes:
-    """Audio in which every stretch of a few bytes is unique, so a slice can be found by content."""
-    return random.Random(seed).randbytes(int(seconds * 8000))
+from conftest import API_KEY, RunningServer, Subscriber, free_port, local_tls, noise, start_server, subscribe, wait_until_live
 
 
 def finals_by_channel(subscriber: Subscriber) -> dict[int, list[tuple[float, float]]]:

@@ -32,6 +32,7 @@ from callscribe.asgi_websocket import MAX_CLOSE_REASON, AsgiWebSocket, ASGIRecei
 from callscribe.auth import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.call import Call, CallSettings, Connector
 from callscribe.games import Game, GameRegistry, GameSettings, error_message
+from callscribe.listener import connection_fate
 from callscribe.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, HubUnavailable, InMemoryHub, Subscription, UnknownCall
 from callscribe.metrics import CONTENT_TYPE, Metrics
 from callscribe.twiml import game_twiml, transcription_twiml
@@ -221,6 +222,7 @@ class Server:
                                 await self._send_to_subscriber(ws, subscription, message, peer)
                         nursery.cancel_scope.cancel()
                 finally:
+                    self._check_cut_off(ws, subscription, peer)
                     if subscription.close_code == CLOSE_POLICY:
                         self.metrics.dropped.inc()
                     log.info(
@@ -247,10 +249,23 @@ class Server:
         finally:
             took = trio.current_time() - started
             if took >= self.subscriber_send_timeout_s / 2:  # the kernel's clock may have started a little earlier
-                subscription.end(CLOSE_POLICY, f"subscriber stalled: a send took {took:.0f} s")
-                log.warning("call %s: dropping subscriber %s: %s", subscription.call_sid, peer, subscription.close_reason)
-        if subscription.ended and subscription.close_code == CLOSE_POLICY:
-            subscription.cancel_scope.cancel()
+                self._drop_stalled(subscription, peer, f"subscriber stalled: a send took {took:.0f} s")
+
+    def _check_cut_off(self, ws: Websocket, subscription: Subscription, peer: str) -> None:
+        """The kernel may abort a peer that stopped reading while no send was waiting (our writes
+        still fit its send buffer); the connection's fate tells."""
+        fate = connection_fate(ws.scope)
+        if fate is not None and fate.timed_out and subscription.close_code != CLOSE_POLICY:
+            self._drop_stalled(
+                subscription, peer, f"subscriber stalled: took no data for {self.subscriber_send_timeout_s:g} s"
+            )
+
+    def _drop_stalled(self, subscription: Subscription, peer: str, reason: str) -> None:
+        subscription.drop(reason)
+        if subscription.call_sid:
+            log.warning("call %s: dropping subscriber %s: %s", subscription.call_sid, peer, reason)
+        else:
+            log.warning("dropping game %s: %s", peer, reason)
 
     # -- /game ---------------------------------------------------------------------------------
 
@@ -277,6 +292,7 @@ class Server:
                             await self._send_to_subscriber(ws, game.outbox, message, peer)
                     nursery.cancel_scope.cancel()
         finally:
+            self._check_cut_off(ws, game.outbox, peer)
             self.games.leave(game)
             log.info("game %s with code %s left (%s)", peer, game.code, game.outbox.close_reason)
         await _close(ws, game.outbox.close_code, game.outbox.close_reason)

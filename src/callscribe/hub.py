@@ -80,6 +80,13 @@ class Subscription:
             self.close_code, self.close_reason = code, reason
             self._send.close()
 
+    def drop(self, reason: str) -> None:
+        """The listener stopped taking messages: it is ended with 1008 and `reason`, even if the
+        call had already ended normally, and its sending loop is cancelled."""
+        self.end(CLOSE_POLICY, reason)
+        self.close_code, self.close_reason = CLOSE_POLICY, reason
+        self.cancel_scope.cancel()
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self._messages()
 
