@@ -14,11 +14,11 @@ import trio
 import trio_websocket
 import trustme
 
-from callscribe.call import CallSettings
-from callscribe.config import ServerSettings
-from callscribe.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
-from callscribe.games import GameSettings
-from callscribe.serve import serve
+from callscribe.server.call import CallSettings
+from callscribe.server.config import ServerSettings
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.server.games import GameSettings
+from callscribe.server.serve import serve
 
 API_KEY = "test-key"
 

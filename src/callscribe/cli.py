@@ -15,7 +15,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from callscribe import config, fake_deepgram, simulator
+    from callscribe.server import config
+    from callscribe.testing import fake_deepgram
+    from callscribe.testing import simulator
 
     parser = argparse.ArgumentParser(
         prog="callscribe",
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="measure calls per core, latency and memory (starts its own server and load)"
     )
-    from callscribe import bench as bench_module
+    from callscribe.bench import runner as bench_module
 
     bench_module.add_cli_arguments(bench)
 
@@ -61,15 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _token(args)
     if args.command == "bench":
-        from callscribe import bench
+        from callscribe.bench import runner as bench
 
         return bench.run_from_cli(args)
     if args.command == "fake-deepgram":
-        from callscribe import fake_deepgram
+        from callscribe.testing import fake_deepgram
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         return fake_deepgram.run_from_cli(args)
-    from callscribe import simulator
+    from callscribe.testing import simulator
 
     return simulator.run_from_cli(args)
 
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _token(args: argparse.Namespace) -> int:
     import os
 
-    from callscribe.auth import TokenCheck
+    from callscribe.core.access import TokenCheck
 
     secret = os.environ.get("CALLSCRIBE_TOKEN_SECRET")
     if not secret:
@@ -91,8 +93,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from callscribe.config import ConfigError, settings_from
-    from callscribe.serve import serve
+    from callscribe.server.config import ConfigError, settings_from
+    from callscribe.server.serve import serve
 
     try:
         settings = settings_from(args)

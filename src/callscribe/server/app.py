@@ -1,0 +1,425 @@
+"""The Quart-Trio application: routes, and the supervisor that owns every call.
+
+Quart-Trio cancels a WebSocket handler the moment its peer disconnects. A call must outlive that
+(Twilio hanging up is the normal end of a call, and the last audio still has to be flushed and
+transcribed), so calls do not run in their handler: they run in the supervisor's nursery, which
+lives as long as the app. The `/twilio` handler starts the call there and waits for it; when the
+handler is cancelled it tells the call that its input ended, and the call finishes on its own.
+(`/twilio` runs outside Quart anyway, for speed; the same shape keeps it safe either way.)
+
+Routes:
+- `/twilio`      (WebSocket) Twilio Media Streams, served on plain ASGI in front of Quart (asgi_websocket.py).
+- `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
+- `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
+- `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
+- `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
+- `/healthz`     (GET) JSON with the live counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+from quart import Request, Response, Websocket, request, websocket
+from quart_trio import QuartTrio
+
+from callscribe.server.twilio_socket import MAX_CLOSE_REASON, AsgiWebSocket, ASGIReceive, ASGISend
+from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
+from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
+from callscribe.server.listener import connection_fate
+from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, HubUnavailable, InMemoryHub, Subscription, UnknownCall
+from callscribe.server.metrics import CONTENT_TYPE, Metrics
+from callscribe.core.twiml import game_twiml, transcription_twiml
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_SEND_TIMEOUT_S = 10.0
+"""A subscriber whose socket has not taken one message for this long has stopped reading."""
+SUBSCRIBE_TIMEOUT_S = 30.0
+"""A subscriber has this long to name its call."""
+CLOSE_TIMEOUT_S = 2.0
+"""Sending a close frame to a peer that stopped reading gives up after this."""
+
+
+def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
+    log.warning("refused %s from %s: %s", what, peer, verdict.reason)
+    return Response(verdict.reason + "\n", status=status, mimetype="text/plain")
+
+
+class Server:
+    """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
+
+    def __init__(
+        self,
+        settings: CallSettings,
+        hub: Hub | None = None,
+        connect: Connector | None = None,
+        *,
+        subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+        games: GameRegistry | None = None,
+        forward_number: str | None = None,
+        access: Access | None = None,
+    ) -> None:
+        self.settings = settings
+        self.access = access or Access()
+        self.subscriber_send_timeout_s = subscriber_send_timeout_s
+        self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
+        self.forward_number = forward_number
+        self.hub: Hub = hub if hub is not None else InMemoryHub()
+        self.connect = connect
+        self.calls: set[Call] = set()
+        self.closing = False
+        self._nursery: trio.Nursery | None = None
+        self._connection_scopes: set[trio.CancelScope] = set()
+        self.metrics = Metrics(self._live_counts)
+        self._idle = trio.Event()
+
+    async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the hub's tasks and every call's; runs for the life of the app. The hub outlives the
+        calls, which unregister from it as they end."""
+        async with trio.open_nursery() as hub_nursery:
+            await hub_nursery.start(self.hub.run)
+            async with trio.open_nursery() as calls:
+                self._nursery = calls
+                task_status.started()
+                await trio.sleep_forever()
+            hub_nursery.cancel_scope.cancel()
+
+    async def _run_call(self, call: Call) -> None:
+        self.calls.add(call)
+        outcome = "failed"
+        try:
+            await call.run()
+            outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
+        except Exception:
+            log.exception("call %s failed", call.call_sid or "(before start)")
+        finally:
+            backlog = call.backlog
+            self.metrics.call_ended(
+                outcome=outcome,
+                frames=call.stream.media_frames,
+                rejected=call.stream.rejected,
+                audio_s=call.audio_bytes_sent / backlog.bytes_per_second,
+                lost_s=backlog.lost / backlog.bytes_per_second,
+                results=call.results_received,
+                connections=len(call.connections),
+            )
+            self.calls.discard(call)
+            if not self.calls:
+                self._idle.set()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
+        self.closing = True
+        for call in list(self.calls):
+            call.end_input(CLOSE_GOING_AWAY, "server shutting down")
+        if self.calls:
+            self._idle = trio.Event()
+            with trio.move_on_after(grace_s):
+                await self._idle.wait()
+        await self.hub.shutdown()
+        self.games.shutdown()
+        for scope in list(self._connection_scopes):
+            scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @contextmanager
+    def _connection(self) -> Iterator[trio.CancelScope]:
+        """A scope around a subscriber connection that shutdown cancels."""
+        with trio.CancelScope() as scope:
+            self._connection_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._connection_scopes.discard(scope)
+
+    # -- /twilio -------------------------------------------------------------------------------
+
+    async def handle_twilio(self, ws: AsgiWebSocket) -> None:
+        """A Twilio Media Stream. It runs on plain ASGI, not Quart (see asgi_websocket.py): the
+        call reads Hypercorn's queue directly and runs in the supervisor's nursery; this waits for
+        it, then closes the socket with the call's close code."""
+        if not await ws.connected():
+            return
+        verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string, {})
+        if not verdict.ok:
+            log.warning("refused a Twilio stream from %s: %s", ws.peer, verdict.reason)
+            await ws.refuse(403, verdict.reason)
+            return
+        await ws.accept()
+        if self.closing or self._nursery is None:
+            await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
+            return
+        call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games)
+        self._nursery.start_soon(self._run_call, call)
+        try:
+            await call.finished.wait()
+        finally:
+            call.end_input()
+        await ws.close(call.close_code, call.close_reason, CLOSE_TIMEOUT_S)
+
+    # -- /client ---------------------------------------------------------------------------------
+
+    async def _admit(self, ws: Websocket, what: str) -> Verdict | Response | None:
+        """Check a /client or /game connection's Origin and token. A Response refuses the upgrade;
+        None means the socket was accepted and closed again (shutting down); a Verdict, go on."""
+        verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
+        if not verdict.ok:
+            return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, _peer(ws))
+        await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
+        if self.closing:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            return None
+        return verdict
+
+    async def handle_client(self, ws: Websocket) -> Response | None:
+        peer = _peer(ws)
+        verdict = await self._admit(ws, "a subscriber")
+        if not isinstance(verdict, Verdict):
+            return verdict
+        with self._connection() as scope:
+            try:
+                calls = await self.hub.active_calls()
+            except HubUnavailable as error:
+                await _hub_unavailable(ws, peer, error)
+                return None
+            if verdict.call_sid is not None:  # a token for one call sees only that call
+                calls = [sid for sid in calls if sid == verdict.call_sid]
+            await ws.send(json.dumps(calls))
+            reply: str | bytes | None = None
+            with trio.move_on_after(SUBSCRIBE_TIMEOUT_S) as waiting:
+                reply = await ws.receive()
+            if waiting.cancelled_caught:
+                await _close(ws, CLOSE_POLICY, f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s")
+                return None
+            call_sid = _text(reply).strip()
+            if verdict.call_sid is not None and call_sid != verdict.call_sid:
+                log.warning("subscriber %s: token is for call %s, not %s", peer, verdict.call_sid, call_sid[:64])
+                await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}))
+                await _close(ws, CLOSE_POLICY, "token not valid for this call")
+                return None
+            await self._subscribe(ws, peer, call_sid)
+        if scope.cancelled_caught:
+            await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
+        return None
+
+    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
+        try:
+            async with self.hub.subscribe(call_sid) as subscription:
+                log.info("call %s: subscriber %s joined", call_sid, peer)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_discard_incoming, ws)
+                        with subscription.cancel_scope:
+                            async for message in subscription:
+                                await self._send_to_subscriber(ws, subscription, message, peer)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._check_cut_off(ws, subscription, peer)
+                    if subscription.close_code == CLOSE_POLICY:
+                        self.metrics.dropped.inc()
+                    log.info(
+                        "call %s: subscriber %s left after %d messages (%s)",
+                        call_sid, peer, subscription.delivered, subscription.close_reason,
+                    )
+        except UnknownCall:
+            log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
+            await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"}))
+            await _close(ws, CLOSE_POLICY, "unknown callSid")
+            return
+        except HubUnavailable as error:
+            await _hub_unavailable(ws, peer, error)
+            return
+        await _close(ws, subscription.close_code, subscription.close_reason)
+
+    async def _send_to_subscriber(self, ws: Websocket, subscription: Subscription, message: str, peer: str) -> None:
+        """Send one message. Hypercorn's writes cannot be interrupted (they are shielded); a peer that
+        stops reading is cut off by the kernel (TCP_USER_TIMEOUT, see serve.py), and a send that took
+        that long is recorded here as the reason, even if Quart cancels us as the socket dies."""
+        started = trio.current_time()
+        try:
+            await ws.send(message)
+        finally:
+            took = trio.current_time() - started
+            if took >= self.subscriber_send_timeout_s / 2:  # the kernel's clock may have started a little earlier
+                self._drop_stalled(subscription, peer, f"subscriber stalled: a send took {took:.0f} s")
+
+    def _check_cut_off(self, ws: Websocket, subscription: Subscription, peer: str) -> None:
+        """The kernel may abort a peer that stopped reading while no send was waiting (our writes
+        still fit its send buffer); the connection's fate tells."""
+        fate = connection_fate(ws.scope)
+        if fate is not None and fate.timed_out and subscription.close_code != CLOSE_POLICY:
+            self._drop_stalled(
+                subscription, peer, f"subscriber stalled: took no data for {self.subscriber_send_timeout_s:g} s"
+            )
+
+    def _drop_stalled(self, subscription: Subscription, peer: str, reason: str) -> None:
+        subscription.drop(reason)
+        if subscription.call_sid:
+            log.warning("call %s: dropping subscriber %s: %s", subscription.call_sid, peer, reason)
+        else:
+            log.warning("dropping game %s: %s", peer, reason)
+
+    # -- /game ---------------------------------------------------------------------------------
+
+    async def handle_game(self, ws: Websocket) -> Response | None:
+        peer = _peer(ws)
+        admitted = await self._admit(ws, "a game")
+        if not isinstance(admitted, Verdict):
+            return admitted
+        game = self.games.join(peer)
+        if game is None:
+            log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
+            await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))
+            await _close(ws, CLOSE_TRY_AGAIN_LATER, "no game code free")
+            return None
+        log.info("game %s joined with code %s", peer, game.code)
+        try:
+            with self._connection():
+                await ws.send(self.games.settings.phone_number)
+                await ws.send(game.code)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_game_commands, ws, game)
+                    with game.outbox.cancel_scope:
+                        async for message in game.outbox:
+                            await self._send_to_subscriber(ws, game.outbox, message, peer)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._check_cut_off(ws, game.outbox, peer)
+            self.games.leave(game)
+            log.info("game %s with code %s left (%s)", peer, game.code, game.outbox.close_reason)
+        await _close(ws, game.outbox.close_code, game.outbox.close_reason)
+        return None
+
+    # -- TwiML -----------------------------------------------------------------------------------
+
+    async def twiml(self, http_request: Request, build: Callable[[str], str]) -> Response:
+        form = await http_request.form
+        verdict = self.access.check_twilio(
+            http_request.headers, http_request.scheme, http_request.path, http_request.query_string.decode("latin-1"),
+            {key: form[key] for key in form},
+        )
+        if not verdict.ok:
+            return _refuse(verdict, 403, "a TwiML request", http_request.remote_addr or "unknown")
+        return Response(build(self.base_url(http_request)), mimetype="text/xml")
+
+    def base_url(self, http_request: Request) -> str:
+        """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
+        if self.access.public_url:
+            return self.access.public_url
+        scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
+        host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
+        return f"{scheme}://{host}"
+
+    def _live_counts(self) -> dict[str, int]:
+        stats = self.hub.stats()
+        return {"active_calls": stats["calls"], "subscribers": stats["subscribers"], "games": len(self.games.games)}
+
+    def health(self) -> dict[str, object]:
+        stats = self.hub.stats()
+        return {
+            "status": "closing" if self.closing else "ok",
+            "active_calls": stats["calls"],
+            "subscribers": stats["subscribers"],
+            "games": len(self.games.games),
+        }
+
+
+async def _game_commands(ws: Websocket, game: Game) -> None:
+    while True:
+        game.command(await ws.receive())
+
+
+async def _discard_incoming(ws: Websocket) -> None:
+    """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
+    while True:
+        await ws.receive()
+
+
+async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
+    log.warning("subscriber %s turned away: %s", peer, error)
+    await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"subscriptions are unavailable: {error}"}))
+    await _close(ws, CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
+
+
+async def _close(ws: Websocket, code: int, reason: str) -> None:
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        await ws.close(code, reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"))
+
+
+def _text(message: str | bytes | None) -> str:
+    if message is None:
+        return ""
+    if isinstance(message, bytes):
+        return message.decode("utf-8", "replace")
+    return message
+
+
+def _peer(ws: Websocket) -> str:
+    client = ws.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def create_app(
+    settings: CallSettings,
+    *,
+    hub: Hub | None = None,
+    connect: Connector | None = None,
+    subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
+    games: GameRegistry | None = None,
+    public_url: str | None = None,
+    forward_number: str | None = None,
+    access: Access | None = None,
+) -> QuartTrio:
+    app = QuartTrio("callscribe")
+    server = Server(
+        settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s, games=games,
+        forward_number=forward_number, access=access or Access(public_url=public_url),
+    )
+    app.extensions["callscribe"] = server
+
+    @app.before_serving
+    async def start_supervisor() -> None:
+        await app.nursery.start(server.supervise)
+
+    @app.websocket("/client")
+    async def client() -> Response | None:
+        return await server.handle_client(websocket._get_current_object())
+
+    @app.websocket("/game")
+    async def game() -> Response | None:
+        return await server.handle_game(websocket._get_current_object())
+
+    @app.post("/twiml")
+    async def twiml() -> Response:
+        return await server.twiml(request, lambda base: transcription_twiml(base, server.forward_number))
+
+    @app.post("/twiml/game")
+    async def twiml_game() -> Response:
+        return await server.twiml(request, game_twiml)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), mimetype=CONTENT_TYPE)
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, object], int]:
+        return server.health(), 200
+
+    quart_asgi = app.asgi_app
+
+    async def asgi_app(scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/twilio":
+            await server.handle_twilio(AsgiWebSocket(scope, receive, send))
+        else:
+            await quart_asgi(scope, receive, send)
+
+    app.asgi_app = asgi_app  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,256 @@
+"""Server settings: command-line flags, each with an environment variable as its default.
+
+The variable names of the earlier reference servers (`PROXY_URL`, `DEEPGRAM_URL`,
+`DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are kept so their users can switch without changes.
+Every problem is reported as one `ConfigError` line; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+
+from callscribe.core import deepgram
+from urllib.parse import urlsplit
+
+from callscribe.server.call import CallSettings
+from callscribe.core.codes import CodePool
+from callscribe.server.games import GameSettings
+from callscribe.core.twiml import stream_url
+from callscribe.core.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line meant for the person starting the server."""
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    help: str
+    default: str | None = None
+    secret: bool = False
+
+
+OPTIONS = [
+    Option("--listen", "PROXY_URL", "host:port to listen on", "127.0.0.1:5000"),
+    Option("--deepgram-url", "DEEPGRAM_URL", "Deepgram live endpoint and options; encoding, sample_rate, channels and"
+           " multichannel are always set from the call's audio", deepgram.DEFAULT_URL),
+    Option("--deepgram-api-key", "DEEPGRAM_API_KEY", "Deepgram API key (required)", secret=True),
+    Option("--deepgram-ca-file", "DEEPGRAM_CA_FILE", "extra CA certificates (PEM) to trust for wss:// to Deepgram"),
+    Option("--cert", "CERT_PEM", "TLS certificate chain (PEM); with --key the server speaks https/wss"),
+    Option("--key", "KEY_PEM", "TLS private key (PEM); with --cert"),
+    Option("--window-ms", "CALLSCRIBE_WINDOW_MS", f"audio per Deepgram message, {MIN_WINDOW_MS}-{MAX_WINDOW_MS} ms", "100"),
+    Option("--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"),
+    Option("--deepgram-backlog", "CALLSCRIBE_DEEPGRAM_BACKLOG", "seconds of audio kept while Deepgram is"
+           " unreachable, replayed on reconnect", "60"),
+    Option("--deepgram-retries", "CALLSCRIBE_DEEPGRAM_RETRIES", "failed Deepgram connection attempts in a row"
+           " before a call gives up on transcription", "8"),
+    Option("--finalize-timeout", "CALLSCRIBE_FINALIZE_TIMEOUT", "seconds to wait for Deepgram's final results at call end", "5"),
+    Option("--shutdown-grace", "CALLSCRIBE_SHUTDOWN_GRACE", "seconds live calls get to finish on SIGTERM/SIGINT", "10"),
+    Option("--stall-timeout", "CALLSCRIBE_STALL_TIMEOUT", "seconds a client may leave our data untaken before it is"
+           " disconnected", "20"),
+    Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
+    Option("--public-url", "PUBLIC_URL", "the server's public https:// (or wss://) address, used in the TwiML it"
+           " serves; default: taken from each request's Host and X-Forwarded-* headers"),
+    Option("--forward-number", "FORWARD_NUMBER", "number the transcription TwiML (POST /twiml) dials after starting the stream"),
+    Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games"),
+    Option("--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'),
+    Option("--route", "CALLSCRIBE_ROUTE", "transcribe, or game to route every call to games (calls with the stream"
+           " parameter route=game always go to games)", "transcribe"),
+    Option("--speech", "CALLSCRIBE_SPEECH", "speech engine for talking back: aura, espeak, or auto (Aura when"
+           " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)", "auto"),
+    Option("--twilio-auth-token", "TWILIO_AUTH_TOKEN", "check X-Twilio-Signature on /twilio and the TwiML routes"
+           " with this Twilio auth token", secret=True),
+    Option("--tokens", "CALLSCRIBE_TOKENS", "comma-separated bearer tokens accepted on /client and /game", secret=True),
+    Option("--token-secret", "CALLSCRIBE_TOKEN_SECRET", "secret for signed bearer tokens (callscribe token mints"
+           " them; they expire and may be limited to one call)", secret=True),
+    Option("--allowed-origins", "CALLSCRIBE_ALLOWED_ORIGINS", "comma-separated Origins browsers may connect"
+           " from (default: any)"),
+    Option("--redis-url", "CALLSCRIBE_REDIS_URL", "redis:// URL of a Redis shared by several callscribe processes"
+           " (calls streaming into one can be followed from any); default: this process only"),
+    Option("--speak-url", "DEEPGRAM_SPEAK_URL", "Deepgram Aura text-to-speech endpoint", "https://api.deepgram.com/v1/speak"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        shown = "" if option.secret or option.default is None else f" (default {option.default})"
+        parser.add_argument(option.flag, metavar=option.env, help=f"{option.help}{shown}; env {option.env}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    call: CallSettings
+    certfile: str | None = None
+    keyfile: str | None = None
+    shutdown_grace_s: float = 10.0
+    stall_timeout_s: float = 20.0
+    log_level: int = logging.INFO
+    games: GameSettings = GameSettings()
+    public_url: str | None = None
+    forward_number: str | None = None
+    speech: str = "espeak"
+    speak_url: str = "https://api.deepgram.com/v1/speak"
+    twilio_auth_token: str | None = None
+    tokens: frozenset[str] = frozenset()
+    token_secret: str | None = None
+    allowed_origins: frozenset[str] = frozenset()
+    redis_url: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+
+def _raw(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.flag[2:].replace("-", "_"), None)
+        if value is None:
+            value = environ.get(option.env) or option.default
+        values[option.env] = value
+    return values
+
+
+def parse_host_port(text: str, name: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{name} must be host:port (like 127.0.0.1:5000 or 0.0.0.0:443), not {text!r}")
+    return host, int(port_text)
+
+
+def _number(values: dict[str, str | None], env: str, low: float, high: float, kind: type = float) -> float:
+    text = values[env] or ""
+    try:
+        number = kind(text)
+    except ValueError:
+        raise ConfigError(f"{env} must be a number, not {text!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{env} must be between {low:g} and {high:g}, not {text}")
+    return number
+
+
+def _readable(path: str, env: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{env}: cannot read {path}: {error.strerror}") from None
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerSettings:
+    values = _raw(args, dict(os.environ) if environ is None else environ)
+    host, port = parse_host_port(values["PROXY_URL"] or "", "PROXY_URL")
+
+    api_key = values["DEEPGRAM_API_KEY"]
+    if not api_key:
+        raise ConfigError("DEEPGRAM_API_KEY (or --deepgram-api-key) is required; try `callscribe fake-deepgram` for a local key-less run")
+    url = values["DEEPGRAM_URL"] or ""
+    try:
+        deepgram.listen_url(url, channels=1)
+    except ValueError as error:
+        raise ConfigError(f"DEEPGRAM_URL: {error}") from None
+
+    deepgram_ssl: ssl.SSLContext | None = None
+    if ca_file := values["DEEPGRAM_CA_FILE"]:
+        _readable(ca_file, "DEEPGRAM_CA_FILE")
+        deepgram_ssl = ssl.create_default_context()
+        try:
+            deepgram_ssl.load_verify_locations(ca_file)
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(f"DEEPGRAM_CA_FILE: {ca_file} holds no usable certificate: {error}") from None
+
+    certfile, keyfile = values["CERT_PEM"], values["KEY_PEM"]
+    if bool(certfile) != bool(keyfile):
+        given, missing = ("CERT_PEM", "KEY_PEM") if certfile else ("KEY_PEM", "CERT_PEM")
+        raise ConfigError(f"{given} is set but {missing} is not: TLS needs both the certificate and its key")
+    if certfile and keyfile:
+        _readable(certfile, "CERT_PEM")
+        _readable(keyfile, "KEY_PEM")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except ssl.SSLError as error:
+            raise ConfigError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {error.reason or error}") from None
+
+    window_ms = int(_number(values, "CALLSCRIBE_WINDOW_MS", MIN_WINDOW_MS, MAX_WINDOW_MS, int))
+    jitter_ms = int(_number(values, "CALLSCRIBE_JITTER_MS", 0, 1000, int))
+    finalize = _number(values, "CALLSCRIBE_FINALIZE_TIMEOUT", 0, 60)
+    backlog = _number(values, "CALLSCRIBE_DEEPGRAM_BACKLOG", 1, 600)
+    retries = int(_number(values, "CALLSCRIBE_DEEPGRAM_RETRIES", 0, 100, int))
+    grace = _number(values, "CALLSCRIBE_SHUTDOWN_GRACE", 0, 300)
+    stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
+    level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
+    if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}")
+
+    public_url = values["PUBLIC_URL"] or None
+    if public_url:
+        try:
+            stream_url(public_url)
+        except ValueError as error:
+            raise ConfigError(f"PUBLIC_URL: {error}") from None
+    route = (values["CALLSCRIBE_ROUTE"] or "").lower()
+    if route not in ("transcribe", "game"):
+        raise ConfigError(f"CALLSCRIBE_ROUTE must be transcribe or game, not {values['CALLSCRIBE_ROUTE']!r}")
+    codes_file = values["CALLSCRIBE_GAME_CODES"] or None
+    if codes_file:
+        try:
+            CodePool.from_file(codes_file)
+        except ValueError as error:
+            raise ConfigError(f"CALLSCRIBE_GAME_CODES: {error}") from None
+    speech = (values["CALLSCRIBE_SPEECH"] or "").lower()
+    if speech not in ("auto", "aura", "espeak"):
+        raise ConfigError(f"CALLSCRIBE_SPEECH must be auto, aura or espeak, not {values['CALLSCRIBE_SPEECH']!r}")
+    speak_url = values["DEEPGRAM_SPEAK_URL"] or ""
+    if speech == "auto":
+        explicit_speak_url = bool(getattr(args, "speak_url", None) or (environ or os.environ).get("DEEPGRAM_SPEAK_URL"))
+        speech = "aura" if explicit_speak_url or urlsplit(url).hostname == "api.deepgram.com" else "espeak"
+
+    redis_url = values["CALLSCRIBE_REDIS_URL"] or None
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"CALLSCRIBE_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
+
+    call = CallSettings(
+        deepgram_url=url,
+        deepgram_api_key=api_key,
+        window_ms=window_ms,
+        jitter_ms=jitter_ms,
+        finalize_timeout_s=finalize,
+        backlog_s=backlog,
+        max_reconnects=retries,
+        deepgram_ssl_context=deepgram_ssl,
+    )
+    return ServerSettings(
+        host=host,
+        port=port,
+        call=call,
+        certfile=certfile or None,
+        keyfile=keyfile or None,
+        shutdown_grace_s=grace,
+        stall_timeout_s=stall,
+        log_level=getattr(logging, level_name),
+        games=GameSettings(
+            phone_number=values["TWILIO_PHONE_NUMBER"] or "", route_all_calls=route == "game", codes_file=codes_file
+        ),
+        public_url=public_url,
+        forward_number=values["FORWARD_NUMBER"] or None,
+        speech=speech,
+        speak_url=speak_url,
+        twilio_auth_token=values["TWILIO_AUTH_TOKEN"] or None,
+        tokens=_list(values["CALLSCRIBE_TOKENS"]),
+        token_secret=values["CALLSCRIBE_TOKEN_SECRET"] or None,
+        allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
+        redis_url=redis_url,
+    )
+
+
+def _list(text: str | None) -> frozenset[str]:
+    return frozenset(item.strip() for item in (text or "").split(",") if item.strip())

@@ -1,0 +1,226 @@
+"""The mixer: alignment, padding, hold-back bound, flush, and properties over arbitrary input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callscribe.core.mixer import SAMPLES_PER_MS, Mixer
+
+FRAME = 160  # 20 ms
+
+
+def tone(byte: int, n: int = FRAME) -> bytes:
+    return bytes([byte]) * n
+
+
+def channel(stream: bytes, index: int, channels: int) -> bytes:
+    return stream[index::channels]
+
+
+def collect(mixer: Mixer, *, flush: bool = False) -> list[bytes]:
+    out = list(mixer.windows())
+    if flush:
+        out += list(mixer.flush())
+    return out
+
+
+def test_mono_passthrough_in_windows() -> None:
+    mixer = Mixer(1, window_ms=100)
+    audio = bytes(range(256)) * 10  # 2560 bytes = 320 ms
+    out: list[bytes] = []
+    for i in range(0, len(audio), FRAME):
+        mixer.add(0, i // SAMPLES_PER_MS, audio[i : i + FRAME])
+        out += mixer.windows()
+    assert [len(w) for w in out] == [800, 800, 800]
+    out += mixer.flush()
+    assert len(out[-1]) == 2560 - 2400
+    assert b"".join(out) == audio
+    assert mixer.padded == [0] and mixer.dropped == [0]
+
+
+def test_stereo_interleaves_inbound_on_channel_zero() -> None:
+    mixer = Mixer(2, window_ms=20)
+    mixer.add(0, 0, tone(0x11))
+    assert collect(mixer) == []  # waits for the other track (within jitter)
+    mixer.add(1, 0, tone(0x22))
+    (window,) = collect(mixer)
+    assert len(window) == 2 * FRAME
+    assert channel(window, 0, 2) == tone(0x11)
+    assert channel(window, 1, 2) == tone(0x22)
+    assert window[:4] == bytes([0x11, 0x22, 0x11, 0x22])
+
+
+def test_gap_is_padded_with_silence_of_exact_length() -> None:
+    mixer = Mixer(1, window_ms=20)
+    mixer.add(0, 0, tone(1))
+    mixer.add(0, 80, tone(2))  # frames at 20, 40, 60 ms were lost
+    out = b"".join(collect(mixer, flush=True))
+    assert out == tone(1) + b"\xff" * (3 * FRAME) + tone(2)
+    assert mixer.padded == [3 * FRAME]
+
+
+def test_late_first_media_is_preceded_by_silence() -> None:
+    mixer = Mixer(1, window_ms=20)
+    mixer.add(0, 500, tone(7))
+    out = b"".join(collect(mixer, flush=True))
+    assert out == b"\xff" * 4000 + tone(7)
+
+
+def test_millisecond_rounding_is_not_a_gap() -> None:
+    mixer = Mixer(1, window_ms=20)
+    mixer.add(0, 0, tone(1, 159))
+    mixer.add(0, 20, tone(2))  # 1 sample later than contiguous: rounding, not a gap
+    mixer.add(0, 39, tone(3))  # 7 samples early: still contiguous
+    out = b"".join(collect(mixer, flush=True))
+    assert out == tone(1, 159) + tone(2) + tone(3)
+
+
+def test_repeated_and_backwards_timestamps_never_duplicate_audio() -> None:
+    mixer = Mixer(1, window_ms=20)
+    mixer.add(0, 0, tone(1))
+    mixer.add(0, 20, tone(2))
+    mixer.add(0, 20, tone(3))  # same timestamp again: fully overlaps, dropped
+    mixer.add(0, 30, tone(4))  # overlaps 10 ms of the previous frame: only the new half is kept
+    mixer.add(0, 0, tone(5))  # far backwards: dropped
+    out = b"".join(collect(mixer, flush=True))
+    assert out == tone(1) + tone(2) + tone(4, 80)
+    assert mixer.dropped == [FRAME + 80 + FRAME]
+
+
+def test_huge_timestamp_jump_resyncs_instead_of_allocating() -> None:
+    mixer = Mixer(1, window_ms=20, max_gap_ms=1000)
+    mixer.add(0, 0, tone(1))
+    mixer.add(0, 10**12, tone(2))
+    out = b"".join(collect(mixer, flush=True))
+    assert out == tone(1) + tone(2)
+    assert mixer.resyncs == 1
+
+
+def test_silent_track_holds_the_other_back_at_most_window_plus_jitter() -> None:
+    mixer = Mixer(2, window_ms=100, jitter_ms=40)
+    emitted_at: list[int] = []
+    for n in range(20):  # inbound only, outbound never arrives
+        mixer.add(0, n * 20, tone(n))
+        if list(mixer.windows()):
+            emitted_at.append((n + 1) * 20)  # ms of inbound audio received when a window came out
+    # The first window (100 ms) comes out once 140 ms are buffered: window + jitter.
+    assert emitted_at[0] == 140
+    assert max(mixer.buffered(0), mixer.buffered(1)) < (100 + 40) * SAMPLES_PER_MS
+    assert mixer.padded[1] == mixer.head
+    assert mixer.padded[0] == 0
+
+
+def test_outbound_starting_late_lines_up_with_inbound() -> None:
+    mixer = Mixer(2, window_ms=20, jitter_ms=20)
+    out: list[bytes] = []
+    for n in range(10):
+        mixer.add(0, n * 20, tone(0x10 + n))
+        if n >= 5:
+            mixer.add(1, n * 20, tone(0x80 + n))
+        out += mixer.windows()
+    out += mixer.flush()
+    stream = b"".join(out)
+    inbound, outbound = channel(stream, 0, 2), channel(stream, 1, 2)
+    assert inbound == b"".join(tone(0x10 + n) for n in range(10))
+    assert outbound == b"\xff" * (5 * FRAME) + b"".join(tone(0x80 + n) for n in range(5, 10))
+
+
+def test_flush_pads_the_shorter_track_and_emits_the_partial_window() -> None:
+    mixer = Mixer(2, window_ms=100)
+    mixer.add(0, 0, tone(1))
+    mixer.add(0, 20, tone(1))
+    mixer.add(1, 0, tone(2))
+    assert collect(mixer) == []
+    (last,) = list(mixer.flush())
+    assert len(last) == 2 * 2 * FRAME
+    assert channel(last, 1, 2) == tone(2) + b"\xff" * FRAME
+    assert list(mixer.flush()) == []
+
+
+def test_window_bounds_are_enforced() -> None:
+    with pytest.raises(ValueError, match="20..250"):
+        Mixer(1, window_ms=10)
+    with pytest.raises(ValueError):
+        Mixer(1, window_ms=400)
+    with pytest.raises(ValueError):
+        Mixer(0)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+frames = st.lists(
+    st.tuples(
+        st.integers(0, 1),  # channel
+        st.integers(0, 3000),  # timestamp ms
+        st.binary(min_size=1, max_size=400),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=frames, window_ms=st.integers(20, 250), jitter_ms=st.integers(0, 100))
+def test_any_input_gives_aligned_equal_channels_and_conserves_bytes(
+    frames: list[tuple[int, int, bytes]], window_ms: int, jitter_ms: int
+) -> None:
+    mixer = Mixer(2, window_ms=window_ms, jitter_ms=jitter_ms)
+    out: list[bytes] = []
+    for ch, ts, payload in frames:
+        mixer.add(ch, ts, payload)
+        out += mixer.windows()
+    full = list(out)
+    out += mixer.flush()
+    window = window_ms * SAMPLES_PER_MS
+    assert all(len(w) == 2 * window for w in full)  # every window before the flush is exactly one window
+    assert all(0 < len(w) <= 2 * window and len(w) % 2 == 0 for w in out)
+    total = sum(len(w) for w in out) // 2
+    assert total == mixer.head
+    for ch in (0, 1):
+        # every sample emitted is either received audio or inserted silence; nothing is invented or doubled
+        assert mixer.received[ch] - mixer.dropped[ch] + mixer.padded[ch] == total
+        assert mixer.dropped[ch] >= 0 and mixer.padded[ch] >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=1, max_size=320), min_size=1, max_size=50), window_ms=st.integers(20, 250))
+def test_contiguous_audio_of_any_chunk_sizes_comes_out_unchanged(chunks: list[bytes], window_ms: int) -> None:
+    mixer = Mixer(1, window_ms=window_ms)
+    out: list[bytes] = []
+    position = 0
+    for chunk in chunks:
+        mixer.add(0, position // SAMPLES_PER_MS, chunk)  # Twilio's whole-millisecond timestamps
+        out += mixer.windows()
+        position += len(chunk)
+    out += mixer.flush()
+    assert b"".join(out) == b"".join(chunks)
+    assert mixer.padded == [0] and mixer.dropped == [0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=16, max_size=320), min_size=2, max_size=50),
+    lost=st.sets(st.integers(1, 48)),
+)
+def test_lost_chunks_become_silence_and_every_other_chunk_keeps_its_place(chunks: list[bytes], lost: set[int]) -> None:
+    mixer = Mixer(1, window_ms=20)
+    out: list[bytes] = []
+    placed: list[tuple[int, bytes]] = []
+    position = 0
+    for index, chunk in enumerate(chunks):
+        if index not in lost:
+            mixer.add(0, position // SAMPLES_PER_MS, chunk)
+            out += mixer.windows()
+            placed.append((position, chunk))
+        position += len(chunk)
+    out += mixer.flush()
+    got = b"".join(out)
+    assert mixer.dropped == [0]
+    for true_position, chunk in placed:
+        # Each chunk sits where its timestamp says, give or take the sub-millisecond rounding.
+        assert any(
+            got[q : q + len(chunk)] == chunk for q in range(max(0, true_position - SAMPLES_PER_MS + 1), true_position + 1)
+        ), (true_position, len(got))
+    last_position, last_chunk = placed[-1]
+    assert last_position - SAMPLES_PER_MS < len(got) - len(last_chunk) <= last_position

@@ -1,0 +1,489 @@
+"""The call pipeline over memory channels with a scripted Deepgram and Trio's MockClock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.server.call import Call, CallSettings
+from callscribe.core.deepgram import CLOSE_STREAM, KEEPALIVE
+from callscribe.server.hub import InMemoryHub
+from callscribe.server.websocket_client import ConnectFailed
+
+CALL_SID = "CA00000000000000000000000000000001"
+
+
+def results(channel: int, channels: int, text: str, final: bool = True) -> str:
+    return json.dumps({
+        "type": "Results", "channel_index": [channel, channels], "is_final": final,
+        "channel": {"alternatives": [{"transcript": text}]},
+    })
+
+
+METADATA = json.dumps({"type": "Metadata", "request_id": "r1"})
+
+
+class ScriptedConnection:
+    """One Deepgram connection in memory: records what the call sends and answers as the test says."""
+
+    def __init__(self, channels: int, answer_close_stream: bool) -> None:
+        self.sent: list[str | bytes] = []
+        self.sent_at: list[float] = []
+        self.channels = channels
+        self.answer_close_stream = answer_close_stream
+        self._send, self._receive = trio.open_memory_channel[str](100)
+        self.closed = False
+        self.dropped = False
+        self.close_stream_answer: list[str] | None = None
+        """What to say on CloseStream (by default a final per channel, then Metadata)."""
+
+    async def send_message(self, message: str | bytes) -> None:
+        if self.closed:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1006, "gone"))
+        self.sent.append(message)
+        self.sent_at.append(trio.current_time())
+        if message == CLOSE_STREAM and self.answer_close_stream:
+            answer = self.close_stream_answer
+            if answer is None:
+                answer = [results(channel, self.channels, f"final words {channel}") for channel in range(self.channels)]
+                answer.append(METADATA)
+            for text in answer:
+                self.say(text)
+            self._send.close()
+
+    def say(self, message: str) -> None:
+        self._send.send_nowait(message)
+
+    def drop(self) -> None:
+        """The server goes away mid-stream with 1011."""
+        self._send.close()
+        self.closed = self.dropped = True
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            reason = trio_websocket.CloseReason(1011, "NET-0000") if self.dropped else trio_websocket.CloseReason(1000, None)
+            raise trio_websocket.ConnectionClosed(reason) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = True
+
+    @property
+    def audio(self) -> list[bytes]:
+        return [m for m in self.sent if isinstance(m, bytes)]
+
+    @property
+    def control(self) -> list[str]:
+        return [m for m in self.sent if isinstance(m, str)]
+
+
+class ScriptedDeepgram:
+    """Hands out a new scripted connection per attempt; the properties speak of the latest one."""
+
+    def __init__(self, *, channels: int = 2, answer_close_stream: bool = True) -> None:
+        self.channels = channels
+        self.answer_close_stream = answer_close_stream
+        self.connections: list[ScriptedConnection] = []
+        self.url = ""
+        self.headers: list[tuple[str, str]] = []
+        self.connected = trio.Event()
+
+    async def connect(self, nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> ScriptedConnection:
+        self.url, self.headers = url, headers
+        self.connections.append(ScriptedConnection(self.channels, self.answer_close_stream))
+        self.connected.set()
+        return self.connections[-1]
+
+    @property
+    def latest(self) -> ScriptedConnection:
+        return self.connections[-1]
+
+    def say(self, message: str) -> None:
+        self.latest.say(message)
+
+    def drop(self) -> None:
+        self.latest.drop()
+
+    @property
+    def closed(self) -> bool:
+        return all(c.closed for c in self.connections)
+
+    @property
+    def audio(self) -> list[bytes]:
+        return [w for c in self.connections for w in c.audio]
+
+    @property
+    def control(self) -> list[str]:
+        return [m for c in self.connections for m in c.control]
+
+
+# The Twilio messages carry no sequenceNumber: `Harness.feed` numbers them in the order fed.
+
+
+def twilio_start(tracks: list[str]) -> str:
+    return json.dumps({
+        "event": "start", "streamSid": "MZ1",
+        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": CALL_SID, "tracks": tracks,
+                  "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+    })
+
+
+def twilio_media(track: str, timestamp_ms: int, payload: bytes) -> str:
+    return json.dumps({"event": "media", "streamSid": "MZ1",
+                       "media": {"track": track, "chunk": "1", "timestamp": str(timestamp_ms),
+                                 "payload": base64.b64encode(payload).decode()}})
+
+
+STOP = json.dumps({"event": "stop", "streamSid": "MZ1"})
+
+
+class Harness:
+    def __init__(self, deepgram: ScriptedDeepgram | None = None, **settings: object) -> None:
+        self.hub = InMemoryHub()
+        self.deepgram = deepgram or ScriptedDeepgram()
+        self.twilio_send, twilio_receive = trio.open_memory_channel[str | None](1000)
+        base = {"deepgram_api_key": "k", "deepgram_url": "wss://dg.example/v1/listen?model=nova-3&channels=7&encoding=linear16"}
+        self.call = Call(
+            twilio_receive.receive, settings=CallSettings(**(base | settings)), hub=self.hub, connect=self.deepgram.connect
+        )
+        self.received: list[str] = []
+        self.close: tuple[int, str] | None = None
+        self.sequence_number = 0
+
+    async def subscribe_when_live(self) -> None:
+        while CALL_SID not in await self.hub.active_calls():
+            await trio.sleep(0.001)
+        async with self.hub.subscribe(CALL_SID) as subscription:
+            async for message in subscription:
+                self.received.append(message)
+            self.close = (subscription.close_code, subscription.close_reason)
+
+    def feed(self, *frames: str | None) -> None:
+        """Queue Twilio frames; like Twilio, number each message after `connected` in the order sent."""
+        for frame in frames:
+            try:
+                message = json.loads(frame or "")
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and message.get("event") != "connected" and "sequenceNumber" not in message:
+                self.sequence_number += 1
+                frame = json.dumps(message | {"sequenceNumber": str(self.sequence_number)})
+            self.twilio_send.send_nowait(frame)
+
+
+def frames(track: str, count: int, byte: int, start_ms: int = 0) -> list[str]:
+    return [twilio_media(track, start_ms + 20 * n, bytes([byte]) * 160) for n in range(count)]
+
+
+async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), twilio_start(["inbound", "outbound"]))
+        for inbound, outbound in zip(frames("inbound", 13, 0x11), frames("outbound", 13, 0x22)):
+            h.feed(inbound, outbound)
+        await trio.sleep(1)
+        h.deepgram.say(results(0, 2, "hello"))
+        h.feed(STOP)
+
+    audio = h.deepgram.audio
+    assert [len(w) for w in audio] == [1600, 1600, 960]  # 100 ms windows of 2 channels, then the 60 ms rest
+    mixed = b"".join(audio)
+    assert mixed[0::2] == b"\x11" * 2080 and mixed[1::2] == b"\x22" * 2080
+    assert h.deepgram.control == [CLOSE_STREAM]
+    query = parse_qs(urlsplit(h.deepgram.url).query)
+    assert query["channels"] == ["2"] and query["multichannel"] == ["true"]
+    assert query["encoding"] == ["mulaw"] and query["sample_rate"] == ["8000"] and query["model"] == ["nova-3"]
+    assert h.deepgram.headers == [("Authorization", "Token k")]
+    assert [json.loads(m)["type"] for m in h.received] == ["Results", "Results", "Results", "Metadata"]
+    assert json.loads(h.received[0])["channel"]["alternatives"][0]["transcript"] == "hello"
+    assert h.close == (1000, "call ended")
+    assert await h.hub.active_calls() == []
+    assert h.call.audio_bytes_sent == 2 * 2080
+
+
+async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 5, 0x33))
+        await trio.sleep(1)
+        # One full window went out before the call ends: nothing waits for a second track.
+        assert [len(w) for w in h.deepgram.audio] == [800]
+        h.feed(STOP)
+    assert parse_qs(urlsplit(h.deepgram.url).query)["channels"] == ["1"]
+    assert b"".join(h.deepgram.audio) == b"\x33" * 800
+
+
+async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]))
+        await trio.sleep(12)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]
+        h.feed(*frames("inbound", 5, 1, start_ms=12_000))
+        await trio.sleep(4)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]  # audio reset the idle clock
+        await trio.sleep(2)
+        assert h.deepgram.control == [KEEPALIVE, KEEPALIVE, KEEPALIVE]
+        h.feed(STOP)
+    assert h.deepgram.control[-1] == CLOSE_STREAM
+
+
+async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 3, 0x44))
+        await trio.sleep(1)
+        h.call.end_input()
+    assert b"".join(h.deepgram.audio) == b"\x44" * 480  # the partial window was flushed
+    assert h.deepgram.control == [CLOSE_STREAM]
+    assert json.loads(h.received[-1])["type"] == "Metadata"
+    assert h.close == (1000, "call ended")
+
+
+async def test_malformed_frames_are_skipped_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        good = frames("inbound", 10, 0x55)
+        h.feed(twilio_start(["inbound"]), *good[:5], "{garbage", None, '{"event":"media","media":{"track":"inbound","timestamp":"1","payload":"%%"}}', *good[5:], STOP)
+    assert b"".join(h.deepgram.audio) == b"\x55" * 1600
+    assert h.call.stream.rejected == 3
+
+
+async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_read_to_the_end(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        raise trio_websocket.ConnectionRejected(
+            401, ((b"dg-error", b"Invalid credentials."), (b"dg-request-id", b"req-9")), b'{"err_code":"INVALID_AUTH"}'
+        )
+
+    h = Harness()
+    h.call._connect = refuse
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]))
+        await trio.sleep(0.5)
+        h.feed(*frames("inbound", 300, 1), STOP)  # 6 s of audio: more than the window queue holds
+    (error,) = [json.loads(m) for m in h.received]
+    assert error["type"] == "Error" and error["callSid"] == CALL_SID
+    assert "HTTP 401: Invalid credentials. (dg-request-id req-9)" in error["message"]
+    assert h.call.stream.media_frames == 300  # every frame was read
+    assert h.close == (1000, "call ended")
+    assert any("Invalid credentials." in r.getMessage() and CALL_SID in r.getMessage() for r in caplog.records)
+
+
+def final(start: float, duration: float, text: str = "words", **extra: object) -> str:
+    return json.dumps({
+        "type": "Results", "channel_index": [0, 1], "is_final": True, "start": start, "duration": duration,
+        "channel": {"alternatives": [{"transcript": text, "words": [{"word": text, "start": start, "end": start + duration}]}]},
+        **extra,
+    })
+
+
+async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    audio = bytes(range(256)) * 50  # 12800 bytes = 1.6 s, recognisable at every offset
+    chunks = [audio[i : i + 160] for i in range(0, len(audio), 160)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        await trio.sleep(0.5)
+        first = h.deepgram.latest
+        assert len(first.audio) == 2
+        first.say(final(0.0, 0.1, "one"))  # Deepgram has finished the first 100 ms only
+        await trio.sleep(0.1)
+        first.drop()
+        # While Deepgram is away, 1.2 s more audio arrives at once (more than the pacer's burst).
+        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
+        with trio.fail_after(5):
+            while len(h.deepgram.connections) < 2:
+                await trio.sleep(0.01)
+        second = h.deepgram.latest
+        await trio.sleep(3)
+        second.say(final(0.0, 0.5, "two"))
+        h.feed(STOP)
+
+    assert not any(json.loads(m).get("source") == "callscribe" for m in h.received)  # no error: it recovered
+    # Audio: the second connection replays from the first window not covered by a final (100 ms).
+    assert b"".join(first.audio) == audio[:1600]
+    assert b"".join(second.audio) == audio[800:]
+    # The replay (1.5 s of audio) went out no faster than 1.25x real time, apart from the 0.5 s burst.
+    replay = [t for t, m in zip(second.sent_at, second.sent) if isinstance(m, bytes)]
+    assert replay[-1] - replay[0] >= (1.5 - 0.5 - 0.1) / 1.25 - 1e-6
+    # Timeline: the second connection's times are shifted by the 0.1 s it started at.
+    finals = [json.loads(m) for m in h.received if json.loads(m).get("is_final")]
+    # Last, the scripted answer to CloseStream: a final with no times (duration 0), so no repeat.
+    assert [(f["channel"]["alternatives"][0]["transcript"], f.get("start")) for f in finals] == [
+        ("one", 0.0), ("two", 0.1), ("final words 0", None)
+    ]
+    assert finals[1]["channel"]["alternatives"][0]["words"][0] == {"word": "two", "start": 0.1, "end": 0.6}
+    assert h.close == (1000, "call ended")
+    assert h.call.stream.media_frames == 80
+
+
+async def call_with_a_reconnect(second_says: list[str], close_stream_answer: list[str]) -> list[tuple[str, str, float]]:
+    """A mono call of 1.6 s whose first Deepgram connection finalizes call time 0-0.15 s and drops.
+    The second replays from 0.1 s (the first window not covered), says `second_says` (in its own
+    time, which is call time - 0.1 s) and answers CloseStream with `close_stream_answer`.
+    Returns what the subscriber got: (type, transcript, start)."""
+    h = Harness(ScriptedDeepgram(channels=1))
+    chunks = [bytes([n]) * 160 for n in range(80)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        await trio.sleep(0.5)
+        first = h.deepgram.latest
+        first.say(final(0.0, 0.15, "one"))
+        await trio.sleep(0.1)
+        first.drop()
+        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
+        with trio.fail_after(5):
+            while len(h.deepgram.connections) < 2:
+                await trio.sleep(0.01)
+        second = h.deepgram.latest
+        await trio.sleep(3)
+        assert b"".join(second.audio) == b"".join(chunks[5:])  # the replay went out, from 0.1 s
+        for text in second_says:
+            second.say(text)
+        second.close_stream_answer = close_stream_answer
+        h.feed(STOP)
+    assert h.close == (1000, "call ended") and len(h.deepgram.connections) == 2
+    received = [json.loads(m) for m in h.received]
+    return [(m["type"], m.get("channel", {}).get("alternatives", [{}])[0].get("transcript", ""), m.get("start", 0.0)) for m in received]
+
+
+async def test_after_a_reconnect_finals_of_no_audio_still_reach_subscribers(autojump_clock: trio.abc.Clock) -> None:
+    # After CloseStream, Deepgram finalizes at the end of the audio: finals of duration 0 that
+    # end where the last published final did. They repeat nothing.
+    at_the_end = final(1.5, 0.0, "", from_finalize=True)
+    received = await call_with_a_reconnect([final(0.05, 1.45, "two")], [at_the_end, at_the_end, METADATA])
+    assert received == [
+        ("Results", "one", 0.0),
+        ("Results", "two", 0.15),
+        ("Results", "", 1.6),
+        ("Results", "", 1.6),
+        ("Metadata", "", 0.0),
+    ]
+
+
+async def test_after_a_reconnect_finals_of_audio_already_published_are_dropped(autojump_clock: trio.abc.Clock) -> None:
+    received = await call_with_a_reconnect(
+        [final(0.0, 0.0, ""), final(0.0, 0.05, "one again"), final(0.0, 0.1, "one and on"), final(0.1, 1.2, "two")],
+        [final(1.0, 0.3, "two again", from_finalize=True), final(1.3, 0.2, "three", from_finalize=True), METADATA],
+    )
+    # "one again" (0.1-0.15) and "two again" (1.1-1.4) lie within finals already published; a final
+    # reaching past them ("one and on", 0.1-0.2) is published, though it overlaps. The final of no
+    # audio at 0.1 repeats nothing, and does not pull back the end of what was published.
+    assert received == [
+        ("Results", "one", 0.0),
+        ("Results", "", 0.1),
+        ("Results", "one and on", 0.1),
+        ("Results", "two", 0.2),
+        ("Results", "three", 1.4),
+        ("Metadata", "", 0.0),
+    ]
+
+
+async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        attempts.append(trio.current_time())
+        raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
+
+    h = Harness(max_reconnects=3)
+    h.call._connect = unreachable
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
+        await trio.sleep(30)
+        h.feed(*frames("inbound", 50, 1, start_ms=1000), STOP)
+    assert len(attempts) == 4  # the first try and 3 reconnects
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert all(g > 0.2 for g in gaps) and gaps[-1] > gaps[0]  # backing off, not a storm
+    (error,) = [json.loads(m) for m in h.received]
+    assert "giving up on Deepgram after 4 failed attempts" in error["message"]
+    assert h.call.stream.media_frames == 100 and h.close == (1000, "call ended")
+
+
+async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.Clock) -> None:
+    for status, expected_attempts in ((403, 1), (429, 3)):
+        attempts = 0
+
+        async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+            nonlocal attempts
+            attempts += 1
+            raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)
+
+        h = Harness(max_reconnects=2)
+        h.call._connect = refuse
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.call.run)
+            h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+            await trio.sleep(20)
+            h.feed(STOP)
+        assert attempts == expected_attempts, status
+        assert f"HTTP {status}: nope" in h.call.deepgram_error
+
+
+async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False), finalize_timeout_s=3.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 2, 1), STOP)
+    assert trio.current_time() == pytest.approx(3.0, abs=0.1)
+    assert h.deepgram.closed
+
+
+async def test_no_start_closes_the_stream_with_a_reason(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(start_timeout_s=10.0)
+    h.feed(json.dumps({"event": "connected"}))
+    await h.call.run()
+    assert (h.call.close_code, h.call.close_reason) == (1008, "no start message")
+    assert trio.current_time() == pytest.approx(10.0)
+
+
+async def test_an_unusable_start_ends_the_stream_with_1003(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness()
+    h.feed(twilio_start(["inbound"]).replace("audio/x-mulaw", "audio/l16"))
+    await h.call.run()
+    assert h.call.close_code == 1003 and "unsupported media format" in h.call.close_reason
+    assert h.deepgram.url == ""
+
+
+async def test_cancelling_the_call_closes_deepgram_and_every_subscriber(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.subscribe_when_live)
+        call_scope = trio.CancelScope()
+        nursery.start_soon(_run_in, call_scope, h.call)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+        await trio.sleep(1)
+        assert h.hub.stats() == {"calls": 1, "subscribers": 2}
+        call_scope.cancel()
+    assert h.deepgram.closed
+    assert h.hub.stats() == {"calls": 0, "subscribers": 0}
+    assert h.call.finished.is_set()
+
+
+async def _run_in(scope: trio.CancelScope, call: Call) -> None:
+    with scope:
+        await call.run()

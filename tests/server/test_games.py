@@ -1,0 +1,290 @@
+"""Games end to end over loopback: codes, patching by voice and keypad, talk-back, barge-in, TwiML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.server.games import GameSettings
+from callscribe.core.audio import generate_tone
+from callscribe.testing.simulator import CallSpec, run_call
+from callscribe.server.speech import FakeAura, FakeAuraBehaviour
+
+from conftest import API_KEY, RunningServer, start_server
+
+PHONE = "+15550001111"
+
+
+@dataclass
+class GameClient:
+    number: str = ""
+    code: str = ""
+    messages: list[dict] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    @property
+    def types(self) -> list[str]:
+        return [m.get("type", "") for m in self.messages]
+
+
+Script = Callable[[trio_websocket.WebSocketConnection, dict], Awaitable[None]]
+
+
+async def play(
+    server: RunningServer, game: GameClient, script: Script | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> GameClient:
+    """A game: connect, read the number and the code, then react to messages until the server closes."""
+    async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as ws:
+        game.number = str(await ws.get_message())
+        game.code = str(await ws.get_message())
+        task_status.started()
+        try:
+            with trio.fail_after(30):
+                while True:
+                    message = json.loads(await ws.get_message())
+                    game.messages.append(message)
+                    if script is not None:
+                        await script(ws, message)
+                    if message.get("type") == "CallEnded":
+                        return game
+        except trio_websocket.ConnectionClosed as closed:
+            game.close_code, game.close_reason = closed.reason.code, closed.reason.reason
+    return game
+
+
+def say_when_connected(text: str) -> Script:
+    """A game that says `text` (as a plain text frame) once a caller is patched in."""
+
+    async def script(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
+        if message["type"] == "CallConnected":
+            await ws.send_message(text)
+
+    return script
+
+
+@pytest.fixture
+def codes_file(tmp_path: Path) -> str:
+    path = tmp_path / "codes.json"
+    path.write_text(json.dumps({"game_codes": ["42"]}))
+    return str(path)
+
+
+@pytest.fixture
+async def fake_aura(nursery: trio.Nursery) -> FakeAura:
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
+    await nursery.start(aura.serve)
+    return aura
+
+
+async def game_server(
+    nursery: trio.Nursery, fake: FakeDeepgram, aura: FakeAura | None, codes_file: str, *, interim: bool = False, speech: str = "aura"
+) -> RunningServer:
+    return await start_server(
+        nursery,
+        fake,
+        games=GameSettings(phone_number=PHONE, codes_file=codes_file),
+        speech=speech,
+        speak_url=aura.url if aura else "http://127.0.0.1:9/v1/speak",
+        deepgram_url=fake.url + ("?interim_results=true" if interim else ""),
+    )
+
+
+def game_call(seconds: float = 6.0, **extra: object) -> CallSpec:
+    return CallSpec(inbound=generate_tone(seconds), custom_parameters={"route": "game"}, **extra)  # type: ignore[arg-type]
+
+
+async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
+) -> None:
+    fake_deepgram.behaviour.transcript = "hi my code is forty two thanks"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
+    spec = game_call()
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected("Hello caller, welcome to the game."))
+        report = await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+
+    assert (game.number, game.code) == (PHONE, "42")
+    assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    assert game.types.count("Results") >= 8  # every Deepgram message after the match, unchanged
+    assert {"type": "SpeechDone", "name": "say-1"} in game.messages
+    assert game.messages[-1] == {"type": "CallEnded", "callSid": spec.call_sid, "reason": "call ended"}
+    playback = report.playback
+    assert playback is not None and playback.bad_messages == []  # right streamSid, valid JSON, known events
+    assert bytes(playback.audio) == fake_aura.expected_audio("Hello caller, welcome to the game.")
+    assert playback.marks == ["say-1"]
+    request = fake_aura.requests[0]
+    assert (request.query["encoding"], request.query["sample_rate"], request.query["container"]) == ("mulaw", "8000", "none")
+    server.stop.set()
+
+
+async def test_barge_in_clears_twilio_and_tells_the_game(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str
+) -> None:
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY, hold_after_chunks=1))  # speaks, then keeps speaking
+    await nursery.start(aura.serve)
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, aura, codes_file, interim=True)
+
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected(json.dumps({"type": "Say", "text": "A very long story " * 20})))
+        report = await run_call(server.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
+    aura.release()
+    assert "Interrupted" in game.types
+    assert "SpeechDone" not in game.types
+    assert report.playback is not None and report.playback.clears >= 1
+    assert 0 < len(report.playback.audio) < len(aura.expected_audio("A very long story " * 20))
+    server.stop.set()
+
+
+async def test_keypad_code_entry_and_dtmf_forwarding(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
+) -> None:
+    fake_deepgram.behaviour.transcript = "hello there"  # no code spoken
+    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
+    spec = game_call(3.0, dtmf=[(0.5, "4"), (0.6, "2"), (1.5, "7")])
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game)
+        await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+    assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    assert {"type": "Dtmf", "digit": "7"} in game.messages
+    assert {"type": "Dtmf", "digit": "4"} not in game.messages  # those digits were the code
+    server.stop.set()
+
+
+async def test_codes_are_held_one_game_at_a_time_and_return_to_the_pool(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str
+) -> None:
+    server = await game_server(nursery, fake_deepgram, None, codes_file, speech="espeak")
+    async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as first:
+        assert [await first.get_message(), await first.get_message()] == [PHONE, "42"]
+        async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as second:
+            error = json.loads(await second.get_message())
+            assert error["type"] == "Error" and "all 1 game codes are in use" in error["message"]
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await second.get_message()
+            assert (closed.value.reason.code, closed.value.reason.reason) == (1013, "no game code free")
+    with trio.fail_after(5):
+        while True:  # the first game left: its code is free again
+            async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as third:
+                first_frame = await third.get_message()
+                if first_frame == PHONE:
+                    assert await third.get_message() == "42"
+                    break
+            await trio.sleep(0.02)
+    server.stop.set()
+
+
+async def test_a_game_leaving_mid_call_frees_its_code_and_the_caller_can_repatch(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
+) -> None:
+    fake_deepgram.behaviour.transcript = "number 42."
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
+    spec = game_call(6.0)
+    leaver, stayer = GameClient(), GameClient()
+
+    async def leave_at_once(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
+        if message["type"] == "CallConnected":
+            await ws.aclose()
+
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, leaver, leave_at_once)
+        inner.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True))
+        with trio.fail_after(10):
+            while not leaver.messages:
+                await trio.sleep(0.02)
+        with trio.fail_after(10):
+            while not stayer.code:
+                try:
+                    await play(server, stayer)
+                except trio_websocket.ConnectionClosed:
+                    pass
+    assert leaver.messages[0]["type"] == "CallConnected"
+    assert stayer.code == "42"
+    assert stayer.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    assert stayer.messages[-1]["type"] == "CallEnded"
+    server.stop.set()
+
+
+async def test_speech_failure_is_reported_to_the_game_and_the_call_goes_on(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str
+) -> None:
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY, reject_status=503))
+    await nursery.start(aura.serve)
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, aura, codes_file)
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected("anyone there"))
+        report = await run_call(server.url("/twilio"), game_call(3.0), speed=2.0, bidirectional=True)
+    errors = [m for m in game.messages if m["type"] == "Error"]
+    assert errors and "speech failed" in errors[0]["message"] and "503" in errors[0]["message"]
+    assert game.messages[-1]["type"] == "CallEnded" and report.close_code == 1000
+    server.stop.set()
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is installed by scripts/setup")
+async def test_espeak_talks_back_offline(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str) -> None:
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, None, codes_file, speech="espeak")
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected("Welcome."))
+        report = await run_call(server.url("/twilio"), game_call(5.0), speed=1.5, bidirectional=True)
+    assert report.playback is not None and len(report.playback.audio) > 2000  # a fraction of a second of speech
+    assert "SpeechDone" in game.types
+    server.stop.set()
+
+
+async def test_twiml_for_transcription_and_for_games(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+    server = await start_server(nursery, fake_deepgram, forward_number="+15557654321")
+    async with httpx.AsyncClient() as http:
+        response = await http.post(server.http_url + "/twiml")
+        assert response.headers["content-type"].startswith("text/xml")
+        xml = ElementTree.fromstring(response.text)
+        stream = xml.find("./Start/Stream")
+        assert stream is not None and stream.get("track") == "both_tracks"
+        assert stream.get("url") == server.ws_url + "/twilio"
+        assert xml.findtext("./Dial") == "+15557654321"
+
+        proxied = await http.post(
+            server.http_url + "/twiml/game", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "calls.example.com"}
+        )
+        xml = ElementTree.fromstring(proxied.text)
+        stream = xml.find("./Connect/Stream")
+        assert stream is not None and stream.get("url") == "wss://calls.example.com/twilio"
+        parameter = stream.find("./Parameter")
+        assert parameter is not None and (parameter.get("name"), parameter.get("value")) == ("route", "game")
+        assert xml.find("./Say") is not None
+    server.stop.set()
+
+
+async def test_route_game_sends_every_call_to_games(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str) -> None:
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await start_server(nursery, fake_deepgram, games=GameSettings(phone_number=PHONE, codes_file=codes_file, route_all_calls=True))
+    spec = CallSpec(inbound=generate_tone(2.0))  # no route parameter: a TwiML Bin cannot set one
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game)
+        await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+    assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    server.stop.set()

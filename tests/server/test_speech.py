@@ -1,0 +1,479 @@
+"""Tests for callscribe.server.speech: resampling and WAV conversion, Aura against FakeAura, real espeak-ng."""
+
+from __future__ import annotations
+
+import array
+import math
+import os
+import shutil
+import struct
+import subprocess
+from fractions import Fraction
+
+import httpx
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callscribe.core import audio as mulaw
+from callscribe.server.speech import (
+    AURA_AUDIO_PARAMS,
+    DEFAULT_AURA_MODEL,
+    DEFAULT_AURA_URL,
+    ESPEAK_MAX_TEXT_BYTES,
+    AuraEngine,
+    EspeakEngine,
+    FakeAura,
+    FakeAuraBehaviour,
+    LinearResampler,
+    SpeechEngine,
+    SpeechError,
+    WavToMulaw,
+    engine_from_settings,
+)
+
+KEY = "speak-key"
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(
+    ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng) - real-subprocess tests skipped"
+)
+
+
+# --- resampling ----------------------------------------------------------------------------------
+
+
+def reference_resample(samples: list[int], src: int, dst: int) -> list[int]:
+    """Linear interpolation at k*src/dst, rounded half up, computed with exact fractions."""
+    out = []
+    n = len(samples)
+    for k in range(n * dst // src):
+        pos = Fraction(k * src, dst)
+        j = math.floor(pos)
+        frac = pos - j
+        a = samples[j]
+        b = samples[j + 1] if j + 1 < n else a
+        out.append(math.floor(a + (b - a) * frac + Fraction(1, 2)))
+    return out
+
+
+def feed_in_chunks(resampler: LinearResampler, samples: list[int], cuts: list[int]) -> list[int]:
+    out: list[int] = []
+    previous = 0
+    for cut in sorted({min(c, len(samples)) for c in cuts}) + [len(samples)]:
+        out += resampler.feed(samples[previous:cut])
+        previous = cut
+    out += resampler.finish()
+    return out
+
+
+RATES = [(22050, 8000), (16000, 8000), (44100, 8000), (11025, 8000), (48000, 8000), (8000, 22050), (8000, 8000), (3, 1)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    samples=st.lists(st.integers(-32768, 32767), max_size=300),
+    rates=st.sampled_from(RATES),
+    cuts=st.lists(st.integers(0, 300), max_size=12),
+)
+def test_resampler_is_exact_and_chunking_never_changes_the_output(
+    samples: list[int], rates: tuple[int, int], cuts: list[int]
+) -> None:
+    src, dst = rates
+    expected = reference_resample(samples, src, dst)
+    assert feed_in_chunks(LinearResampler(src, dst), samples, cuts) == expected
+    one_shot = LinearResampler(src, dst)
+    assert list(one_shot.feed(samples)) + list(one_shot.finish()) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(chunk_sizes=st.lists(st.integers(1, 700), min_size=1, max_size=40))
+def test_resampled_sine_has_no_clicks_at_chunk_boundaries(chunk_sizes: list[int]) -> None:
+    sine = [round(10000 * math.sin(2 * math.pi * 440 * i / 22050)) for i in range(22050 // 4)]
+    resampler = LinearResampler(22050, 8000)
+    out: list[int] = []
+    position = 0
+    for size in chunk_sizes * (len(sine) // sum(chunk_sizes) + 1):  # bounded: covers the input once
+        if position >= len(sine):
+            break
+        out += resampler.feed(sine[position : position + size])
+        position += size
+    out += resampler.finish()
+    assert len(out) == len(sine) * 8000 // 22050
+    # A 440 Hz sine of amplitude 10000 at 8 kHz moves at most 2*pi*440/8000*10000 ~ 3456 per sample.
+    assert max(abs(b - a) for a, b in zip(out, out[1:])) < 3500
+    expected = [10000 * math.sin(2 * math.pi * 440 * k / 8000) for k in range(len(out))]
+    assert max(abs(a - b) for a, b in zip(out, expected)) < 60  # linear interpolation error
+
+
+def test_resampler_rules() -> None:
+    r = LinearResampler(8000, 8000)
+    assert list(r.feed([1, 2, 3])) == [1, 2, 3]
+    assert list(r.finish()) == []
+    assert list(r.finish()) == []
+    with pytest.raises(ValueError, match="already finished"):
+        r.feed([1])
+    with pytest.raises(ValueError, match="positive"):
+        LinearResampler(0, 8000)
+    up = LinearResampler(1, 2)
+    assert list(up.feed([0, 10])) == [0, 5, 10]
+    assert list(up.finish()) == [10]  # past the last sample: held
+
+
+# --- WAV stream conversion -----------------------------------------------------------------------
+
+
+def wav_bytes(
+    samples: list[int],
+    *,
+    rate: int = 22050,
+    channels: int = 1,
+    data_size: int | None = None,
+    extra_chunks: bytes = b"",
+    bits: int = 16,
+    tag: int = 1,
+    trailing: bytes = b"",
+) -> bytes:
+    pcm = array.array("h", samples).tobytes()
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
+    size = len(pcm) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks + b"data" + struct.pack("<I", size) + pcm
+    return b"RIFF" + struct.pack("<I", 0x7FFFF024) + body + trailing
+
+
+def convert(data: bytes, step: int | None = None) -> bytes:
+    decoder = WavToMulaw()
+    if step is None:
+        return decoder.feed(data) + decoder.finish()
+    return b"".join(decoder.feed(data[i : i + step]) for i in range(0, len(data), step)) + decoder.finish()
+
+
+SINE = [round(8000 * math.sin(2 * math.pi * 300 * i / 22050)) for i in range(3000)]
+SINE_ULAW = mulaw.encode(array.array("h", reference_resample(SINE, 22050, 8000)).tobytes())
+
+
+@pytest.mark.parametrize("step", [None, 1, 2, 3, 7, 44, 45, 1000])
+@pytest.mark.parametrize("data_size", [None, 0, 0xFFFFFFFF, 0x7FFFF000])
+def test_wav_to_mulaw_streams_any_split(step: int | None, data_size: int | None) -> None:
+    assert convert(wav_bytes(SINE, data_size=data_size), step) == SINE_ULAW
+
+
+def test_wav_to_mulaw_skips_other_chunks_and_honours_a_real_data_size() -> None:
+    odd = b"LIST" + struct.pack("<I", 5) + b"abcde" + b"\x00"  # odd size + pad byte
+    data = wav_bytes(SINE, extra_chunks=odd, trailing=b"junkjunk" * 10)
+    for step in (None, 1, 5):
+        assert convert(data, step) == SINE_ULAW
+    decoder = WavToMulaw()
+    decoder.feed(data[:60])
+    assert decoder.sample_rate == 22050 and decoder.channels == 1
+
+
+def test_wav_to_mulaw_keeps_the_first_channel_and_passes_8khz_through() -> None:
+    stereo = [s for pair in zip(SINE, [12345] * len(SINE)) for s in pair]
+    assert convert(wav_bytes(stereo, channels=2), 3) == SINE_ULAW
+    assert convert(wav_bytes(SINE, rate=8000)) == mulaw.encode(array.array("h", SINE).tobytes())
+
+
+def test_wav_to_mulaw_empty_stream_is_no_audio() -> None:
+    assert convert(b"") == b""
+    assert convert(wav_bytes([])) == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"RIFX" + bytes(40), "not a WAV stream"),
+        (wav_bytes([0] * 10, bits=8), "8 bits"),
+        (wav_bytes([0] * 10, tag=3), "format tag 0x0003"),
+        (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00", "before its 'fmt ' chunk"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt \x04\x00\x00\x00abcd", "too short"),
+        (b"RIFF\x00\x00\x00\x00WAVEbig " + struct.pack("<I", 1 << 30), "too large"),
+        (b"RIFF\x00\x00\x00\x00WAVE", "ended before its header was complete"),
+    ],
+)
+def test_wav_to_mulaw_rejects_what_it_cannot_convert(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        convert(data)
+
+
+# --- Deepgram Aura against FakeAura ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake_aura(nursery: trio.Nursery) -> FakeAura:
+    fake = FakeAura(FakeAuraBehaviour(api_key=KEY))
+    await nursery.start(fake.serve)
+    return fake
+
+
+async def speak(engine: SpeechEngine, text: str) -> list[bytes]:
+    async with engine.synthesize(text) as audio:
+        return [chunk async for chunk in audio]
+
+
+async def test_aura_streams_the_audio(fake_aura: FakeAura) -> None:
+    text = "Welcome to game forty two."
+    with trio.fail_after(5):
+        chunks = await speak(AuraEngine(KEY, url=fake_aura.url), text)
+    assert b"".join(chunks) == fake_aura.expected_audio(text)
+    assert len(chunks) > 1 and all(chunks)
+    (request,) = fake_aura.requests
+    assert request.method == "POST" and request.path == "/v1/speak"
+    assert request.headers["authorization"] == f"Token {KEY}"
+    assert request.query == {"model": DEFAULT_AURA_MODEL, **AURA_AUDIO_PARAMS}
+    assert request.text == text and request.completed
+
+
+async def test_aura_first_chunk_arrives_before_the_last_is_produced(fake_aura: FakeAura) -> None:
+    fake_aura.behaviour.hold_after_chunks = 1
+    text = "A long enough sentence for several chunks of audio."
+    expected = fake_aura.expected_audio(text)
+    with trio.fail_after(5):
+        async with AuraEngine(KEY, url=fake_aura.url).synthesize(text) as audio:
+            first = await audio.__anext__()
+            (request,) = fake_aura.requests
+            assert request.chunks_sent == 1 and not request.completed
+            assert expected.startswith(first)
+            fake_aura.release()
+            rest = [chunk async for chunk in audio]
+    assert first + b"".join(rest) == expected and request.completed
+
+
+async def test_aura_keeps_url_options_but_forces_the_audio_format(fake_aura: FakeAura) -> None:
+    engine = AuraEngine(KEY, url=fake_aura.url + "?encoding=linear16&speed=1.2", model="aura-2-zeus-en")
+    with trio.fail_after(5):
+        await speak(engine, "hi")
+    assert fake_aura.requests[0].query == {
+        "encoding": "mulaw",
+        "speed": "1.2",
+        "model": "aura-2-zeus-en",
+        "sample_rate": "8000",
+        "container": "none",
+    }
+
+
+async def test_aura_wrong_key_is_a_speech_error_with_status(fake_aura: FakeAura) -> None:
+    with trio.fail_after(5), pytest.raises(SpeechError) as raised:
+        await speak(AuraEngine("wrong", url=fake_aura.url), "hello")
+    assert raised.value.status == 401
+    assert str(raised.value).startswith("Deepgram Aura answered 401: INVALID_AUTH: Invalid credentials. (request id ")
+
+
+@pytest.mark.parametrize("status", [400, 402, 429, 503])
+async def test_aura_refusals_become_speech_errors(fake_aura: FakeAura, status: int) -> None:
+    fake_aura.behaviour.reject_status = status
+    with trio.fail_after(5), pytest.raises(SpeechError, match=f"answered {status}: REJECTED") as raised:
+        await speak(AuraEngine(KEY, url=fake_aura.url), "hello")
+    assert raised.value.status == status
+
+
+async def test_aura_stream_breaking_off_is_a_speech_error(fake_aura: FakeAura) -> None:
+    fake_aura.behaviour.fail_after_chunks = 2
+    received: list[bytes] = []
+    with trio.fail_after(5), pytest.raises(SpeechError, match="Deepgram Aura stream broke off") as raised:
+        async with AuraEngine(KEY, url=fake_aura.url).synthesize("a sentence long enough") as audio:
+            async for chunk in audio:
+                received.append(chunk)
+    assert raised.value.status is None
+    assert len(b"".join(received)) == 2 * fake_aura.behaviour.chunk_bytes
+
+
+async def test_aura_slow_first_byte(fake_aura: FakeAura) -> None:
+    fake_aura.behaviour.first_byte_delay_s = 0.3
+    with trio.fail_after(5):
+        assert await speak(AuraEngine(KEY, url=fake_aura.url, timeout=3), "ok")
+    fake_aura.behaviour.first_byte_delay_s = 10
+    with trio.fail_after(5), pytest.raises(SpeechError, match="request failed: ReadTimeout"):
+        await speak(AuraEngine(KEY, url=fake_aura.url, timeout=0.2), "ok")
+
+
+async def test_aura_unreachable_is_a_speech_error() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()
+    with trio.fail_after(5), pytest.raises(SpeechError, match="Deepgram Aura request failed: ConnectError"):
+        await speak(AuraEngine(KEY, url=f"http://127.0.0.1:{port}/v1/speak"), "hello")
+
+
+async def test_aura_shared_client_is_reused_and_left_open(fake_aura: FakeAura) -> None:
+    async with httpx.AsyncClient() as client:
+        engine = AuraEngine(KEY, url=fake_aura.url, client=client)
+        with trio.fail_after(5):
+            first = await speak(engine, "one")
+            second = await speak(engine, "two")
+        assert b"".join(first) == fake_aura.expected_audio("one")
+        assert b"".join(second) == fake_aura.expected_audio("two")
+        assert not client.is_closed
+    assert [r.text for r in fake_aura.requests] == ["one", "two"]
+
+
+async def test_aura_leaving_early_closes_the_request(fake_aura: FakeAura) -> None:
+    fake_aura.behaviour.hold_after_chunks = 1
+    engine = AuraEngine(KEY, url=fake_aura.url)
+    with trio.fail_after(5):
+        async with engine.synthesize("stop me after the first chunk") as audio:
+            async for _chunk in audio:
+                break
+        fake_aura.release()
+        fake_aura.behaviour.hold_after_chunks = None
+        assert await speak(engine, "still serving")  # the fake survived the hang-up
+    assert not fake_aura.requests[0].completed
+
+
+async def test_aura_blank_text_makes_no_request(fake_aura: FakeAura) -> None:
+    with trio.fail_after(5):
+        assert await speak(AuraEngine(KEY, url=fake_aura.url), "  \n") == []
+    assert fake_aura.requests == []
+
+
+def test_aura_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="API key"):
+        AuraEngine("")
+    with pytest.raises(ValueError, match="http"):
+        AuraEngine(KEY, url="ftp://example.com/speak")
+    engine = AuraEngine(KEY)
+    assert engine.url.startswith(DEFAULT_AURA_URL + "?model=aura-2-thalia-en&encoding=mulaw")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "body", "status", "message"),
+    [
+        ("POST", "/v1/speak", "model=m&encoding=linear16&sample_rate=8000&container=none", b'{"text":"x"}', 400, "encoding must be mulaw"),
+        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=16000&container=none", b'{"text":"x"}', 400, "sample_rate must be 8000"),
+        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000", b'{"text":"x"}', 400, "container must be none"),
+        ("POST", "/v1/speak", "encoding=mulaw&sample_rate=8000&container=none", b'{"text":"x"}', 400, "model is required"),
+        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b"{bad", 400, "could not process the JSON"),
+        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b'{"text":""}', 400, "non-empty"),
+        ("GET", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b"", 405, "Use POST"),
+        ("POST", "/v1/listen", "model=m&encoding=mulaw&sample_rate=8000&container=none", b'{"text":"x"}', 404, "No such endpoint"),
+    ],
+)
+async def test_fake_aura_validates_requests_like_deepgram(
+    fake_aura: FakeAura, method: str, path: str, query: str, body: bytes, status: int, message: str
+) -> None:
+    url = f"http://127.0.0.1:{fake_aura.port}{path}?{query}"
+    with trio.fail_after(5):
+        async with httpx.AsyncClient() as client:
+            response = await client.request(method, url, content=body, headers={"Authorization": f"Token {KEY}"})
+    assert response.status_code == status
+    assert message in response.json()["err_msg"]
+    assert response.headers["dg-request-id"] == response.json()["request_id"]
+
+
+# --- choosing an engine --------------------------------------------------------------------------
+
+
+def test_engine_from_settings() -> None:
+    aura = engine_from_settings("key", aura_url="http://127.0.0.1:1/v1/speak")
+    assert isinstance(aura, AuraEngine) and aura.url.startswith("http://127.0.0.1:1/v1/speak?")
+    assert isinstance(engine_from_settings(None), EspeakEngine)
+    assert isinstance(engine_from_settings("  "), EspeakEngine)
+    assert isinstance(engine_from_settings("key", prefer="espeak"), EspeakEngine)
+    assert isinstance(engine_from_settings("key", prefer="aura"), AuraEngine)
+    assert engine_from_settings("key", aura_model="aura-2-zeus-en").model == "aura-2-zeus-en"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="needs a Deepgram API key"):
+        engine_from_settings(None, prefer="aura")
+    with pytest.raises(ValueError, match="auto, aura or espeak"):
+        engine_from_settings("key", prefer="festival")  # type: ignore[arg-type]
+    for engine in (aura, EspeakEngine()):
+        assert isinstance(engine, SpeechEngine)
+    assert (aura.name, EspeakEngine().name) == ("aura", "espeak-ng")
+
+
+# --- espeak-ng -----------------------------------------------------------------------------------
+
+
+async def test_espeak_missing_program_is_a_speech_error() -> None:
+    engine = EspeakEngine(executable="no-such-espeak-program")
+    assert not engine.available()
+    with trio.fail_after(5), pytest.raises(SpeechError, match="no-such-espeak-program is not installed"):
+        await speak(engine, "hello")
+
+
+def test_espeak_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        EspeakEngine(rate=0)
+    with pytest.raises(ValueError, match="voice"):
+        EspeakEngine(voice="--help")
+    assert EspeakEngine(voice="en-gb", rate=150).command("-hi\0there") == [
+        "espeak-ng", "--stdout", "-v", "en-gb", "-s", "150", "--", "-hi there",
+    ]  # fmt: skip
+
+
+async def test_espeak_refuses_text_too_long_for_a_command_line() -> None:
+    with trio.fail_after(5), pytest.raises(SpeechError, match="text too long for espeak-ng"):
+        await speak(EspeakEngine(), "x" * (ESPEAK_MAX_TEXT_BYTES + 1))
+
+
+@needs_espeak
+async def test_espeak_speaks_8khz_mulaw_matching_its_wav_output() -> None:
+    text = "Please say your game code."
+    engine = EspeakEngine()
+    assert engine.available()
+    with trio.fail_after(10):
+        chunks = await speak(engine, text)
+    audio = b"".join(chunks)
+    # The same command run to completion gives a WAV whose conversion is exactly what streamed.
+    wav = subprocess.run(engine.command(text), capture_output=True, check=True, timeout=10).stdout
+    assert audio == convert(wav)
+    pcm_samples = (len(wav) - 44) // 2  # espeak-ng writes a 44-byte header, 22050 Hz mono
+    assert len(audio) == pcm_samples * 8000 // 22050
+    assert 0.8 <= len(audio) / 8000 <= 6.0  # plausible length for six words
+    decoded = array.array("h", mulaw.decode(audio))
+    rms = math.sqrt(sum(s * s for s in decoded) / len(decoded))
+    assert rms > 300  # speech, not silence
+
+
+@needs_espeak
+async def test_espeak_longer_text_gives_longer_audio_and_rate_matters() -> None:
+    with trio.fail_after(10):
+        short = b"".join(await speak(EspeakEngine(), "Hello."))
+        long = b"".join(await speak(EspeakEngine(), "Hello. " * 6 + "Welcome to the game."))
+        fast = b"".join(await speak(EspeakEngine(rate=350), "Hello. " * 6 + "Welcome to the game."))
+    assert 0 < len(short) < len(long)
+    assert len(fast) < len(long) * 0.8
+
+
+@needs_espeak
+async def test_espeak_text_is_never_an_option() -> None:
+    with trio.fail_after(10):
+        audio = b"".join(await speak(EspeakEngine(), "-v xx --help\0"))
+    assert len(audio) > 4000
+
+
+@needs_espeak
+async def test_espeak_unknown_voice_is_a_speech_error() -> None:
+    with trio.fail_after(10), pytest.raises(SpeechError, match=r"espeak-ng failed \(exit status 1\): .*voice"):
+        await speak(EspeakEngine(voice="xx-no-such-voice"), "hello")
+
+
+@needs_espeak
+async def test_espeak_leaving_early_kills_the_process() -> None:
+    text = "This sentence goes on and on. " * 200
+    with trio.fail_after(10):
+        async with EspeakEngine().synthesize(text) as audio:
+            first = await audio.__anext__()
+            process = audio.process  # type: ignore[attr-defined]
+        assert first
+    assert process.returncode is not None and process.returncode < 0  # killed by a signal
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)  # and reaped
+
+
+@needs_espeak
+async def test_espeak_cancellation_kills_the_process() -> None:
+    text = "This sentence goes on and on. " * 200
+    processes = []
+    with trio.fail_after(10):
+        with trio.move_on_after(0.2) as scope:
+            async with EspeakEngine().synthesize(text) as audio:
+                processes.append(audio.process)  # type: ignore[attr-defined]
+                async for _chunk in audio:
+                    await trio.sleep(0.05)  # a slow consumer: the deadline hits mid-stream
+        assert scope.cancelled_caught
+    assert processes[0].returncode is not None
+
+
+async def test_espeak_blank_text_is_no_audio() -> None:
+    with trio.fail_after(5):
+        assert await speak(EspeakEngine(executable="no-such-espeak-program"), " ") == []
