@@ -16,9 +16,9 @@ import trustme
 
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
-from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 API_KEY = "test-key"
 
@@ -96,7 +96,7 @@ async def start_server(
     keyfile: str | None = None,
     client_ssl: ssl.SSLContext | None = None,
     stall_timeout_s: float = 10.0,
-    games: GameSettings = GameSettings(),
+    games: GameSettings | None = None,
     speech: str = "espeak",
     speak_url: str = "http://127.0.0.1:9/v1/speak",
     public_url: str | None = None,
@@ -116,7 +116,7 @@ async def start_server(
         keyfile=keyfile,
         shutdown_grace_s=5.0,
         stall_timeout_s=stall_timeout_s,
-        games=games,
+        games=games or GameSettings(),
         speech=speech,
         speak_url=speak_url,
         public_url=public_url,
@@ -187,7 +187,9 @@ async def wait_until_live(server: RunningServer, call_sid: str) -> None:
     """Poll /client's list of live calls until `call_sid` is in it."""
     with trio.fail_after(10):
         while True:
-            async with trio_websocket.open_websocket_url(server.url("/client"), server.ssl_context, connect_timeout=5) as ws:
+            async with trio_websocket.open_websocket_url(
+                server.url("/client"), server.ssl_context, connect_timeout=5
+            ) as ws:
                 if call_sid in json.loads(await ws.get_message()):
                     return
             await trio.sleep(0.01)

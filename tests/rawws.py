@@ -12,7 +12,9 @@ import trio
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True, length: int | None = None) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True, length: int | None = None
+) -> bytes:
     """One frame. `length` overrides the announced payload length (to lie about it)."""
     size = len(payload) if length is None else length
     head = bytes([(0x80 if fin else 0) | (rsv & 0x7) << 4 | (opcode & 0xF)])
@@ -75,7 +77,9 @@ class RawWebSocket:
         await trio.aclose_forcefully(self.stream)
 
 
-async def connect(port: int, path: str, *, headers: dict[str, str] | None = None, rcvbuf: int | None = None) -> RawWebSocket:
+async def connect(
+    port: int, path: str, *, headers: dict[str, str] | None = None, rcvbuf: int | None = None
+) -> RawWebSocket:
     """Open `path` on 127.0.0.1:`port`; `rcvbuf` shrinks the receive buffer (a client that will
     stop reading fills it sooner)."""
     sock = trio.socket.socket()

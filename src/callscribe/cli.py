@@ -16,8 +16,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def build_parser() -> argparse.ArgumentParser:
     from callscribe.server import config
-    from callscribe.testing import fake_deepgram
-    from callscribe.testing import simulator
+    from callscribe.testing import fake_deepgram, simulator
 
     parser = argparse.ArgumentParser(
         prog="callscribe",
@@ -108,6 +107,9 @@ def _serve(args: argparse.Namespace) -> int:
     except* OSError as group:
         failure = group.exceptions[0]  # type: ignore[assignment]
     if failure is not None:
-        print(f"callscribe: cannot listen on {settings.host}:{settings.port}: {failure.strerror or failure}", file=sys.stderr)
+        print(
+            f"callscribe: cannot listen on {settings.host}:{settings.port}: {failure.strerror or failure}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from callscribe.bench import runner as bench
 from callscribe.bench import load as bench_load
 from callscribe.bench import report as bench_report
+from callscribe.bench import runner as bench
 from callscribe.bench import ws as bench_ws
 from callscribe.bench.load import Audio, SimCall, tag_index
-from callscribe.testing.simulator import PlannedFrame, media_message
 from callscribe.core.twilio import Media, TwilioStream
+from callscribe.testing.simulator import PlannedFrame, media_message
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the benchmark reads /proc (Linux)")
 
@@ -121,6 +121,8 @@ def test_a_tiny_run_measures_real_traffic_end_to_end(tmp_path: Path) -> None:
 
 def test_the_floor_server_forwards_every_frame(tmp_path: Path) -> None:
     opts = bench.Options(pin=False, log_dir=tmp_path / "logs", quiet=True, retries=0, drain_s=10.0)
-    step = bench.run_step(opts, bench.StepPlan(kind="floor-forward", calls=2, subscribers=0, measure_s=1.0, warmup_s=0.3))
+    step = bench.run_step(
+        opts, bench.StepPlan(kind="floor-forward", calls=2, subscribers=0, measure_s=1.0, warmup_s=0.3)
+    )
     assert step["frames_sent"] > 0 and step["frames_received"] == step["frames_sent"]
     assert step["audio_p50_ms"] > 0

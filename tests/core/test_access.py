@@ -13,10 +13,9 @@ import trio
 import trio_websocket
 
 from callscribe.core.access import TokenCheck, TwilioSignatureCheck, bearer_token, origin_allowed, public_url
+from callscribe.core.audio import generate_tone
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallConnectionError, CallSpec, run_call
-from callscribe.core.audio import generate_tone
-
 from conftest import RunningServer, start_server
 
 AUTH_TOKEN = "12345678901234567890123456789012"
@@ -40,8 +39,14 @@ def test_twilio_signature_check_accepts_twilios_signature_only() -> None:
     assert not check.check(url, {}, twilio_signature("wss://evil.example.com/twilio")).ok
     assert check.check(url, {}, None).reason == "missing X-Twilio-Signature"
     form = {"CallSid": "CA1", "From": "+15551234567"}
-    assert check.check("https://calls.example.com/twiml", form, twilio_signature("https://calls.example.com/twiml", form)).ok
-    assert not check.check("https://calls.example.com/twiml", form | {"From": "+1999"}, twilio_signature("https://calls.example.com/twiml", form)).ok
+    assert check.check(
+        "https://calls.example.com/twiml", form, twilio_signature("https://calls.example.com/twiml", form)
+    ).ok
+    assert not check.check(
+        "https://calls.example.com/twiml",
+        form | {"From": "+1999"},
+        twilio_signature("https://calls.example.com/twiml", form),
+    ).ok
 
 
 def test_public_url_follows_configuration_then_proxy_headers() -> None:
@@ -50,7 +55,10 @@ def test_public_url_follows_configuration_then_proxy_headers() -> None:
     assert public_url(proxied, "ws", "/twilio", "", None) == "wss://calls.example.com/twilio"
     assert public_url(proxied, "http", "/twiml", "a=1", None) == "https://calls.example.com/twiml?a=1"
     assert public_url(proxied, "ws", "/twilio", "", "https://public.example.com/") == "wss://public.example.com/twilio"
-    assert public_url({}, "http", "/twiml", "", "https://public.example.com/base") == "https://public.example.com/base/twiml"
+    assert (
+        public_url({}, "http", "/twiml", "", "https://public.example.com/base")
+        == "https://public.example.com/base/twiml"
+    )
 
 
 def test_static_and_signed_tokens() -> None:
@@ -62,7 +70,7 @@ def test_static_and_signed_tokens() -> None:
     token = check.issue(ttl_s=60, now=1000)
     assert check.check(token, now=1030).ok and check.check(token, now=1030).call_sid is None
     assert check.check(token, now=1061).reason == "token expired"
-    body, signature = token.split(".")
+    _, signature = token.split(".")
     forged = base64.urlsafe_b64encode(json.dumps({"exp": 9e9}).encode()).rstrip(b"=").decode() + "." + signature
     assert check.check(forged, now=1030).reason == "bad token signature"
     assert TokenCheck(secret="other").check(token, now=1030).reason == "bad token signature"
@@ -97,8 +105,15 @@ async def test_twilio_streams_need_a_valid_signature(nursery: trio.Nursery, fake
     with pytest.raises(CallConnectionError, match="HTTP 403: missing X-Twilio-Signature"):
         await run_call(server.url("/twilio"), spec, speed=0)
     with pytest.raises(CallConnectionError, match="HTTP 403: X-Twilio-Signature does not match"):
-        await run_call(server.url("/twilio"), spec, speed=0, headers=[("X-Twilio-Signature", twilio_signature("ws://elsewhere/twilio"))])
-    report = await run_call(server.url("/twilio"), spec, speed=0, headers=[("X-Twilio-Signature", twilio_signature(server.url("/twilio")))])
+        await run_call(
+            server.url("/twilio"),
+            spec,
+            speed=0,
+            headers=[("X-Twilio-Signature", twilio_signature("ws://elsewhere/twilio"))],
+        )
+    report = await run_call(
+        server.url("/twilio"), spec, speed=0, headers=[("X-Twilio-Signature", twilio_signature(server.url("/twilio")))]
+    )
     assert report.close_code == 1000
     # Behind a TLS proxy Twilio signed the public wss:// URL; the proxy says which one.
     proxied = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "calls.example.com")]
@@ -134,27 +149,38 @@ async def test_subscribers_and_games_need_a_token(nursery: trio.Nursery, fake_de
     assert await _rejection(server, "/game") == 401
     assert await _rejection(server, "/client", extra_headers=[(b"Authorization", b"Bearer wrong")]) == 401
     # Header, query parameter and subprotocol (what a browser can do) all work.
-    async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5, extra_headers=[(b"Authorization", b"Bearer static-token")]) as ws:
+    async with trio_websocket.open_websocket_url(
+        server.url("/client"), connect_timeout=5, extra_headers=[(b"Authorization", b"Bearer static-token")]
+    ) as ws:
         assert json.loads(await ws.get_message()) == []
     async with trio_websocket.open_websocket_url(server.url("/client?token=static-token"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []
-    async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5, subprotocols=["bearer", "static-token"]) as ws:
+    async with trio_websocket.open_websocket_url(
+        server.url("/game"), connect_timeout=5, subprotocols=["bearer", "static-token"]
+    ) as ws:
         assert ws.subprotocol == "bearer"
         await ws.get_message()
     server.stop.set()
 
 
-async def test_a_call_limited_token_sees_and_reads_only_its_call(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+async def test_a_call_limited_token_sees_and_reads_only_its_call(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+) -> None:
     secret = "token-secret"
     server = await start_server(nursery, fake_deepgram, token_secret=secret)
-    mine, other = CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "1" * 32), CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "2" * 32)
+    mine, other = (
+        CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "1" * 32),
+        CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "2" * 32),
+    )
     token = TokenCheck(secret=secret).issue(ttl_s=60, call_sid=mine.call_sid)
     async with trio.open_nursery() as inner:
         inner.start_soon(lambda: run_call(server.url("/twilio"), mine, speed=2.0))
         inner.start_soon(lambda: run_call(server.url("/twilio"), other, speed=2.0))
         with trio.fail_after(5):
             while True:
-                async with trio_websocket.open_websocket_url(server.url(f"/client?token={token}"), connect_timeout=5) as ws:
+                async with trio_websocket.open_websocket_url(
+                    server.url(f"/client?token={token}"), connect_timeout=5
+                ) as ws:
                     listed = json.loads(await ws.get_message())
                 if listed:
                     break
@@ -179,6 +205,8 @@ async def test_a_call_limited_token_sees_and_reads_only_its_call(nursery: trio.N
 async def test_browsers_from_other_origins_are_refused(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
     server = await start_server(nursery, fake_deepgram, allowed_origins=frozenset({"https://app.example.com"}))
     assert await _rejection(server, "/client", extra_headers=[(b"Origin", b"https://evil.example.com")]) == 403
-    async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5, extra_headers=[(b"Origin", b"https://app.example.com")]) as ws:
+    async with trio_websocket.open_websocket_url(
+        server.url("/client"), connect_timeout=5, extra_headers=[(b"Origin", b"https://app.example.com")]
+    ) as ws:
         assert json.loads(await ws.get_message()) == []
     server.stop.set()

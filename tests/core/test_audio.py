@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import itertools
 import math
 import struct
 import wave
@@ -159,7 +160,7 @@ def test_generate_tone() -> None:
     samples = samples_of(mulaw.decode(tone))
     peak = max(abs(s) for s in samples)
     assert abs(peak - 0.3 * 32767) <= 0.3 * 32767 / 16
-    crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False) if (a < 0) != (b < 0))
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
     assert 870 <= crossings <= 890  # 440 Hz: two sign changes per period
     assert mulaw.generate_tone(0.02) == mulaw.generate_tone(1.0)[:160]  # starts at phase 0
 
@@ -206,9 +207,7 @@ def write_riff(
 ) -> Path:
     """Write a WAV file by hand (for encodings the wave module cannot write)."""
     block_align = channels * ((bits + 7) // 8)
-    fmt = struct.pack(
-        "<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * block_align, block_align, bits
-    )
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * block_align, block_align, bits)
     if extensible:
         guid_tail = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
         fmt += struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", tag) + guid_tail
@@ -280,9 +279,7 @@ def test_wav_mulaw_mono_and_stereo(tmp_path: Path) -> None:
 def test_wav_mulaw_resampled_and_odd_chunks(tmp_path: Path) -> None:
     codes = bytes(range(256)) * 2 + b"\x01"  # odd data size -> pad byte
     listing = b"LIST" + struct.pack("<I", 5) + b"abcde" + b"\x00"  # odd chunk before data
-    path = write_riff(
-        tmp_path / "m.wav", tag=7, channels=1, rate=16000, bits=8, data=codes, extra_chunks=listing
-    )
+    path = write_riff(tmp_path / "m.wav", tag=7, channels=1, rate=16000, bits=8, data=codes, extra_chunks=listing)
     (channel,) = mulaw.read_wav_as_mulaw(path)
     # 513 samples at 16 kHz -> floor(513 / 2) = 256 samples at 8 kHz
     assert channel == codes[:512:2].replace(b"\x7f", b"\xff")
@@ -291,9 +288,7 @@ def test_wav_mulaw_resampled_and_odd_chunks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("tag", "bits"), [(7, 8), (1, 16)])
 def test_wav_extensible(tmp_path: Path, tag: int, bits: int) -> None:
     data = pcm16(RAMP) if tag == 1 else mulaw.encode(pcm16(RAMP))
-    path = write_riff(
-        tmp_path / "x.wav", tag=tag, channels=1, rate=8000, bits=bits, data=data, extensible=True
-    )
+    path = write_riff(tmp_path / "x.wav", tag=tag, channels=1, rate=8000, bits=bits, data=data, extensible=True)
     assert mulaw.read_wav_as_mulaw(path) == [mulaw.encode(pcm16(RAMP))]
 
 

@@ -88,7 +88,7 @@ def test_sent_audio_over_reconnects_covers_everything_in_order(steps: list[tuple
     # Each connection's audio is the call's audio from its base, and together they leave no hole.
     position = 0
     for base, sent in connections:
-        start = int(round(base * 8000))
+        start = round(base * 8000)
         assert start <= position
         assert bytes(sent) == bytes(audio[start : start + len(sent)])
         position = max(position, start + len(sent))
@@ -135,8 +135,13 @@ def test_pacer_sends_at_most_the_burst_plus_rate_times_the_time_since_a_send(
 
 
 def test_rebase_shifts_every_time_and_leaves_the_rest() -> None:
-    results = {"type": "Results", "start": 1.5, "duration": 1.0, "is_final": True,
-               "channel": {"alternatives": [{"transcript": "hi there", "words": [{"word": "hi", "start": 1.5, "end": 1.7}]}]}}
+    results = {
+        "type": "Results",
+        "start": 1.5,
+        "duration": 1.0,
+        "is_final": True,
+        "channel": {"alternatives": [{"transcript": "hi there", "words": [{"word": "hi", "start": 1.5, "end": 1.7}]}]},
+    }
     shifted = json.loads(rebase(json.dumps(results), 10.0))
     assert shifted["start"] == 11.5 and shifted["duration"] == 1.0
     assert shifted["channel"]["alternatives"][0]["words"][0] == {"word": "hi", "start": 11.5, "end": 11.7}

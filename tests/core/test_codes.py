@@ -310,7 +310,7 @@ def test_word_codes_match_as_whole_token_sequences(
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(max_size=60), codes=st.lists(st.sampled_from(ALL_1000[:120] + ["red fox", "banana"]), max_size=8))
+@given(text=st.text(max_size=60), codes=st.lists(st.sampled_from([*ALL_1000[:120], "red fox", "banana"]), max_size=8))
 def test_find_code_returns_an_active_code_or_none_for_any_text(text: str, codes: list[str]) -> None:
     found = find_code(text, codes)
     assert found is None or found in codes

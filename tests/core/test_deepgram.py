@@ -6,7 +6,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from callscribe.core.deepgram import CLOSE_STREAM, DEFAULT_URL, KEEPALIVE, DeepgramState, DeepgramStream, listen_url, rejection_summary
+from callscribe.core.deepgram import (
+    CLOSE_STREAM,
+    DEFAULT_URL,
+    KEEPALIVE,
+    DeepgramState,
+    DeepgramStream,
+    listen_url,
+    rejection_summary,
+)
 
 
 def test_audio_parameters_are_forced_and_other_options_kept() -> None:
@@ -14,7 +22,12 @@ def test_audio_parameters_are_forced_and_other_options_kept() -> None:
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.path) == ("wss", "api.example", "/v1/listen")
     assert dict(parse_qsl(parts.query)) == {
-        "model": "nova-2", "numerals": "true", "encoding": "mulaw", "sample_rate": "8000", "channels": "2", "multichannel": "true",
+        "model": "nova-2",
+        "numerals": "true",
+        "encoding": "mulaw",
+        "sample_rate": "8000",
+        "channels": "2",
+        "multichannel": "true",
     }
     assert dict(parse_qsl(urlsplit(listen_url(DEFAULT_URL, channels=1)).query))["multichannel"] == "false"
 
@@ -42,7 +55,12 @@ def test_stream_states_and_counters() -> None:
     assert stream.receive("not json").type == ""
     stream.receive('{"type":"Metadata","request_id":"x"}')
     assert stream.state is DeepgramState.FINISHED
-    assert (stream.audio_bytes_sent, stream.results_received, stream.finals_received, stream.unparsable) == (10, 2, 1, 1)
+    assert (stream.audio_bytes_sent, stream.results_received, stream.finals_received, stream.unparsable) == (
+        10,
+        2,
+        1,
+        1,
+    )
 
 
 def test_rejection_summary_prefers_dg_error_then_body() -> None:

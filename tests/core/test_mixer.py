@@ -140,7 +140,7 @@ def test_flush_pads_the_shorter_track_and_emits_the_partial_window() -> None:
 
 
 def test_window_bounds_are_enforced() -> None:
-    with pytest.raises(ValueError, match="20..250"):
+    with pytest.raises(ValueError, match=r"20\.\.250"):
         Mixer(1, window_ms=10)
     with pytest.raises(ValueError):
         Mixer(1, window_ms=400)
@@ -220,7 +220,8 @@ def test_lost_chunks_become_silence_and_every_other_chunk_keeps_its_place(chunks
     for true_position, chunk in placed:
         # Each chunk sits where its timestamp says, give or take the sub-millisecond rounding.
         assert any(
-            got[q : q + len(chunk)] == chunk for q in range(max(0, true_position - SAMPLES_PER_MS + 1), true_position + 1)
+            got[q : q + len(chunk)] == chunk
+            for q in range(max(0, true_position - SAMPLES_PER_MS + 1), true_position + 1)
         ), (true_position, len(got))
     last_position, last_chunk = placed[-1]
     assert last_position - SAMPLES_PER_MS < len(got) - len(last_chunk) <= last_position

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from callscribe.core.twilio import (
 CONNECTED = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
 
 
-def start(tracks: list[str] = ["inbound", "outbound"], **fmt: object) -> dict:
+def start(tracks: Sequence[str] = ("inbound", "outbound"), **fmt: object) -> dict:
     media_format = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1, **fmt}
     return {
         "event": "start",
@@ -36,7 +37,7 @@ def start(tracks: list[str] = ["inbound", "outbound"], **fmt: object) -> dict:
             "accountSid": "AC1",
             "streamSid": "MZ1",
             "callSid": "CA1",
-            "tracks": tracks,
+            "tracks": list(tracks),
             "customParameters": {"route": "game"},
             "mediaFormat": media_format,
         },
@@ -56,7 +57,7 @@ STOP = {"event": "stop", "sequenceNumber": "6", "streamSid": "MZ1", "stop": {"ac
 EVENTS = (Connected, Start, Media, Mark, Dtmf, Stop, Rejected)
 
 
-def streaming(tracks: list[str] = ["inbound", "outbound"]) -> TwilioStream:
+def streaming(tracks: Sequence[str] = ("inbound", "outbound")) -> TwilioStream:
     stream = TwilioStream()
     assert isinstance(stream.receive(json.dumps(CONNECTED)), Connected)
     assert isinstance(stream.receive(json.dumps(start(tracks))), Start)
@@ -211,7 +212,9 @@ def test_sequence_numbers_only_count_up() -> None:
     assert stream.receive(json.dumps(STOP | {"sequenceNumber": "9"})) == Rejected("sequenceNumber 9 after 9")
     assert stream.state is TwilioState.STREAMING
     assert isinstance(stream.receive(json.dumps(media(track="sideways", sequence="20"))), Rejected)
-    assert isinstance(stream.receive(json.dumps(MARK | {"sequenceNumber": "10"})), Mark)  # rejected frames count for nothing
+    assert isinstance(
+        stream.receive(json.dumps(MARK | {"sequenceNumber": "10"})), Mark
+    )  # rejected frames count for nothing
     assert isinstance(stream.receive(json.dumps(STOP | {"sequenceNumber": "11"})), Stop)
     assert stream.rejected == 7 and stream.media_frames == 2
 
@@ -243,11 +246,29 @@ RAW = "\x00raw\x00"
 """Stands for a value whose JSON text is drawn as bytes (see `raw_json`)."""
 
 raw_json = st.one_of(
-    st.sampled_from([
-        b"NaN", b"-Infinity", b"1e400", b"-0", b"2.5", b"1e3", b'"1e3"', b'"0x10"', b'" 7"', b'"\\ud800"', b'"\\u0000"',
-        b"9" * 4300, b'"' + b"9" * 4300 + b'"', b"9" * 4301, b'"-' + b"9" * 19 + b'"', b"18446744073709551616",
-        b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 5000,
-    ]),
+    st.sampled_from(
+        [
+            b"NaN",
+            b"-Infinity",
+            b"1e400",
+            b"-0",
+            b"2.5",
+            b"1e3",
+            b'"1e3"',
+            b'"0x10"',
+            b'" 7"',
+            b'"\\ud800"',
+            b'"\\u0000"',
+            b"9" * 4300,
+            b'"' + b"9" * 4300 + b'"',
+            b"9" * 4301,
+            b'"-' + b"9" * 19 + b'"',
+            b"18446744073709551616",
+            b"[" * 5000 + b"]" * 5000,
+            b'{"a":' * 5000 + b"1" + b"}" * 5000,
+            b"[" * 5000,
+        ]
+    ),
     st.integers().map(lambda n: b'"%d"' % n),  # a number as a string, as Twilio writes them
     # Any bytes in a string: invalid UTF-8, lone surrogates (CESU), overlong forms.
     st.binary(max_size=12).map(lambda b: b'"' + bytes(c for c in b if c >= 0x20 and c not in b'"\\') + b'"'),
@@ -269,7 +290,9 @@ def _places(value: object, path: tuple = ()) -> list[tuple]:
 @st.composite
 def mutated_messages(draw: st.DrawFn) -> str | bytes:
     """A valid Twilio message with a few values replaced, removed or added, as a text or binary frame."""
-    message: object = copy.deepcopy(draw(st.sampled_from([CONNECTED, start(), start(["inbound"]), media(), MARK, DTMF, STOP])))
+    message: object = copy.deepcopy(
+        draw(st.sampled_from([CONNECTED, start(), start(["inbound"]), media(), MARK, DTMF, STOP]))
+    )
     raws = []
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_places(message)))
@@ -300,7 +323,9 @@ def mutated_messages(draw: st.DrawFn) -> str | bytes:
 
 @settings(max_examples=1000, deadline=None)
 @given(state=st.sampled_from(TwilioState), frame=mutated_messages())
-def test_mutated_messages_never_raise_and_a_rejected_one_changes_nothing(state: TwilioState, frame: str | bytes) -> None:
+def test_mutated_messages_never_raise_and_a_rejected_one_changes_nothing(
+    state: TwilioState, frame: str | bytes
+) -> None:
     stream = stream_in(state)
     event = stream.receive(frame)
     assert isinstance(event, EVENTS)
@@ -314,7 +339,9 @@ def test_mutated_messages_never_raise_and_a_rejected_one_changes_nothing(state: 
 @settings(max_examples=500, deadline=None)
 @given(
     event=st.sampled_from(["connected", "start", "media", "mark", "dtmf", "stop", "other"]),
-    fields=st.dictionaries(st.sampled_from(["media", "start", "mark", "dtmf", "streamSid", "sequenceNumber"]), json_values),
+    fields=st.dictionaries(
+        st.sampled_from(["media", "start", "mark", "dtmf", "streamSid", "sequenceNumber"]), json_values
+    ),
 )
 def test_structurally_wrong_messages_are_rejected_not_raised(event: str, fields: dict) -> None:
     stream = streaming()

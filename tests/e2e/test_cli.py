@@ -14,14 +14,15 @@ import trio
 import trustme
 
 from callscribe.server.config import OPTIONS
-
 from conftest import free_port
 
 PYTHON = sys.executable
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "PROXY_", "CALLSCRIBE_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "PROXY_", "CALLSCRIBE_"))
+    }
     return subprocess.run(
         [PYTHON, "-m", "callscribe", *args], env=base | (env or {}), capture_output=True, text=True, timeout=30
     )
@@ -51,17 +52,25 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         ({}, "DEEPGRAM_API_KEY (or --deepgram-api-key) is required"),
         ({"DEEPGRAM_API_KEY": "k", "CERT_PEM": "{cert}"}, "CERT_PEM is set but KEY_PEM is not"),
         ({"DEEPGRAM_API_KEY": "k", "KEY_PEM": "{key}"}, "KEY_PEM is set but CERT_PEM is not"),
-        ({"DEEPGRAM_API_KEY": "k", "CERT_PEM": "/no/such.pem", "KEY_PEM": "{key}"}, "CERT_PEM: cannot read /no/such.pem"),
+        (
+            {"DEEPGRAM_API_KEY": "k", "CERT_PEM": "/no/such.pem", "KEY_PEM": "{key}"},
+            "CERT_PEM: cannot read /no/such.pem",
+        ),
         ({"DEEPGRAM_API_KEY": "k", "CERT_PEM": "{garbage}", "KEY_PEM": "{key}"}, "CERT_PEM/KEY_PEM: cannot load"),
         ({"DEEPGRAM_API_KEY": "k", "PROXY_URL": "localhost"}, "PROXY_URL must be host:port"),
         ({"DEEPGRAM_API_KEY": "k", "PROXY_URL": "localhost:99999"}, "PROXY_URL must be host:port"),
         ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WINDOW_MS": "400"}, "CALLSCRIBE_WINDOW_MS must be between 20 and 250"),
         ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WINDOW_MS": "fast"}, "CALLSCRIBE_WINDOW_MS must be a number"),
-        ({"DEEPGRAM_API_KEY": "k", "DEEPGRAM_URL": "https://api.deepgram.com"}, "DEEPGRAM_URL: Deepgram URL must be ws://"),
+        (
+            {"DEEPGRAM_API_KEY": "k", "DEEPGRAM_URL": "https://api.deepgram.com"},
+            "DEEPGRAM_URL: Deepgram URL must be ws://",
+        ),
         ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_LOG_LEVEL": "chatty"}, "CALLSCRIBE_LOG_LEVEL must be"),
     ],
 )
-def test_bad_configuration_is_one_line_and_status_2(env: dict[str, str], message: str, certificate: tuple[str, str]) -> None:
+def test_bad_configuration_is_one_line_and_status_2(
+    env: dict[str, str], message: str, certificate: tuple[str, str]
+) -> None:
     cert, key = certificate
     garbage = str(Path(cert).parent / "garbage.pem")
     env = {k: v.format(cert=cert, key=key, garbage=garbage) for k, v in env.items()}

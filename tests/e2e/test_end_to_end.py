@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import trio
 import trio_websocket
 import trustme
 
-from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 from callscribe.core.audio import generate_tone
-from callscribe.testing.simulator import CallSpec, PlannedFrame, run_call
-
+from callscribe.testing.fake_deepgram import FakeDeepgram
+from callscribe.testing.simulator import CallConnectionError, CallSpec, PlannedFrame, run_call
 from conftest import RunningServer, Subscriber, start_server, subscribe, wait_until_live
 
 WINDOW = 800  # bytes per channel of a 100 ms window
@@ -61,9 +59,16 @@ async def test_both_tracks_exact_audio_windows_and_results_to_several_subscriber
         assert subscriber.messages == subscribers[0].messages
 
 
-async def test_gaps_and_a_late_outbound_track_are_padded_exactly(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+async def test_gaps_and_a_late_outbound_track_are_padded_exactly(
+    server: RunningServer, fake_deepgram: FakeDeepgram
+) -> None:
     spec = CallSpec(
-        inbound=speech(2.0, 300), outbound=speech(1.5, 700), outbound_start_ms=500, loss=0.1, seed=7, call_sid="CA" + "2" * 32
+        inbound=speech(2.0, 300),
+        outbound=speech(1.5, 700),
+        outbound_start_ms=500,
+        loss=0.1,
+        seed=7,
+        call_sid="CA" + "2" * 32,
     )
     report = await run_call(server.url("/twilio"), spec, speed=0)
     (session,) = fake_deepgram.sessions
@@ -111,7 +116,12 @@ async def test_unknown_call_sid_gets_an_error_and_1008(server: RunningServer) ->
 async def test_health_reports_live_calls_and_subscribers(server: RunningServer) -> None:
     spec = CallSpec(inbound=speech(2.0, 440), call_sid="CA" + "5" * 32)
     async with httpx.AsyncClient() as http:
-        assert (await http.get(server.http_url + "/healthz")).json() == {"status": "ok", "active_calls": 0, "subscribers": 0, "games": 0}
+        assert (await http.get(server.http_url + "/healthz")).json() == {
+            "status": "ok",
+            "active_calls": 0,
+            "subscribers": 0,
+            "games": 0,
+        }
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0))
             await nursery.start(subscribe, server, spec.call_sid, Subscriber())
@@ -135,7 +145,9 @@ async def test_metrics_count_calls_frames_and_audio(server: RunningServer) -> No
     assert "callscribe_active_calls 0.0" in text and "callscribe_deepgram_connections_total 1.0" in text
 
 
-async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(
+    server: RunningServer, fake_deepgram: FakeDeepgram
+) -> None:
     good = CallSpec(inbound=speech(2.0, 300), outbound=speech(2.0, 500), call_sid="CA" + "6" * 32)
     steady = Subscriber()
 
@@ -156,7 +168,9 @@ async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(server: Runn
                 if n % 5 == 2:
                     await ws.send_message("{not json")
                     await ws.send_message(b"\x00\x01 binary junk")
-                    await ws.send_message('{"event":"media","media":{"track":"inbound","timestamp":"0","payload":"***"}}')
+                    await ws.send_message(
+                        '{"event":"media","media":{"track":"inbound","timestamp":"0","payload":"***"}}'
+                    )
             with trio.fail_after(5):
                 while True:
                     try:
@@ -170,7 +184,6 @@ async def test_a_killed_subscriber_and_a_malformed_call_harm_nobody(server: Runn
         nursery.start_soon(lambda: run_call(server.url("/twilio"), good, speed=3.0))
         await wait_until_live(server, good.call_sid)
         await killed_subscriber()
-
 
     sessions = {s.channels: s for s in fake_deepgram.sessions}
     assert bytes(sessions[2].audio_by_channel[0]) == good.inbound
@@ -219,7 +232,10 @@ async def test_shutdown_finishes_the_call_and_closes_subscribers_with_1001(
     assert (subscriber.close_code, subscriber.close_reason) == (1001, "server shutting down")
 
 
-@pytest.mark.skipif(shutil.which("websocat") is None and not (Path(sys.executable).parent / "websocat").exists(), reason="websocat is installed by scripts/setup")
+@pytest.mark.skipif(
+    shutil.which("websocat") is None and not (Path(sys.executable).parent / "websocat").exists(),
+    reason="websocat is installed by scripts/setup",
+)
 async def test_websocat_as_a_subscriber(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
     websocat = shutil.which("websocat") or str(Path(sys.executable).parent / "websocat")
     spec = CallSpec(inbound=speech(3.0, 440), call_sid="CA" + "a" * 32)
@@ -248,7 +264,9 @@ async def test_tls_end_to_end(nursery: trio.Nursery, fake_deepgram: FakeDeepgram
     cert.private_key_pem.write_to_path(str(keyfile))
     client_ssl = __import__("ssl").create_default_context()
     ca.configure_trust(client_ssl)
-    server = await start_server(nursery, fake_deepgram, certfile=str(certfile), keyfile=str(keyfile), client_ssl=client_ssl)
+    server = await start_server(
+        nursery, fake_deepgram, certfile=str(certfile), keyfile=str(keyfile), client_ssl=client_ssl
+    )
     assert server.ws_url.startswith("wss://")
     spec = CallSpec(inbound=speech(2.0, 440), call_sid="CA" + "b" * 32)
     subscriber = Subscriber()
@@ -260,7 +278,7 @@ async def test_tls_end_to_end(nursery: trio.Nursery, fake_deepgram: FakeDeepgram
     assert bytes(session.audio_by_channel[0]) == spec.inbound
     assert subscriber.types[-1] == "Metadata" and subscriber.close_code == 1000
     # A client that does not trust the CA is refused at the TLS handshake.
-    with pytest.raises(Exception):
+    with pytest.raises(CallConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
         await run_call(server.url("/twilio"), spec, speed=0, connect_timeout=2)
     server.stop.set()
     with trio.fail_after(10):

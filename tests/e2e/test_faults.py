@@ -3,6 +3,7 @@ duplicate streams, hostile input, and SIGTERM in the middle of a call."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -16,18 +17,29 @@ import pytest
 import trio
 import trio_websocket
 
-from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
-from callscribe.testing.simulator import CallSpec, call_messages, run_call
 from callscribe.server.websocket_client import connect_websocket
-
-from conftest import API_KEY, RunningServer, Subscriber, free_port, local_tls, noise, start_server, subscribe, wait_until_live
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.testing.simulator import CallSpec, call_messages, run_call
+from conftest import (
+    API_KEY,
+    RunningServer,
+    Subscriber,
+    free_port,
+    local_tls,
+    noise,
+    start_server,
+    subscribe,
+    wait_until_live,
+)
 
 
 def finals_by_channel(subscriber: Subscriber) -> dict[int, list[tuple[float, float]]]:
     spans: dict[int, list[tuple[float, float]]] = {}
     for message in map(json.loads, subscriber.messages):
         if message.get("type") == "Results" and message.get("is_final"):
-            spans.setdefault(message["channel_index"][0], []).append((message["start"], message["start"] + message["duration"]))
+            spans.setdefault(message["channel_index"][0], []).append(
+                (message["start"], message["start"] + message["duration"])
+            )
     return spans
 
 
@@ -59,7 +71,7 @@ async def test_deepgram_dropping_several_times_loses_no_audio_and_keeps_one_time
     for spans in finals_by_channel(subscriber).values():
         starts = [start for start, _ in spans]
         assert starts == sorted(starts)
-        assert all(b[0] >= a[1] - 1e-6 for a, b in zip(spans, spans[1:]))
+        assert all(b[0] >= a[1] - 1e-6 for a, b in itertools.pairwise(spans))
         assert spans[-1][1] == pytest.approx(6.0, abs=0.01)
     assert not [m for m in subscriber.messages if '"source":"callscribe"' in m.replace(" ", "")]
     assert subscriber.types[-1] == "Metadata" and subscriber.close_code == 1000
@@ -122,7 +134,7 @@ async def test_a_stalled_subscriber_is_dropped_and_others_keep_their_latency(
         inner.cancel_scope.cancel()
 
     assert any("subscriber stalled" in r.getMessage() for r in caplog.records)
-    results = [(m, t) for m, t in zip(healthy.messages, healthy.arrived_at) if m in sent_at]
+    results = [(m, t) for m, t in zip(healthy.messages, healthy.arrived_at, strict=False) if m in sent_at]
     assert len(results) >= 70
     latencies = sorted(t - sent_at[m] for m, t in results)
     assert latencies[int(len(latencies) * 0.99) - 1] < 0.25, latencies[-5:]
@@ -130,7 +142,9 @@ async def test_a_stalled_subscriber_is_dropped_and_others_keep_their_latency(
     server.stop.set()
 
 
-async def test_two_streams_for_one_call_do_not_corrupt_each_other(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+async def test_two_streams_for_one_call_do_not_corrupt_each_other(
+    server: RunningServer, fake_deepgram: FakeDeepgram
+) -> None:
     call_sid = "CA" + "0" * 31 + "2"
     first = CallSpec(inbound=noise(2.0, 5), call_sid=call_sid)
     second = CallSpec(inbound=noise(3.0, 6), call_sid=call_sid)
@@ -157,23 +171,34 @@ def junk_frames(rng: random.Random, count: int) -> list[str | bytes]:
         lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(0, 200))),
         lambda: rng.randbytes(rng.randrange(0, 300)),
         lambda: b"",
-        lambda: json.dumps({rng.choice(["event", "media", "start", "streamSid"]): rng.choice([1, None, [], "media", {"x": 1}])}),
+        lambda: json.dumps(
+            {rng.choice(["event", "media", "start", "streamSid"]): rng.choice([1, None, [], "media", {"x": 1}])}
+        ),
         lambda: '{"event":"media","media":{"track":"inbound","timestamp":"99999999999999","payload":"//8="}}',
         lambda: '{"event":"media","media":{"track":"inbound","timestamp":"-1","payload":"//8="}}',
         lambda: '{"event":"media","media":{"track":"outbound","timestamp":"0","payload":"not base64!"}}',
         lambda: '{"event":"media","media":{"track":"inbound","timestamp":1.5,"payload":"//8="}}',
-        lambda: '{"event":"start","start":{"callSid":"CAx","streamSid":"MZx","tracks":["inbound"],'
-        '"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}',
+        lambda: (
+            '{"event":"start","start":{"callSid":"CAx","streamSid":"MZx","tracks":["inbound"],'
+            '"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}'
+        ),
         lambda: '{"event":"stop","streamSid":"MZ-someone-else"}',
         lambda: "[" * 1000,
-        lambda: json.dumps({"event": "media", "media": {"track": "inbound", "timestamp": "0", "payload": "A" * 40_000}}),
+        lambda: json.dumps(
+            {"event": "media", "media": {"track": "inbound", "timestamp": "0", "payload": "A" * 40_000}}
+        ),
     ]
     return [rng.choice(kinds)() for _ in range(count)]
 
 
-async def test_hostile_twilio_streams_never_hurt_concurrent_calls(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+async def test_hostile_twilio_streams_never_hurt_concurrent_calls(
+    server: RunningServer, fake_deepgram: FakeDeepgram
+) -> None:
     rng = random.Random(2026)
-    goods = [CallSpec(inbound=noise(1.0, 20 + n), outbound=noise(1.0, 40 + n), call_sid="CA%032x" % (0xA00 + n)) for n in range(3)]
+    goods = [
+        CallSpec(inbound=noise(1.0, 20 + n), outbound=noise(1.0, 40 + n), call_sid="CA%032x" % (0xA00 + n))
+        for n in range(3)
+    ]
     outcomes: list[int | None] = []
 
     async def hostile_stream(n: int) -> None:
@@ -204,7 +229,7 @@ async def test_hostile_twilio_streams_never_hurt_concurrent_calls(server: Runnin
         for n in range(len(goods)):
             inner.start_soon(good_call, n)
     assert len(outcomes) == 20 and all(code in (1000, 1003, 1008) for code in outcomes)
-    for spec, report in zip(goods, reports):
+    for spec, report in zip(goods, reports, strict=False):
         assert report.close_code == 1000
         (session,) = [s for s in fake_deepgram.sessions if bytes(s.audio_by_channel[0]) == spec.inbound]
         assert bytes(session.audio_by_channel[1]) == spec.outbound
@@ -231,11 +256,15 @@ async def test_oversized_frames_and_floods_get_clear_close_codes(server: Running
         assert closed.value.reason.code == 1008 and "too many invalid frames" in closed.value.reason.reason
 
 
-async def test_sigterm_mid_call_delivers_final_results_before_closing_subscribers(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+async def test_sigterm_mid_call_delivers_final_results_before_closing_subscribers(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "CALLSCRIBE_"))}
     env |= {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_URL": fake_deepgram.url, "PROXY_URL": f"127.0.0.1:{port}"}
-    process = await trio.lowlevel.open_process([sys.executable, "-m", "callscribe", "serve"], env=env, stderr=subprocess.DEVNULL)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "callscribe", "serve"], env=env, stderr=subprocess.DEVNULL
+    )
     try:
         server = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", trio.Event(), trio.Event())
         with trio.fail_after(15):
@@ -265,7 +294,9 @@ async def test_sigterm_mid_call_delivers_final_results_before_closing_subscriber
             await process.wait()
 
 
-async def test_hostile_subscribers_games_and_http_requests_get_clear_answers(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+async def test_hostile_subscribers_games_and_http_requests_get_clear_answers(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+) -> None:
     from callscribe.server.games import GameSettings
 
     server = await start_server(nursery, fake_deepgram, games=GameSettings(phone_number="+1555"))

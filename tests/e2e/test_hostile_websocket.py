@@ -12,11 +12,10 @@ import trio
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
-from callscribe.server.games import GameSettings
-from callscribe.testing.simulator import CallSpec, call_messages, run_call
-
 import rawws
+from callscribe.server.games import GameSettings
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+from callscribe.testing.simulator import CallSpec, call_messages, run_call
 from conftest import API_KEY, RunningServer, noise, start_server, wait_until_live
 
 
@@ -38,7 +37,12 @@ async def assert_alive_and_empty(server: RunningServer) -> None:
 @pytest.mark.parametrize("path", ["/client", "/twilio", "/game"])
 @pytest.mark.parametrize("first,second", [(rawws.OP_BINARY, rawws.OP_TEXT), (rawws.OP_TEXT, rawws.OP_BINARY)])
 async def test_an_oversized_message_then_one_of_the_other_type_ends_only_that_connection(
-    server: RunningServer, fake_deepgram: FakeDeepgram, caplog: pytest.LogCaptureFixture, path: str, first: int, second: int
+    server: RunningServer,
+    fake_deepgram: FakeDeepgram,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    first: int,
+    second: int,
 ) -> None:
     # Hypercorn 0.18 raised TypeError out of the connection here, which ended the whole server.
     good = CallSpec(inbound=noise(2.0, 1), outbound=noise(2.0, 2))
@@ -78,7 +82,9 @@ async def test_an_oversized_message_then_one_of_the_other_type_ends_only_that_co
 MAX_MESSAGE = 64 * 1024
 SOME_TWILIO = [m.encode() for _, m in call_messages(CallSpec(inbound=noise(0.1, 99), call_sid="CA" + "9" * 32))]
 
-opcodes = st.sampled_from([rawws.OP_CONTINUATION, rawws.OP_TEXT, rawws.OP_BINARY, rawws.OP_CLOSE, rawws.OP_PING, rawws.OP_PONG, 0x3, 0xB])
+opcodes = st.sampled_from(
+    [rawws.OP_CONTINUATION, rawws.OP_TEXT, rawws.OP_BINARY, rawws.OP_CLOSE, rawws.OP_PING, rawws.OP_PONG, 0x3, 0xB]
+)
 payloads = st.one_of(
     st.binary(max_size=300),
     st.sampled_from(SOME_TWILIO),
@@ -87,18 +93,34 @@ payloads = st.one_of(
     st.just("é".encode("utf-16")),
     st.builds(lambda code, reason: code.to_bytes(2, "big") + reason, st.integers(0, 5000), st.binary(max_size=130)),
 )
-messages = st.builds(lambda op, payload: rawws.frame(op, payload), st.sampled_from([rawws.OP_TEXT, rawws.OP_BINARY]), payloads)
+messages = st.builds(
+    lambda op, payload: rawws.frame(op, payload), st.sampled_from([rawws.OP_TEXT, rawws.OP_BINARY]), payloads
+)
 valid_frames = st.builds(lambda op, payload, fin: rawws.frame(op, payload, fin=fin), opcodes, payloads, st.booleans())
 broken_frames = st.builds(
     lambda op, payload, fin, rsv, mask, lie: rawws.frame(op, payload, fin=fin, rsv=rsv, mask=mask, length=lie),
-    opcodes, payloads, st.booleans(), st.sampled_from([0, 4, 1]), st.booleans(), st.one_of(st.none(), st.integers(0, 1 << 20)),
+    opcodes,
+    payloads,
+    st.booleans(),
+    st.sampled_from([0, 4, 1]),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 1 << 20)),
 )
 oversized = st.builds(
-    lambda op, size: rawws.frame(op, b"o" * size), st.sampled_from([rawws.OP_TEXT, rawws.OP_BINARY]), st.integers(MAX_MESSAGE + 1, MAX_MESSAGE + 5000)
+    lambda op, size: rawws.frame(op, b"o" * size),
+    st.sampled_from([rawws.OP_TEXT, rawws.OP_BINARY]),
+    st.integers(MAX_MESSAGE + 1, MAX_MESSAGE + 5000),
 )
 actions = st.one_of(
-    messages, messages, messages, oversized, valid_frames, broken_frames,
-    st.just(b"PAUSE"), st.just(b"ABORT"), st.binary(min_size=1, max_size=40),
+    messages,
+    messages,
+    messages,
+    oversized,
+    valid_frames,
+    broken_frames,
+    st.just(b"PAUSE"),
+    st.just(b"ABORT"),
+    st.binary(min_size=1, max_size=40),
 )
 scripts = st.tuples(st.sampled_from(["/twilio", "/client", "/game"]), st.booleans(), st.lists(actions, max_size=12))
 http_junk = st.one_of(
@@ -155,7 +177,13 @@ async def junk_http(port: int, request: bytes) -> None:
 
 
 @seed(int(os.environ.get("CALLSCRIBE_FUZZ_SEED", "20261129")))
-@settings(max_examples=int(os.environ.get("CALLSCRIBE_FUZZ_EXAMPLES", "6")), deadline=None, suppress_health_check=list(HealthCheck), database=None, phases=[Phase.generate])
+@settings(
+    max_examples=int(os.environ.get("CALLSCRIBE_FUZZ_EXAMPLES", "6")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    phases=[Phase.generate],
+)
 @given(connections=st.lists(scripts, min_size=8, max_size=14), requests=st.lists(http_junk, max_size=4))
 async def test_fuzzed_frames_on_every_route_never_reach_past_their_connection(
     connections: list[tuple[str, bool, list[bytes]]], requests: list[bytes]
@@ -264,7 +292,9 @@ async def test_broken_framing_closes_the_connection_at_once(server: RunningServe
         (b"GET /twilio HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
     ],
 )
-async def test_malformed_http_gets_a_status_and_a_closed_connection(server: RunningServer, request_bytes: bytes, status: int) -> None:
+async def test_malformed_http_gets_a_status_and_a_closed_connection(
+    server: RunningServer, request_bytes: bytes, status: int
+) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port_of(server))
     await stream.send_all(request_bytes)
     response = b""

@@ -15,10 +15,9 @@ import tracemalloc
 import httpx
 import trio
 
-from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.core.audio import generate_tone
+from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
-
 from conftest import RunningServer, Subscriber, subscribe
 
 WARM_UP_CALLS = 24
@@ -88,6 +87,8 @@ async def test_finished_calls_leave_nothing_behind(server: RunningServer, fake_d
         if growth_per_call > LEAK_BUDGET_PER_CALL:
             snapshot = tracemalloc.take_snapshot()
             top = "\n".join(str(stat) for stat in snapshot.statistics("lineno")[:10])
-            raise AssertionError(f"heap grew {growth_per_call:.0f} bytes per finished call; largest allocations:\n{top}")
+            raise AssertionError(
+                f"heap grew {growth_per_call:.0f} bytes per finished call; largest allocations:\n{top}"
+            )
     finally:
         tracemalloc.stop()

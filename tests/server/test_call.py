@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -10,8 +11,8 @@ import pytest
 import trio
 import trio_websocket
 
-from callscribe.server.call import Call, CallSettings
 from callscribe.core.deepgram import CLOSE_STREAM, KEEPALIVE
+from callscribe.server.call import Call, CallSettings
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.websocket_client import ConnectFailed
 
@@ -19,10 +20,14 @@ CALL_SID = "CA00000000000000000000000000000001"
 
 
 def results(channel: int, channels: int, text: str, final: bool = True) -> str:
-    return json.dumps({
-        "type": "Results", "channel_index": [channel, channels], "is_final": final,
-        "channel": {"alternatives": [{"transcript": text}]},
-    })
+    return json.dumps(
+        {
+            "type": "Results",
+            "channel_index": [channel, channels],
+            "is_final": final,
+            "channel": {"alternatives": [{"transcript": text}]},
+        }
+    )
 
 
 METADATA = json.dumps({"type": "Metadata", "request_id": "r1"})
@@ -68,7 +73,9 @@ class ScriptedConnection:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            reason = trio_websocket.CloseReason(1011, "NET-0000") if self.dropped else trio_websocket.CloseReason(1000, None)
+            reason = (
+                trio_websocket.CloseReason(1011, "NET-0000") if self.dropped else trio_websocket.CloseReason(1000, None)
+            )
             raise trio_websocket.ConnectionClosed(reason) from None
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
@@ -127,17 +134,35 @@ class ScriptedDeepgram:
 
 
 def twilio_start(tracks: list[str]) -> str:
-    return json.dumps({
-        "event": "start", "streamSid": "MZ1",
-        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": CALL_SID, "tracks": tracks,
-                  "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-    })
+    return json.dumps(
+        {
+            "event": "start",
+            "streamSid": "MZ1",
+            "start": {
+                "accountSid": "AC1",
+                "streamSid": "MZ1",
+                "callSid": CALL_SID,
+                "tracks": tracks,
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
 
 
 def twilio_media(track: str, timestamp_ms: int, payload: bytes) -> str:
-    return json.dumps({"event": "media", "streamSid": "MZ1",
-                       "media": {"track": track, "chunk": "1", "timestamp": str(timestamp_ms),
-                                 "payload": base64.b64encode(payload).decode()}})
+    return json.dumps(
+        {
+            "event": "media",
+            "streamSid": "MZ1",
+            "media": {
+                "track": track,
+                "chunk": "1",
+                "timestamp": str(timestamp_ms),
+                "payload": base64.b64encode(payload).decode(),
+            },
+        }
+    )
 
 
 STOP = json.dumps({"event": "stop", "streamSid": "MZ1"})
@@ -148,9 +173,15 @@ class Harness:
         self.hub = InMemoryHub()
         self.deepgram = deepgram or ScriptedDeepgram()
         self.twilio_send, twilio_receive = trio.open_memory_channel[str | None](1000)
-        base = {"deepgram_api_key": "k", "deepgram_url": "wss://dg.example/v1/listen?model=nova-3&channels=7&encoding=linear16"}
+        base = {
+            "deepgram_api_key": "k",
+            "deepgram_url": "wss://dg.example/v1/listen?model=nova-3&channels=7&encoding=linear16",
+        }
         self.call = Call(
-            twilio_receive.receive, settings=CallSettings(**(base | settings)), hub=self.hub, connect=self.deepgram.connect
+            twilio_receive.receive,
+            settings=CallSettings(**(base | settings)),
+            hub=self.hub,
+            connect=self.deepgram.connect,
         )
         self.received: list[str] = []
         self.close: tuple[int, str] | None = None
@@ -181,13 +212,18 @@ def frames(track: str, count: int, byte: int, start_ms: int = 0) -> list[str]:
     return [twilio_media(track, start_ms + 20 * n, bytes([byte]) * 160) for n in range(count)]
 
 
-async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(autojump_clock: trio.abc.Clock) -> None:
+async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     h = Harness()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
-        h.feed(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), twilio_start(["inbound", "outbound"]))
-        for inbound, outbound in zip(frames("inbound", 13, 0x11), frames("outbound", 13, 0x22)):
+        h.feed(
+            json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+            twilio_start(["inbound", "outbound"]),
+        )
+        for inbound, outbound in zip(frames("inbound", 13, 0x11), frames("outbound", 13, 0x22), strict=False):
             h.feed(inbound, outbound)
         await trio.sleep(1)
         h.deepgram.say(results(0, 2, "hello"))
@@ -238,7 +274,9 @@ async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.
     assert h.deepgram.control[-1] == CLOSE_STREAM
 
 
-async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(autojump_clock: trio.abc.Clock) -> None:
+async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
@@ -257,7 +295,15 @@ async def test_malformed_frames_are_skipped_and_the_call_goes_on(autojump_clock:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.call.run)
         good = frames("inbound", 10, 0x55)
-        h.feed(twilio_start(["inbound"]), *good[:5], "{garbage", None, '{"event":"media","media":{"track":"inbound","timestamp":"1","payload":"%%"}}', *good[5:], STOP)
+        h.feed(
+            twilio_start(["inbound"]),
+            *good[:5],
+            "{garbage",
+            None,
+            '{"event":"media","media":{"track":"inbound","timestamp":"1","payload":"%%"}}',
+            *good[5:],
+            STOP,
+        )
     assert b"".join(h.deepgram.audio) == b"\x55" * 1600
     assert h.call.stream.rejected == 3
 
@@ -287,11 +333,21 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
 
 
 def final(start: float, duration: float, text: str = "words", **extra: object) -> str:
-    return json.dumps({
-        "type": "Results", "channel_index": [0, 1], "is_final": True, "start": start, "duration": duration,
-        "channel": {"alternatives": [{"transcript": text, "words": [{"word": text, "start": start, "end": start + duration}]}]},
-        **extra,
-    })
+    return json.dumps(
+        {
+            "type": "Results",
+            "channel_index": [0, 1],
+            "is_final": True,
+            "start": start,
+            "duration": duration,
+            "channel": {
+                "alternatives": [
+                    {"transcript": text, "words": [{"word": text, "start": start, "end": start + duration}]}
+                ]
+            },
+            **extra,
+        }
+    )
 
 
 async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojump_clock: trio.abc.Clock) -> None:
@@ -323,13 +379,15 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     assert b"".join(first.audio) == audio[:1600]
     assert b"".join(second.audio) == audio[800:]
     # The replay (1.5 s of audio) went out no faster than 1.25x real time, apart from the 0.5 s burst.
-    replay = [t for t, m in zip(second.sent_at, second.sent) if isinstance(m, bytes)]
+    replay = [t for t, m in zip(second.sent_at, second.sent, strict=False) if isinstance(m, bytes)]
     assert replay[-1] - replay[0] >= (1.5 - 0.5 - 0.1) / 1.25 - 1e-6
     # Timeline: the second connection's times are shifted by the 0.1 s it started at.
     finals = [json.loads(m) for m in h.received if json.loads(m).get("is_final")]
     # Last, the scripted answer to CloseStream: a final with no times (duration 0), so no repeat.
     assert [(f["channel"]["alternatives"][0]["transcript"], f.get("start")) for f in finals] == [
-        ("one", 0.0), ("two", 0.1), ("final words 0", None)
+        ("one", 0.0),
+        ("two", 0.1),
+        ("final words 0", None),
     ]
     assert finals[1]["channel"]["alternatives"][0]["words"][0] == {"word": "two", "start": 0.1, "end": 0.6}
     assert h.close == (1000, "call ended")
@@ -365,7 +423,10 @@ async def call_with_a_reconnect(second_says: list[str], close_stream_answer: lis
         h.feed(STOP)
     assert h.close == (1000, "call ended") and len(h.deepgram.connections) == 2
     received = [json.loads(m) for m in h.received]
-    return [(m["type"], m.get("channel", {}).get("alternatives", [{}])[0].get("transcript", ""), m.get("start", 0.0)) for m in received]
+    return [
+        (m["type"], m.get("channel", {}).get("alternatives", [{}])[0].get("transcript", ""), m.get("start", 0.0))
+        for m in received
+    ]
 
 
 async def test_after_a_reconnect_finals_of_no_audio_still_reach_subscribers(autojump_clock: trio.abc.Clock) -> None:
@@ -416,7 +477,7 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
         await trio.sleep(30)
         h.feed(*frames("inbound", 50, 1, start_ms=1000), STOP)
     assert len(attempts) == 4  # the first try and 3 reconnects
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(g > 0.2 for g in gaps) and gaps[-1] > gaps[0]  # backing off, not a storm
     (error,) = [json.loads(m) for m in h.received]
     assert "giving up on Deepgram after 4 failed attempts" in error["message"]
@@ -427,7 +488,7 @@ async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.
     for status, expected_attempts in ((403, 1), (429, 3)):
         attempts = 0
 
-        async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        async def refuse(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]], status: int = status) -> None:
             nonlocal attempts
             attempts += 1
             raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)

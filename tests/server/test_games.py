@@ -14,12 +14,11 @@ import pytest
 import trio
 import trio_websocket
 
-from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
-from callscribe.server.games import GameSettings
 from callscribe.core.audio import generate_tone
-from callscribe.testing.simulator import CallSpec, run_call
+from callscribe.server.games import GameSettings
 from callscribe.server.speech import FakeAura, FakeAuraBehaviour
-
+from callscribe.testing.fake_deepgram import FakeDeepgram
+from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, RunningServer, start_server
 
 PHONE = "+15550001111"
@@ -42,7 +41,11 @@ Script = Callable[[trio_websocket.WebSocketConnection, dict], Awaitable[None]]
 
 
 async def play(
-    server: RunningServer, game: GameClient, script: Script | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    server: RunningServer,
+    game: GameClient,
+    script: Script | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> GameClient:
     """A game: connect, read the number and the code, then react to messages until the server closes."""
     async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as ws:
@@ -88,7 +91,13 @@ async def fake_aura(nursery: trio.Nursery) -> FakeAura:
 
 
 async def game_server(
-    nursery: trio.Nursery, fake: FakeDeepgram, aura: FakeAura | None, codes_file: str, *, interim: bool = False, speech: str = "aura"
+    nursery: trio.Nursery,
+    fake: FakeDeepgram,
+    aura: FakeAura | None,
+    codes_file: str,
+    *,
+    interim: bool = False,
+    speech: str = "aura",
 ) -> RunningServer:
     return await start_server(
         nursery,
@@ -126,7 +135,11 @@ async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
     assert bytes(playback.audio) == fake_aura.expected_audio("Hello caller, welcome to the game.")
     assert playback.marks == ["say-1"]
     request = fake_aura.requests[0]
-    assert (request.query["encoding"], request.query["sample_rate"], request.query["container"]) == ("mulaw", "8000", "none")
+    assert (request.query["encoding"], request.query["sample_rate"], request.query["container"]) == (
+        "mulaw",
+        "8000",
+        "none",
+    )
     server.stop.set()
 
 
@@ -141,7 +154,9 @@ async def test_barge_in_clears_twilio_and_tells_the_game(
 
     game = GameClient()
     async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, say_when_connected(json.dumps({"type": "Say", "text": "A very long story " * 20})))
+        await inner.start(
+            play, server, game, say_when_connected(json.dumps({"type": "Say", "text": "A very long story " * 20}))
+        )
         report = await run_call(server.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
     aura.release()
     assert "Interrupted" in game.types
@@ -266,7 +281,8 @@ async def test_twiml_for_transcription_and_for_games(nursery: trio.Nursery, fake
         assert xml.findtext("./Dial") == "+15557654321"
 
         proxied = await http.post(
-            server.http_url + "/twiml/game", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "calls.example.com"}
+            server.http_url + "/twiml/game",
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "calls.example.com"},
         )
         xml = ElementTree.fromstring(proxied.text)
         stream = xml.find("./Connect/Stream")
@@ -277,10 +293,14 @@ async def test_twiml_for_transcription_and_for_games(nursery: trio.Nursery, fake
     server.stop.set()
 
 
-async def test_route_game_sends_every_call_to_games(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str) -> None:
+async def test_route_game_sends_every_call_to_games(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str
+) -> None:
     fake_deepgram.behaviour.transcript = "forty two"
     fake_deepgram.behaviour.result_every_s = 0.5
-    server = await start_server(nursery, fake_deepgram, games=GameSettings(phone_number=PHONE, codes_file=codes_file, route_all_calls=True))
+    server = await start_server(
+        nursery, fake_deepgram, games=GameSettings(phone_number=PHONE, codes_file=codes_file, route_all_calls=True)
+    )
     spec = CallSpec(inbound=generate_tone(2.0))  # no route parameter: a TwiML Bin cannot set one
     game = GameClient()
     async with trio.open_nursery() as inner:

@@ -67,7 +67,9 @@ def test_hypercorns_tcp_server_still_has_the_parts_the_guarded_one_uses() -> Non
     assert callable(TCPServer._close) and callable(TCPServer.protocol_send)
 
 
-async def test_a_connection_whose_handler_raises_is_logged_closed_and_kept_to_itself(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_connection_whose_handler_raises_is_logged_closed_and_kept_to_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     client, server = trio.testing.memory_stream_pair()
 
     async def broken(stream: trio.abc.Stream) -> None:

@@ -14,13 +14,14 @@ import pytest
 import trio
 import trio_websocket
 
-from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.core.audio import generate_tone
+from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
-
 from conftest import RunningServer, Subscriber, free_port, start_server, subscribe, wait_until_live
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup"
+)
 
 
 class RedisServer:
@@ -100,7 +101,9 @@ async def test_a_call_in_one_process_is_followed_from_another(
     await _stop(a, b)
 
 
-async def test_notices_and_unknown_calls_across_processes(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str) -> None:
+async def test_notices_and_unknown_calls_across_processes(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
+) -> None:
     fake_deepgram.behaviour.reject_status = 401
     a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
     b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
@@ -118,7 +121,9 @@ async def test_notices_and_unknown_calls_across_processes(nursery: trio.Nursery,
     await _stop(a, b)
 
 
-async def test_calls_of_a_dead_process_drop_out_after_the_lease(nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str) -> None:
+async def test_calls_of_a_dead_process_drop_out_after_the_lease(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
+) -> None:
     server = await start_server(nursery, fake_deepgram, redis_url=redis_url)
     async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
         await client.zadd("callscribe:calls", {"CA-stale": time.time() - 120, "CA-fresh": time.time()})

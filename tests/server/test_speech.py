@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import array
+import itertools
 import math
 import os
 import shutil
 import struct
-import subprocess
 from fractions import Fraction
 
 import httpx
@@ -60,7 +60,7 @@ def reference_resample(samples: list[int], src: int, dst: int) -> list[int]:
 def feed_in_chunks(resampler: LinearResampler, samples: list[int], cuts: list[int]) -> list[int]:
     out: list[int] = []
     previous = 0
-    for cut in sorted({min(c, len(samples)) for c in cuts}) + [len(samples)]:
+    for cut in [*sorted({min(c, len(samples)) for c in cuts}), len(samples)]:
         out += resampler.feed(samples[previous:cut])
         previous = cut
     out += resampler.finish()
@@ -101,9 +101,9 @@ def test_resampled_sine_has_no_clicks_at_chunk_boundaries(chunk_sizes: list[int]
     out += resampler.finish()
     assert len(out) == len(sine) * 8000 // 22050
     # A 440 Hz sine of amplitude 10000 at 8 kHz moves at most 2*pi*440/8000*10000 ~ 3456 per sample.
-    assert max(abs(b - a) for a, b in zip(out, out[1:])) < 3500
+    assert max(abs(b - a) for a, b in itertools.pairwise(out)) < 3500
     expected = [10000 * math.sin(2 * math.pi * 440 * k / 8000) for k in range(len(out))]
-    assert max(abs(a - b) for a, b in zip(out, expected)) < 60  # linear interpolation error
+    assert max(abs(a - b) for a, b in zip(out, expected, strict=False)) < 60  # linear interpolation error
 
 
 def test_resampler_rules() -> None:
@@ -137,7 +137,9 @@ def wav_bytes(
     pcm = array.array("h", samples).tobytes()
     fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
     size = len(pcm) if data_size is None else data_size
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks + b"data" + struct.pack("<I", size) + pcm
+    body = (
+        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks + b"data" + struct.pack("<I", size) + pcm
+    )
     return b"RIFF" + struct.pack("<I", 0x7FFFF024) + body + trailing
 
 
@@ -169,7 +171,7 @@ def test_wav_to_mulaw_skips_other_chunks_and_honours_a_real_data_size() -> None:
 
 
 def test_wav_to_mulaw_keeps_the_first_channel_and_passes_8khz_through() -> None:
-    stereo = [s for pair in zip(SINE, [12345] * len(SINE)) for s in pair]
+    stereo = [s for pair in zip(SINE, [12345] * len(SINE), strict=False) for s in pair]
     assert convert(wav_bytes(stereo, channels=2), 3) == SINE_ULAW
     assert convert(wav_bytes(SINE, rate=8000)) == mulaw.encode(array.array("h", SINE).tobytes())
 
@@ -338,14 +340,63 @@ def test_aura_settings_are_checked() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "query", "body", "status", "message"),
     [
-        ("POST", "/v1/speak", "model=m&encoding=linear16&sample_rate=8000&container=none", b'{"text":"x"}', 400, "encoding must be mulaw"),
-        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=16000&container=none", b'{"text":"x"}', 400, "sample_rate must be 8000"),
-        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000", b'{"text":"x"}', 400, "container must be none"),
-        ("POST", "/v1/speak", "encoding=mulaw&sample_rate=8000&container=none", b'{"text":"x"}', 400, "model is required"),
-        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b"{bad", 400, "could not process the JSON"),
-        ("POST", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b'{"text":""}', 400, "non-empty"),
+        (
+            "POST",
+            "/v1/speak",
+            "model=m&encoding=linear16&sample_rate=8000&container=none",
+            b'{"text":"x"}',
+            400,
+            "encoding must be mulaw",
+        ),
+        (
+            "POST",
+            "/v1/speak",
+            "model=m&encoding=mulaw&sample_rate=16000&container=none",
+            b'{"text":"x"}',
+            400,
+            "sample_rate must be 8000",
+        ),
+        (
+            "POST",
+            "/v1/speak",
+            "model=m&encoding=mulaw&sample_rate=8000",
+            b'{"text":"x"}',
+            400,
+            "container must be none",
+        ),
+        (
+            "POST",
+            "/v1/speak",
+            "encoding=mulaw&sample_rate=8000&container=none",
+            b'{"text":"x"}',
+            400,
+            "model is required",
+        ),
+        (
+            "POST",
+            "/v1/speak",
+            "model=m&encoding=mulaw&sample_rate=8000&container=none",
+            b"{bad",
+            400,
+            "could not process the JSON",
+        ),
+        (
+            "POST",
+            "/v1/speak",
+            "model=m&encoding=mulaw&sample_rate=8000&container=none",
+            b'{"text":""}',
+            400,
+            "non-empty",
+        ),
         ("GET", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b"", 405, "Use POST"),
-        ("POST", "/v1/listen", "model=m&encoding=mulaw&sample_rate=8000&container=none", b'{"text":"x"}', 404, "No such endpoint"),
+        (
+            "POST",
+            "/v1/listen",
+            "model=m&encoding=mulaw&sample_rate=8000&container=none",
+            b'{"text":"x"}',
+            404,
+            "No such endpoint",
+        ),
     ],
 )
 async def test_fake_aura_validates_requests_like_deepgram(
@@ -414,7 +465,8 @@ async def test_espeak_speaks_8khz_mulaw_matching_its_wav_output() -> None:
         chunks = await speak(engine, text)
     audio = b"".join(chunks)
     # The same command run to completion gives a WAV whose conversion is exactly what streamed.
-    wav = subprocess.run(engine.command(text), capture_output=True, check=True, timeout=10).stdout
+    with trio.fail_after(10):
+        wav = (await trio.run_process(engine.command(text), capture_stdout=True)).stdout
     assert audio == convert(wav)
     pcm_samples = (len(wav) - 44) // 2  # espeak-ng writes a 44-byte header, 22050 Hz mono
     assert len(audio) == pcm_samples * 8000 // 22050

@@ -39,7 +39,6 @@ from callscribe.testing.fake_deepgram import (
     results_message,
     run_from_cli,
 )
-
 from conftest import local_tls
 
 AUTH = [(b"Authorization", b"Token test-key")]

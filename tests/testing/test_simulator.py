@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
+import itertools
 import json
-import socket
+import re
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,6 @@ from hypothesis import strategies as st
 
 from callscribe.core import audio as mulaw
 from callscribe.testing import simulator as sim
-
 from conftest import LocalTls, free_port, local_tls
 
 # ----------------------------------------------------------------------------- helpers
@@ -58,9 +58,7 @@ def check_track(frames: list[sim.PlannedFrame], audio: bytes, start_ms: int, spe
         assert b"".join(f.payload for f in frames) == audio
     if spec.loss == 0 and spec.off_size == 0:
         size = spec.frame_ms * 8
-        assert [len(f.payload) for f in frames] == [
-            min(size, len(audio) - i) for i in range(0, len(audio), size)
-        ]
+        assert [len(f.payload) for f in frames] == [min(size, len(audio) - i) for i in range(0, len(audio), size)]
 
 
 def walk_leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
@@ -210,7 +208,7 @@ def test_loss_is_deterministic_per_seed_and_near_its_rate() -> None:
     jittered = sim.plan_frames(replace(spec, jitter_ms=10))
     assert [f.timestamp_ms for f in jittered] == [f.timestamp_ms for f in frames]
     # The receiver sees gaps in timestamps but consecutive chunk numbers.
-    gaps = [b.timestamp_ms - a.timestamp_ms for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [b.timestamp_ms - a.timestamp_ms for a, b in itertools.pairwise(frames)]
     assert max(gaps) > 20 and min(gaps) == 20
     assert [f.chunk for f in frames] == list(range(1, len(frames) + 1))
 
@@ -448,7 +446,7 @@ async def test_connect_timeout(nursery: trio.Nursery) -> None:
     with (
         trio.fail_after(5),
         pytest.raises(
-            sim.CallConnectionError, match="timed out after 0.2 s waiting for the WebSocket handshake"
+            sim.CallConnectionError, match=re.escape("timed out after 0.2 s waiting for the WebSocket handshake")
         ),
     ):
         await sim.run_call(f"ws://127.0.0.1:{port}/", small_spec(), speed=0, connect_timeout=0.2)
@@ -472,9 +470,7 @@ async def test_wss(nursery: trio.Nursery, tls: LocalTls) -> None:
     port = await start_server(nursery, recorder.handler, ssl_context=server_context)
     spec = small_spec()
     with trio.fail_after(5):
-        report = await sim.run_call(
-            f"wss://127.0.0.1:{port}/twilio", spec, speed=0, ssl_context=client_context
-        )
+        report = await sim.run_call(f"wss://127.0.0.1:{port}/twilio", spec, speed=0, ssl_context=client_context)
     assert report.close_code == 1000 and len(report.frames) == len(sim.plan_frames(spec))
     with (
         trio.fail_after(5),
@@ -533,10 +529,7 @@ def test_cli_bad_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_cli_unreachable_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    assert (
-        sim.run_from_cli(parse("--url", f"ws://127.0.0.1:{port}/twilio", "--speed", "0", "--duration", "0.1"))
-        == 1
-    )
+    assert sim.run_from_cli(parse("--url", f"ws://127.0.0.1:{port}/twilio", "--speed", "0", "--duration", "0.1")) == 1
     err = capsys.readouterr().err
     assert f"cannot connect to ws://127.0.0.1:{port}/twilio" in err and err.count("\n") == 1
 

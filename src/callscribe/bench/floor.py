@@ -66,8 +66,13 @@ async def asgi_receive_only(scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         await receive()
         body = b'{"status": "ok", "kind": "asgi-receive"}'
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return
     if scope["type"] != "websocket" or (await receive())["type"] != "websocket.connect":

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import trio
 
 from callscribe.bench import ws as bench_ws
-from callscribe.core import audio as mulaw
 from callscribe.bench.ws import OP_CLOSE, OP_TEXT, ClientConnection
+from callscribe.core import audio as mulaw
 from callscribe.testing.fake_deepgram import FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, connected_message, start_message, stop_message
 
@@ -68,10 +68,12 @@ class Audio:
         self.frames_per_loop = len(inbound) // FRAME_BYTES
         self._raw_inbound = inbound
         self.inbound = [
-            base64.b64encode(inbound[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode() for i in range(self.frames_per_loop)
+            base64.b64encode(inbound[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode()
+            for i in range(self.frames_per_loop)
         ]
         self.outbound = [
-            base64.b64encode(outbound[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode() for i in range(self.frames_per_loop)
+            base64.b64encode(outbound[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode()
+            for i in range(self.frames_per_loop)
         ]
 
     def tagged_first_frame(self, index: int) -> str:
@@ -138,7 +140,9 @@ class SimCall:
         loop = k % audio.frames_per_loop
         timestamp = k * FRAME_MS
         sid = self.stream_sid
-        inbound = media_text(2 + 2 * k, "inbound", k + 1, timestamp, self._first if k == 0 else audio.inbound[loop], sid)
+        inbound = media_text(
+            2 + 2 * k, "inbound", k + 1, timestamp, self._first if k == 0 else audio.inbound[loop], sid
+        )
         outbound = media_text(3 + 2 * k, "outbound", k + 1, timestamp, audio.outbound[loop], sid)
         inbound_frame = conn.frame(OP_TEXT, inbound.encode())
         outbound_frame = conn.frame(OP_TEXT, outbound.encode())

@@ -66,49 +66,70 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     ratio = floor.get("ratio_to_floor_receive")
     if ratio is not None:
         steps = floor["steps"]
-        rows.append((
-            f"server CPU per frame at {floor['calls']} calls ≤ {CPU_TARGET_RATIO}x the stack floor",
-            f"{steps['callscribe']['cpu_us_per_frame']} µs vs {steps['floor-receive']['cpu_us_per_frame']} µs = {ratio}x",
-            ratio <= CPU_TARGET_RATIO,
-        ))
+        rows.append(
+            (
+                f"server CPU per frame at {floor['calls']} calls ≤ {CPU_TARGET_RATIO}x the stack floor",
+                f"{steps['callscribe']['cpu_us_per_frame']} µs vs {steps['floor-receive']['cpu_us_per_frame']} µs = {ratio}x",
+                ratio <= CPU_TARGET_RATIO,
+            )
+        )
     else:
         rows.append((f"server CPU per frame ≤ {CPU_TARGET_RATIO}x the stack floor", "not measured", None))
     ramp = results.get("ramp")
     if ramp:
         best = ramp["max_sustained_calls"]
-        rows.append((f"≥ {CALLS_TARGET} sustained calls per core, nothing lost, 1 subscriber per call", f"{best} calls", best >= CALLS_TARGET))
-        calm = [s for s in ramp["steps"] if s["server_cpu_pct"] < LATENCY_TARGET_CPU_PCT and s.get("audio_p99_ms") is not None]
+        rows.append(
+            (
+                f"≥ {CALLS_TARGET} sustained calls per core, nothing lost, 1 subscriber per call",
+                f"{best} calls",
+                best >= CALLS_TARGET,
+            )
+        )
+        calm = [
+            s
+            for s in ramp["steps"]
+            if s["server_cpu_pct"] < LATENCY_TARGET_CPU_PCT and s.get("audio_p99_ms") is not None
+        ]
         if calm:
             worst = max(calm, key=lambda s: s["audio_p99_ms"])
-            rows.append((
-                f"audio latency p99 ≤ window + {LATENCY_TARGET_SLACK_MS} ms while the server is under {LATENCY_TARGET_CPU_PCT}% CPU",
-                f"worst {worst['audio_p99_ms']} ms (at {worst['calls']} calls, {worst['server_cpu_pct']}% CPU; window {window} ms)",
-                worst["audio_p99_ms"] <= window + LATENCY_TARGET_SLACK_MS,
-            ))
+            rows.append(
+                (
+                    f"audio latency p99 ≤ window + {LATENCY_TARGET_SLACK_MS} ms while the server is under {LATENCY_TARGET_CPU_PCT}% CPU",
+                    f"worst {worst['audio_p99_ms']} ms (at {worst['calls']} calls, {worst['server_cpu_pct']}% CPU; window {window} ms)",
+                    worst["audio_p99_ms"] <= window + LATENCY_TARGET_SLACK_MS,
+                )
+            )
         per_call = [s for s in ramp["steps"] if s.get("rss_per_call_kb") is not None and s["sustained"]]
         if per_call:
             worst = max(per_call, key=lambda s: s["calls"])  # the most calls: idle overhead spread thinnest
-            rows.append((
-                f"memory ≤ {RSS_TARGET_KB} KB per call above the idle baseline",
-                f"{worst['rss_per_call_kb']} KB/call (at {worst['calls']} calls, the largest sustained step)",
-                worst["rss_per_call_kb"] <= RSS_TARGET_KB,
-            ))
+            rows.append(
+                (
+                    f"memory ≤ {RSS_TARGET_KB} KB per call above the idle baseline",
+                    f"{worst['rss_per_call_kb']} KB/call (at {worst['calls']} calls, the largest sustained step)",
+                    worst["rss_per_call_kb"] <= RSS_TARGET_KB,
+                )
+            )
     fanout = results.get("fanout")
     if fanout:
         value = fanout["step"].get("fanout_last_p99_ms")
-        rows.append((
-            f"fan-out, 1 call to {fanout['subscribers']} subscribers: p99 to the last subscriber ≤ {FANOUT_TARGET_MS} ms",
-            f"{value} ms", None if value is None else value <= FANOUT_TARGET_MS,
-        ))
+        rows.append(
+            (
+                f"fan-out, 1 call to {fanout['subscribers']} subscribers: p99 to the last subscriber ≤ {FANOUT_TARGET_MS} ms",
+                f"{value} ms",
+                None if value is None else value <= FANOUT_TARGET_MS,
+            )
+        )
     soak = results.get("soak")
     if soak and "slope_kb_per_min" in soak:
         low, high = soak["slope_ci95_kb_per_min"]
-        rows.append((
-            "soak: RSS slope indistinguishable from zero",
-            f"second half {soak['slope_kb_per_min']} KB/min (95% CI {low} .. {high}); {soak['calls']} calls for {soak['minutes']:g} min, "
-            f"RSS {soak['rss_first_kb'] / 1024:.1f} → {soak['rss_half_kb'] / 1024:.1f} → {soak['rss_last_kb'] / 1024:.1f} MB",
-            soak["flat"],
-        ))
+        rows.append(
+            (
+                "soak: RSS slope indistinguishable from zero",
+                f"second half {soak['slope_kb_per_min']} KB/min (95% CI {low} .. {high}); {soak['calls']} calls for {soak['minutes']:g} min, "
+                f"RSS {soak['rss_first_kb'] / 1024:.1f} → {soak['rss_half_kb'] / 1024:.1f} → {soak['rss_last_kb'] / 1024:.1f} MB",
+                soak["flat"],
+            )
+        )
     return rows
 
 
@@ -122,8 +143,17 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         at = at or (max(sustained, key=lambda s: s["calls"]) if sustained else None)
         if at:
             head["at_calls"] = at["calls"]
-            for key in ("audio_p50_ms", "audio_p99_ms", "added_p50_ms", "added_p99_ms", "fanout_p99_ms", "rss_per_call_kb",
-                        "server_cpu_pct", "cpu_us_per_frame", "cpu_pct_per_call"):
+            for key in (
+                "audio_p50_ms",
+                "audio_p99_ms",
+                "added_p50_ms",
+                "added_p99_ms",
+                "fanout_p99_ms",
+                "rss_per_call_kb",
+                "server_cpu_pct",
+                "cpu_us_per_frame",
+                "cpu_pct_per_call",
+            ):
                 head[key] = at.get(key)
     floor = results.get("floor")
     if floor:
@@ -238,42 +268,75 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("")
     ramp = results.get("ramp")
     if ramp:
-        out += ["## Ramp", "", _stamp(ramp), "",
-                f"Max sustained calls per core: **{ramp['max_sustained_calls']}** (first unsustained: {_fmt(ramp.get('first_unsustained_calls'))}).", "",
-                step_table(ramp["steps"]), ""]
+        out += [
+            "## Ramp",
+            "",
+            _stamp(ramp),
+            "",
+            f"Max sustained calls per core: **{ramp['max_sustained_calls']}** (first unsustained: {_fmt(ramp.get('first_unsustained_calls'))}).",
+            "",
+            step_table(ramp["steps"]),
+            "",
+        ]
         out += [f"![latency and CPU against calls]({PLOT_NAME})", ""]
     floor = results.get("floor")
     if floor:
-        out += ["## Floor", "", _stamp(floor), "",
-                f"The same load ({floor['calls']} calls) against the stack's floor servers (`callscribe.bench.floor`): "
-                f"callscribe / receive-only = **{_fmt(floor.get('ratio_to_floor_receive'))}x**, "
-                f"callscribe / parse+forward = **{_fmt(floor.get('ratio_to_floor_forward'))}x** CPU per frame "
-                f"(callscribe / raw-ASGI receive-only = {_fmt(floor.get('ratio_to_floor_asgi_receive'))}x).", "",
-                step_table(list(floor["steps"].values()), "server"), ""]
+        out += [
+            "## Floor",
+            "",
+            _stamp(floor),
+            "",
+            f"The same load ({floor['calls']} calls) against the stack's floor servers (`callscribe.bench.floor`): "
+            f"callscribe / receive-only = **{_fmt(floor.get('ratio_to_floor_receive'))}x**, "
+            f"callscribe / parse+forward = **{_fmt(floor.get('ratio_to_floor_forward'))}x** CPU per frame "
+            f"(callscribe / raw-ASGI receive-only = {_fmt(floor.get('ratio_to_floor_asgi_receive'))}x).",
+            "",
+            step_table(list(floor["steps"].values()), "server"),
+            "",
+        ]
     fanout = results.get("fanout")
     if fanout:
         step = fanout["step"]
-        out += ["## Fan-out", "", _stamp(fanout), "",
-                f"1 call, {fanout['subscribers']} subscribers: {step['fanout_deliveries']} deliveries of {step['results_sent_in_window']} "
-                f"messages in {step['measure_s']} s; per delivery p50 {step['fanout_p50_ms']} ms, p99 {step['fanout_p99_ms']} ms, "
-                f"max {step['fanout_max_ms']} ms; to the **last** subscriber p50 {step['fanout_last_p50_ms']} ms, "
-                f"**p99 {step['fanout_last_p99_ms']} ms** ({step['fanout_messages_complete']} messages reached all, "
-                f"{step['fanout_messages_incomplete']} did not). Server CPU {step['server_cpu_pct']}%, load CPU {step['load_cpu_pct']}%.", ""]
+        out += [
+            "## Fan-out",
+            "",
+            _stamp(fanout),
+            "",
+            f"1 call, {fanout['subscribers']} subscribers: {step['fanout_deliveries']} deliveries of {step['results_sent_in_window']} "
+            f"messages in {step['measure_s']} s; per delivery p50 {step['fanout_p50_ms']} ms, p99 {step['fanout_p99_ms']} ms, "
+            f"max {step['fanout_max_ms']} ms; to the **last** subscriber p50 {step['fanout_last_p50_ms']} ms, "
+            f"**p99 {step['fanout_last_p99_ms']} ms** ({step['fanout_messages_complete']} messages reached all, "
+            f"{step['fanout_messages_incomplete']} did not). Server CPU {step['server_cpu_pct']}%, load CPU {step['load_cpu_pct']}%.",
+            "",
+        ]
     soak = results.get("soak")
     if soak:
         step = soak["step"]
-        churn = f"each call lasting {soak['call_seconds']:g} s and replaced by a new one" if soak.get("call_seconds") else "calls lasting the whole soak"
-        out += ["## Soak", "", _stamp(soak), "",
-                f"{soak['calls']} concurrent calls for {soak['minutes']:g} min, {churn} ({step['calls_total']} calls in all). "
-                f"Audio p50/p99 {step['audio_p50_ms']}/{step['audio_p99_ms']} ms, frames {step['frames_received']}/{step['frames_sent']}, "
-                f"server CPU {step['server_cpu_pct']}%.", ""]
+        churn = (
+            f"each call lasting {soak['call_seconds']:g} s and replaced by a new one"
+            if soak.get("call_seconds")
+            else "calls lasting the whole soak"
+        )
+        out += [
+            "## Soak",
+            "",
+            _stamp(soak),
+            "",
+            f"{soak['calls']} concurrent calls for {soak['minutes']:g} min, {churn} ({step['calls_total']} calls in all). "
+            f"Audio p50/p99 {step['audio_p50_ms']}/{step['audio_p99_ms']} ms, frames {step['frames_received']}/{step['frames_sent']}, "
+            f"server CPU {step['server_cpu_pct']}%.",
+            "",
+        ]
         if "slope_kb_per_min" in soak:
             low, high = soak["slope_ci95_kb_per_min"]
-            out += [f"RSS {soak['rss_first_kb'] / 1024:.1f} MB at the start of the window, {soak['rss_half_kb'] / 1024:.1f} MB half-way, "
-                    f"{soak['rss_last_kb'] / 1024:.1f} MB at the end. Least-squares slope of the second half (steady state): "
-                    f"**{soak['slope_kb_per_min']} KB/min** (95% CI {low} .. {high}); of everything after {soak['slope_all_from_s']:g} s: "
-                    f"{soak['slope_all_kb_per_min']} KB/min. Verdict: {'flat' if soak['flat'] else 'not flat'} "
-                    f"(flat = the steady-state slope is statistically zero or below 1% of RSS per hour).", ""]
+            out += [
+                f"RSS {soak['rss_first_kb'] / 1024:.1f} MB at the start of the window, {soak['rss_half_kb'] / 1024:.1f} MB half-way, "
+                f"{soak['rss_last_kb'] / 1024:.1f} MB at the end. Least-squares slope of the second half (steady state): "
+                f"**{soak['slope_kb_per_min']} KB/min** (95% CI {low} .. {high}); of everything after {soak['slope_all_from_s']:g} s: "
+                f"{soak['slope_all_kb_per_min']} KB/min. Verdict: {'flat' if soak['flat'] else 'not flat'} "
+                f"(flat = the steady-state slope is statistically zero or below 1% of RSS per hour).",
+                "",
+            ]
     profile = results.get("profile")
     if profile:
         out += ["## Profile", "", _stamp(profile), "", profile_markdown(profile), ""]
@@ -317,7 +380,12 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     for kind, style in (("floor-receive", ":"), ("floor-forward", "-.")):
         per_frame = floor.get(kind, {}).get("cpu_us_per_frame")
         if per_frame:
-            bottom.plot(calls, [min(150, per_frame * n * 100 / 1e4) for n in calls], style, label=f"{kind} (projected from {per_frame} µs/frame)")
+            bottom.plot(
+                calls,
+                [min(150, per_frame * n * 100 / 1e4) for n in calls],
+                style,
+                label=f"{kind} (projected from {per_frame} µs/frame)",
+            )
     bottom.axhline(95, color="red", linestyle=":", label="95% CPU")
     best = ramp.get("max_sustained_calls")
     if best:

@@ -167,20 +167,45 @@ class ServerProcess:
         listen = f"{opts.host}:{self.port}"
         if kind == "callscribe":
             command = [
-                sys.executable, "-m", "callscribe", "serve", "--listen", listen, "--deepgram-url", deepgram_url,
-                "--window-ms", str(opts.window_ms), "--log-level", opts.server_log_level,
+                sys.executable,
+                "-m",
+                "callscribe",
+                "serve",
+                "--listen",
+                listen,
+                "--deepgram-url",
+                deepgram_url,
+                "--window-ms",
+                str(opts.window_ms),
+                "--log-level",
+                opts.server_log_level,
             ]
         else:
             command = [
-                sys.executable, "-m", "callscribe.bench.floor", "--kind", kind.removeprefix("floor-"), "--listen", listen,
-                "--deepgram-url", deepgram_url, "--deepgram-api-key", API_KEY, "--window-ms", str(opts.window_ms),
+                sys.executable,
+                "-m",
+                "callscribe.bench.floor",
+                "--kind",
+                kind.removeprefix("floor-"),
+                "--listen",
+                listen,
+                "--deepgram-url",
+                deepgram_url,
+                "--deepgram-api-key",
+                API_KEY,
+                "--window-ms",
+                str(opts.window_ms),
             ]
         if opts.pin and shutil.which("taskset"):
             command = ["taskset", "-c", str(opts.server_cpu), *command]
         self.command = command
         self._log = open(self.log_path, "wb")
         self.process: subprocess.Popen[bytes] = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         _processes.add(self.process)
@@ -239,7 +264,7 @@ def kill_all() -> None:
     for process in list(_processes):
         try:
             stop_process(process, 5.0)
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:
             pass
 
 
@@ -273,7 +298,13 @@ def linear_fit(points: list[tuple[float, float]]) -> dict[str, float] | None:
     intercept = mean_y - slope * mean_x
     residual = sum((p[1] - intercept - slope * p[0]) ** 2 for p in points)
     stderr = math.sqrt(residual / (n - 2) / sxx)
-    return {"slope": slope, "stderr": stderr, "ci95_low": slope - 1.96 * stderr, "ci95_high": slope + 1.96 * stderr, "intercept": intercept}
+    return {
+        "slope": slope,
+        "stderr": stderr,
+        "ci95_low": slope - 1.96 * stderr,
+        "ci95_high": slope + 1.96 * stderr,
+        "intercept": intercept,
+    }
 
 
 # -------------------------------------------------------------------------------- one step
@@ -288,8 +319,14 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
     result: dict[str, Any] = {"kind": plan.kind, "calls": plan.calls, "subscribers_per_call": plan.subscribers}
     audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
     counts = {
-        "calls_started": 0, "calls_failed": 0, "calls_exact": 0, "calls_inexact": 0, "frames_sent": 0,
-        "frames_received": 0, "subscribers_failed": 0, "subscribers_ok": 0,
+        "calls_started": 0,
+        "calls_failed": 0,
+        "calls_exact": 0,
+        "calls_inexact": 0,
+        "frames_sent": 0,
+        "frames_received": 0,
+        "subscribers_failed": 0,
+        "subscribers_ok": 0,
     }
     failures: list[str] = []
     async with trio.open_nursery() as nursery:
@@ -319,7 +356,9 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
                 if session is None:
                     counts["calls_inexact"] += 1
                     if len(failures) < 5:
-                        failures.append(f"call {call.index} ({call.call_sid}, {call.ticks} frame pairs): no Deepgram session seen")
+                        failures.append(
+                            f"call {call.index} ({call.call_sid}, {call.ticks} frame pairs): no Deepgram session seen"
+                        )
                     return
                 with trio.move_on_after(10):
                     await session.closed.wait()
@@ -341,7 +380,9 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
                 if subscriber.failure:
                     counts["subscribers_failed"] += 1
                     if len(failures) < 5:
-                        failures.append(f"subscriber of call {subscriber.call.index} ({subscriber.call.call_sid}): {subscriber.failure}")
+                        failures.append(
+                            f"subscriber of call {subscriber.call.index} ({subscriber.call.call_sid}): {subscriber.failure}"
+                        )
                 else:
                     counts["subscribers_ok"] += 1
 
@@ -350,7 +391,9 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
                 conn = None
                 try:
                     async with limiter:
-                        conn = call.conn = await bench_ws.connect(opts.host, server.port, "/twilio", traffic, timeout=15.0)
+                        conn = call.conn = await bench_ws.connect(
+                            opts.host, server.port, "/twilio", traffic, timeout=15.0
+                        )
                     conn.send_now(call.opening())
                     pacer.add(call)
                     counts["calls_started"] += 1
@@ -479,9 +522,11 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
             "measure_s": round(window, 2),
             "server_cpu_pct": round(100 * server_cpu / window, 1),
             "load_cpu_pct": round(100 * (load1 - load0) / window, 1),
-            "server_core_other_pct": None if busy0 is None or busy1 is None
+            "server_core_other_pct": None
+            if busy0 is None or busy1 is None
             else round(100 * (busy1 - busy0 - server_cpu) / window, 1),
-            "load_core_other_pct": None if load_busy0 is None or load_busy1 is None
+            "load_core_other_pct": None
+            if load_busy0 is None or load_busy1 is None
             else round(100 * (load_busy1 - load_busy0 - (load1 - load0)) / window, 1),
             "frames_in_window": frames_in_window,
             "frames_offered_pct": round(100 * frames_in_window / (active_in_window * 100 * window), 1)
@@ -560,10 +605,28 @@ def _start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[by
         print("bench: py-spy not found; no profile (pip install -e '.[bench]')", file=sys.stderr)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    command = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
-               "--format", "raw", "--nonblocking", "--output", str(path)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    command = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, int(seconds))),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(path),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     _processes.add(process)
     return process
 
@@ -598,8 +661,10 @@ def run_step(opts: Options, plan: StepPlan, *, retries: int | None = None) -> di
         attempts.append((other, attempt, result))
         if not result["disturbed"]:
             break
-        opts.say(f"  ({plan.kind} {plan.calls} calls: other processes used {other}% of a benchmark core; "
-                 f"{'running it again' if attempt < (opts.retries if retries is None else retries) else 'keeping the least disturbed run'})")
+        opts.say(
+            f"  ({plan.kind} {plan.calls} calls: other processes used {other}% of a benchmark core; "
+            f"{'running it again' if attempt < (opts.retries if retries is None else retries) else 'keeping the least disturbed run'})"
+        )
         time.sleep(5)
     best = min(attempts, key=lambda a: (a[0], a[1]))[2]
     best["attempts"] = len(attempts)
@@ -617,8 +682,11 @@ def describe(step: dict[str, Any]) -> str:
         f"audio p50/p99 {f(step['audio_p50_ms'])}/{f(step['audio_p99_ms'])} ms (added {f(step['added_p50_ms'])}/{f(step['added_p99_ms'])}), "
         f"fan-out p50/p99 {f(step['fanout_p50_ms'])}/{f(step['fanout_p99_ms'])} ms, RSS {f(step['rss_kb'] and round(step['rss_kb'] / 1024, 1), ' MB')} "
         f"({f(step.get('rss_per_call_kb'), ' KB/call')}), frames {step['frames_received']}/{step['frames_sent']}: {verdict}"
-        + (f" [disturbed: others used {step.get('server_core_other_pct')}%/{step.get('load_core_other_pct')}% of the server/load cores]"
-           if step.get("disturbed") else "")
+        + (
+            f" [disturbed: others used {step.get('server_core_other_pct')}%/{step.get('load_core_other_pct')}% of the server/load cores]"
+            if step.get("disturbed")
+            else ""
+        )
     )
 
 
@@ -653,8 +721,15 @@ def scenario_ramp(opts: Options, settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
 
     def step(calls: int) -> dict[str, Any]:
-        result = run_step(opts, StepPlan(calls=calls, subscribers=settings.subscribers, measure_s=settings.step_seconds,
-                                         warmup_s=settings.warmup_seconds))
+        result = run_step(
+            opts,
+            StepPlan(
+                calls=calls,
+                subscribers=settings.subscribers,
+                measure_s=settings.step_seconds,
+                warmup_s=settings.warmup_seconds,
+            ),
+        )
         opts.say(describe(result))
         steps.append(result)
         return result
@@ -670,7 +745,9 @@ def scenario_ramp(opts: Options, settings: Settings) -> dict[str, Any]:
             first_fail = calls
             break
         if result["load_bound"]:
-            opts.say("ramp: the load process is near its own limit; stopping here (numbers above it would measure the load)")
+            opts.say(
+                "ramp: the load process is near its own limit; stopping here (numbers above it would measure the load)"
+            )
             break
     for _ in range(settings.refine):
         if last_pass is None or first_fail is None or first_fail - last_pass <= max(5, last_pass // 10):
@@ -707,8 +784,16 @@ def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
             results[kind] = reuse[0]
             continue
         subscribers = settings.subscribers if kind == "callscribe" else 0
-        result = run_step(opts, StepPlan(kind=kind, calls=calls, subscribers=subscribers, measure_s=settings.step_seconds,
-                                         warmup_s=settings.warmup_seconds))
+        result = run_step(
+            opts,
+            StepPlan(
+                kind=kind,
+                calls=calls,
+                subscribers=subscribers,
+                measure_s=settings.step_seconds,
+                warmup_s=settings.warmup_seconds,
+            ),
+        )
         opts.say(describe(result))
         results[kind] = result
     out: dict[str, Any] = {"calls": calls, "steps": results}
@@ -721,8 +806,15 @@ def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
 
 
 def scenario_fanout(opts: Options, settings: Settings) -> dict[str, Any]:
-    result = run_step(opts, StepPlan(calls=1, subscribers=settings.fanout_subscribers, measure_s=settings.fanout_seconds,
-                                     warmup_s=settings.warmup_seconds))
+    result = run_step(
+        opts,
+        StepPlan(
+            calls=1,
+            subscribers=settings.fanout_subscribers,
+            measure_s=settings.fanout_seconds,
+            warmup_s=settings.warmup_seconds,
+        ),
+    )
     opts.say(describe(result))
     opts.say(
         f"fan-out: {settings.fanout_subscribers} subscribers, {result['fanout_messages_complete']} messages reached all: "
@@ -754,20 +846,35 @@ def soak_fit(samples: list[tuple[float, int]], seconds: float) -> dict[str, Any]
     out["rss_first_kb"] = samples[0][1]
     out["rss_half_kb"] = next(kb for t, kb in samples if t >= half)
     out["rss_last_kb"] = samples[-1][1]
-    out["flat"] = (steady["ci95_low"] <= 0 <= steady["ci95_high"]) or abs(steady["slope"]) * 60 < FLAT_PCT_PER_HOUR / 100 * mean
+    out["flat"] = (steady["ci95_low"] <= 0 <= steady["ci95_high"]) or abs(
+        steady["slope"]
+    ) * 60 < FLAT_PCT_PER_HOUR / 100 * mean
     return out
 
 
 def scenario_soak(opts: Options, settings: Settings) -> dict[str, Any]:
     seconds = settings.soak_minutes * 60
     call_seconds = settings.soak_call_seconds or None
-    result = run_step(opts, StepPlan(calls=settings.soak_calls, subscribers=settings.subscribers, measure_s=seconds,
-                                     warmup_s=settings.warmup_seconds, call_seconds=call_seconds,
-                                     rss_interval_s=max(1.0, seconds / 300)),
-                      retries=0)  # memory growth does not depend on a quiet core; a re-run would double a long run
+    result = run_step(
+        opts,
+        StepPlan(
+            calls=settings.soak_calls,
+            subscribers=settings.subscribers,
+            measure_s=seconds,
+            warmup_s=settings.warmup_seconds,
+            call_seconds=call_seconds,
+            rss_interval_s=max(1.0, seconds / 300),
+        ),
+        retries=0,
+    )  # memory growth does not depend on a quiet core; a re-run would double a long run
     opts.say(describe(result))
-    soak: dict[str, Any] = {"step": result, "minutes": settings.soak_minutes, "calls": settings.soak_calls,
-                            "call_seconds": call_seconds, **soak_fit(result.get("rss_samples") or [], seconds)}
+    soak: dict[str, Any] = {
+        "step": result,
+        "minutes": settings.soak_minutes,
+        "calls": settings.soak_calls,
+        "call_seconds": call_seconds,
+        **soak_fit(result.get("rss_samples") or [], seconds),
+    }
     if "slope_kb_per_min" in soak:
         low, high = soak["slope_ci95_kb_per_min"]
         opts.say(
@@ -801,16 +908,29 @@ def machine_info(opts: Options) -> dict[str, Any]:
     git = ""
     try:
         root = Path(__file__).resolve().parents[3]
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         git = head.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "cpu": model, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(), "python": platform.python_version(), "packages": versions, "git": git,
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "git": git,
         "pinned": f"server on CPU {opts.server_cpu}, load on CPU {opts.load_cpu}" if opts.pin else "not pinned",
-        "window_ms": opts.window_ms, "server_pythonpath": opts.server_pythonpath,
+        "window_ms": opts.window_ms,
+        "server_pythonpath": opts.server_pythonpath,
         "frames_per_send": 2 if bench_load.COALESCE_TRACKS else 1,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -831,55 +951,112 @@ SCENARIOS = ("ramp", "floor", "fanout", "soak")
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``callscribe bench``."""
-    parser.add_argument("--scenario", action="append", choices=(*SCENARIOS, "all"),
-                        help="what to run (repeatable): ramp, floor, fanout, soak, or all "
-                        "(default: ramp, floor and fanout; soak runs only when asked)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=(*SCENARIOS, "all"),
+        help="what to run (repeatable): ramp, floor, fanout, soak, or all "
+        "(default: ramp, floor and fanout; soak runs only when asked)",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
-    parser.add_argument("--steps", type=_int_list, help=f"call counts of the ramp (default {','.join(map(str, DEFAULT_STEPS))})")
+    parser.add_argument(
+        "--steps", type=_int_list, help=f"call counts of the ramp (default {','.join(map(str, DEFAULT_STEPS))})"
+    )
     parser.add_argument("--max-calls", type=int, default=1000, help="never ramp above this (default 1000)")
-    parser.add_argument("--refine", type=int, default=2, help="bisection steps between the last sustained and the first unsustained count (default 2)")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=2,
+        help="bisection steps between the last sustained and the first unsustained count (default 2)",
+    )
     parser.add_argument("--step-seconds", type=float, help="measurement window per step (default 15)")
     parser.add_argument("--warmup-seconds", type=float, help="after set-up, before measuring (default 5)")
     parser.add_argument("--subscribers", type=int, default=1, help="subscribers per call (default 1)")
     parser.add_argument("--window-ms", type=int, default=100, help="the server's --window-ms (default 100)")
-    parser.add_argument("--floor-calls", type=int,
-                        help="calls for the floor comparison (default: the ramp's largest sustained count, "
-                        "so that every server keeps up; 100 without a ramp)")
+    parser.add_argument(
+        "--floor-calls",
+        type=int,
+        help="calls for the floor comparison (default: the ramp's largest sustained count, "
+        "so that every server keeps up; 100 without a ramp)",
+    )
     parser.add_argument("--fanout-subscribers", type=int, help="subscribers of the one fan-out call (default 1000)")
     parser.add_argument("--fanout-seconds", type=float, help="fan-out measurement window (default 30)")
     parser.add_argument("--soak-minutes", type=float, default=None, help="soak length (default 10)")
     parser.add_argument("--soak-calls", type=int, default=None, help="concurrent calls during the soak (default 50)")
-    parser.add_argument("--soak-call-seconds", type=float, default=None,
-                        help="each soak call lasts this long and is replaced by a new one (default 60; 0 = calls last the whole soak)")
-    parser.add_argument("--profile", action="store_true", help="also run one step under py-spy and summarise where the server's time goes")
+    parser.add_argument(
+        "--soak-call-seconds",
+        type=float,
+        default=None,
+        help="each soak call lasts this long and is replaced by a new one (default 60; 0 = calls last the whole soak)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run one step under py-spy and summarise where the server's time goes",
+    )
     parser.add_argument("--profile-calls", type=int, default=100, help="calls of the profiled step (default 100)")
-    parser.add_argument("--out", default="bench-results", help="directory for bench-results.json/.md, the plot and logs (default ./bench-results)")
+    parser.add_argument(
+        "--out",
+        default="bench-results",
+        help="directory for bench-results.json/.md, the plot and logs (default ./bench-results)",
+    )
     parser.add_argument("--log-dir", default=None, help="server logs (default: OUT/logs)")
-    parser.add_argument("--fresh", action="store_true", help="do not merge with an existing bench-results.json in --out")
+    parser.add_argument(
+        "--fresh", action="store_true", help="do not merge with an existing bench-results.json in --out"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate CPUs")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (default 0)")
     parser.add_argument("--load-cpu", type=int, default=1, help="CPU for the load process (default 1)")
-    parser.add_argument("--server-pythonpath", default=None, help="prepended to the server's PYTHONPATH (to measure another tree of callscribe)")
+    parser.add_argument(
+        "--server-pythonpath",
+        default=None,
+        help="prepended to the server's PYTHONPATH (to measure another tree of callscribe)",
+    )
     parser.add_argument("--server-log-level", default="info", help="the server's --log-level (default info)")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="re-run a step when other processes used more than 5%% of a benchmark core (default 2)")
-    parser.add_argument("--coalesce-tracks", action="store_true",
-                        help="write each 20 ms pair of frames (both tracks) with one send (default: one send per frame)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="re-run a step when other processes used more than 5%% of a benchmark core (default 2)",
+    )
+    parser.add_argument(
+        "--coalesce-tracks",
+        action="store_true",
+        help="write each 20 ms pair of frames (both tracks) with one send (default: one send per frame)",
+    )
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     s = Settings()
     if args.quick:
-        s = Settings(steps=(5, 10, 20), step_seconds=4.0, warmup_seconds=1.0, fanout_subscribers=100,
-                     fanout_seconds=5.0, soak_minutes=1.0, soak_calls=10, soak_call_seconds=20.0, refine=0, profile_calls=10)
+        s = Settings(
+            steps=(5, 10, 20),
+            step_seconds=4.0,
+            warmup_seconds=1.0,
+            fanout_subscribers=100,
+            fanout_seconds=5.0,
+            soak_minutes=1.0,
+            soak_calls=10,
+            soak_call_seconds=20.0,
+            refine=0,
+            profile_calls=10,
+        )
     if args.steps:
         s.steps = args.steps
     s.max_calls = args.max_calls
     s.refine = args.refine if not args.quick or args.refine != 2 else 0
     s.subscribers = args.subscribers
-    for name in ("step_seconds", "warmup_seconds", "floor_calls", "fanout_subscribers", "fanout_seconds", "soak_minutes",
-                 "soak_calls", "soak_call_seconds"):
+    for name in (
+        "step_seconds",
+        "warmup_seconds",
+        "floor_calls",
+        "fanout_subscribers",
+        "fanout_seconds",
+        "soak_minutes",
+        "soak_calls",
+        "soak_call_seconds",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(s, name, value)
@@ -911,24 +1088,45 @@ def run_from_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bench_load.COALESCE_TRACKS = args.coalesce_tracks
-    opts = Options(window_ms=args.window_ms, pin=not args.no_pin, retries=max(0, args.retries), server_cpu=args.server_cpu, load_cpu=args.load_cpu,
-                   server_pythonpath=args.server_pythonpath, server_log_level=args.server_log_level,
-                   log_dir=Path(args.log_dir) if args.log_dir else out / "logs")
+    opts = Options(
+        window_ms=args.window_ms,
+        pin=not args.no_pin,
+        retries=max(0, args.retries),
+        server_cpu=args.server_cpu,
+        load_cpu=args.load_cpu,
+        server_pythonpath=args.server_pythonpath,
+        server_log_level=args.server_log_level,
+        log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
+    )
     cpus = os.sched_getaffinity(0)
-    if opts.pin and (len(cpus) < 2 or opts.server_cpu not in cpus or opts.load_cpu not in cpus or opts.server_cpu == opts.load_cpu):
-        print(f"bench: cannot pin to CPUs {opts.server_cpu}/{opts.load_cpu} (have {sorted(cpus)}); running unpinned", file=sys.stderr)
+    if opts.pin and (
+        len(cpus) < 2 or opts.server_cpu not in cpus or opts.load_cpu not in cpus or opts.server_cpu == opts.load_cpu
+    ):
+        print(
+            f"bench: cannot pin to CPUs {opts.server_cpu}/{opts.load_cpu} (have {sorted(cpus)}); running unpinned",
+            file=sys.stderr,
+        )
         opts.pin = False
     if opts.pin and not shutil.which("taskset"):
         print("bench: taskset not found; the server runs unpinned", file=sys.stderr)
     if not bench_report.plotting_available():
-        print("bench: matplotlib is not installed, so no plot will be drawn (pip install -e '.[bench]')", file=sys.stderr)
+        print(
+            "bench: matplotlib is not installed, so no plot will be drawn (pip install -e '.[bench]')", file=sys.stderr
+        )
     _raise_fd_limit(4 * max(settings.fanout_subscribers, max(settings.steps) * (1 + settings.subscribers)) + 256)
     if opts.pin:
         os.sched_setaffinity(0, {opts.load_cpu})
     results = bench_report.load_results(out) if not args.fresh else {}
     results["machine"] = machine_info(opts)
-    command = "callscribe bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:])
-    stamp = {"command": command.strip(), "label": args.label, "date": results["machine"]["date"], "git": results["machine"]["git"]}
+    command = "callscribe bench " + " ".join(
+        sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]
+    )
+    stamp = {
+        "command": command.strip(),
+        "label": args.label,
+        "date": results["machine"]["date"],
+        "git": results["machine"]["git"],
+    }
     try:
         if "ramp" in scenarios:
             opts.say(f"== ramp: steps {','.join(map(str, settings.steps))}, {settings.step_seconds:g} s each")
@@ -946,9 +1144,17 @@ def run_from_cli(args: argparse.Namespace) -> int:
         if settings.profile:
             opts.say(f"== profile: {settings.profile_calls} calls under py-spy")
             path = out / f"profile-{settings.profile_calls}-calls.folded"
-            step = run_step(opts, StepPlan(calls=settings.profile_calls, subscribers=settings.subscribers,
-                                           measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds, profile_path=path),
-                            retries=0)  # where the time goes does not need an undisturbed core
+            step = run_step(
+                opts,
+                StepPlan(
+                    calls=settings.profile_calls,
+                    subscribers=settings.subscribers,
+                    measure_s=settings.step_seconds,
+                    warmup_s=settings.warmup_seconds,
+                    profile_path=path,
+                ),
+                retries=0,
+            )  # where the time goes does not need an undisturbed core
             opts.say(describe(step) + " (under py-spy: slower than unprofiled)")
             results["profile"] = {"step": step, "folded": path.name, **bench_report.summarise_profile(path), **stamp}
     except BaseException as error:

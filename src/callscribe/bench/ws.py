@@ -295,7 +295,13 @@ class ClientConnection:
 
 
 async def connect(
-    host: str, port: int, path: str, nursery: trio.Nursery, *, timeout: float = 10.0, headers: Iterable[tuple[str, str]] = ()
+    host: str,
+    port: int,
+    path: str,
+    nursery: trio.Nursery,
+    *,
+    timeout: float = 10.0,
+    headers: Iterable[tuple[str, str]] = (),
 ) -> ClientConnection:
     """Open ``ws://host:port/path``; raises ``WebSocketError``/``OSError``/``trio.TooSlowError``."""
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

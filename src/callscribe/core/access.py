@@ -164,7 +164,9 @@ class Access:
         self.origins = origins
         self.public_url = public_url
 
-    def check_twilio(self, headers: Mapping[str, str], scheme: str, path: str, query: str, params: Mapping[str, str]) -> Verdict:
+    def check_twilio(
+        self, headers: Mapping[str, str], scheme: str, path: str, query: str, params: Mapping[str, str]
+    ) -> Verdict:
         """A request that claims to come from Twilio (the /twilio upgrade, a TwiML webhook)."""
         if self.twilio is None:
             return ALLOWED

@@ -264,8 +264,7 @@ def _read_riff(name: str) -> _WavAudio:
         raise ValueError(f"{name}: mu-law WAV must have 8 bits per sample, header says {bits}")
     if block_align != channels * width:
         raise ValueError(
-            f"{name}: inconsistent WAV header (block align {block_align} for "
-            f"{channels} channel(s) of {bits} bits)"
+            f"{name}: inconsistent WAV header (block align {block_align} for {channels} channel(s) of {bits} bits)"
         )
     usable = len(audio) - len(audio) % block_align
     return _WavAudio(tag, channels, rate, width, audio[:usable])
@@ -282,9 +281,7 @@ def _wav_to_mulaw_channels(name: str, wav: _WavAudio) -> list[bytes]:
         channels_pcm = [decode(ch) for ch in channels_ulaw]
     else:
         if width not in (1, 2, 3, 4):
-            raise ValueError(
-                f"{name}: unsupported PCM sample width of {width * 8} bits (need 8, 16, 24 or 32)"
-            )
+            raise ValueError(f"{name}: unsupported PCM sample width of {width * 8} bits (need 8, 16, 24 or 32)")
         channels_pcm = [_channel_pcm16(frames, nch, width, c) for c in range(nch)]
     if wav.rate != SAMPLE_RATE:
         channels_pcm = [_resample_pcm16(ch, wav.rate, SAMPLE_RATE) for ch in channels_pcm]

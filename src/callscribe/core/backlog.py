@@ -63,7 +63,7 @@ class AudioBacklog:
         """A final result for `channel` covers its audio up to `final_end_s` of a connection whose 0 is `base_s`."""
         if 0 <= channel < self.channels:
             self._final_end[channel] = max(self._final_end[channel], base_s + final_end_s)
-        covered = int(round(min(self._final_end) * self.bytes_per_second))
+        covered = round(min(self._final_end) * self.bytes_per_second)
         while self._windows:
             offset, window = self._windows[0]
             if offset + len(window) > covered or offset + len(window) > self.sent_until:

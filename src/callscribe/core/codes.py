@@ -352,7 +352,7 @@ def _tokens(text: str) -> list[_Token]:
     words, items = _expand_repeaters(words, _classify(words))
     tokens: list[_Token] = []
     run: list[_Item] = []
-    for raw, item in zip(words, items):
+    for raw, item in zip(words, items, strict=False):
         if run and item is None and not raw.cut and raw.text in _ORDINALS:
             # "forty second", "one second": an ordinal or a phrase, never the bare number.
             tokens.append(_Token((_number_token(run).readings[0] + raw.text,)))
@@ -420,8 +420,7 @@ class CodeMatcher:
             other = by_key.get(key)
             if other is not None and other != code:
                 raise ValueError(
-                    f"game codes {other!r} and {code!r} are the same code once normalized "
-                    f"({' '.join(key)!r})"
+                    f"game codes {other!r} and {code!r} are the same code once normalized ({' '.join(key)!r})"
                 )
             by_key[key] = code
         # First token -> (key, code), longest key first.

@@ -71,8 +71,7 @@ def stream_url(public_url: str, path: str = STREAM_PATH) -> str:
         raise ValueError(f"public URL {public_url!r} must not contain credentials")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
         raise ValueError(
-            f"public URL {public_url!r} must not have a query string or fragment "
-            "(Twilio strips them from stream URLs)"
+            f"public URL {public_url!r} must not have a query string or fragment (Twilio strips them from stream URLs)"
         )
     host = parts.hostname
     if ":" in host:  # IPv6 literal

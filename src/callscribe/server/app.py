@@ -28,14 +28,23 @@ import trio
 from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
 
-from callscribe.server.twilio_socket import MAX_CLOSE_REASON, AsgiWebSocket, ASGIReceive, ASGISend
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
+from callscribe.core.twiml import game_twiml, transcription_twiml
 from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
+from callscribe.server.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    Hub,
+    HubUnavailable,
+    InMemoryHub,
+    Subscription,
+    UnknownCall,
+)
 from callscribe.server.listener import connection_fate
-from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Hub, HubUnavailable, InMemoryHub, Subscription, UnknownCall
 from callscribe.server.metrics import CONTENT_TYPE, Metrics
-from callscribe.core.twiml import game_twiml, transcription_twiml
+from callscribe.server.twilio_socket import MAX_CLOSE_REASON, ASGIReceive, ASGISend, AsgiWebSocket
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +166,9 @@ class Server:
         if self.closing or self._nursery is None:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
             return
-        call = Call(ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games)
+        call = Call(
+            ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games
+        )
         self._nursery.start_soon(self._run_call, call)
         try:
             await call.finished.wait()
@@ -202,7 +213,11 @@ class Server:
             call_sid = _text(reply).strip()
             if verdict.call_sid is not None and call_sid != verdict.call_sid:
                 log.warning("subscriber %s: token is for call %s, not %s", peer, verdict.call_sid, call_sid[:64])
-                await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}))
+                await ws.send(
+                    json.dumps(
+                        {"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}
+                    )
+                )
                 await _close(ws, CLOSE_POLICY, "token not valid for this call")
                 return None
             await self._subscribe(ws, peer, call_sid)
@@ -227,11 +242,16 @@ class Server:
                         self.metrics.dropped.inc()
                     log.info(
                         "call %s: subscriber %s left after %d messages (%s)",
-                        call_sid, peer, subscription.delivered, subscription.close_reason,
+                        call_sid,
+                        peer,
+                        subscription.delivered,
+                        subscription.close_reason,
                     )
         except UnknownCall:
             log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
-            await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"}))
+            await ws.send(
+                json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"})
+            )
             await _close(ws, CLOSE_POLICY, "unknown callSid")
             return
         except HubUnavailable as error:
@@ -303,7 +323,10 @@ class Server:
     async def twiml(self, http_request: Request, build: Callable[[str], str]) -> Response:
         form = await http_request.form
         verdict = self.access.check_twilio(
-            http_request.headers, http_request.scheme, http_request.path, http_request.query_string.decode("latin-1"),
+            http_request.headers,
+            http_request.scheme,
+            http_request.path,
+            http_request.query_string.decode("latin-1"),
             {key: form[key] for key in form},
         )
         if not verdict.ok:
@@ -345,7 +368,9 @@ async def _discard_incoming(ws: Websocket) -> None:
 
 async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
     log.warning("subscriber %s turned away: %s", peer, error)
-    await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": f"subscriptions are unavailable: {error}"}))
+    await ws.send(
+        json.dumps({"type": "Error", "source": "callscribe", "message": f"subscriptions are unavailable: {error}"})
+    )
     await _close(ws, CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
 
 
@@ -380,8 +405,13 @@ def create_app(
 ) -> QuartTrio:
     app = QuartTrio("callscribe")
     server = Server(
-        settings, hub, connect, subscriber_send_timeout_s=subscriber_send_timeout_s, games=games,
-        forward_number=forward_number, access=access or Access(public_url=public_url),
+        settings,
+        hub,
+        connect,
+        subscriber_send_timeout_s=subscriber_send_timeout_s,
+        games=games,
+        forward_number=forward_number,
+        access=access or Access(public_url=public_url),
     )
     app.extensions["callscribe"] = server
 

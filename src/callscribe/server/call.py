@@ -40,10 +40,10 @@ import trio_websocket
 from callscribe.core import deepgram
 from callscribe.core.backlog import AudioBacklog, Pacer
 from callscribe.core.deepgram import DeepgramState, DeepgramStream, rebase
-from callscribe.server.hub import CLOSE_NORMAL, Hub
-from callscribe.server.games import GamePatch, GameRegistry
 from callscribe.core.mixer import SAMPLES_PER_MS, Mixer
 from callscribe.core.twilio import Dtmf, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
+from callscribe.server.games import GamePatch, GameRegistry
+from callscribe.server.hub import CLOSE_NORMAL, Hub
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class DeepgramLost(Exception):
 
 def error_message(call_sid: str, message: str) -> str:
     """What subscribers receive when callscribe (not Deepgram) has something to report."""
-    return msgspec.json.encode({"type": "Error", "source": "callscribe", "callSid": call_sid, "message": message}).decode()
+    return msgspec.json.encode(
+        {"type": "Error", "source": "callscribe", "callSid": call_sid, "message": message}
+    ).decode()
 
 
 class Call:
@@ -193,7 +195,11 @@ class Call:
                             self._set_close(1003, event.reason[:120])  # type: ignore[union-attr]
                             return
                         if self.stream.rejected >= MAX_REJECTED_FRAMES:
-                            log.warning("call %s: closing the Twilio socket after %d unusable frames", self.call_sid or "(before start)", self.stream.rejected)
+                            log.warning(
+                                "call %s: closing the Twilio socket after %d unusable frames",
+                                self.call_sid or "(before start)",
+                                self.stream.rejected,
+                            )
                             self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
                             return
                     elif kind is Start:
@@ -226,7 +232,10 @@ class Call:
         await self.hub.register_call(self.call_sid)
         log.info(
             "call %s started: stream %s, tracks %s, parameters %s",
-            self.call_sid, start.stream_sid, "+".join(tracks), start.custom_parameters or "none",
+            self.call_sid,
+            start.stream_sid,
+            "+".join(tracks),
+            start.custom_parameters or "none",
         )
         media_send, media_receive = trio.open_memory_channel[MediaInfo](MEDIA_QUEUE)
         window_send, window_receive = trio.open_memory_channel[bytes](
@@ -306,7 +315,12 @@ class Call:
             delay *= self._random.uniform(0.5, 1.0)
             log.warning(
                 "call %s: %s; reconnecting in %.1f s (attempt %d of %d, %.1f s of audio waiting)",
-                self.call_sid, failure, delay, failures, self.settings.max_reconnects, self.backlog.unsent_seconds,
+                self.call_sid,
+                failure,
+                delay,
+                failures,
+                self.settings.max_reconnects,
+                self.backlog.unsent_seconds,
             )
             await trio.sleep(delay)
 
@@ -321,7 +335,10 @@ class Call:
         if len(self.connections) > 1:
             log.info(
                 "call %s: Deepgram connection %d open; replaying %.2f s of audio from call time %.2f s",
-                self.call_sid, len(self.connections), backlog.unsent_seconds, base,
+                self.call_sid,
+                len(self.connections),
+                backlog.unsent_seconds,
+                base,
             )
         finished = trio.Event()
         try:
@@ -332,7 +349,8 @@ class Call:
             if waiting.cancelled_caught:
                 log.warning(
                     "call %s: no Metadata from Deepgram within %g s of CloseStream; closing",
-                    self.call_sid, self.settings.finalize_timeout_s,
+                    self.call_sid,
+                    self.settings.finalize_timeout_s,
                 )
         finally:
             with trio.move_on_after(2, shield=True):
@@ -447,7 +465,12 @@ class Call:
     def _log_rejected(self, event: Rejected) -> None:
         count = self.stream.rejected
         if count <= LOGGED_REJECTIONS or count % 100 == 0 or event.fatal:
-            log.warning("call %s: skipped a Twilio frame (%d so far): %s", self.call_sid or "(before start)", count, event.reason)
+            log.warning(
+                "call %s: skipped a Twilio frame (%d so far): %s",
+                self.call_sid or "(before start)",
+                count,
+                event.reason,
+            )
 
     def _log_end(self, duration_s: float) -> None:
         mixer = self.mixer
@@ -457,9 +480,21 @@ class Call:
         log.info(
             "call %s ended (%s): %.1f s, tracks %s, %d frames (%d skipped), %.2f s of audio sent to Deepgram"
             " (%.2f s padding), %d results received, %d Deepgram connection(s)%s",
-            self.call_sid, self.close_reason, duration_s, "+".join(self.stream.tracks), self.stream.media_frames,
-            self.stream.rejected, audio_s, padded, self.results_received, len(self.connections),
-            (f"; {self.backlog.lost / self.backlog.bytes_per_second:.1f} s of audio never reached Deepgram" if self.backlog.lost else "")
+            self.call_sid,
+            self.close_reason,
+            duration_s,
+            "+".join(self.stream.tracks),
+            self.stream.media_frames,
+            self.stream.rejected,
+            audio_s,
+            padded,
+            self.results_received,
+            len(self.connections),
+            (
+                f"; {self.backlog.lost / self.backlog.bytes_per_second:.1f} s of audio never reached Deepgram"
+                if self.backlog.lost
+                else ""
+            )
             + (f"; transcription failed: {self.deepgram_error}" if self.deepgram_error else ""),
         )
 

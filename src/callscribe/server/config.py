@@ -11,16 +11,15 @@ import argparse
 import logging
 import os
 import ssl
-from dataclasses import dataclass
-
-from callscribe.core import deepgram
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from callscribe.server.call import CallSettings
+from callscribe.core import deepgram
 from callscribe.core.codes import CodePool
-from callscribe.server.games import GameSettings
-from callscribe.core.twiml import stream_url
 from callscribe.core.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
+from callscribe.core.twiml import stream_url
+from callscribe.server.call import CallSettings
+from callscribe.server.games import GameSettings
 
 
 class ConfigError(Exception):
@@ -38,42 +37,108 @@ class Option:
 
 OPTIONS = [
     Option("--listen", "PROXY_URL", "host:port to listen on", "127.0.0.1:5000"),
-    Option("--deepgram-url", "DEEPGRAM_URL", "Deepgram live endpoint and options; encoding, sample_rate, channels and"
-           " multichannel are always set from the call's audio", deepgram.DEFAULT_URL),
+    Option(
+        "--deepgram-url",
+        "DEEPGRAM_URL",
+        "Deepgram live endpoint and options; encoding, sample_rate, channels and"
+        " multichannel are always set from the call's audio",
+        deepgram.DEFAULT_URL,
+    ),
     Option("--deepgram-api-key", "DEEPGRAM_API_KEY", "Deepgram API key (required)", secret=True),
     Option("--deepgram-ca-file", "DEEPGRAM_CA_FILE", "extra CA certificates (PEM) to trust for wss:// to Deepgram"),
     Option("--cert", "CERT_PEM", "TLS certificate chain (PEM); with --key the server speaks https/wss"),
     Option("--key", "KEY_PEM", "TLS private key (PEM); with --cert"),
-    Option("--window-ms", "CALLSCRIBE_WINDOW_MS", f"audio per Deepgram message, {MIN_WINDOW_MS}-{MAX_WINDOW_MS} ms", "100"),
-    Option("--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"),
-    Option("--deepgram-backlog", "CALLSCRIBE_DEEPGRAM_BACKLOG", "seconds of audio kept while Deepgram is"
-           " unreachable, replayed on reconnect", "60"),
-    Option("--deepgram-retries", "CALLSCRIBE_DEEPGRAM_RETRIES", "failed Deepgram connection attempts in a row"
-           " before a call gives up on transcription", "8"),
-    Option("--finalize-timeout", "CALLSCRIBE_FINALIZE_TIMEOUT", "seconds to wait for Deepgram's final results at call end", "5"),
+    Option(
+        "--window-ms", "CALLSCRIBE_WINDOW_MS", f"audio per Deepgram message, {MIN_WINDOW_MS}-{MAX_WINDOW_MS} ms", "100"
+    ),
+    Option(
+        "--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"
+    ),
+    Option(
+        "--deepgram-backlog",
+        "CALLSCRIBE_DEEPGRAM_BACKLOG",
+        "seconds of audio kept while Deepgram is unreachable, replayed on reconnect",
+        "60",
+    ),
+    Option(
+        "--deepgram-retries",
+        "CALLSCRIBE_DEEPGRAM_RETRIES",
+        "failed Deepgram connection attempts in a row before a call gives up on transcription",
+        "8",
+    ),
+    Option(
+        "--finalize-timeout",
+        "CALLSCRIBE_FINALIZE_TIMEOUT",
+        "seconds to wait for Deepgram's final results at call end",
+        "5",
+    ),
     Option("--shutdown-grace", "CALLSCRIBE_SHUTDOWN_GRACE", "seconds live calls get to finish on SIGTERM/SIGINT", "10"),
-    Option("--stall-timeout", "CALLSCRIBE_STALL_TIMEOUT", "seconds a client may leave our data untaken before it is"
-           " disconnected", "20"),
+    Option(
+        "--stall-timeout",
+        "CALLSCRIBE_STALL_TIMEOUT",
+        "seconds a client may leave our data untaken before it is disconnected",
+        "20",
+    ),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
-    Option("--public-url", "PUBLIC_URL", "the server's public https:// (or wss://) address, used in the TwiML it"
-           " serves; default: taken from each request's Host and X-Forwarded-* headers"),
-    Option("--forward-number", "FORWARD_NUMBER", "number the transcription TwiML (POST /twiml) dials after starting the stream"),
+    Option(
+        "--public-url",
+        "PUBLIC_URL",
+        "the server's public https:// (or wss://) address, used in the TwiML it"
+        " serves; default: taken from each request's Host and X-Forwarded-* headers",
+    ),
+    Option(
+        "--forward-number",
+        "FORWARD_NUMBER",
+        "number the transcription TwiML (POST /twiml) dials after starting the stream",
+    ),
     Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games"),
-    Option("--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'),
-    Option("--route", "CALLSCRIBE_ROUTE", "transcribe, or game to route every call to games (calls with the stream"
-           " parameter route=game always go to games)", "transcribe"),
-    Option("--speech", "CALLSCRIBE_SPEECH", "speech engine for talking back: aura, espeak, or auto (Aura when"
-           " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)", "auto"),
-    Option("--twilio-auth-token", "TWILIO_AUTH_TOKEN", "check X-Twilio-Signature on /twilio and the TwiML routes"
-           " with this Twilio auth token", secret=True),
+    Option(
+        "--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'
+    ),
+    Option(
+        "--route",
+        "CALLSCRIBE_ROUTE",
+        "transcribe, or game to route every call to games (calls with the stream"
+        " parameter route=game always go to games)",
+        "transcribe",
+    ),
+    Option(
+        "--speech",
+        "CALLSCRIBE_SPEECH",
+        "speech engine for talking back: aura, espeak, or auto (Aura when"
+        " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)",
+        "auto",
+    ),
+    Option(
+        "--twilio-auth-token",
+        "TWILIO_AUTH_TOKEN",
+        "check X-Twilio-Signature on /twilio and the TwiML routes with this Twilio auth token",
+        secret=True,
+    ),
     Option("--tokens", "CALLSCRIBE_TOKENS", "comma-separated bearer tokens accepted on /client and /game", secret=True),
-    Option("--token-secret", "CALLSCRIBE_TOKEN_SECRET", "secret for signed bearer tokens (callscribe token mints"
-           " them; they expire and may be limited to one call)", secret=True),
-    Option("--allowed-origins", "CALLSCRIBE_ALLOWED_ORIGINS", "comma-separated Origins browsers may connect"
-           " from (default: any)"),
-    Option("--redis-url", "CALLSCRIBE_REDIS_URL", "redis:// URL of a Redis shared by several callscribe processes"
-           " (calls streaming into one can be followed from any); default: this process only"),
-    Option("--speak-url", "DEEPGRAM_SPEAK_URL", "Deepgram Aura text-to-speech endpoint", "https://api.deepgram.com/v1/speak"),
+    Option(
+        "--token-secret",
+        "CALLSCRIBE_TOKEN_SECRET",
+        "secret for signed bearer tokens (callscribe token mints them; they expire and may be limited to one call)",
+        secret=True,
+    ),
+    Option(
+        "--allowed-origins",
+        "CALLSCRIBE_ALLOWED_ORIGINS",
+        "comma-separated Origins browsers may connect from (default: any)",
+    ),
+    Option(
+        "--redis-url",
+        "CALLSCRIBE_REDIS_URL",
+        "redis:// URL of a Redis shared by several callscribe processes"
+        " (calls streaming into one can be followed from any); default: this process only",
+    ),
+    Option(
+        "--speak-url",
+        "DEEPGRAM_SPEAK_URL",
+        "Deepgram Aura text-to-speech endpoint",
+        "https://api.deepgram.com/v1/speak",
+    ),
 ]
 
 
@@ -93,7 +158,7 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0
     stall_timeout_s: float = 20.0
     log_level: int = logging.INFO
-    games: GameSettings = GameSettings()
+    games: GameSettings = field(default_factory=GameSettings)
     public_url: str | None = None
     forward_number: str | None = None
     speech: str = "espeak"
@@ -152,7 +217,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
     api_key = values["DEEPGRAM_API_KEY"]
     if not api_key:
-        raise ConfigError("DEEPGRAM_API_KEY (or --deepgram-api-key) is required; try `callscribe fake-deepgram` for a local key-less run")
+        raise ConfigError(
+            "DEEPGRAM_API_KEY (or --deepgram-api-key) is required; try `callscribe fake-deepgram` for a local key-less run"
+        )
     url = values["DEEPGRAM_URL"] or ""
     try:
         deepgram.listen_url(url, channels=1)
@@ -178,7 +245,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
         except ssl.SSLError as error:
-            raise ConfigError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {error.reason or error}") from None
+            raise ConfigError(
+                f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {error.reason or error}"
+            ) from None
 
     window_ms = int(_number(values, "CALLSCRIBE_WINDOW_MS", MIN_WINDOW_MS, MAX_WINDOW_MS, int))
     jitter_ms = int(_number(values, "CALLSCRIBE_JITTER_MS", 0, 1000, int))
@@ -189,7 +258,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
     level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}")
+        raise ConfigError(
+            f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}"
+        )
 
     public_url = values["PUBLIC_URL"] or None
     if public_url:

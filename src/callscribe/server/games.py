@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import trio
 
-from callscribe.core.deepgram import MessageKind
 from callscribe.core.codes import CodePool, DtmfCollector, code_from_results, find_code
+from callscribe.core.deepgram import MessageKind
+from callscribe.core.twilio import clear_message, mark_message, media_message
 from callscribe.server.hub import CLOSE_GOING_AWAY, Subscription
 from callscribe.server.speech import SpeechEngine, SpeechError
-from callscribe.core.twilio import clear_message, mark_message, media_message
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Game:
             try:
                 command = json.loads(text)
             except ValueError:
-                self.send(error_message("not valid JSON: send plain text to speak, or {\"type\":\"Say\",\"text\":...}"))
+                self.send(error_message('not valid JSON: send plain text to speak, or {"type":"Say","text":...}'))
                 return
         if isinstance(command, dict):
             kind = command.get("type")
@@ -106,7 +106,11 @@ class GameRegistry:
     def __init__(self, settings: GameSettings, speech: SpeechEngine | None, pool: CodePool | None = None) -> None:
         self.settings = settings
         self.speech = speech
-        self.pool = pool if pool is not None else (CodePool.from_file(settings.codes_file) if settings.codes_file else CodePool())
+        self.pool = (
+            pool
+            if pool is not None
+            else (CodePool.from_file(settings.codes_file) if settings.codes_file else CodePool())
+        )
         self.games: dict[str, Game] = {}
 
     def join(self, peer: str) -> Game | None:
@@ -210,7 +214,9 @@ class GamePatch:
         self._say_send.send_nowait(None)  # room: the queue was just emptied
 
     def game_left(self) -> None:
-        log.info("call %s: game %s left; the call goes on unpatched", self.call_sid, self.game.code if self.game else "?")
+        log.info(
+            "call %s: game %s left; the call goes on unpatched", self.call_sid, self.game.code if self.game else "?"
+        )
         self.game = None
         self.clear()
 
@@ -270,7 +276,9 @@ class GamePatch:
             return
         game = self.registry.games.get(code)
         if game is None or game.patch is not None:
-            log.info("call %s %s: code %s matched but its game is %s", self.call_sid, how, code, "busy" if game else "gone")
+            log.info(
+                "call %s %s: code %s matched but its game is %s", self.call_sid, how, code, "busy" if game else "gone"
+            )
             return
         self.game, game.patch = game, self
         log.info("call %s patched to game %s (%s)", self.call_sid, code, how)

@@ -129,7 +129,7 @@ class Hub(Protocol):
 
 
 class _CallEntry:
-    __slots__ = ("streams", "subscriptions", "notice")
+    __slots__ = ("notice", "streams", "subscriptions")
 
     def __init__(self) -> None:
         self.streams = 0

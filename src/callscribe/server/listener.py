@@ -26,8 +26,8 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -135,7 +135,9 @@ class GuardedTCPServer(TCPServer):
     frame) shuts the stream down without the send lock its writers take, so an app task writing at
     that moment gets `trio.BusyResourceError` from inside `send_all` instead of a quiet end."""
 
-    def __init__(self, app: AppWrapper, config: Config, context: WorkerContext, state: dict[str, Any], stream: trio.abc.Stream) -> None:
+    def __init__(
+        self, app: AppWrapper, config: Config, context: WorkerContext, state: dict[str, Any], stream: trio.abc.Stream
+    ) -> None:
         fate = ConnectionFate()
         state = ConnectionState({**state, CONNECTION_KEY: fate})
         super().__init__(app, config, context, state, _WatchedStream(stream, fate))  # type: ignore[arg-type]
@@ -174,9 +176,7 @@ def _install_hypercorn_fixes() -> None:
 _install_hypercorn_fixes()
 
 
-async def guarded_connection(
-    handle: Callable[[trio.abc.Stream], Awaitable[None]], stream: trio.abc.Stream
-) -> None:
+async def guarded_connection(handle: Callable[[trio.abc.Stream], Awaitable[None]], stream: trio.abc.Stream) -> None:
     """Run one connection's handler; whatever it raises stays with this connection."""
     peer = _peer_of(stream)
     try:
@@ -239,7 +239,11 @@ def _listeners(config: Config) -> tuple[list[trio.abc.Listener[trio.abc.Stream]]
     binds: list[str] = []
     for sock in sockets.secure_sockets:
         sock.listen(config.backlog)
-        listeners.append(trio.SSLListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), ssl_context, https_compatible=True))
+        listeners.append(
+            trio.SSLListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)), ssl_context, https_compatible=True
+            )
+        )
         binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -27,14 +27,28 @@ class Metrics:
             gauge.set_function(lambda name=name: live()[name])
         self.calls = Counter("callscribe_calls", "Calls ended", ["outcome"], registry=self.registry)
         self.frames = Counter("callscribe_twilio_frames", "Twilio media frames received", registry=self.registry)
-        self.rejected = Counter("callscribe_twilio_frames_rejected", "Twilio frames skipped as unusable", registry=self.registry)
-        self.audio = Counter("callscribe_audio_seconds_sent", "Seconds of call audio sent to Deepgram", registry=self.registry)
-        self.lost = Counter("callscribe_audio_seconds_lost", "Seconds of call audio that never reached Deepgram", registry=self.registry)
-        self.results = Counter("callscribe_deepgram_results", "Deepgram Results messages received", registry=self.registry)
-        self.connections = Counter("callscribe_deepgram_connections", "Deepgram connections opened", registry=self.registry)
-        self.dropped = Counter("callscribe_subscribers_dropped", "Subscribers disconnected for lagging or stalling", registry=self.registry)
+        self.rejected = Counter(
+            "callscribe_twilio_frames_rejected", "Twilio frames skipped as unusable", registry=self.registry
+        )
+        self.audio = Counter(
+            "callscribe_audio_seconds_sent", "Seconds of call audio sent to Deepgram", registry=self.registry
+        )
+        self.lost = Counter(
+            "callscribe_audio_seconds_lost", "Seconds of call audio that never reached Deepgram", registry=self.registry
+        )
+        self.results = Counter(
+            "callscribe_deepgram_results", "Deepgram Results messages received", registry=self.registry
+        )
+        self.connections = Counter(
+            "callscribe_deepgram_connections", "Deepgram connections opened", registry=self.registry
+        )
+        self.dropped = Counter(
+            "callscribe_subscribers_dropped", "Subscribers disconnected for lagging or stalling", registry=self.registry
+        )
 
-    def call_ended(self, *, outcome: str, frames: int, rejected: int, audio_s: float, lost_s: float, results: int, connections: int) -> None:
+    def call_ended(
+        self, *, outcome: str, frames: int, rejected: int, audio_s: float, lost_s: float, results: int, connections: int
+    ) -> None:
         self.calls.labels(outcome).inc()
         self.frames.inc(frames)
         self.rejected.inc(rejected)

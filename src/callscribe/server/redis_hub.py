@@ -38,7 +38,14 @@ import coredis
 import coredis.retry
 import trio
 
-from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, DEFAULT_QUEUE_SIZE, HubUnavailable, Subscription, UnknownCall
+from callscribe.server.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    DEFAULT_QUEUE_SIZE,
+    HubUnavailable,
+    Subscription,
+    UnknownCall,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,8 @@ class RedisHub:
             self.down = True
             log.error(
                 "Redis is unavailable (%s: %s); calls go on, this process's subscribers are served directly",
-                what, error,
+                what,
+                error,
             )
 
     def _answered(self) -> None:
@@ -217,7 +225,7 @@ class RedisHub:
             if message is None or message.get("type") != "message":
                 await trio.lowlevel.checkpoint()
                 continue
-            self._deliver(str(message["channel"])[len(prefix):], str(message["data"]))
+            self._deliver(str(message["channel"])[len(prefix) :], str(message["data"]))
 
     def _deliver(self, call_sid: str, data: str) -> None:
         """Hand one message (kind letter + text) to this process's subscribers of the call."""

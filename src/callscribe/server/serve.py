@@ -20,13 +20,13 @@ import socket
 import trio
 from hypercorn.config import Config
 
+from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.server import listener
 from callscribe.server.app import Server, create_app
-from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
-from callscribe.server.speech import engine_from_settings
 from callscribe.server.hub import Hub
+from callscribe.server.speech import engine_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs."""
     speech = engine_from_settings(
-        settings.call.deepgram_api_key, prefer=settings.speech, aura_url=settings.speak_url  # type: ignore[arg-type]
+        settings.call.deepgram_api_key,
+        prefer=settings.speech,
+        aura_url=settings.speak_url,  # type: ignore[arg-type]
     )
     games = GameRegistry(settings.games, speech)
     access = Access(
@@ -82,9 +84,13 @@ async def serve(
         public_url=settings.public_url,
     )
     if access.twilio is None:
-        log.warning("TWILIO_AUTH_TOKEN is not set: anyone who finds /twilio can stream audio (and run up the Deepgram bill)")
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: anyone who finds /twilio can stream audio (and run up the Deepgram bill)"
+        )
     if not access.tokens.enabled:
-        log.warning("no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game")
+        log.warning(
+            "no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game"
+        )
     if hub is None and settings.redis_url:
         from callscribe.server.redis_hub import RedisHub
 

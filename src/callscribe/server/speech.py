@@ -747,9 +747,7 @@ class FakeAura:
             await stream.aclose()
 
     @staticmethod
-    async def _receive_request(
-        conn: h11.Connection, stream: trio.SocketStream
-    ) -> tuple[h11.Request, bytes] | None:
+    async def _receive_request(conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request, bytes] | None:
         request: h11.Request | None = None
         body = bytearray()
         for _ in range(_MAX_BODY):  # bounded: every round consumes an event or some bytes
@@ -790,7 +788,9 @@ class FakeAura:
         try:
             data = json.loads(body)
         except ValueError:
-            raise _Reject(400, "Bad Request", "Content-type was application/json, but we could not process the JSON payload.") from None
+            raise _Reject(
+                400, "Bad Request", "Content-type was application/json, but we could not process the JSON payload."
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("text"), str) or not data["text"].strip():
             raise _Reject(400, "Bad Request", "text must be a non-empty string")
         text: str = data["text"]
@@ -815,7 +815,9 @@ class FakeAura:
             text = self._check(record, body)
         except _Reject as reject:
             record.status = reject.status
-            payload = json.dumps({"err_code": reject.err_code, "err_msg": reject.err_msg, "request_id": request_id}).encode()
+            payload = json.dumps(
+                {"err_code": reject.err_code, "err_msg": reject.err_msg, "request_id": request_id}
+            ).encode()
             headers = [
                 ("content-type", "application/json"),
                 ("content-length", str(len(payload))),

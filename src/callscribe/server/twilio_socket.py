@@ -68,11 +68,16 @@ class AsgiWebSocket:
             await self._send({"type": "websocket.close", "code": 1008})
             return
         body = (reason + "\n").encode()
-        await self._send({
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
-        })
+        await self._send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await self._send({"type": "websocket.http.response.body", "body": body})
 
     async def receive(self) -> str | bytes:
@@ -104,11 +109,13 @@ class AsgiWebSocket:
         if self.gone:
             return
         with trio.move_on_after(timeout_s):
-            await self._send({
-                "type": "websocket.close",
-                "code": code,
-                "reason": reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"),
-            })
+            await self._send(
+                {
+                    "type": "websocket.close",
+                    "code": code,
+                    "reason": reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"),
+                }
+            )
             while (await self._receive())["type"] != "websocket.disconnect":
                 pass
             self.gone = True

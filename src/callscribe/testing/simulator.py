@@ -165,9 +165,7 @@ def _track_rng(spec: CallSpec, track: str, purpose: str) -> random.Random:
     return random.Random(f"{spec.seed}/{track}/{purpose}")
 
 
-def _split_track(
-    audio: bytes, frame_bytes: int, off_size: float, rng: random.Random
-) -> list[tuple[int, bytes]]:
+def _split_track(audio: bytes, frame_bytes: int, off_size: float, rng: random.Random) -> list[tuple[int, bytes]]:
     """Cut a track into ``(byte offset, payload)`` chunks on the ``frame_bytes`` grid,
     making a chunk off-size with probability ``off_size``.
 
@@ -647,9 +645,7 @@ def _key_value(separator: str) -> Any:
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``callscribe simulate-call`` options to ``parser``."""
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"WebSocket URL of the server (default {DEFAULT_URL})"
-    )
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"WebSocket URL of the server (default {DEFAULT_URL})")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--wav",
@@ -658,9 +654,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "channel 1 the other party (outbound)",
     )
     source.add_argument("--mulaw", metavar="FILE", help="raw 8 kHz mu-law file for the inbound track")
-    parser.add_argument(
-        "--outbound-mulaw", metavar="FILE", help="raw 8 kHz mu-law file for the outbound track"
-    )
+    parser.add_argument("--outbound-mulaw", metavar="FILE", help="raw 8 kHz mu-law file for the outbound track")
     parser.add_argument(
         "--duration",
         type=argtypes.positive_float,
@@ -704,9 +698,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="probability a chunk is split or merged",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="random seed for loss/off-size/jitter (default 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed for loss/off-size/jitter (default 0)")
     parser.add_argument("--call-sid", default=None, help="CallSid to send (default: random)")
     parser.add_argument(
         "--param",
@@ -844,8 +836,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         return 2
     speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
     print(
-        f"call {spec.call_sid} -> {args.url}, {spec.duration_s:.1f} s, "
-        f"tracks {'+'.join(spec.tracks)}, {speed}",
+        f"call {spec.call_sid} -> {args.url}, {spec.duration_s:.1f} s, tracks {'+'.join(spec.tracks)}, {speed}",
         flush=True,
     )
     try:
@@ -874,8 +865,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
 def _summary(spec: CallSpec, report: SimulationReport, close_wait: float) -> str:
     counts = {track: sum(1 for f in report.frames if f.track == track) for track in spec.tracks}
     sent = ", ".join(
-        f"{counts[track]} {track} frames ({report.bytes_by_track.get(track, 0)} bytes)"
-        for track in spec.tracks
+        f"{counts[track]} {track} frames ({report.bytes_by_track.get(track, 0)} bytes)" for track in spec.tracks
     )
     elapsed = (report.sent_at[-1] - report.started_at) if report.sent_at else 0.0
     parts = [f"sent {sent} over {elapsed:.2f} s", "stop sent" if report.stop_sent else "no stop"]
