@@ -1,18 +1,13 @@
-"""The Quart-Trio application: routes, and the supervisor that owns every call.
-
-Quart-Trio cancels a WebSocket handler the moment its peer disconnects. A call must outlive that
-(Twilio hanging up is the normal end of a call, and the last audio still has to be flushed and
-transcribed), so calls do not run in their handler: they run in the supervisor's nursery, which
-lives as long as the app. The `/twilio` handler starts the call there and waits for it; when the
-handler is cancelled it tells the call that its input ended, and the call finishes on its own.
-(`/twilio` runs outside Quart anyway, for speed; the same shape keeps it safe either way.)
+"""The Quart-Trio application: its routes, each a thin handler over the supervisor and the hub.
 
 Routes:
-- `/twilio`      (WebSocket) Twilio Media Streams, served on plain ASGI in front of Quart (asgi_websocket.py).
+- `/twilio`      (WebSocket) Twilio Media Streams, served on plain ASGI in front of Quart
+                 (twilio_socket.py); each stream is a call run by the supervisor (supervisor.py).
 - `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
+- `/metrics`     (GET) Prometheus metrics.
 - `/healthz`     (GET) JSON with the live counts.
 """
 
@@ -20,8 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -43,7 +37,8 @@ from callscribe.server.hub import (
     UnknownCall,
 )
 from callscribe.server.listener import connection_fate
-from callscribe.server.metrics import CONTENT_TYPE, Metrics
+from callscribe.server.metrics import CONTENT_TYPE
+from callscribe.server.supervisor import Supervisor
 from callscribe.server.twilio_socket import MAX_CLOSE_REASON, ASGIReceive, ASGISend, AsgiWebSocket
 
 log = logging.getLogger(__name__)
@@ -62,7 +57,7 @@ def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
 
 
 class Server:
-    """State shared by the routes: the hub, the live calls and the supervisor nursery that runs them."""
+    """The routes' shared state: access policy, settings, and the supervisor that owns the calls."""
 
     def __init__(
         self,
@@ -75,86 +70,27 @@ class Server:
         forward_number: str | None = None,
         access: Access | None = None,
     ) -> None:
-        self.settings = settings
         self.access = access or Access()
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
         self.forward_number = forward_number
         self.hub: Hub = hub if hub is not None else InMemoryHub()
-        self.connect = connect
-        self.calls: set[Call] = set()
-        self.closing = False
-        self._nursery: trio.Nursery | None = None
-        self._connection_scopes: set[trio.CancelScope] = set()
-        self.metrics = Metrics(self._live_counts)
-        self._idle = trio.Event()
+        self.supervisor = Supervisor(settings, self.hub, self.games, connect)
+        self.metrics = self.supervisor.metrics
 
-    async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the hub's tasks and every call's; runs for the life of the app. The hub outlives the
-        calls, which unregister from it as they end."""
-        async with trio.open_nursery() as hub_nursery:
-            await hub_nursery.start(self.hub.run)
-            async with trio.open_nursery() as calls:
-                self._nursery = calls
-                task_status.started()
-                await trio.sleep_forever()
-            hub_nursery.cancel_scope.cancel()
-
-    async def _run_call(self, call: Call) -> None:
-        self.calls.add(call)
-        outcome = "failed"
-        try:
-            await call.run()
-            outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
-        except Exception:
-            log.exception("call %s failed", call.call_sid or "(before start)")
-        finally:
-            backlog = call.backlog
-            self.metrics.call_ended(
-                outcome=outcome,
-                frames=call.stream.media_frames,
-                rejected=call.stream.rejected,
-                audio_s=call.audio_bytes_sent / backlog.bytes_per_second,
-                lost_s=backlog.lost / backlog.bytes_per_second,
-                results=call.results_received,
-                connections=len(call.connections),
-            )
-            self.calls.discard(call)
-            if not self.calls:
-                self._idle.set()
+    @property
+    def calls(self) -> set[Call]:
+        return self.supervisor.calls
 
     async def shutdown(self, grace_s: float) -> None:
-        """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
-        self.closing = True
-        for call in list(self.calls):
-            call.end_input(CLOSE_GOING_AWAY, "server shutting down")
-        if self.calls:
-            self._idle = trio.Event()
-            with trio.move_on_after(grace_s):
-                await self._idle.wait()
-        await self.hub.shutdown()
-        self.games.shutdown()
-        for scope in list(self._connection_scopes):
-            scope.cancel()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
-    @contextmanager
-    def _connection(self) -> Iterator[trio.CancelScope]:
-        """A scope around a subscriber connection that shutdown cancels."""
-        with trio.CancelScope() as scope:
-            self._connection_scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                self._connection_scopes.discard(scope)
+        await self.supervisor.shutdown(grace_s)
 
     # -- /twilio -------------------------------------------------------------------------------
 
     async def handle_twilio(self, ws: AsgiWebSocket) -> None:
-        """A Twilio Media Stream. It runs on plain ASGI, not Quart (see asgi_websocket.py): the
-        call reads Hypercorn's queue directly and runs in the supervisor's nursery; this waits for
-        it, then closes the socket with the call's close code."""
+        """A Twilio Media Stream, on plain ASGI rather than Quart (see twilio_socket.py). The call
+        runs in the supervisor's nursery; this waits for it, then closes the socket with the
+        call's close code."""
         if not await ws.connected():
             return
         verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string, {})
@@ -163,13 +99,10 @@ class Server:
             await ws.refuse(403, verdict.reason)
             return
         await ws.accept()
-        if self.closing or self._nursery is None:
+        if not self.supervisor.accepting:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
             return
-        call = Call(
-            ws.receive, settings=self.settings, hub=self.hub, connect=self.connect, send=ws.send, games=self.games
-        )
-        self._nursery.start_soon(self._run_call, call)
+        call = self.supervisor.start_call(ws.receive, ws.send)
         try:
             await call.finished.wait()
         finally:
@@ -185,7 +118,7 @@ class Server:
         if not verdict.ok:
             return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, _peer(ws))
         await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
-        if self.closing:
+        if self.supervisor.closing:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
             return None
         return verdict
@@ -195,7 +128,7 @@ class Server:
         verdict = await self._admit(ws, "a subscriber")
         if not isinstance(verdict, Verdict):
             return verdict
-        with self._connection() as scope:
+        with self.supervisor.connection() as scope:
             try:
                 calls = await self.hub.active_calls()
             except HubUnavailable as error:
@@ -302,7 +235,7 @@ class Server:
             return None
         log.info("game %s joined with code %s", peer, game.code)
         try:
-            with self._connection():
+            with self.supervisor.connection():
                 await ws.send(self.games.settings.phone_number)
                 await ws.send(game.code)
                 async with trio.open_nursery() as nursery:
@@ -340,19 +273,6 @@ class Server:
         scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
         host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
         return f"{scheme}://{host}"
-
-    def _live_counts(self) -> dict[str, int]:
-        stats = self.hub.stats()
-        return {"active_calls": stats["calls"], "subscribers": stats["subscribers"], "games": len(self.games.games)}
-
-    def health(self) -> dict[str, object]:
-        stats = self.hub.stats()
-        return {
-            "status": "closing" if self.closing else "ok",
-            "active_calls": stats["calls"],
-            "subscribers": stats["subscribers"],
-            "games": len(self.games.games),
-        }
 
 
 async def _game_commands(ws: Websocket, game: Game) -> None:
@@ -417,7 +337,7 @@ def create_app(
 
     @app.before_serving
     async def start_supervisor() -> None:
-        await app.nursery.start(server.supervise)
+        await app.nursery.start(server.supervisor.run)
 
     @app.websocket("/client")
     async def client() -> Response | None:
@@ -441,7 +361,7 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:
-        return server.health(), 200
+        return server.supervisor.health(), 200
 
     quart_asgi = app.asgi_app
 

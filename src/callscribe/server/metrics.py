@@ -8,9 +8,13 @@ Each app gets its own registry, so several servers in one process (tests) do not
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+if TYPE_CHECKING:
+    from callscribe.server.call import Call
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -46,16 +50,16 @@ class Metrics:
             "callscribe_subscribers_dropped", "Subscribers disconnected for lagging or stalling", registry=self.registry
         )
 
-    def call_ended(
-        self, *, outcome: str, frames: int, rejected: int, audio_s: float, lost_s: float, results: int, connections: int
-    ) -> None:
+    def call_ended(self, call: Call, outcome: str) -> None:
+        """Add a finished call's totals (its `outcome`: ok, no_start, transcription_failed, failed)."""
+        backlog = call.backlog
         self.calls.labels(outcome).inc()
-        self.frames.inc(frames)
-        self.rejected.inc(rejected)
-        self.audio.inc(audio_s)
-        self.lost.inc(lost_s)
-        self.results.inc(results)
-        self.connections.inc(connections)
+        self.frames.inc(call.stream.media_frames)
+        self.rejected.inc(call.stream.rejected)
+        self.audio.inc(call.audio_bytes_sent / backlog.bytes_per_second)
+        self.lost.inc(backlog.lost / backlog.bytes_per_second)
+        self.results.inc(call.results_received)
+        self.connections.inc(len(call.connections))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

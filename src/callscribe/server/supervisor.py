@@ -1,0 +1,115 @@
+"""The supervisor: the nursery that owns every call, and the server's orderly shutdown.
+
+Quart-Trio cancels a WebSocket handler the moment its peer disconnects. A call must outlive that
+(Twilio hanging up is the normal end of a call, and the last audio still has to be flushed and
+transcribed), so calls do not run in their handler: they run in the supervisor's nursery, which
+lives as long as the app. The `/twilio` handler starts the call here and waits for it; when the
+handler ends it tells the call that its input ended, and the call finishes on its own.
+
+The hub's own tasks run in an outer nursery: the hub outlives the calls, which unregister from it
+as they end. Subscriber and game connections register a cancel scope (`connection()`) that
+shutdown cancels once the calls are done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import trio
+
+from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.games import GameRegistry
+from callscribe.server.hub import CLOSE_GOING_AWAY, Hub
+from callscribe.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Owns the hub's tasks and every call's; `run` lives as long as the app."""
+
+    def __init__(self, settings: CallSettings, hub: Hub, games: GameRegistry, connect: Connector | None = None) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.games = games
+        self.connect = connect
+        self.calls: set[Call] = set()
+        self.closing = False
+        self.metrics = Metrics(self.live_counts)
+        self._nursery: trio.Nursery | None = None
+        self._connection_scopes: set[trio.CancelScope] = set()
+        self._idle = trio.Event()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as hub_nursery:
+            await hub_nursery.start(self.hub.run)
+            async with trio.open_nursery() as calls:
+                self._nursery = calls
+                task_status.started()
+                await trio.sleep_forever()
+            hub_nursery.cancel_scope.cancel()
+
+    @property
+    def accepting(self) -> bool:
+        """New calls and connections are welcome (running, not shutting down)."""
+        return self._nursery is not None and not self.closing
+
+    def start_call(
+        self, receive: Callable[[], Awaitable[str | bytes | None]], send: Callable[[str], Awaitable[None]] | None
+    ) -> Call:
+        """Start a call reading Twilio frames from `receive` (and talking back with `send`); the
+        caller waits for `call.finished` and calls `call.end_input()` when its socket is gone."""
+        if self._nursery is None:
+            raise RuntimeError("the supervisor is not running")
+        call = Call(receive, settings=self.settings, hub=self.hub, connect=self.connect, send=send, games=self.games)
+        self._nursery.start_soon(self._run_call, call)
+        return call
+
+    async def _run_call(self, call: Call) -> None:
+        self.calls.add(call)
+        outcome = "failed"
+        try:
+            await call.run()
+            outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
+        except Exception:
+            log.exception("call %s failed", call.call_sid or "(before start)")
+        finally:
+            self.metrics.call_ended(call, outcome)
+            self.calls.discard(call)
+            if not self.calls:
+                self._idle.set()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
+        self.closing = True
+        for call in list(self.calls):
+            call.end_input(CLOSE_GOING_AWAY, "server shutting down")
+        if self.calls:
+            self._idle = trio.Event()
+            with trio.move_on_after(grace_s):
+                await self._idle.wait()
+        await self.hub.shutdown()
+        self.games.shutdown()
+        for scope in list(self._connection_scopes):
+            scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @contextmanager
+    def connection(self) -> Iterator[trio.CancelScope]:
+        """A scope around a subscriber or game connection that shutdown cancels."""
+        with trio.CancelScope() as scope:
+            self._connection_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._connection_scopes.discard(scope)
+
+    def live_counts(self) -> dict[str, int]:
+        stats = self.hub.stats()
+        return {"active_calls": stats["calls"], "subscribers": stats["subscribers"], "games": len(self.games.games)}
+
+    def health(self) -> dict[str, object]:
+        return {"status": "closing" if self.closing else "ok", **self.live_counts()}
