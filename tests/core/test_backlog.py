@@ -28,7 +28,7 @@ def test_rewind_resends_from_the_first_window_no_final_covers() -> None:
     for n in range(5):
         backlog.append(window(n))
     assert send_all(backlog) == [window(n) for n in range(5)]
-    backlog.acknowledge(0, 0.2, base_s=0.0)  # finals cover the first two 100 ms windows
+    backlog.acknowledge(0, 0.2)  # finals cover the first two 100 ms windows
     assert backlog.rewind() == 0.2
     assert send_all(backlog) == [window(n) for n in range(2, 5)]
 
@@ -38,13 +38,13 @@ def test_all_channels_must_be_covered() -> None:
     for n in range(4):
         backlog.append(window(n, 1600))
     send_all(backlog)
-    backlog.acknowledge(0, 0.3, base_s=0.0)
+    backlog.acknowledge(0, 0.3)
     assert backlog.rewind() == 0.0  # channel 1 has no final yet
     send_all(backlog)
-    backlog.acknowledge(1, 0.1, base_s=0.0)
+    backlog.acknowledge(1, 0.1)
     assert backlog.rewind() == 0.1
     send_all(backlog)
-    backlog.acknowledge(1, 0.2, base_s=0.1)  # a later connection: its 0.2 s is call time 0.3
+    backlog.acknowledge(1, 0.3)
     assert backlog.rewind() == 0.3
 
 
@@ -52,7 +52,7 @@ def test_unsent_windows_are_never_acknowledged_away() -> None:
     backlog = AudioBacklog(channels=1)
     backlog.append(window(0))
     backlog.append(window(1))
-    backlog.acknowledge(0, 10.0, base_s=0.0)  # a confused final far ahead
+    backlog.acknowledge(0, 10.0)  # a confused final far ahead
     assert send_all(backlog) == [window(0), window(1)]
 
 
@@ -80,7 +80,7 @@ def test_sent_audio_over_reconnects_covers_everything_in_order(steps: list[tuple
         base, sent = connections[-1]
         for w in send_all(backlog):
             sent += w
-        backlog.acknowledge(0, covered * len(sent) / 8000, base)
+        backlog.acknowledge(0, base + covered * len(sent) / 8000)
         if reconnect:
             connections.append((backlog.rewind(), bytearray()))
     for w in send_all(backlog):
@@ -151,3 +151,18 @@ def test_rebase_shifts_every_time_and_leaves_the_rest() -> None:
     assert rebase(text, 3.0) is text and rebase("not json", 3.0) == "not json"
     original = json.dumps(results)
     assert rebase(original, 0.0) is original
+
+
+def test_abandoning_counts_what_deepgram_never_got_as_lost_once() -> None:
+    backlog = AudioBacklog(channels=1, max_seconds=0.3)
+    for n in range(5):
+        backlog.append(window(n))  # the first two fall out of the full backlog
+    first = backlog.next_unsent()
+    assert first == window(2)
+    backlog.mark_sent(first)
+    assert backlog.lost == 2 * 800
+    assert backlog.abandon() == 0.2  # windows 3 and 4 were never sent
+    assert backlog.lost == 4 * 800 and backlog.next_unsent() is None and backlog.unsent_seconds == 0
+    backlog.append(window(5))  # Twilio is still read to the end: its audio goes straight to `lost`
+    assert backlog.lost == 5 * 800 and backlog.next_unsent() is None and backlog.unsent_seconds == 0
+    assert backlog.end == 6 * 800

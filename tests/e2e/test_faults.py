@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import signal
@@ -73,7 +74,9 @@ async def test_deepgram_dropping_several_times_loses_no_audio_and_keeps_one_time
         assert starts == sorted(starts)
         assert all(b[0] >= a[1] - 1e-6 for a, b in itertools.pairwise(spans))
         assert spans[-1][1] == pytest.approx(6.0, abs=0.01)
-    assert not [m for m in subscriber.messages if '"source":"callscribe"' in m.replace(" ", "")]
+    # Each drop is announced once and its recovery too; nothing else from callscribe itself.
+    notices = [json.loads(m)["type"] for m in subscriber.messages if '"source":"callscribe"' in m.replace(" ", "")]
+    assert notices and notices == ["Reconnecting", "Resumed"] * (len(notices) // 2)
     assert subscriber.types[-1] == "Metadata" and subscriber.close_code == 1000
     server.stop.set()
 
@@ -93,10 +96,23 @@ async def test_an_untrusted_deepgram_certificate_is_reported_as_such(nursery: tr
     server.stop.set()
 
 
-async def test_a_stalled_subscriber_is_dropped_and_others_keep_their_latency(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
-) -> None:
+class _WhenLogged(logging.Handler):
+    """Notes the trio time at which a message containing `text` is first logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.at is None and self.text in record.getMessage():
+            self.at = trio.current_time()
+
+
+async def test_a_stalled_subscriber_is_dropped_and_never_holds_up_the_others(nursery: trio.Nursery) -> None:
     sent_at: dict[str, float] = {}
+    dropped = _WhenLogged("dropping subscriber")
+    logging.getLogger("callscribe").addHandler(dropped)
     fake = FakeDeepgram(
         FakeDeepgramBehaviour(api_key=API_KEY, result_every_s=0.1, transcript=" ".join(["stall"] * 1500)),
         on_send=lambda session, text: sent_at.setdefault(text, trio.current_time()),
@@ -133,11 +149,16 @@ async def test_a_stalled_subscriber_is_dropped_and_others_keep_their_latency(
                 await trio.sleep(0.05)
         inner.cancel_scope.cancel()
 
-    assert any("subscriber stalled" in r.getMessage() for r in caplog.records)
-    results = [(m, t) for m, t in zip(healthy.messages, healthy.arrived_at, strict=False) if m in sent_at]
-    assert len(results) >= 70
-    latencies = sorted(t - sent_at[m] for m, t in results)
-    assert latencies[int(len(latencies) * 0.99) - 1] < 0.25, latencies[-5:]
+    logging.getLogger("callscribe").removeHandler(dropped)
+    assert dropped.at is not None
+    # While the stalled subscriber held its connection (until it was dropped), every result
+    # Deepgram sent reached the healthy one: nothing waited for the stalled peer. Only results
+    # sent in the last moments before the drop may still have been on their way.
+    arrived = dict(zip(healthy.messages, healthy.arrived_at, strict=True))
+    during_the_stall = [m for m, t in sent_at.items() if t < dropped.at - 0.2]
+    assert len(during_the_stall) >= 10
+    assert all(m in arrived and arrived[m] < dropped.at for m in during_the_stall)
+    assert all(m in arrived for m in sent_at)  # and nothing was lost afterwards
     assert healthy.types[-1] == "Metadata" and healthy.close_code == 1000
     server.stop.set()
 

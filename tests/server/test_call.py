@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,8 +13,9 @@ import trio
 import trio_websocket
 
 from callscribe.core.deepgram import CLOSE_STREAM, KEEPALIVE
-from callscribe.server.call import Call, CallSettings
+from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.hub import InMemoryHub
+from callscribe.server.metrics import Metrics
 from callscribe.server.websocket_client import ConnectFailed
 
 CALL_SID = "CA00000000000000000000000000000001"
@@ -169,7 +171,9 @@ STOP = json.dumps({"event": "stop", "streamSid": "MZ1"})
 
 
 class Harness:
-    def __init__(self, deepgram: ScriptedDeepgram | None = None, **settings: object) -> None:
+    def __init__(
+        self, deepgram: ScriptedDeepgram | None = None, *, connect: Connector | None = None, **settings: object
+    ) -> None:
         self.hub = InMemoryHub()
         self.deepgram = deepgram or ScriptedDeepgram()
         self.twilio_send, twilio_receive = trio.open_memory_channel[str | None](1000)
@@ -181,9 +185,10 @@ class Harness:
             twilio_receive.receive,
             settings=CallSettings(**(base | settings)),
             hub=self.hub,
-            connect=self.deepgram.connect,
+            connect=connect or self.deepgram.connect,
         )
         self.received: list[str] = []
+        self.received_at: list[float] = []
         self.close: tuple[int, str] | None = None
         self.sequence_number = 0
 
@@ -193,7 +198,15 @@ class Harness:
         async with self.hub.subscribe(CALL_SID) as subscription:
             async for message in subscription:
                 self.received.append(message)
+                self.received_at.append(trio.current_time())
             self.close = (subscription.close_code, subscription.close_reason)
+
+    def notices(self) -> list[dict[str, Any]]:
+        """callscribe's own messages to the subscriber, in order."""
+        return [m for m in map(json.loads, self.received) if m.get("source") == "callscribe"]
+
+    def deepgram_messages(self) -> list[dict[str, Any]]:
+        return [m for m in map(json.loads, self.received) if m.get("source") != "callscribe"]
 
     def feed(self, *frames: str | None) -> None:
         """Queue Twilio frames; like Twilio, number each message after `connected` in the order sent."""
@@ -316,18 +329,23 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
             401, ((b"dg-error", b"Invalid credentials."), (b"dg-request-id", b"req-9")), b'{"err_code":"INVALID_AUTH"}'
         )
 
-    h = Harness()
-    h.call._connect = refuse
+    h = Harness(connect=refuse)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
         h.feed(twilio_start(["inbound"]))
         await trio.sleep(0.5)
         h.feed(*frames("inbound", 300, 1), STOP)  # 6 s of audio: more than the window queue holds
-    (error,) = [json.loads(m) for m in h.received]
-    assert error["type"] == "Error" and error["callSid"] == CALL_SID
-    assert "HTTP 401: Invalid credentials. (dg-request-id req-9)" in error["message"]
+    (error,) = [json.loads(m) for m in h.received]  # no "Reconnecting" first: it is not retried
+    assert error == {
+        "type": "Error",
+        "source": "callscribe",
+        "callSid": CALL_SID,
+        "message": "Deepgram refused the connection: HTTP 401: Invalid credentials. (dg-request-id req-9);"
+        " not retrying: the call goes on untranscribed",
+    }
     assert h.call.stream.media_frames == 300  # every frame was read
+    assert h.call.deepgram is not None and h.call.deepgram.backlog.lost == 300 * 160  # all of it counted as lost
     assert h.close == (1000, "call ended")
     assert any("Invalid credentials." in r.getMessage() and CALL_SID in r.getMessage() for r in caplog.records)
 
@@ -374,7 +392,11 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
         second.say(final(0.0, 0.5, "two"))
         h.feed(STOP)
 
-    assert not any(json.loads(m).get("source") == "callscribe" for m in h.received)  # no error: it recovered
+    # Subscribers were told at once, and told again when it recovered; no Error.
+    assert [n["message"] for n in h.notices()] == [
+        "Deepgram connection lost: closed with 1011 NET-0000; reconnecting",
+        "transcription resumed: Deepgram connection restored (retry 1)",  # the drop counted once, not per task
+    ]
     # Audio: the second connection replays from the first window not covered by a final (100 ms).
     assert b"".join(first.audio) == audio[:1600]
     assert b"".join(second.audio) == audio[800:]
@@ -382,7 +404,7 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     replay = [t for t, m in zip(second.sent_at, second.sent, strict=False) if isinstance(m, bytes)]
     assert replay[-1] - replay[0] >= (1.5 - 0.5 - 0.1) / 1.25 - 1e-6
     # Timeline: the second connection's times are shifted by the 0.1 s it started at.
-    finals = [json.loads(m) for m in h.received if json.loads(m).get("is_final")]
+    finals = [m for m in h.deepgram_messages() if m.get("is_final")]
     # Last, the scripted answer to CloseStream: a final with no times (duration 0), so no repeat.
     assert [(f["channel"]["alternatives"][0]["transcript"], f.get("start")) for f in finals] == [
         ("one", 0.0),
@@ -422,7 +444,8 @@ async def call_with_a_reconnect(second_says: list[str], close_stream_answer: lis
         second.close_stream_answer = close_stream_answer
         h.feed(STOP)
     assert h.close == (1000, "call ended") and len(h.deepgram.connections) == 2
-    received = [json.loads(m) for m in h.received]
+    assert [n["type"] for n in h.notices()] == ["Reconnecting", "Resumed"]
+    received = h.deepgram_messages()
     return [
         (m["type"], m.get("channel", {}).get("alternatives", [{}])[0].get("transcript", ""), m.get("start", 0.0))
         for m in received
@@ -461,6 +484,38 @@ async def test_after_a_reconnect_finals_of_audio_already_published_are_dropped(a
     ]
 
 
+async def test_a_connection_dropped_after_close_stream_is_replaced_to_finish_the_transcript(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False))
+    audio = bytes(range(256)) * 10  # 0.32 s
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(
+            twilio_start(["inbound"]),
+            *[twilio_media("inbound", 20 * n, audio[i : i + 160]) for n, i in enumerate(range(0, len(audio), 160))],
+        )
+        await trio.sleep(0.5)
+        first = h.deepgram.latest
+        first.say(final(0.0, 0.1, "one"))
+        h.feed(STOP)
+        with trio.fail_after(5):
+            while CLOSE_STREAM not in first.control:
+                await trio.sleep(0.01)
+        h.deepgram.answer_close_stream = True  # the next connection finishes properly
+        first.drop()  # 1011 before Metadata: the finals of the rest would be lost
+    second = h.deepgram.latest
+    assert second is not first and b"".join(second.audio) == audio[800:]  # the audio not finalized, again
+    assert [m["type"] for m in h.notices()] == ["Reconnecting", "Resumed"]
+    assert [(m["type"], m.get("start")) for m in h.deepgram_messages()] == [
+        ("Results", 0.0),
+        ("Results", None),  # the scripted answer to CloseStream: a final with no times
+        ("Metadata", None),
+    ]
+    assert h.close == (1000, "call ended")
+
+
 async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
     attempts: list[float] = []
 
@@ -468,8 +523,7 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
         attempts.append(trio.current_time())
         raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
 
-    h = Harness(max_reconnects=3)
-    h.call._connect = unreachable
+    h = Harness(max_reconnects=3, connect=unreachable)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
@@ -479,8 +533,16 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
     assert len(attempts) == 4  # the first try and 3 reconnects
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert all(g > 0.2 for g in gaps) and gaps[-1] > gaps[0]  # backing off, not a storm
-    (error,) = [json.loads(m) for m in h.received]
-    assert "giving up on Deepgram after 4 failed attempts" in error["message"]
+    reconnecting, error = h.notices()
+    assert reconnecting["type"] == "Reconnecting" and reconnecting["callSid"] == CALL_SID
+    assert (
+        reconnecting["message"] == "cannot reach Deepgram: dg.example:443: [Errno 111] Connection refused; reconnecting"
+    )
+    assert error["type"] == "Error" and error["message"] == (
+        "giving up on Deepgram after 3 retries (cannot reach Deepgram: dg.example:443: [Errno 111] Connection"
+        " refused); the call goes on untranscribed"
+    )
+    assert h.received_at[0] < attempts[0] + 0.01 < attempts[1]  # the first failure was announced at once
     assert h.call.stream.media_frames == 100 and h.close == (1000, "call ended")
 
 
@@ -493,8 +555,7 @@ async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.
             attempts += 1
             raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)
 
-        h = Harness(max_reconnects=2)
-        h.call._connect = refuse
+        h = Harness(max_reconnects=2, connect=refuse)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(h.call.run)
             h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
@@ -502,6 +563,172 @@ async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.
             h.feed(STOP)
         assert attempts == expected_attempts, status
         assert f"HTTP {status}: nope" in h.call.deepgram_error
+
+
+async def test_an_outage_is_announced_at_once_and_its_end_too_and_late_subscribers_see_the_latest(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    deepgram = ScriptedDeepgram(channels=1)
+    attempts: list[float] = []
+
+    async def down_twice(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> ScriptedConnection:
+        attempts.append(trio.current_time())
+        if len(attempts) <= 2:
+            raise ConnectFailed("dg.example:443", "timed out after 5 s waiting for the TCP connection")
+        return await deepgram.connect(nursery, url, headers)
+
+    h = Harness(deepgram, connect=down_twice)
+    late: list[dict[str, Any]] = []
+
+    async def subscribe_late() -> None:
+        async with h.hub.subscribe(CALL_SID) as subscription:
+            async for message in subscription:
+                late.append(json.loads(message))
+
+    audio = [bytes([n]) * 160 for n in range(50)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(audio)])
+        await deepgram.connected.wait()
+        await trio.sleep(0.1)
+        nursery.start_soon(subscribe_late)
+        await trio.sleep(1)
+        deepgram.say(final(0.0, 1.0, "back"))
+        h.feed(STOP)
+
+    reconnecting, resumed = h.notices()
+    assert reconnecting == {
+        "type": "Reconnecting",
+        "source": "callscribe",
+        "callSid": CALL_SID,
+        "message": "cannot reach Deepgram: dg.example:443: timed out after 5 s waiting for the TCP connection;"
+        " reconnecting",
+    }
+    assert h.received_at[0] < attempts[1]  # at the first failure, not after the retries
+    assert resumed == {
+        "type": "Resumed",
+        "source": "callscribe",
+        "callSid": CALL_SID,
+        "message": "transcription resumed: Deepgram connection restored (retry 2)",
+    }
+    assert h.received_at[1] == attempts[2]
+    # The late subscriber's first message is the latest notice: the outage is over.
+    assert [m.get("type") for m in late] == ["Resumed", "Results", "Results", "Metadata"]
+    assert b"".join(deepgram.audio) == b"".join(audio)  # the audio of the outage was kept and sent
+    assert h.call.deepgram_error == ""
+
+
+async def test_after_stop_a_call_that_cannot_reach_deepgram_ends_within_the_finalize_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    attempts: list[float] = []
+
+    async def unreachable(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        attempts.append(trio.current_time())
+        raise ConnectFailed("dg.example:443", "[Errno 113] No route to host")
+
+    h = Harness(connect=unreachable, finalize_timeout_s=5.0, max_reconnects=8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
+        await trio.sleep(2)
+        stopped_at = trio.current_time()
+        h.feed(STOP)
+    assert trio.current_time() - stopped_at <= 5.0
+    assert h.close == (1000, "call ended")
+    reconnecting, error = h.notices()
+    assert reconnecting["type"] == "Reconnecting" and error["type"] == "Error"
+    assert error["message"] == (
+        "giving up on Deepgram: the call's audio has ended and it is still unreachable (cannot reach Deepgram:"
+        " dg.example:443: [Errno 113] No route to host); the audio not yet sent is not transcribed"
+    )
+    assert h.call.deepgram is not None and h.call.deepgram.backlog.lost == 50 * 160  # none of it reached Deepgram
+    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0})
+    metrics.call_ended(h.call, "transcription_failed")
+    assert "callscribe_audio_seconds_lost_total 1.0" in metrics.render().decode()
+
+
+async def test_a_connection_attempt_under_way_when_the_audio_ends_is_cut_at_the_finalize_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def never_answers(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> None:
+        await trio.sleep_forever()
+
+    h = Harness(connect=never_answers, finalize_timeout_s=3.0)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.subscribe_when_live)
+            nursery.start_soon(h.call.run)
+            h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+            await trio.sleep(1)
+            h.feed(STOP)
+    assert trio.current_time() == pytest.approx(4.0)
+    (error,) = h.notices()
+    assert error["message"] == (
+        "giving up on Deepgram 3 s after the call's audio ended (still connecting);"
+        " the audio not yet sent is not transcribed"
+    )
+    assert h.close == (1000, "call ended")
+
+
+async def test_a_call_adds_its_counters_to_the_metrics_once_at_its_end(autojump_clock: trio.abc.Clock) -> None:
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.call.run)
+        good = frames("inbound", 10, 1)
+        h.feed(twilio_start(["inbound"]), *good, good[-1])  # the last 20 ms again: dropped as overlapping
+        h.feed(twilio_media("inbound", 60_000, b"\x02" * 160))  # a jump of almost a minute: a clock jump
+        with trio.fail_after(5):
+            await h.deepgram.connected.wait()
+        h.deepgram.say("not json")
+        await trio.sleep(1)
+        h.feed(STOP)
+    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0})
+    metrics.call_ended(h.call, "ok")
+    text = metrics.render().decode()
+    for line in (
+        'callscribe_calls_total{outcome="ok"} 1.0',
+        "callscribe_twilio_frames_total 12.0",
+        "callscribe_twilio_audio_seconds_overlapping_total 0.02",
+        "callscribe_twilio_timestamp_jumps_total 1.0",
+        "callscribe_deepgram_messages_unparsable_total 1.0",
+        "callscribe_deepgram_connections_total 1.0",
+        "callscribe_audio_seconds_sent_total 0.22",
+        "callscribe_audio_seconds_lost_total 0.0",
+    ):
+        assert line in text, line
+
+
+async def test_a_failure_in_a_task_of_the_websocket_library_ends_the_attempt_with_its_cause(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    deepgram = ScriptedDeepgram(channels=1)
+
+    async def handshake_fails_in_the_background(
+        nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]
+    ) -> ScriptedConnection:
+        async def reader() -> None:  # trio-websocket's reader task raises this into the connection's nursery
+            await trio.sleep(0.1)
+            raise trio_websocket.HandshakeError() from ConnectionResetError(104, "Connection reset by peer")
+
+        nursery.start_soon(reader)
+        return await deepgram.connect(nursery, url, headers)
+
+    h = Harness(deepgram, connect=handshake_fails_in_the_background, max_reconnects=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.subscribe_when_live)
+        nursery.start_soon(h.call.run)
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+        await trio.sleep(1)
+        h.feed(STOP)
+    (error,) = h.notices()
+    assert error["message"] == (
+        "giving up on Deepgram (cannot reach Deepgram: WebSocket handshake failed: [Errno 104] Connection reset by"
+        " peer; retrying is off); the call goes on untranscribed"
+    )
+    assert deepgram.closed and h.close == (1000, "call ended")
 
 
 async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:

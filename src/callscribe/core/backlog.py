@@ -1,11 +1,12 @@
 """Audio kept for Deepgram until its final results cover it, and the pace of replaying it. No IO.
 
 Deepgram's final results say which audio is done: a final for channel c with `start` s and
-`duration` d covers that channel up to s + d (in the connection's time). Everything after the
-point that every channel's finals have reached is still "in flight": if the connection drops, the
-transcript of that audio would be lost. `AudioBacklog` keeps those windows (bounded) and, after a
-reconnect, hands them out again from the first one not yet covered. The new connection's time 0 is
-that window's position in the call, which is the offset to add to everything it says.
+`duration` d covers that channel up to s + d (in the connection's time; plus the connection's offset
+in call time). Everything after the point that every channel's finals have reached is still "in
+flight": if the connection drops, the transcript of that audio would be lost. `AudioBacklog` keeps
+those windows (bounded) and, after a reconnect, hands them out again from the first one not yet
+covered. The new connection's time 0 is that window's position in the call, which is the offset to
+add to everything it says. When Deepgram is given up on, `abandon` counts what it never got as lost.
 
 `Pacer` keeps the replay at most `rate` x real time (Deepgram asks for at most 1.25x) after an
 initial burst of `burst_s` seconds of audio. The burst is there so that live audio, which arrives
@@ -31,10 +32,16 @@ class AudioBacklog:
         self.sent_until = 0
         """Offset up to which audio went out on the current connection."""
         self.lost = 0
-        """Bytes dropped unsent because the backlog was full."""
+        """Bytes that never went to Deepgram: dropped from a full backlog, or abandoned."""
+        self.abandoned = False
         self._final_end = [0.0] * channels
 
     def append(self, window: bytes) -> None:
+        if self.abandoned:
+            self.end += len(window)
+            self.sent_until = self.end
+            self.lost += len(window)
+            return
         self._windows.append((self.end, window))
         self.end += len(window)
         self._held += len(window)
@@ -59,10 +66,10 @@ class AudioBacklog:
     def unsent_seconds(self) -> float:
         return (self.end - self.sent_until) / self.bytes_per_second
 
-    def acknowledge(self, channel: int, final_end_s: float, base_s: float) -> None:
-        """A final result for `channel` covers its audio up to `final_end_s` of a connection whose 0 is `base_s`."""
+    def acknowledge(self, channel: int, covered_until_s: float) -> None:
+        """A final result covers `channel`'s audio up to call time `covered_until_s`."""
         if 0 <= channel < self.channels:
-            self._final_end[channel] = max(self._final_end[channel], base_s + final_end_s)
+            self._final_end[channel] = max(self._final_end[channel], covered_until_s)
         covered = round(min(self._final_end) * self.bytes_per_second)
         while self._windows:
             offset, window = self._windows[0]
@@ -70,6 +77,17 @@ class AudioBacklog:
                 break
             self._windows.popleft()
             self._held -= len(window)
+
+    def abandon(self) -> float:
+        """Deepgram will get no more audio: what was not sent, and whatever is appended from now on,
+        is counted as lost. Returns the seconds of audio abandoned now."""
+        unsent = self.end - self.sent_until
+        self.lost += unsent
+        self.sent_until = self.end
+        self._windows.clear()
+        self._held = 0
+        self.abandoned = True
+        return unsent / self.bytes_per_second
 
     def rewind(self) -> float:
         """A new connection starts: resend from the first uncovered window. Returns its call time (s)."""

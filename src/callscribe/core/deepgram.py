@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -30,7 +31,6 @@ DEFAULT_URL = (
 300 ms endpointing (the 10 ms default splits phone speech), utterance ends and VAD events."""
 
 KEEPALIVE = '{"type":"KeepAlive"}'
-FINALIZE = '{"type":"Finalize"}'
 CLOSE_STREAM = '{"type":"CloseStream"}'
 
 _FORCED_PARAMETERS = ("encoding", "sample_rate", "channels", "multichannel")
@@ -151,7 +151,7 @@ def rebase(text: str, offset_s: float) -> str:
     if not isinstance(message, dict):
         return text
 
-    def shift(holder: dict, key: str) -> None:
+    def shift(holder: dict[str, Any], key: str) -> None:
         value = holder.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             holder[key] = round(value + offset_s, 6)

@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 SAMPLES_PER_MS = 8
-SILENCE = 0xFF
 ROUNDING_SAMPLES = SAMPLES_PER_MS
 """Twilio timestamps are whole milliseconds: a chunk within 1 ms of where it is expected is contiguous."""
 
@@ -69,11 +68,7 @@ class Mixer:
         self.dropped = [0] * channels
         """Payload bytes dropped per channel because they overlapped audio already placed."""
         self.resyncs = 0
-
-    @property
-    def emitted_ms(self) -> float:
-        """Milliseconds of call audio emitted so far (per channel)."""
-        return self.head / SAMPLES_PER_MS
+        """Timestamp jumps beyond `max_gap_ms`, taken as clock jumps: the chunk was appended unpadded."""
 
     def buffered(self, channel: int) -> int:
         """Samples of `channel` waiting to be emitted."""
