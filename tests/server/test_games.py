@@ -1,10 +1,13 @@
-"""Games end to end over loopback: codes, patching by voice and keypad, talk-back, barge-in, TwiML."""
+"""Games: the shell around the patch machine, then end to end over loopback (codes, patching by voice and
+keypad, talk-back, barge-in, TwiML)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -15,13 +18,133 @@ import trio
 import trio_websocket
 
 from callscribe.core.audio import generate_tone
-from callscribe.server.games import GameSettings
-from callscribe.server.speech import FakeAura, FakeAuraBehaviour
+from callscribe.core.codes import CodePool
+from callscribe.core.deepgram import DeepgramStream
+from callscribe.server.games import Game, GamePatch, GameRegistry, GameSettings
+from callscribe.server.hub import Subscription
+from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, RunningServer, start_server
 
 PHONE = "+15550001111"
+
+
+# --- the shell, without sockets ------------------------------------------------------------------
+
+
+class HoldingEngine:
+    """A speech engine that yields one chunk per sentence, then holds until cancelled."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.closed = trio.Event()
+
+    @asynccontextmanager
+    async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        self.texts.append(text)
+        try:
+            yield self._audio()
+        finally:
+            self.closed.set()
+
+    async def _audio(self) -> AsyncIterator[bytes]:
+        yield b"\x01\x02"
+        await trio.sleep_forever()
+
+
+class FakeTwilio:
+    """Records the events the speaker sends to Twilio; `sent[event]` is set once one was sent."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.sent = {"media": trio.Event(), "mark": trio.Event(), "clear": trio.Event()}
+
+    async def send(self, message: str) -> None:
+        event = json.loads(message)["event"]
+        self.events.append(event)
+        self.sent[event].set()
+
+
+async def received(outbox: Subscription, count: int) -> list[dict]:
+    messages: list[dict] = []
+    with trio.fail_after(5):
+        async with aclosing(outbox.__aiter__()) as incoming:
+            async for message in incoming:
+                messages.append(json.loads(message))
+                if len(messages) == count:
+                    return messages
+    raise AssertionError(f"the outbox ended after {messages}")
+
+
+def feed(patch: GamePatch, message: dict) -> None:
+    text = json.dumps(message)
+    kind = DeepgramStream().receive(text)
+    patch.on_deepgram(kind, text, kind.type == "Results" and not kind.is_final)
+
+
+def final(transcript: str) -> dict:
+    return {
+        "type": "Results",
+        "channel_index": [0, 1],
+        "is_final": True,
+        "channel": {"alternatives": [{"transcript": transcript}]},
+    }
+
+
+async def test_the_speaker_carries_out_barge_in_and_stops_the_synthesis(nursery: trio.Nursery) -> None:
+    engine = HoldingEngine()
+    registry = GameRegistry(GameSettings(), engine, CodePool(["42"]))
+    game = registry.join("peer")
+    assert game is not None
+    twilio = FakeTwilio()
+    patch = registry.patch_for("CA1", "MZ1", twilio.send)
+    nursery.start_soon(patch.run_speaker)
+
+    feed(patch, final("forty two please"))
+    assert game.patch is patch
+    game.command("Welcome!")
+    with trio.fail_after(5):
+        await twilio.sent["media"].wait()
+    feed(patch, {"type": "SpeechStarted", "channel": [0, 1], "timestamp": 1.0})
+    with trio.fail_after(5):
+        await engine.closed.wait()  # the synthesis was cancelled, not left running
+        await twilio.sent["clear"].wait()
+    assert twilio.events == ["media", "clear"]
+    patch.twilio_gone()
+    patch.call_ended("call ended")
+    messages = await received(game.outbox, 5)
+    assert [m["type"] for m in messages] == ["CallConnected", "Results", "SpeechStarted", "Interrupted", "CallEnded"]
+    assert messages[1]["channel"]["alternatives"][0]["transcript"] == "forty two please"
+    assert engine.texts == ["Welcome!"] and game.patch is None
+
+
+async def test_game_commands_before_a_call_is_patched() -> None:
+    game = Game("42", "peer")
+    game.command("hello")
+    game.command('{"type": "Clear"}')  # nothing to clear: no answer
+    game.command('{"type": "Dance"}')
+    game.outbox.end(1000, "test over")
+    messages = await received(game.outbox, 2)
+    assert [m["message"] for m in messages] == [
+        "no call is patched to this game yet",
+        "unknown command 'Dance': use Say or Clear",
+    ]
+
+
+async def test_a_game_that_leaves_is_reported_as_disconnected_unless_the_server_ended_it() -> None:
+    registry = GameRegistry(GameSettings(), None, CodePool(["1", "2"]))
+    leaver, kept = registry.join("a"), registry.join("b")
+    assert leaver is not None and kept is not None
+    registry.leave(leaver)
+    assert (leaver.outbox.close_code, leaver.outbox.close_reason) == (1000, "game disconnected")
+    registry.shutdown()
+    registry.leave(kept)
+    assert (kept.outbox.close_code, kept.outbox.close_reason) == (1001, "server shutting down")
+    assert registry.games == {} and registry.pool.free_count == 2
+
+
+# --- end to end ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -127,7 +250,11 @@ async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
 
     assert (game.number, game.code) == (PHONE, "42")
     assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
-    assert game.types.count("Results") >= 8  # every Deepgram message after the match, unchanged
+    carrier = game.messages[1]  # the result in which the caller said the code, so the game knows what was said
+    assert carrier["type"] == "Results" and carrier["is_final"] is True
+    assert carrier["channel"]["alternatives"][0]["transcript"] == "hi my code is forty two thanks"
+    assert game.types.count("Results") >= 8  # then every Deepgram message, unchanged
+    assert game.types.count("Results") == fake_deepgram.sessions[0].results_sent  # the carrier included
     assert {"type": "SpeechDone", "name": "say-1"} in game.messages
     assert game.messages[-1] == {"type": "CallEnded", "callSid": spec.call_sid, "reason": "call ended"}
     playback = report.playback
@@ -206,8 +333,13 @@ async def test_codes_are_held_one_game_at_a_time_and_return_to_the_pool(
 
 
 async def test_a_game_leaving_mid_call_frees_its_code_and_the_caller_can_repatch(
-    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
+    nursery: trio.Nursery,
+    fake_deepgram: FakeDeepgram,
+    fake_aura: FakeAura,
+    codes_file: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="callscribe")
     fake_deepgram.behaviour.transcript = "number 42."
     fake_deepgram.behaviour.result_every_s = 0.5
     server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
@@ -233,7 +365,10 @@ async def test_a_game_leaving_mid_call_frees_its_code_and_the_caller_can_repatch
     assert leaver.messages[0]["type"] == "CallConnected"
     assert stayer.code == "42"
     assert stayer.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    assert stayer.messages[1]["type"] == "Results"  # "number 42." again: what patched it
     assert stayer.messages[-1]["type"] == "CallEnded"
+    departures = [r.getMessage() for r in caplog.records if " left (" in r.getMessage()]
+    assert departures and departures[0].endswith("with code 42 left (game disconnected)")
     server.stop.set()
 
 

@@ -6,49 +6,40 @@ parameters, or every call with `--route game`) gets a `GamePatch`. Until it is p
 patch looks for an active code in the caller's *final* results (channel 0) and in keypad digits;
 once a code matches, the call belongs to that game for the rest of the call:
 
-    game <- {"type":"CallConnected","callSid":...}, every Deepgram message unchanged,
-            {"type":"Dtmf","digit":...}, {"type":"SpeechDone","name":...}, {"type":"Interrupted"},
+    game <- {"type":"CallConnected","callSid":...}, the Deepgram message that carried the code,
+            then every Deepgram message unchanged, {"type":"Dtmf","digit":...},
+            {"type":"SpeechDone","name":...}, {"type":"Interrupted"},
             {"type":"CallEnded","callSid":...,"reason":...}, {"type":"Error",...}
     game -> plain text or {"type":"Say","text":...} (speak it to the caller), {"type":"Clear"}
 
-Talking back: the text is synthesized and streamed to Twilio as `media` messages as soon as the
-first audio exists, then a `mark`; when Twilio echoes the mark (the audio has played) the game gets
-`SpeechDone`. Barge-in: if the caller starts talking while the game speaks (Deepgram
-`SpeechStarted` or a non-empty interim result on the caller's channel), Twilio gets `clear` and
-the game `Interrupted`. A game that disconnects frees its code; its call goes on unpatched and the
-caller may say another code.
+Every decision (when to patch, what the game gets, what to speak, barge-in) is made by the pure
+`callscribe.core.patch.PatchMachine`; the wire format of `/game` is `callscribe.core.game_messages`.
+This module carries bytes: it feeds the machine what the call, the game and the speech engine do,
+sends the machine's messages to the game's outbox, and runs one task per call (`run_speaker`)
+that writes the machine's Twilio messages in order and synthesizes its sentences.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from callscribe.core.codes import CodePool, DtmfCollector, code_from_results, find_code
+from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import MessageKind
-from callscribe.core.twilio import clear_message, mark_message, media_message
-from callscribe.server.hub import CLOSE_GOING_AWAY, Subscription
+from callscribe.core.game_messages import NOT_PATCHED, BadCommand, Say, error_message, parse_command
+from callscribe.core.patch import CodeHeard, Output, PatchMachine, Speak, StopSpeaking, ToGame
+from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Subscription
 from callscribe.server.speech import SpeechEngine, SpeechError
+
+__all__ = ["GAME_QUEUE", "Game", "GamePatch", "GameRegistry", "GameSettings", "error_message"]
 
 log = logging.getLogger(__name__)
 
 GAME_QUEUE = 1000
 """Messages a game may lag behind before it is disconnected (like a subscriber)."""
-SAY_QUEUE = 8
-"""Sentences a game may queue for speaking."""
-
-
-def _message(kind: str, **fields: object) -> str:
-    return json.dumps({"type": kind, **fields})
-
-
-def error_message(message: str) -> str:
-    return json.dumps({"type": "Error", "source": "callscribe", "message": message})
 
 
 @dataclass(frozen=True)
@@ -73,31 +64,18 @@ class Game:
 
     def command(self, frame: str | bytes | None) -> None:
         """A frame from the game: text to say, {"type":"Say","text":...} or {"type":"Clear"}."""
-        text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else (frame or "")
-        command: object = None
-        if text.lstrip().startswith("{"):
-            try:
-                command = json.loads(text)
-            except ValueError:
-                self.send(error_message('not valid JSON: send plain text to speak, or {"type":"Say","text":...}'))
-                return
-        if isinstance(command, dict):
-            kind = command.get("type")
-            if kind == "Say" and isinstance(command.get("text"), str):
-                text = command["text"]
-            elif kind == "Clear":
-                if self.patch is not None:
-                    self.patch.clear()
-                return
-            else:
-                self.send(error_message(f"unknown command {str(kind)[:40]!r}: use Say or Clear"))
-                return
-        if not text.strip():
+        command = parse_command(frame)
+        if command is None:
             return
-        if self.patch is None:
-            self.send(error_message("no call is patched to this game yet"))
-            return
-        self.patch.say(text)
+        if isinstance(command, BadCommand):
+            self.send(error_message(command.reason))
+        elif self.patch is None:
+            if isinstance(command, Say):
+                self.send(error_message(NOT_PATCHED))
+        elif isinstance(command, Say):
+            self.patch.say(command.text)
+        else:
+            self.patch.clear()
 
 
 class GameRegistry:
@@ -121,6 +99,11 @@ class GameRegistry:
         return game
 
     def leave(self, game: Game) -> None:
+        """The game's connection is over: its code is free, its call goes on unpatched.
+
+        Unless the server ended the game first (shutdown, too slow), the game disconnected: its
+        outbox's close reason says so."""
+        game.outbox.end(CLOSE_NORMAL, "game disconnected")
         if self.games.get(game.code) is game:
             del self.games[game.code]
             self.pool.release(game.code)
@@ -139,155 +122,120 @@ class GameRegistry:
 
 
 class GamePatch:
-    """A game-routed call: finds the caller's code, then forwards to the game and speaks for it."""
+    """A game-routed call: feeds its `PatchMachine` and carries out what the machine decides."""
 
     def __init__(
         self, registry: GameRegistry, call_sid: str, stream_sid: str, send_to_twilio: Callable[[str], Awaitable[None]]
     ) -> None:
         self.registry = registry
         self.call_sid = call_sid
-        self.stream_sid = stream_sid
-        self._send_to_twilio = send_to_twilio
+        self.machine = PatchMachine(call_sid, stream_sid, registry.pool, can_speak=registry.speech is not None)
         self.game: Game | None = None
-        self._dtmf = DtmfCollector()
-        # The speaker's commands, in order: a sentence to say, or None to clear Twilio's buffer.
-        self._say_send, self._say_receive = trio.open_memory_channel[str | None](SAY_QUEUE)
-        self._speaking = trio.CancelScope()
-        self._pending_marks: set[str] = set()
-        self._mark_names = itertools.count(1)
+        self._send_to_twilio = send_to_twilio
+        # Rung when the machine has something for the speaker; one ring is enough to wake it.
+        self._wake_send, self._wake_receive = trio.open_memory_channel[None](1)
         self._speaker_scope = trio.CancelScope()
-        self._speaking_now = False
+        self._synthesis = trio.CancelScope()
 
     # -- from the call ---------------------------------------------------------------------
 
     def on_deepgram(self, kind: MessageKind, text: str, interim: bool) -> None:
-        if self.game is None:
-            if kind.type == "Results" and kind.is_final and kind.channel == 0:
-                transcript = code_from_results(json.loads(text))
-                if transcript:
-                    self._patch(self.registry.pool.find_code(transcript), f"said {transcript!r}")
-            return
-        self.game.send(text, droppable=interim)
-        if self.speaking and kind.channel == 0 and (kind.type == "SpeechStarted" or (interim and _has_words(text))):
-            self._interrupt()
+        self._perform(self.machine.deepgram(kind, text, interim))
 
     def on_dtmf(self, digit: str) -> None:
-        if self.game is not None:
-            self.game.send(_message("Dtmf", digit=digit))
-            return
-        active = self.registry.pool.active
-        entered = self._dtmf.press(digit, active)
-        if entered:
-            self._patch(find_code(entered, active), f"keyed {entered}")
+        self._perform(self.machine.dtmf(digit))
 
     def on_mark(self, name: str) -> None:
-        if name in self._pending_marks:
-            self._pending_marks.discard(name)
-            if self.game is not None:
-                self.game.send(_message("SpeechDone", name=name))
+        self._perform(self.machine.mark(name))
 
     def twilio_gone(self) -> None:
-        """Nobody is left to speak to."""
+        """Nobody is left to speak to: the speaker stops."""
+        self._perform(self.machine.twilio_gone())
         self._speaker_scope.cancel()
 
     def call_ended(self, reason: str) -> None:
+        self._perform(self.machine.call_ended(reason))
         self._speaker_scope.cancel()
-        game, self.game = self.game, None
-        if game is not None:
-            game.patch = None
-            game.send(_message("CallEnded", callSid=self.call_sid, reason=reason))
+        self._unbind()
 
     # -- from the game ---------------------------------------------------------------------
 
     def say(self, text: str) -> None:
-        try:
-            self._say_send.send_nowait(text)
-        except trio.WouldBlock:
-            if self.game is not None:
-                self.game.send(error_message(f"speech queue full ({SAY_QUEUE} sentences waiting); wait for SpeechDone"))
+        self._perform(self.machine.say(text))
 
     def clear(self) -> None:
-        """Stop speaking: drop queued sentences, stop the current one, clear Twilio's buffer."""
-        self._drop_queued()
-        self._speaking.cancel()
-        self._pending_marks.clear()
-        self._say_send.send_nowait(None)  # room: the queue was just emptied
+        self._perform(self.machine.clear())
 
     def game_left(self) -> None:
-        log.info(
-            "call %s: game %s left; the call goes on unpatched", self.call_sid, self.game.code if self.game else "?"
-        )
-        self.game = None
-        self.clear()
+        log.info("call %s: game %s left; the call goes on unpatched", self.call_sid, self.machine.code or "?")
+        self._perform(self.machine.game_left())
+        self._unbind()
 
-    # -- speaking --------------------------------------------------------------------------
+    # -- carrying out the machine's decisions ----------------------------------------------
 
-    @property
-    def speaking(self) -> bool:
-        return bool(self._pending_marks) or self._speaking_now
-
-    async def run_speaker(self) -> None:
-        """Speak what the game sends, one sentence after another, until the call ends."""
-        with self._speaker_scope:
-            async for item in self._say_receive:
-                if item is None:
-                    await self._send_to_twilio(clear_message(self.stream_sid))
-                else:
-                    await self._speak(item)
-
-    async def _speak(self, text: str) -> None:
-        engine = self.registry.speech
-        game = self.game
-        if engine is None or game is None:
-            if game is not None:
-                game.send(error_message("no speech engine is configured"))
-            return
-        self._speaking = trio.CancelScope()
-        self._speaking_now = True
-        try:
-            with self._speaking:
-                async with engine.synthesize(text) as audio:
-                    async for chunk in audio:
-                        await self._send_to_twilio(media_message(self.stream_sid, chunk))
-                name = f"say-{next(self._mark_names)}"
-                self._pending_marks.add(name)
-                await self._send_to_twilio(mark_message(self.stream_sid, name))
-        except SpeechError as error:
-            log.warning("call %s: speech failed: %s", self.call_sid, error)
-            game.send(error_message(f"speech failed: {error}"))
-        finally:
-            self._speaking_now = False
-
-    def _interrupt(self) -> None:
-        """Barge-in: the caller talks over the game."""
-        self.clear()
-        if self.game is not None:
-            self.game.send(_message("Interrupted"))
-
-    def _drop_queued(self) -> None:
-        while True:
+    def _perform(self, outputs: Sequence[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, ToGame):
+                if self.game is not None:
+                    self.game.send(output.message, output.droppable)
+            elif isinstance(output, StopSpeaking):
+                self._synthesis.cancel()
+            else:
+                self._connect(output)
+        if self.machine.speaker_has_work:
             try:
-                self._say_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
+                self._wake_send.send_nowait(None)
+            except trio.WouldBlock:
+                pass  # already rung
 
-    def _patch(self, code: str | None, how: str) -> None:
-        if code is None:
-            return
-        game = self.registry.games.get(code)
+    def _connect(self, heard: CodeHeard) -> None:
+        game = self.registry.games.get(heard.code)
         if game is None or game.patch is not None:
             log.info(
-                "call %s %s: code %s matched but its game is %s", self.call_sid, how, code, "busy" if game else "gone"
+                "call %s %s: code %s matched but its game is %s",
+                self.call_sid,
+                heard.how,
+                heard.code,
+                "busy" if game else "gone",
             )
             return
         self.game, game.patch = game, self
-        log.info("call %s patched to game %s (%s)", self.call_sid, code, how)
-        game.send(_message("CallConnected", callSid=self.call_sid))
+        log.info("call %s patched to game %s (%s)", self.call_sid, heard.code, heard.how)
+        self._perform(self.machine.connect(heard))
 
+    def _unbind(self) -> None:
+        if self.game is not None:
+            self.game.patch = None
+            self.game = None
 
-def _has_words(text: str) -> bool:
-    try:
-        alternatives = json.loads(text)["channel"]["alternatives"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return any(isinstance(a, dict) and str(a.get("transcript", "")).strip() for a in alternatives)
+    async def run_speaker(self) -> None:
+        """Send the machine's Twilio messages in order and speak its sentences, until Twilio is gone."""
+        with self._speaker_scope:
+            while True:
+                message = self.machine.next_for_twilio()
+                if message is not None:
+                    await self._send_to_twilio(message)
+                    continue
+                self._synthesis = trio.CancelScope()  # before the machine can ask to stop this sentence
+                speak = self.machine.next_speech()
+                if speak is not None:
+                    await self._speak(speak)
+                else:
+                    await self._wake_receive.receive()
+
+    async def _speak(self, speak: Speak) -> None:
+        engine = self.registry.speech
+        error: str | None = None
+        try:
+            with self._synthesis:
+                if engine is None:  # the machine asks only when it was told there is one
+                    raise SpeechError("no speech engine is configured")
+                async with engine.synthesize(speak.text) as audio:
+                    async for chunk in audio:
+                        self._perform(self.machine.speech_audio(speak.number, chunk))
+                        while (message := self.machine.next_for_twilio()) is not None:
+                            await self._send_to_twilio(message)
+        except SpeechError as failure:
+            log.warning("call %s: speech failed: %s", self.call_sid, failure)
+            error = str(failure)
+        self._perform(self.machine.speech_ended(speak.number, error))
