@@ -1,20 +1,15 @@
-"""Tests for callscribe.server.speech: resampling and WAV conversion, Aura against FakeAura, real espeak-ng."""
+"""Tests for callscribe.server.speech: Aura against FakeAura, real espeak-ng, choosing an engine."""
 
 from __future__ import annotations
 
 import array
-import itertools
 import math
 import os
 import shutil
-import struct
-from fractions import Fraction
 
 import httpx
 import pytest
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from callscribe.core import audio as mulaw
 from callscribe.server.speech import (
@@ -24,178 +19,17 @@ from callscribe.server.speech import (
     ESPEAK_MAX_TEXT_BYTES,
     AuraEngine,
     EspeakEngine,
-    FakeAura,
-    FakeAuraBehaviour,
-    LinearResampler,
     SpeechEngine,
     SpeechError,
-    WavToMulaw,
     engine_from_settings,
 )
+from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 
 KEY = "speak-key"
 ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(
     ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng) - real-subprocess tests skipped"
 )
-
-
-# --- resampling ----------------------------------------------------------------------------------
-
-
-def reference_resample(samples: list[int], src: int, dst: int) -> list[int]:
-    """Linear interpolation at k*src/dst, rounded half up, computed with exact fractions."""
-    out = []
-    n = len(samples)
-    for k in range(n * dst // src):
-        pos = Fraction(k * src, dst)
-        j = math.floor(pos)
-        frac = pos - j
-        a = samples[j]
-        b = samples[j + 1] if j + 1 < n else a
-        out.append(math.floor(a + (b - a) * frac + Fraction(1, 2)))
-    return out
-
-
-def feed_in_chunks(resampler: LinearResampler, samples: list[int], cuts: list[int]) -> list[int]:
-    out: list[int] = []
-    previous = 0
-    for cut in [*sorted({min(c, len(samples)) for c in cuts}), len(samples)]:
-        out += resampler.feed(samples[previous:cut])
-        previous = cut
-    out += resampler.finish()
-    return out
-
-
-RATES = [(22050, 8000), (16000, 8000), (44100, 8000), (11025, 8000), (48000, 8000), (8000, 22050), (8000, 8000), (3, 1)]
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    samples=st.lists(st.integers(-32768, 32767), max_size=300),
-    rates=st.sampled_from(RATES),
-    cuts=st.lists(st.integers(0, 300), max_size=12),
-)
-def test_resampler_is_exact_and_chunking_never_changes_the_output(
-    samples: list[int], rates: tuple[int, int], cuts: list[int]
-) -> None:
-    src, dst = rates
-    expected = reference_resample(samples, src, dst)
-    assert feed_in_chunks(LinearResampler(src, dst), samples, cuts) == expected
-    one_shot = LinearResampler(src, dst)
-    assert list(one_shot.feed(samples)) + list(one_shot.finish()) == expected
-
-
-@settings(max_examples=50, deadline=None)
-@given(chunk_sizes=st.lists(st.integers(1, 700), min_size=1, max_size=40))
-def test_resampled_sine_has_no_clicks_at_chunk_boundaries(chunk_sizes: list[int]) -> None:
-    sine = [round(10000 * math.sin(2 * math.pi * 440 * i / 22050)) for i in range(22050 // 4)]
-    resampler = LinearResampler(22050, 8000)
-    out: list[int] = []
-    position = 0
-    for size in chunk_sizes * (len(sine) // sum(chunk_sizes) + 1):  # bounded: covers the input once
-        if position >= len(sine):
-            break
-        out += resampler.feed(sine[position : position + size])
-        position += size
-    out += resampler.finish()
-    assert len(out) == len(sine) * 8000 // 22050
-    # A 440 Hz sine of amplitude 10000 at 8 kHz moves at most 2*pi*440/8000*10000 ~ 3456 per sample.
-    assert max(abs(b - a) for a, b in itertools.pairwise(out)) < 3500
-    expected = [10000 * math.sin(2 * math.pi * 440 * k / 8000) for k in range(len(out))]
-    assert max(abs(a - b) for a, b in zip(out, expected, strict=False)) < 60  # linear interpolation error
-
-
-def test_resampler_rules() -> None:
-    r = LinearResampler(8000, 8000)
-    assert list(r.feed([1, 2, 3])) == [1, 2, 3]
-    assert list(r.finish()) == []
-    assert list(r.finish()) == []
-    with pytest.raises(ValueError, match="already finished"):
-        r.feed([1])
-    with pytest.raises(ValueError, match="positive"):
-        LinearResampler(0, 8000)
-    up = LinearResampler(1, 2)
-    assert list(up.feed([0, 10])) == [0, 5, 10]
-    assert list(up.finish()) == [10]  # past the last sample: held
-
-
-# --- WAV stream conversion -----------------------------------------------------------------------
-
-
-def wav_bytes(
-    samples: list[int],
-    *,
-    rate: int = 22050,
-    channels: int = 1,
-    data_size: int | None = None,
-    extra_chunks: bytes = b"",
-    bits: int = 16,
-    tag: int = 1,
-    trailing: bytes = b"",
-) -> bytes:
-    pcm = array.array("h", samples).tobytes()
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
-    size = len(pcm) if data_size is None else data_size
-    body = (
-        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks + b"data" + struct.pack("<I", size) + pcm
-    )
-    return b"RIFF" + struct.pack("<I", 0x7FFFF024) + body + trailing
-
-
-def convert(data: bytes, step: int | None = None) -> bytes:
-    decoder = WavToMulaw()
-    if step is None:
-        return decoder.feed(data) + decoder.finish()
-    return b"".join(decoder.feed(data[i : i + step]) for i in range(0, len(data), step)) + decoder.finish()
-
-
-SINE = [round(8000 * math.sin(2 * math.pi * 300 * i / 22050)) for i in range(3000)]
-SINE_ULAW = mulaw.encode(array.array("h", reference_resample(SINE, 22050, 8000)).tobytes())
-
-
-@pytest.mark.parametrize("step", [None, 1, 2, 3, 7, 44, 45, 1000])
-@pytest.mark.parametrize("data_size", [None, 0, 0xFFFFFFFF, 0x7FFFF000])
-def test_wav_to_mulaw_streams_any_split(step: int | None, data_size: int | None) -> None:
-    assert convert(wav_bytes(SINE, data_size=data_size), step) == SINE_ULAW
-
-
-def test_wav_to_mulaw_skips_other_chunks_and_honours_a_real_data_size() -> None:
-    odd = b"LIST" + struct.pack("<I", 5) + b"abcde" + b"\x00"  # odd size + pad byte
-    data = wav_bytes(SINE, extra_chunks=odd, trailing=b"junkjunk" * 10)
-    for step in (None, 1, 5):
-        assert convert(data, step) == SINE_ULAW
-    decoder = WavToMulaw()
-    decoder.feed(data[:60])
-    assert decoder.sample_rate == 22050 and decoder.channels == 1
-
-
-def test_wav_to_mulaw_keeps_the_first_channel_and_passes_8khz_through() -> None:
-    stereo = [s for pair in zip(SINE, [12345] * len(SINE), strict=False) for s in pair]
-    assert convert(wav_bytes(stereo, channels=2), 3) == SINE_ULAW
-    assert convert(wav_bytes(SINE, rate=8000)) == mulaw.encode(array.array("h", SINE).tobytes())
-
-
-def test_wav_to_mulaw_empty_stream_is_no_audio() -> None:
-    assert convert(b"") == b""
-    assert convert(wav_bytes([])) == b""
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"RIFX" + bytes(40), "not a WAV stream"),
-        (wav_bytes([0] * 10, bits=8), "8 bits"),
-        (wav_bytes([0] * 10, tag=3), "format tag 0x0003"),
-        (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00", "before its 'fmt ' chunk"),
-        (b"RIFF\x00\x00\x00\x00WAVEfmt \x04\x00\x00\x00abcd", "too short"),
-        (b"RIFF\x00\x00\x00\x00WAVEbig " + struct.pack("<I", 1 << 30), "too large"),
-        (b"RIFF\x00\x00\x00\x00WAVE", "ended before its header was complete"),
-    ],
-)
-def test_wav_to_mulaw_rejects_what_it_cannot_convert(data: bytes, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        convert(data)
 
 
 # --- Deepgram Aura against FakeAura ---------------------------------------------------------------
@@ -337,80 +171,6 @@ def test_aura_settings_are_checked() -> None:
     assert engine.url.startswith(DEFAULT_AURA_URL + "?model=aura-2-thalia-en&encoding=mulaw")
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "query", "body", "status", "message"),
-    [
-        (
-            "POST",
-            "/v1/speak",
-            "model=m&encoding=linear16&sample_rate=8000&container=none",
-            b'{"text":"x"}',
-            400,
-            "encoding must be mulaw",
-        ),
-        (
-            "POST",
-            "/v1/speak",
-            "model=m&encoding=mulaw&sample_rate=16000&container=none",
-            b'{"text":"x"}',
-            400,
-            "sample_rate must be 8000",
-        ),
-        (
-            "POST",
-            "/v1/speak",
-            "model=m&encoding=mulaw&sample_rate=8000",
-            b'{"text":"x"}',
-            400,
-            "container must be none",
-        ),
-        (
-            "POST",
-            "/v1/speak",
-            "encoding=mulaw&sample_rate=8000&container=none",
-            b'{"text":"x"}',
-            400,
-            "model is required",
-        ),
-        (
-            "POST",
-            "/v1/speak",
-            "model=m&encoding=mulaw&sample_rate=8000&container=none",
-            b"{bad",
-            400,
-            "could not process the JSON",
-        ),
-        (
-            "POST",
-            "/v1/speak",
-            "model=m&encoding=mulaw&sample_rate=8000&container=none",
-            b'{"text":""}',
-            400,
-            "non-empty",
-        ),
-        ("GET", "/v1/speak", "model=m&encoding=mulaw&sample_rate=8000&container=none", b"", 405, "Use POST"),
-        (
-            "POST",
-            "/v1/listen",
-            "model=m&encoding=mulaw&sample_rate=8000&container=none",
-            b'{"text":"x"}',
-            404,
-            "No such endpoint",
-        ),
-    ],
-)
-async def test_fake_aura_validates_requests_like_deepgram(
-    fake_aura: FakeAura, method: str, path: str, query: str, body: bytes, status: int, message: str
-) -> None:
-    url = f"http://127.0.0.1:{fake_aura.port}{path}?{query}"
-    with trio.fail_after(5):
-        async with httpx.AsyncClient() as client:
-            response = await client.request(method, url, content=body, headers={"Authorization": f"Token {KEY}"})
-    assert response.status_code == status
-    assert message in response.json()["err_msg"]
-    assert response.headers["dg-request-id"] == response.json()["request_id"]
-
-
 # --- choosing an engine --------------------------------------------------------------------------
 
 
@@ -467,9 +227,11 @@ async def test_espeak_speaks_8khz_mulaw_matching_its_wav_output() -> None:
     # The same command run to completion gives a WAV whose conversion is exactly what streamed.
     with trio.fail_after(10):
         wav = (await trio.run_process(engine.command(text), capture_stdout=True)).stdout
-    assert audio == convert(wav)
-    pcm_samples = (len(wav) - 44) // 2  # espeak-ng writes a 44-byte header, 22050 Hz mono
-    assert len(audio) == pcm_samples * 8000 // 22050
+    converter = mulaw.WavToMulaw()
+    assert audio == converter.feed(wav) + converter.finish()
+    assert converter.header == mulaw.WavHeader("pcm", 1, 22050, 2, 44, None)  # espeak-ng's streaming header
+    pcm_samples = (len(wav) - 44) // 2
+    assert abs(len(audio) - pcm_samples * 8000 / 22050) <= 1
     assert 0.8 <= len(audio) / 8000 <= 6.0  # plausible length for six words
     decoded = array.array("h", mulaw.decode(audio))
     rms = math.sqrt(sum(s * s for s in decoded) / len(decoded))

@@ -18,51 +18,38 @@ Engines:
   trio through anyio. Asks for ``encoding=mulaw&sample_rate=8000&container=none``: Twilio's
   format, no conversion needed.
 * :class:`EspeakEngine`: the local ``espeak-ng`` program (no account needed; robotic voice). It
-  writes a 22050 Hz 16-bit mono WAV stream to stdout, converted here as it arrives by
-  :class:`WavToMulaw` (header parser, :class:`LinearResampler`, :func:`callscribe.core.audio.encode`).
+  writes a 22050 Hz 16-bit mono WAV stream to stdout, converted as it arrives by
+  :class:`callscribe.core.audio.WavToMulaw` (anti-aliased resampling to 8 kHz, then mu-law).
 * :func:`engine_from_settings` picks Aura when a Deepgram key is set, espeak-ng otherwise.
 
-:class:`FakeAura` is a fake of Deepgram's ``/v1/speak`` for tests (a small HTTP/1.1 server on
-h11 and trio), with misbehaviour options.
+A fake Aura for tests is :class:`callscribe.testing.fake_aura.FakeAura`.
 """
 
 from __future__ import annotations
 
-import array
 import json
 import logging
-import math
 import os
 import shutil
-import struct
 import subprocess
-import sys
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Final, Literal, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit
 
-import h11
 import httpx
 import trio
 
-from callscribe.core import audio as mulaw
+from callscribe.core.audio import WavToMulaw
 
 __all__ = [
+    "AURA_AUDIO_PARAMS",
     "DEFAULT_AURA_MODEL",
     "DEFAULT_AURA_URL",
     "ESPEAK_MAX_TEXT_BYTES",
     "AuraEngine",
     "EspeakEngine",
-    "FakeAura",
-    "FakeAuraBehaviour",
-    "FakeAuraRequest",
-    "LinearResampler",
     "SpeechEngine",
     "SpeechError",
-    "WavToMulaw",
     "engine_from_settings",
 ]
 
@@ -73,7 +60,6 @@ DEFAULT_AURA_MODEL: Final = "aura-2-thalia-en"
 #: Query parameters always sent to Aura: Twilio's audio format, without a container.
 AURA_AUDIO_PARAMS: Final = {"encoding": "mulaw", "sample_rate": "8000", "container": "none"}
 
-_BIG_ENDIAN_HOST = sys.byteorder == "big"
 _ERROR_BODY_LIMIT = 4096
 #: Longest text :class:`EspeakEngine` speaks (it goes on the command line; Linux allows 128 KiB).
 ESPEAK_MAX_TEXT_BYTES: Final = 100_000
@@ -106,226 +92,6 @@ class _NoAudio:
 
     async def __anext__(self) -> bytes:
         raise StopAsyncIteration
-
-
-# ---------------------------------------------------------------------------------------------
-# Sans-IO audio conversion
-# ---------------------------------------------------------------------------------------------
-
-
-class LinearResampler:
-    """Streaming linear-interpolation resampler for mono 16-bit samples.
-
-    Output sample ``k`` lies at input position ``k * src_rate / dst_rate``, interpolated
-    between its two neighbours and rounded half up, in exact integer arithmetic. The state
-    (position and the input samples still needed) carries over between :meth:`feed` calls, so
-    any split of the input into chunks gives exactly the same output as one call: no clicks at
-    chunk boundaries. After :meth:`finish` the output has ``floor(n * dst_rate / src_rate)``
-    samples for ``n`` input samples; an output point past the last input sample repeats it.
-    No anti-alias filter (speech from espeak-ng has little energy above 4 kHz).
-    """
-
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        if src_rate < 1 or dst_rate < 1:
-            raise ValueError(f"sample rates must be positive, got {src_rate} and {dst_rate}")
-        g = math.gcd(src_rate, dst_rate)
-        self._src, self._dst = src_rate // g, dst_rate // g
-        self._pending = array.array("h")  # input samples from index self._base on
-        self._base = 0
-        self._k = 0  # next output sample
-        self._finished = False
-
-    def feed(self, samples: Sequence[int]) -> array.array[int]:
-        """Add input samples; returns every output sample that can now be computed."""
-        if self._finished:
-            raise ValueError("the resampler was already finished")
-        self._pending.extend(samples)
-        return self._run(final=False)
-
-    def finish(self) -> array.array[int]:
-        """No more input: returns the last output samples."""
-        if self._finished:
-            return array.array("h")
-        self._finished = True
-        return self._run(final=True)
-
-    def _run(self, *, final: bool) -> array.array[int]:
-        src, dst, base, pending = self._src, self._dst, self._base, self._pending
-        total = base + len(pending)  # input samples seen so far
-        stop = total * dst // src  # the output count once the input ends here
-        if not final and total:
-            # Output k needs input j + 1 (j = k*src // dst) unless it falls on sample j, i.e.
-            # it can be computed once k*src <= (total - 1)*dst.
-            stop = min(stop, (total - 1) * dst // src + 1)
-        out = array.array("h", bytes(2 * max(stop - self._k, 0)))
-        k = self._k
-        for index in range(len(out)):
-            j, rem = divmod(k * src, dst)
-            a = pending[j - base]
-            if rem and j + 1 < total:
-                b = pending[j + 1 - base]
-                a += ((b - a) * rem + dst // 2) // dst
-            out[index] = a
-            k += 1
-        self._k = k
-        keep_from = min((k * src) // dst, total) - base  # first input sample still needed
-        if keep_from > 0:
-            del pending[:keep_from]
-            self._base = base + keep_from
-        return out
-
-
-_WAVE_FORMAT_PCM = 0x0001
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-_HEADER_LIMIT = 1 << 20  # bytes of chunks before "data" we are willing to skip or buffer
-
-
-class WavToMulaw:
-    """Streaming converter: a 16-bit PCM WAV byte stream in, 8 kHz mu-law out.
-
-    Parses the RIFF header incrementally (chunks before ``data`` are skipped, ``fmt `` must be
-    PCM or extensible PCM, 16 bits, any rate, any number of channels; only the first channel is
-    kept), then resamples (:class:`LinearResampler`) and encodes. A ``data`` size of 0,
-    0xFFFFFFFF or at least 0x7F000000 (espeak-ng writes 0x7FFFF000 when streaming to stdout) is
-    a placeholder meaning "until the end of the stream"; any other size is honoured and bytes
-    after the data are ignored. Raises :class:`ValueError` for anything it cannot convert.
-    """
-
-    def __init__(self, dst_rate: int = mulaw.SAMPLE_RATE) -> None:
-        self._dst_rate = dst_rate
-        self._buffer = bytearray()  # header bytes not parsed yet, or a partial frame
-        self._riff_seen = False
-        self._skip = 0  # bytes of a skipped chunk still to drop
-        self._fmt: tuple[int, int] | None = None  # (channels, rate)
-        self._in_data = False
-        self._data_left: int | None = None  # None: until the end of the stream
-        self._resampler: LinearResampler | None = None
-        self._header_bytes = 0
-        self._fed_anything = False
-
-    @property
-    def sample_rate(self) -> int | None:
-        """The WAV's sample rate, once its header was read."""
-        return self._fmt[1] if self._fmt else None
-
-    @property
-    def channels(self) -> int | None:
-        """The WAV's channel count, once its header was read."""
-        return self._fmt[0] if self._fmt else None
-
-    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Add bytes of the WAV stream; returns the mu-law audio they complete."""
-        data = bytes(data)
-        if data:
-            self._fed_anything = True
-        if self._in_data:
-            return self._audio(data)
-        self._buffer += data
-        self._header_bytes += len(data)
-        if self._header_bytes > _HEADER_LIMIT:
-            raise ValueError(f"no WAV 'data' chunk within the first {_HEADER_LIMIT} bytes")
-        self._parse_header()
-        if self._in_data:
-            rest = bytes(self._buffer)
-            self._buffer.clear()
-            return self._audio(rest)
-        return b""
-
-    def finish(self) -> bytes:
-        """End of stream: returns the last audio. An empty stream gives ``b""``."""
-        if not self._fed_anything:
-            return b""
-        if not self._in_data:
-            raise ValueError("the WAV stream ended before its header was complete")
-        assert self._resampler is not None
-        return self._encode(self._resampler.finish())
-
-    def _parse_header(self) -> None:
-        buf = self._buffer
-        if not self._riff_seen:
-            if len(buf) < 12:
-                return
-            if buf[0:4] != b"RIFF" or buf[8:12] != b"WAVE":
-                raise ValueError("not a WAV stream (no RIFF/WAVE header)")
-            del buf[:12]
-            self._riff_seen = True
-        # Each round consumes at least 8 buffered bytes or returns.
-        for _ in range(len(buf) // 8 + 1):
-            if self._skip:
-                dropped = min(self._skip, len(buf))
-                del buf[:dropped]
-                self._skip -= dropped
-                if self._skip:
-                    return
-            if len(buf) < 8:
-                return
-            chunk_id = bytes(buf[0:4])
-            (size,) = struct.unpack_from("<I", buf, 4)
-            if chunk_id == b"data":
-                if self._fmt is None:
-                    raise ValueError("WAV 'data' chunk before its 'fmt ' chunk")
-                del buf[:8]
-                placeholder = size in (0, 0xFFFFFFFF) or size >= 0x7F000000
-                self._data_left = None if placeholder else size
-                self._in_data = True
-                self._resampler = LinearResampler(self._fmt[1], self._dst_rate)
-                return
-            if size > _HEADER_LIMIT:
-                raise ValueError(f"WAV chunk {chunk_id!r} before the audio is too large ({size} bytes)")
-            if chunk_id == b"fmt ":
-                if len(buf) < 8 + size:
-                    return  # wait for the whole chunk
-                self._fmt = _parse_fmt(bytes(buf[8 : 8 + size]))
-                del buf[: 8 + size]
-                self._skip = size & 1  # pad byte
-            else:
-                del buf[:8]
-                self._skip = size + (size & 1)
-
-    def _audio(self, data: bytes) -> bytes:
-        if self._data_left is not None:
-            data = data[: self._data_left]
-            self._data_left -= len(data)
-        if not data:
-            return b""
-        assert self._fmt is not None and self._resampler is not None
-        channels = self._fmt[0]
-        frame = 2 * channels
-        self._buffer += data
-        usable = len(self._buffer) - len(self._buffer) % frame
-        if not usable:
-            return b""
-        samples = array.array("h", bytes(self._buffer[:usable]))
-        del self._buffer[:usable]
-        if _BIG_ENDIAN_HOST:  # pragma: no cover - little-endian CI
-            samples.byteswap()
-        if channels > 1:
-            samples = samples[::channels]
-        return self._encode(self._resampler.feed(samples))
-
-    @staticmethod
-    def _encode(samples: array.array[int]) -> bytes:
-        if not samples:
-            return b""
-        if _BIG_ENDIAN_HOST:  # pragma: no cover
-            samples = array.array("h", samples)
-            samples.byteswap()
-        return mulaw.encode(samples.tobytes())
-
-
-def _parse_fmt(body: bytes) -> tuple[int, int]:
-    if len(body) < 16:
-        raise ValueError("WAV 'fmt ' chunk is too short")
-    tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", body)
-    if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
-        (tag,) = struct.unpack_from("<H", body, 24)
-    if tag != _WAVE_FORMAT_PCM:
-        raise ValueError(f"unsupported WAV encoding (format tag 0x{tag:04x}); need PCM")
-    if bits != 16:
-        raise ValueError(f"unsupported WAV sample size of {bits} bits; need 16")
-    if channels < 1 or rate < 1:
-        raise ValueError(f"WAV header says {channels} channel(s) at {rate} Hz")
-    return channels, rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +272,7 @@ class _EspeakAudio:
             return tail
         raise StopAsyncIteration
 
-    def _convert(self, step: Callable[..., bytes], *data: bytes) -> bytes:
+    def _convert(self, step: Callable[..., bytes], *data: bytes | bytearray) -> bytes:
         """One step of turning the program's audio into 8 kHz mu-law; bad audio is a SpeechError."""
         try:
             return step(*data)
@@ -626,230 +392,3 @@ def engine_from_settings(
         model=aura_model or DEFAULT_AURA_MODEL,
         client=client,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# A fake Deepgram Aura, for tests
-# ---------------------------------------------------------------------------------------------
-
-SPEAK_PATH: Final = "/v1/speak"
-
-
-@dataclass
-class FakeAuraBehaviour:
-    """How :class:`FakeAura` answers.
-
-    * ``api_key``: the only key accepted (``Authorization: Token <key>``); others get 401.
-    * ``reject_status``: answer every request with this error status (after the key check).
-    * ``first_byte_delay_s``: wait this long before answering (slow first byte).
-    * ``chunk_delay_s``: wait this long between audio chunks.
-    * ``fail_after_chunks``: drop the connection after this many chunks, mid-body.
-    * ``hold_after_chunks``: after this many chunks, wait for :meth:`FakeAura.release`.
-    * ``chunk_bytes``: bytes of audio per chunk (800 = 100 ms).
-    * ``ms_per_char``: audio length per character of text (at least one chunk's worth).
-    """
-
-    api_key: str = "test-key"
-    reject_status: int | None = None
-    first_byte_delay_s: float = 0.0
-    chunk_delay_s: float = 0.0
-    fail_after_chunks: int | None = None
-    hold_after_chunks: int | None = None
-    chunk_bytes: int = 800
-    ms_per_char: int = 50
-
-
-@dataclass
-class FakeAuraRequest:
-    """One request :class:`FakeAura` received, and how it was answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    text: str | None
-    status: int = 0
-    chunks_sent: int = 0  # audio chunks handed to the connection
-    bytes_sent: int = 0
-    completed: bool = False  # the whole body was sent
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, err_code: str, err_msg: str) -> None:
-        super().__init__(err_msg)
-        self.status, self.err_code, self.err_msg = status, err_code, err_msg
-
-
-_MAX_REQUESTS_PER_CONNECTION = 1000
-_MAX_BODY = 1 << 20
-
-
-class FakeAura:
-    """A fake Deepgram Aura ``POST /v1/speak`` on loopback (HTTP/1.1, chunked responses).
-
-    Checks the key, the method and path, the query (``encoding=mulaw``, ``sample_rate=8000``,
-    ``container=none`` and a ``model``) and the JSON body ``{"text": "..."}``; refusals are
-    JSON ``{"err_code", "err_msg", "request_id"}`` like Deepgram's. It answers with
-    :meth:`expected_audio` of the text (a 440 Hz tone, ``ms_per_char`` per character) in chunks
-    of ``chunk_bytes``, and misbehaves as :class:`FakeAuraBehaviour` says. Every request is
-    recorded in :attr:`requests`.
-    """
-
-    def __init__(self, behaviour: FakeAuraBehaviour | None = None) -> None:
-        self.behaviour = behaviour if behaviour is not None else FakeAuraBehaviour()
-        self.requests: list[FakeAuraRequest] = []
-        self.port = 0
-        self._released = trio.Event()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>/v1/speak``; valid once serving."""
-        return f"http://127.0.0.1:{self.port}{SPEAK_PATH}"
-
-    def release(self) -> None:
-        """Let responses held by ``hold_after_chunks`` go on."""
-        self._released.set()
-
-    def expected_audio(self, text: str) -> bytes:
-        """The mu-law audio answered for ``text``."""
-        b = self.behaviour
-        seconds = max(len(text) * b.ms_per_char, b.chunk_bytes // 8) / 1000
-        return mulaw.generate_tone(seconds, 440.0, 0.3)
-
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Listen until cancelled; ``task_status.started(port)``."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
-            task_status.started(self.port)
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            for _ in range(_MAX_REQUESTS_PER_CONNECTION):
-                received = await self._receive_request(conn, stream)
-                if received is None:
-                    return
-                keep_open = await self._answer(conn, stream, *received)
-                if not keep_open or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as error:
-            logger.debug("fake Aura: connection ended: %r", error)
-        finally:
-            await stream.aclose()
-
-    @staticmethod
-    async def _receive_request(conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request, bytes] | None:
-        request: h11.Request | None = None
-        body = bytearray()
-        for _ in range(_MAX_BODY):  # bounded: every round consumes an event or some bytes
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > _MAX_BODY:
-                    raise h11.RemoteProtocolError("request body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request, bytes(body)
-            else:  # ConnectionClosed
-                return None
-        return None
-
-    def _check(self, record: FakeAuraRequest, body: bytes) -> str:
-        """The text to speak, or raises _Reject like Deepgram would."""
-        b = self.behaviour
-        auth = record.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "token" or key.strip() != b.api_key:
-            raise _Reject(401, "INVALID_AUTH", "Invalid credentials.")
-        if b.reject_status is not None:
-            raise _Reject(b.reject_status, "REJECTED", f"Rejected by the fake (status {b.reject_status}).")
-        if record.path != SPEAK_PATH:
-            raise _Reject(404, "NOT_FOUND", f"No such endpoint: {record.path}")
-        if record.method != "POST":
-            raise _Reject(405, "METHOD_NOT_ALLOWED", "Use POST.")
-        for name, wanted in AURA_AUDIO_PARAMS.items():
-            if record.query.get(name) != wanted:
-                raise _Reject(400, "Bad Request", f"{name} must be {wanted}, got {record.query.get(name)!r}")
-        if not record.query.get("model"):
-            raise _Reject(400, "Bad Request", "model is required")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise _Reject(
-                400, "Bad Request", "Content-type was application/json, but we could not process the JSON payload."
-            ) from None
-        if not isinstance(data, dict) or not isinstance(data.get("text"), str) or not data["text"].strip():
-            raise _Reject(400, "Bad Request", "text must be a non-empty string")
-        text: str = data["text"]
-        record.text = text
-        return text
-
-    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes) -> bool:
-        target = urlsplit(request.target.decode("ascii", "replace"))
-        record = FakeAuraRequest(
-            method=request.method.decode("ascii", "replace"),
-            path=target.path,
-            query=dict(parse_qsl(target.query, keep_blank_values=True)),
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
-            text=None,
-        )
-        self.requests.append(record)
-        b = self.behaviour
-        request_id = str(uuid.uuid4())
-        if b.first_byte_delay_s:
-            await trio.sleep(b.first_byte_delay_s)
-        try:
-            text = self._check(record, body)
-        except _Reject as reject:
-            record.status = reject.status
-            payload = json.dumps(
-                {"err_code": reject.err_code, "err_msg": reject.err_msg, "request_id": request_id}
-            ).encode()
-            headers = [
-                ("content-type", "application/json"),
-                ("content-length", str(len(payload))),
-                ("dg-request-id", request_id),
-                ("dg-error", reject.err_msg),
-            ]
-            await stream.send_all(conn.send(h11.Response(status_code=reject.status, headers=headers)))
-            await stream.send_all(conn.send(h11.Data(data=payload)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
-            return True
-        record.status = 200
-        headers = [
-            ("content-type", "audio/basic"),
-            ("dg-request-id", request_id),
-            ("dg-model-name", record.query.get("model", "")),
-            ("dg-char-count", str(len(text))),
-        ]
-        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
-        audio = self.expected_audio(text)
-        size = max(b.chunk_bytes, 1)
-        for offset in range(0, len(audio), size):
-            if b.fail_after_chunks is not None and record.chunks_sent >= b.fail_after_chunks:
-                await stream.aclose()  # abrupt: no terminating chunk
-                return False
-            if b.hold_after_chunks is not None and record.chunks_sent == b.hold_after_chunks:
-                await self._released.wait()
-            if record.chunks_sent and b.chunk_delay_s:
-                await trio.sleep(b.chunk_delay_s)
-            chunk = audio[offset : offset + size]
-            record.chunks_sent += 1  # counted first: the client may read it before send_all returns
-            record.bytes_sent += len(chunk)
-            await stream.send_all(conn.send(h11.Data(data=chunk)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-        record.completed = True
-        return True
