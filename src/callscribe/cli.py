@@ -1,78 +1,49 @@
-"""`callscribe` command line: serve, fake-deepgram, simulate-call."""
+"""`callscribe` command line: serve, healthcheck, token, fake-deepgram, simulate-call, bench.
+
+A subcommand's module is imported only when that subcommand runs (`callscribe serve` loads neither
+the fakes nor the benchmark): the parser gets the options of the chosen subcommand only, the
+others are listed by name and help line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
-
-import trio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from callscribe import __version__
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+HEALTHCHECK_TIMEOUT_S = 2.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from callscribe.server import config
-    from callscribe.testing import fake_deepgram, simulator
-
-    parser = argparse.ArgumentParser(
-        prog="callscribe",
-        description="Live phone-call transcription: Twilio Media Streams in, Deepgram live STT, transcripts out over WebSockets.",
-    )
-    parser.add_argument("--version", action="version", version=f"callscribe {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser(
-        "serve",
-        help="run the relay server",
-        description="Run the relay: /twilio (Twilio Media Streams), /client (subscribers), /healthz. "
-        "Every option can also be given by the environment variable named with it.",
-    )
-    config.add_arguments(serve)
-
-    fake = commands.add_parser("fake-deepgram", help="run a local fake of Deepgram's live STT API")
-    fake_deepgram.add_cli_arguments(fake)
-
-    simulate = commands.add_parser("simulate-call", help="replay audio to a server as a Twilio Media Stream")
-    simulator.add_cli_arguments(simulate)
-
-    bench = commands.add_parser(
-        "bench", help="measure calls per core, latency and memory (starts its own server and load)"
-    )
-    from callscribe.bench import runner as bench_module
-
-    bench_module.add_cli_arguments(bench)
-
-    token = commands.add_parser(
-        "token", help="mint a signed bearer token for /client and /game (needs CALLSCRIBE_TOKEN_SECRET)"
-    )
-    token.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS", help="lifetime (default 3600)")
-    token.add_argument("--call", metavar="CALLSID", help="limit the token to this call")
-    return parser
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    """Runs the command; returns the exit status."""
+    description: str | None = None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "token":
-        return _token(args)
-    if args.command == "bench":
-        from callscribe.bench import runner as bench
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    """`module.function`, the module imported when it is first called."""
 
-        return bench.run_from_cli(args)
-    if args.command == "fake-deepgram":
-        from callscribe.testing import fake_deepgram
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), function)(*args)
 
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-        return fake_deepgram.run_from_cli(args)
-    from callscribe.testing import simulator
+    return call
 
-    return simulator.run_from_cli(args)
+
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS", help="lifetime (default 3600)")
+    parser.add_argument("--call", metavar="CALLSID", help="limit the token to this call (claim call_sid)")
+    parser.add_argument("--sub", metavar="TEXT", help="who the token is for (claim sub)")
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -87,13 +58,20 @@ def _token(args: argparse.Namespace) -> int:
     if args.ttl <= 0:
         print("callscribe: --ttl must be positive", file=sys.stderr)
         return 2
-    print(TokenCheck(secret=secret).issue(ttl_s=args.ttl, call_sid=args.call))
+    try:
+        tokens = TokenCheck(secret=secret)
+    except ValueError as error:
+        print(f"callscribe: CALLSCRIBE_TOKEN_SECRET: {error}", file=sys.stderr)
+        return 2
+    print(tokens.issue(ttl_s=args.ttl, call_sid=args.call, subject=args.sub))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import trio
+
     from callscribe.server.config import ConfigError, settings_from
-    from callscribe.server.serve import serve
+    from callscribe.server.serve import StartupError, leaves, serve
 
     try:
         settings = settings_from(args)
@@ -101,15 +79,116 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"callscribe: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    failure: OSError | None = None
+    failure: BaseException | None = None
     try:
         trio.run(serve, settings)
-    except* OSError as group:
-        failure = group.exceptions[0]  # type: ignore[assignment]
+    except* StartupError as group:
+        failure = next(leaves(group))
     if failure is not None:
-        print(
-            f"callscribe: cannot listen on {settings.host}:{settings.port}: {failure.strerror or failure}",
-            file=sys.stderr,
-        )
-        return 1
+        print(f"callscribe: {failure}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """GET /healthz of the server the settings describe: 0 when it answers 200, else 1 and one line
+    (1, not 2: Docker reserves 2). The certificate is not checked: it is for the public name."""
+    import httpx
+
+    from callscribe.server.config import ConfigError, health_url
+
+    try:
+        url = health_url(args)
+    except ConfigError as error:
+        print(f"callscribe: {error}", file=sys.stderr)
+        return 1
+    try:
+        response = httpx.get(url, verify=False, timeout=HEALTHCHECK_TIMEOUT_S)
+    except httpx.HTTPError as error:
+        print(f"callscribe: {url}: {error or type(error).__name__}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"callscribe: {url} answered {response.status_code} {response.reason_phrase}", file=sys.stderr)
+        return 1
+    print(response.text.strip())
+    return 0
+
+
+def _fake_deepgram(args: argparse.Namespace) -> int:
+    from callscribe.testing import fake_deepgram
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return fake_deepgram.run_from_cli(args)
+
+
+_SERVER_OPTIONS = _lazy("callscribe.server.config", "add_arguments")
+
+COMMANDS = (
+    Command(
+        "serve",
+        "run the relay server",
+        _SERVER_OPTIONS,
+        _serve,
+        description="Run the relay: /twilio (Twilio Media Streams), /client (subscribers), /healthz. "
+        "Every option can also be given by the environment variable named with it.",
+    ),
+    Command(
+        "healthcheck",
+        "exit 0 if the server these settings describe answers on /healthz, else 1 (for Docker's HEALTHCHECK)",
+        _SERVER_OPTIONS,
+        _healthcheck,
+        description="GET /healthz on the address `serve` listens on with the same options and environment "
+        "(127.0.0.1 for 0.0.0.0 or [::]; https, unverified, when a certificate is set). "
+        "Exit 0 if it answers 200, else 1 with one line on stderr. Only --listen and --cert matter.",
+    ),
+    Command(
+        "token",
+        "mint a signed bearer token (a JWT) for /client and /game (needs CALLSCRIBE_TOKEN_SECRET)",
+        _token_arguments,
+        _token,
+    ),
+    Command(
+        "fake-deepgram",
+        "run a local fake of Deepgram's live STT API",
+        _lazy("callscribe.testing.fake_deepgram", "add_cli_arguments"),
+        _fake_deepgram,
+    ),
+    Command(
+        "simulate-call",
+        "replay audio to a server as a Twilio Media Stream",
+        _lazy("callscribe.testing.simulator", "add_cli_arguments"),
+        _lazy("callscribe.testing.simulator", "run_from_cli"),
+    ),
+    Command(
+        "bench",
+        "measure calls per core, latency and memory (starts its own server and load)",
+        _lazy("callscribe.bench.runner", "add_cli_arguments"),
+        _lazy("callscribe.bench.runner", "run_from_cli"),
+    ),
+)
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The command line, with the options of the `chosen` subcommand only (importing its module)."""
+    parser = argparse.ArgumentParser(
+        prog="callscribe",
+        description="Live phone-call transcription: Twilio Media Streams in, Deepgram live STT, transcripts out over WebSockets.",
+    )
+    parser.add_argument("--version", action="version", version=f"callscribe {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        subparser = subparsers.add_parser(
+            command.name, help=command.help, description=command.description or command.help
+        )
+        if command.name == chosen:
+            command.add_arguments(subparser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # The top level's own options take no value: the first other argument names the subcommand.
+    chosen = next((argument for argument in arguments if not argument.startswith("-")), None)
+    args = build_parser(chosen).parse_args(arguments)
+    command = next(command for command in COMMANDS if command.name == args.command)
+    return command.run(args)

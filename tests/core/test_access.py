@@ -8,11 +8,22 @@ import hmac
 import json
 
 import httpx
+import jwt
 import pytest
 import trio
 import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 
-from callscribe.core.access import TokenCheck, TwilioSignatureCheck, bearer_token, origin_allowed, public_url
+from callscribe.core.access import (
+    LEEWAY_S,
+    TokenCheck,
+    TwilioSignatureCheck,
+    Verdict,
+    bearer_token,
+    origin_allowed,
+    public_url,
+)
 from callscribe.core.audio import generate_tone
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallConnectionError, CallSpec, run_call
@@ -61,24 +72,106 @@ def test_public_url_follows_configuration_then_proxy_headers() -> None:
     )
 
 
-def test_static_and_signed_tokens() -> None:
+SECRET = "0123456789abcdef0123456789abcdef"
+"""32 bytes: the shortest HS256 key RFC 7518 allows."""
+
+
+def mint(claims: dict[str, object], key: str = SECRET, algorithm: str = "HS256", **headers: object) -> str:
+    """A token as any backend would mint it: plain PyJWT, nothing of callscribe's."""
+    return jwt.encode(claims, key, algorithm=algorithm, headers=headers or None)
+
+
+def test_static_tokens() -> None:
     assert TokenCheck().check(None).ok  # nothing configured: open
-    check = TokenCheck({"s3cret"}, secret="key")
-    assert check.check("s3cret").ok
+    check = TokenCheck({"s3cret", "pässword"})
+    assert check.check("s3cret").ok and check.check("pässword").ok
     assert check.check(None).reason == "a bearer token is required"
     assert check.check("guess").reason == "unknown token"
+    assert check.check("\udc80").reason == "unknown token"  # not even encodable: still just a wrong token
+    assert check.check(mint({"exp": 2000})).reason == "unknown token"  # no secret: no signed tokens
+    with pytest.raises(ValueError, match="CALLSCRIBE_TOKEN_SECRET"):
+        check.issue(ttl_s=1)
+
+
+def test_issued_tokens_are_standard_jwts() -> None:
+    check = TokenCheck(secret=SECRET)
     token = check.issue(ttl_s=60, now=1000)
-    assert check.check(token, now=1030).ok and check.check(token, now=1030).call_sid is None
-    assert check.check(token, now=1061).reason == "token expired"
-    _, signature = token.split(".")
-    forged = base64.urlsafe_b64encode(json.dumps({"exp": 9e9}).encode()).rstrip(b"=").decode() + "." + signature
-    assert check.check(forged, now=1030).reason == "bad token signature"
-    assert TokenCheck(secret="other").check(token, now=1030).reason == "bad token signature"
-    assert check.check("a.b!!", now=1030).reason == "malformed token"
-    limited = check.issue(ttl_s=60, call_sid="CA9", now=1000)
-    assert check.check(limited, now=1010).call_sid == "CA9"
-    with pytest.raises(ValueError):
-        TokenCheck({"x"}).issue(ttl_s=1)
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    assert jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False}) == {"iat": 1000, "exp": 1060}
+    limited = check.issue(ttl_s=60, call_sid="CA9", subject="ops dashboard", now=1000)
+    claims = jwt.decode(limited, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    assert claims == {"iat": 1000, "exp": 1060, "sub": "ops dashboard", "call_sid": "CA9"}
+
+
+def test_tokens_minted_elsewhere_are_accepted_until_they_expire() -> None:
+    check = TokenCheck(secret=SECRET)
+    verdict = check.check(mint({"exp": 1060}), now=1030)
+    assert verdict == Verdict(True)
+    assert check.check(mint({"exp": 1060}), now=1060 + LEEWAY_S - 0.001).ok  # clocks may differ a little
+    assert check.check(mint({"exp": 1060}), now=1060 + LEEWAY_S).reason == "token expired"
+    assert check.check(mint({"exp": 1060.5}), now=1030).ok  # NumericDate may have a fraction
+    scoped = check.check(mint({"exp": 1060, "sub": "agent 7", "call_sid": "CA9", "iat": 999, "jti": "x"}), now=1030)
+    assert scoped == Verdict(True, call_sid="CA9", subject="agent 7")
+    assert check.check(mint({"exp": 1060, "nbf": 1100}), now=1030).reason == "token not valid yet (nbf)"
+    assert check.check(mint({"exp": 1060, "nbf": 1030 + LEEWAY_S}), now=1030).ok
+    assert check.check(mint({"exp": 1060, "iat": 5000}), now=1030).ok  # iat is information, not a rule
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (mint({"exp": 1060}, key="another secret of at least 32 bytes"), "bad token signature"),
+        (mint({"exp": 1060}, algorithm="HS512", key=SECRET * 2), "token algorithm must be HS256"),
+        (mint({"exp": 1060}, algorithm="none", key=""), "token algorithm must be HS256"),
+        (mint({"call_sid": "CA9"}), "token has no exp (expiry) claim"),
+        (mint({"exp": None}), "token has no exp (expiry) claim"),
+        (mint({"exp": "1060"}), "token claim exp must be a number of seconds since the epoch"),
+        (mint({"exp": True}), "token claim exp must be a number of seconds since the epoch"),
+        (mint({"exp": float("inf")}), "token claim exp must be a number of seconds since the epoch"),
+        (mint({"exp": float("nan")}), "token claim exp must be a number of seconds since the epoch"),
+        (mint({"exp": 1060, "nbf": "soon"}), "token claim nbf must be a number of seconds since the epoch"),
+        (mint({"exp": 1060, "sub": 42}), "token claim sub must be a string"),
+        (mint({"exp": 1060, "call_sid": 42}), "token claim call_sid must be a callSid string"),
+        (mint({"exp": 1060, "call_sid": ""}), "token claim call_sid must be a callSid string"),
+        (mint({"exp": 1060, "aud": "someone"}), "token has an aud (audience) claim; callscribe tokens have none"),
+        ("a.b.c", "malformed token"),
+        ("é.b.c", "malformed token"),
+        ("a.b", "unknown token"),
+    ],
+)
+def test_signed_tokens_are_refused_with_a_reason(token: str, reason: str) -> None:
+    verdict = TokenCheck({"static"}, secret=SECRET).check(token, now=1030)
+    assert verdict == Verdict(False, reason)
+    assert "token" in verdict.reason  # the routes answer 401 to a token problem, 403 to the rest
+
+
+def test_a_payload_changed_after_signing_is_refused() -> None:
+    header, _, signature = mint({"exp": 1060, "call_sid": "CA1"}).split(".")
+    widened = jwt.utils.base64url_encode(json.dumps({"exp": 1060}).encode()).decode()
+    assert TokenCheck(secret=SECRET).check(f"{header}.{widened}.{signature}", now=1030).reason == "bad token signature"
+
+
+def test_secrets_shorter_than_an_hs256_key_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        TokenCheck(secret=SECRET[:-1])
+
+
+@given(st.text(max_size=200))
+def test_any_text_gets_a_verdict(token: str) -> None:
+    assert not TokenCheck({"static"}, secret=SECRET).check(token, now=1030).ok
+
+
+@given(st.binary(min_size=1, max_size=8), st.integers(min_value=0))
+def test_a_token_with_any_bytes_changed_is_refused_or_the_same(patch: bytes, at: int) -> None:
+    token = mint({"exp": 1060, "call_sid": "CA1"}).encode()
+    at %= len(token)
+    changed = (token[:at] + patch + token[at + len(patch) :]).decode("latin-1")
+    verdict = TokenCheck(secret=SECRET).check(changed, now=1030)
+    # base64url's last character may carry unused bits: a change there can decode to the same bytes.
+    assert not verdict.ok or jwt.decode(changed, SECRET, algorithms=["HS256"], options={"verify_exp": False}) == {
+        "exp": 1060,
+        "call_sid": "CA1",
+    }
 
 
 def test_tokens_are_found_in_header_query_or_subprotocol() -> None:
@@ -143,7 +236,7 @@ async def _rejection(server: RunningServer, path: str, **kwargs: object) -> int:
 
 
 async def test_subscribers_and_games_need_a_token(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
-    secret = "token-secret"
+    secret = SECRET
     server = await start_server(nursery, fake_deepgram, tokens=frozenset({"static-token"}), token_secret=secret)
     assert await _rejection(server, "/client") == 401
     assert await _rejection(server, "/game") == 401
@@ -166,7 +259,7 @@ async def test_subscribers_and_games_need_a_token(nursery: trio.Nursery, fake_de
 async def test_a_call_limited_token_sees_and_reads_only_its_call(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram
 ) -> None:
-    secret = "token-secret"
+    secret = SECRET
     server = await start_server(nursery, fake_deepgram, token_secret=secret)
     mine, other = (
         CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "1" * 32),

@@ -1,31 +1,57 @@
-"""The command line: help, one-line configuration errors with status 2, and a real server process."""
+"""The command line: help, one-line configuration and start-up errors with status 2, a real server
+process, the health check, token minting, and subcommands that import only what they use."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import trio
 import trustme
 
-from callscribe.server.config import OPTIONS
-from conftest import free_port
+from callscribe.server import listener
+from callscribe.server.call import CallSettings
+from callscribe.server.config import OPTIONS, ServerSettings
+from callscribe.server.hub import InMemoryHub
+from callscribe.server.serve import StartupError, leaves, serve
+from callscribe.testing.fake_deepgram import FakeDeepgram
+from conftest import free_port, start_server
 
 PYTHON = sys.executable
+TOKEN_SECRET = "0123456789abcdef0123456789abcdef"
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) ")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without callscribe's settings, plus `env`."""
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "PROXY_", "CALLSCRIBE_"))
     }
+    return base | (env or {})
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "callscribe", *args], env=base | (env or {}), capture_output=True, text=True, timeout=30
+        [PYTHON, "-m", "callscribe", *args], env=clean_env(env), capture_output=True, text=True, timeout=30
     )
+
+
+def assert_one_error_line(stderr: str, message: str) -> None:
+    """Log lines below ERROR may come first; then exactly one line, the error, and no traceback."""
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("callscribe: ") and message in lines[-1], stderr
+    assert all(LOG_LINE.match(line) for line in lines[:-1]), stderr
 
 
 def test_help_documents_every_option_and_its_variable() -> None:
@@ -66,6 +92,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
             "DEEPGRAM_URL: Deepgram URL must be ws://",
         ),
         ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_LOG_LEVEL": "chatty"}, "CALLSCRIBE_LOG_LEVEL must be"),
+        ({"DEEPGRAM_API_KEY": "k", "CERT_PEM": "{folder}", "KEY_PEM": "{key}"}, "CERT_PEM: cannot read"),
+        (
+            {"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_TOKEN_SECRET": "short"},
+            "CALLSCRIBE_TOKEN_SECRET must be at least 32 bytes long",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_and_status_2(
@@ -73,7 +104,7 @@ def test_bad_configuration_is_one_line_and_status_2(
 ) -> None:
     cert, key = certificate
     garbage = str(Path(cert).parent / "garbage.pem")
-    env = {k: v.format(cert=cert, key=key, garbage=garbage) for k, v in env.items()}
+    env = {k: v.format(cert=cert, key=key, garbage=garbage, folder=Path(cert).parent) for k, v in env.items()}
     result = run_cli("serve", env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -112,6 +143,170 @@ async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> N
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# -- start-up failures -------------------------------------------------------------------------
+
+
+def _nonlocal_bind_allowed() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv4/ip_nonlocal_bind").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def test_an_address_in_use_is_one_line_and_status_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", env={"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}"})
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.skipif(_nonlocal_bind_allowed(), reason="net.ipv4.ip_nonlocal_bind lets any address be bound")
+def test_an_address_not_of_this_machine_is_one_line_and_status_2() -> None:
+    result = run_cli("serve", "--listen", f"192.0.2.1:{free_port()}", env={"DEEPGRAM_API_KEY": "k"})  # TEST-NET-1
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "cannot listen on 192.0.2.1:")
+    assert "Cannot assign requested address" in result.stderr
+
+
+def test_redis_not_answering_at_start_up_is_one_line_and_status_2() -> None:
+    port = free_port()
+    env = {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{free_port()}"}
+    result = run_cli("serve", env=env | {"CALLSCRIBE_REDIS_URL": f"redis://user:password@127.0.0.1:{port}/0"})
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, f"cannot reach Redis at 127.0.0.1:{port}/0: ")
+    assert "password" not in result.stderr
+
+
+def _settings() -> ServerSettings:
+    return ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        call=CallSettings(deepgram_url="ws://127.0.0.1:9/v1/listen", deepgram_api_key="k"),
+        speech="espeak",
+    )
+
+
+@pytest.mark.parametrize(("name", "reason"), [("missing.pem", "No such file"), ("garbage.pem", "PEM lib")])
+async def test_a_certificate_that_does_not_load_is_a_startup_error(
+    certificate: tuple[str, str], name: str, reason: str
+) -> None:
+    cert, key = certificate  # settings_from checks the files; settings built otherwise are checked too
+    settings = dataclasses.replace(_settings(), certfile=str(Path(cert).parent / name), keyfile=key)
+    with pytest.raises(StartupError, match=f"CERT_PEM/KEY_PEM: cannot load the certificate and key: .*{reason}"):
+        await serve(settings)
+
+
+class HubThatCannotStart(InMemoryHub):
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise RuntimeError("the hub's store is gone")
+
+
+@pytest.mark.logged_exceptions_expected  # Quart logs the failure with its traceback
+async def test_the_app_failing_to_start_is_a_startup_error() -> None:
+    with pytest.raises(StartupError) as raised, trio.fail_after(10):
+        await serve(_settings(), hub=HubThatCannotStart())
+    assert str(raised.value) == "the app failed to start: RuntimeError: the hub's store is gone"
+
+
+async def test_failures_once_listening_are_not_startup_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def listen_then_fail(*args: object, task_status: trio.TaskStatus[list[str]], **kwargs: object) -> None:
+        task_status.started(["http://127.0.0.1:1"])
+        await trio.lowlevel.checkpoint()
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(listener, "serve", listen_then_fail)
+    with pytest.raises(BaseExceptionGroup) as raised, trio.fail_after(10):
+        await serve(_settings())
+    assert [type(error) for error in leaves(raised.value)] == [OSError]
+
+
+# -- healthcheck --------------------------------------------------------------------------------
+
+
+async def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(20):
+        return await trio.run_process(
+            [PYTHON, "-m", "callscribe", "healthcheck", *args],
+            env=clean_env(env),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+async def test_healthcheck_of_a_running_server(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+    server = await start_server(nursery, fake_deepgram)
+    port = server.http_url.rsplit(":", 1)[1]
+    for args, env in [((), {"PROXY_URL": f"127.0.0.1:{port}"}), (("--listen", f"0.0.0.0:{port}"), {})]:
+        result = await healthcheck(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["status"] == "ok" and result.stderr == b""
+    server.stop.set()
+
+
+async def test_healthcheck_speaks_tls_without_checking_the_certificate(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate  # issued by a CA that nothing trusts
+    server = await start_server(nursery, fake_deepgram, certfile=cert, keyfile=key)
+    port = server.http_url.rsplit(":", 1)[1]
+    result = await healthcheck(env={"PROXY_URL": f"[::]:{port}", "CERT_PEM": cert, "KEY_PEM": key})
+    assert result.returncode == 0, result.stderr
+    assert (await healthcheck("--listen", f"127.0.0.1:{port}")).returncode == 1  # plain http to a TLS port
+    server.stop.set()
+
+
+async def test_healthcheck_of_a_closed_port_is_one_line_and_status_1() -> None:
+    port = free_port()
+    result = await healthcheck("--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1 and result.stdout == b""
+    (line,) = result.stderr.decode().strip().splitlines()
+    assert line.startswith(f"callscribe: http://127.0.0.1:{port}/healthz: ") and "refused" in line
+    result = await healthcheck(env={"PROXY_URL": "nowhere"})
+    assert result.returncode == 1 and "PROXY_URL must be host:port" in result.stderr.decode()
+
+
+# -- token, imports ----------------------------------------------------------------------------
+
+
+def test_token_mints_a_jwt_any_library_can_read() -> None:
+    result = run_cli(
+        "token", "--ttl", "60", "--call", "CA1", "--sub", "ops", env={"CALLSCRIBE_TOKEN_SECRET": TOKEN_SECRET}
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), TOKEN_SECRET, algorithms=["HS256"])
+    assert claims["call_sid"] == "CA1" and claims["sub"] == "ops" and claims["exp"] - claims["iat"] == 60
+    short = run_cli("token", env={"CALLSCRIBE_TOKEN_SECRET": "short"})
+    assert short.returncode == 2 and "at least 32 bytes" in short.stderr and len(short.stderr.splitlines()) == 1
+
+
+def test_a_subcommand_imports_only_its_own_modules() -> None:
+    program = """
+import sys
+from callscribe import cli
+for argv in (["--help"], ["serve", "--help"], ["healthcheck", "--help"], ["token", "--help"]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+import callscribe.server.serve
+print(sorted(m for m in sys.modules if m.startswith(("callscribe.testing", "callscribe.bench"))))
+"""
+    result = subprocess.run([PYTHON, "-c", program], capture_output=True, text=True, timeout=30, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [("fake-deepgram", "--reject-status"), ("simulate-call", "--mulaw"), ("bench", "--scenario")]
+)
+def test_every_subcommand_still_documents_its_options(command: str, option: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0 and option in result.stdout
 
 
 def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> None:

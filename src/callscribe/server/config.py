@@ -11,10 +11,13 @@ import argparse
 import logging
 import os
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from callscribe.core import deepgram
+from callscribe.core.access import MIN_SECRET_BYTES
 from callscribe.core.codes import CodePool
 from callscribe.core.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
 from callscribe.core.twiml import stream_url
@@ -63,7 +66,7 @@ OPTIONS = [
     Option(
         "--deepgram-retries",
         "CALLSCRIBE_DEEPGRAM_RETRIES",
-        "failed Deepgram connection attempts in a row before a call gives up on transcription",
+        "retries in a row after a failed or lost Deepgram connection before a call gives up on transcription",
         "8",
     ),
     Option(
@@ -161,7 +164,7 @@ class ServerSettings:
     games: GameSettings = field(default_factory=GameSettings)
     public_url: str | None = None
     forward_number: str | None = None
-    speech: str = "espeak"
+    speech: Literal["auto", "aura", "espeak"] = "espeak"
     speak_url: str = "https://api.deepgram.com/v1/speak"
     twilio_auth_token: str | None = None
     tokens: frozenset[str] = frozenset()
@@ -174,7 +177,7 @@ class ServerSettings:
         return self.certfile is not None
 
 
-def _raw(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, str | None]:
+def _raw(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for option in OPTIONS:
         value = getattr(args, option.flag[2:].replace("-", "_"), None)
@@ -192,7 +195,9 @@ def parse_host_port(text: str, name: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _number(values: dict[str, str | None], env: str, low: float, high: float, kind: type = float) -> float:
+def _number(
+    values: dict[str, str | None], env: str, low: float, high: float, kind: Callable[[str], float] = float
+) -> float:
     text = values[env] or ""
     try:
         number = kind(text)
@@ -211,8 +216,10 @@ def _readable(path: str, env: str) -> None:
         raise ConfigError(f"{env}: cannot read {path}: {error.strerror}") from None
 
 
-def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerSettings:
-    values = _raw(args, dict(os.environ) if environ is None else environ)
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """The settings of `callscribe serve`: its flags, then `environ` (None: the process environment)."""
+    env = os.environ if environ is None else environ
+    values = _raw(args, env)
     host, port = parse_host_port(values["PROXY_URL"] or "", "PROXY_URL")
 
     api_key = values["DEEPGRAM_API_KEY"]
@@ -277,13 +284,21 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
             CodePool.from_file(codes_file)
         except ValueError as error:
             raise ConfigError(f"CALLSCRIBE_GAME_CODES: {error}") from None
-    speech = (values["CALLSCRIBE_SPEECH"] or "").lower()
-    if speech not in ("auto", "aura", "espeak"):
+    choice = (values["CALLSCRIBE_SPEECH"] or "").lower()
+    if choice not in ("auto", "aura", "espeak"):
         raise ConfigError(f"CALLSCRIBE_SPEECH must be auto, aura or espeak, not {values['CALLSCRIBE_SPEECH']!r}")
     speak_url = values["DEEPGRAM_SPEAK_URL"] or ""
-    if speech == "auto":
-        explicit_speak_url = bool(getattr(args, "speak_url", None) or (environ or os.environ).get("DEEPGRAM_SPEAK_URL"))
-        speech = "aura" if explicit_speak_url or urlsplit(url).hostname == "api.deepgram.com" else "espeak"
+    if choice == "auto":
+        explicit_speak_url = bool(getattr(args, "speak_url", None) or env.get("DEEPGRAM_SPEAK_URL"))
+        choice = "aura" if explicit_speak_url or urlsplit(url).hostname == "api.deepgram.com" else "espeak"
+    speech: Literal["aura", "espeak"] = "aura" if choice == "aura" else "espeak"
+
+    token_secret = values["CALLSCRIBE_TOKEN_SECRET"] or None
+    if token_secret and len(token_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"CALLSCRIBE_TOKEN_SECRET must be at least {MIN_SECRET_BYTES} bytes long (an HS256 key);"
+            " `openssl rand -hex 32` makes one"
+        )
 
     redis_url = values["CALLSCRIBE_REDIS_URL"] or None
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
@@ -317,10 +332,23 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         speak_url=speak_url,
         twilio_auth_token=values["TWILIO_AUTH_TOKEN"] or None,
         tokens=_list(values["CALLSCRIBE_TOKENS"]),
-        token_secret=values["CALLSCRIBE_TOKEN_SECRET"] or None,
+        token_secret=token_secret,
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
         redis_url=redis_url,
     )
+
+
+def health_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """Where this machine reaches the `/healthz` of the server these settings describe.
+
+    https when a certificate is configured; a wildcard address (`0.0.0.0`, `[::]`) is reached at
+    127.0.0.1, which a dual-stack `[::]` also accepts. Only `PROXY_URL` and `CERT_PEM` matter."""
+    values = _raw(args, os.environ if environ is None else environ)
+    host, port = parse_host_port(values["PROXY_URL"] or "", "PROXY_URL")
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if values['CERT_PEM'] else 'http'}://{host}:{port}/healthz"
 
 
 def _list(text: str | None) -> frozenset[str]:
