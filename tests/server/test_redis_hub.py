@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import logging
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import coredis
 import httpx
@@ -15,9 +20,11 @@ import trio
 import trio_websocket
 
 from callscribe.core.audio import generate_tone
-from callscribe.testing.fake_deepgram import FakeDeepgram
+from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
+from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import RunningServer, Subscriber, free_port, start_server, subscribe, wait_until_live
+from conftest import API_KEY, RunningServer, Subscriber, free_port, noise, start_server, subscribe, wait_until_live
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup"
@@ -43,8 +50,9 @@ class RedisServer:
                     async with coredis.Redis.from_url(self.url) as client:
                         await client.ping()
                     return
-                except (coredis.exceptions.ConnectionError, OSError):
-                    await trio.sleep(0.05)
+                except* (coredis.exceptions.ConnectionError, OSError):
+                    pass  # not listening yet
+                await trio.sleep(0.05)
 
     async def kill(self) -> None:
         if self.process is not None:
@@ -52,12 +60,21 @@ class RedisServer:
             await self.process.wait()
             self.process = None
 
+    def pause(self) -> None:
+        """Hang: connections stay open and nothing is answered (SIGSTOP), until `resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
     server = RedisServer()
-    await server.start()
     try:
+        await server.start()
         yield server
     finally:
         await server.kill()
@@ -66,6 +83,32 @@ async def redis_server() -> AsyncIterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@asynccontextmanager
+async def running_hub(url: str, **options: float) -> AsyncIterator[RedisHub]:
+    """A RedisHub of the test's own, its tasks running until the block ends."""
+    async with trio.open_nursery() as nursery:
+        hub = RedisHub(url, **options)  # type: ignore[arg-type]
+        await nursery.start(hub.run)
+        yield hub
+        nursery.cancel_scope.cancel()
+
+
+async def until_listed(hub: RedisHub, call_sid: str) -> None:
+    with trio.fail_after(5):
+        while call_sid not in await hub.active_calls():
+            await trio.sleep(0.01)
+
+
+async def until_logged(caplog: pytest.LogCaptureFixture, text: str, within_s: float) -> None:
+    with trio.fail_after(within_s):
+        while text not in caplog.text:
+            await trio.sleep(0.02)
+
+
+def count_logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in record.getMessage() for record in caplog.records)
 
 
 async def _stop(*servers: RunningServer) -> None:
@@ -178,3 +221,160 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
     assert (follower.types[-1], follower.close_code) == ("Metadata", 1000)
     assert "Redis is back" in caplog.text
     await _stop(server)
+
+
+async def test_publish_register_and_unregister_never_wait_for_a_hung_redis(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_hub(redis_server.url, outbox_size=8) as hub:
+        await hub.register_call("CA1")
+        await until_listed(hub, "CA1")
+        async with hub.subscribe("CA1") as subscription:
+            redis_server.pause()
+            began = trio.current_time()
+            with trio.fail_after(1):
+                for n in range(50):
+                    await hub.publish("CA1", f"m{n}", droppable=n % 10 == 9)
+                await hub.register_call("CA2")
+                await hub.unregister_call("CA2")
+                await hub.unregister_call("CA1")
+            assert trio.current_time() - began < 0.1  # none of them waited for Redis
+            with trio.fail_after(COMMAND_TIMEOUT_S + 1):
+                received = [message async for message in subscription]
+        # This process's subscriber of its own call got everything, ended included.
+        assert received == [f"m{n}" for n in range(50)]
+        assert (subscription.close_code, subscription.close_reason) == (1000, "call ended")
+        # Writes beyond the outbox were dropped (logged once); then the hang is noticed, once.
+        await until_logged(caplog, "Redis is unavailable", COMMAND_TIMEOUT_S + 1)
+        assert count_logged(caplog, "not keeping up") == 1
+        assert count_logged(caplog, "Redis is unavailable") == 1
+        redis_server.resume()
+        await until_logged(caplog, "Redis is back", PROBE_INTERVAL_S + COMMAND_TIMEOUT_S + 1)
+
+
+async def test_a_hung_redis_never_delays_a_call(nursery: trio.Nursery, redis_server: RedisServer) -> None:
+    arrivals: dict[int, list[float]] = {}
+
+    def on_audio(session: FakeDeepgramSession, data: bytes) -> None:
+        arrivals.setdefault(id(session), []).append(trio.current_time())
+
+    fake = FakeDeepgram(FakeDeepgramBehaviour(api_key=API_KEY), on_audio=on_audio)
+    await nursery.start(fake.serve)
+    server = await start_server(nursery, fake, redis_url=redis_server.url)
+    first = CallSpec(inbound=noise(3.0, 1), outbound=noise(3.0, 2), call_sid="CA" + "8" * 32)
+    subscriber = Subscriber()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(server.url("/twilio"), first, speed=1.5))
+        await wait_until_live(server, first.call_sid)
+        inner.start_soon(subscribe, server, first.call_sid, subscriber)
+        with trio.fail_after(10):
+            while not subscriber.messages:
+                await trio.sleep(0.01)
+        redis_server.pause()  # mid-call: every later publish, and the call's end, meet a hung Redis
+    second = CallSpec(inbound=noise(2.0, 3), call_sid="CA" + "9" * 32)
+    began = trio.current_time()
+    with trio.fail_after(10):
+        await run_call(server.url("/twilio"), second, speed=1.5)  # starts while Redis hangs
+    sessions = fake.sessions
+    assert len(sessions) == 2
+    assert bytes(sessions[0].audio_by_channel[0]) == first.inbound
+    assert bytes(sessions[0].audio_by_channel[1]) == first.outbound
+    assert bytes(sessions[1].audio_by_channel[0]) == second.inbound
+    on_time = 0.75 * COMMAND_TIMEOUT_S  # waiting for Redis would take the whole deadline
+    assert arrivals[id(sessions[1])][0] - began < on_time  # registering did not hold the start up
+    for session in sessions:
+        times = arrivals[id(session)]
+        assert max(later - earlier for earlier, later in itertools.pairwise(times)) < on_time  # never held up
+    # The local subscriber was served directly, to the end.
+    assert subscriber.types.count("Results") == sessions[0].results_sent
+    assert (subscriber.types[-1], subscriber.close_code, subscriber.close_reason) == ("Metadata", 1000, "call ended")
+    redis_server.resume()
+    await _stop(server)
+
+
+async def test_redis_back_is_logged_as_soon_as_it_answers_and_coredis_stays_quiet(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    accepted = 0
+
+    async def never_answer(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        async for _ in stream:
+            pass
+
+    async with running_hub(redis_server.url, command_timeout_s=0.5) as hub:
+        await redis_server.kill()
+        with pytest.raises(HubUnavailable):
+            await hub.active_calls()
+        async with trio.open_nursery() as hung:  # a Redis that accepts connections and never answers
+            await hung.start(functools.partial(trio.serve_tcp, never_answer, redis_server.port, host="127.0.0.1"))
+            with trio.fail_after(10):
+                while accepted < 2:  # it is probed again and again
+                    await trio.sleep(0.02)
+            hung.cancel_scope.cancel()
+        await redis_server.start()
+        await until_logged(caplog, "Redis is back", 3 * PROBE_INTERVAL_S)  # noticed without any use
+        await hub.register_call("CA1")
+        await until_listed(hub, "CA1")
+        async with hub.subscribe("CA1") as subscription:
+            await hub.unregister_call("CA1")
+            with trio.fail_after(2):
+                assert [message async for message in subscription] == []
+    assert count_logged(caplog, "Redis is unavailable") == 1
+    assert count_logged(caplog, "Redis is back") == 1
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith("coredis") and r.levelno > logging.DEBUG]
+    assert chatter == []
+
+
+async def test_malformed_pubsub_messages_are_skipped(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    spec = CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "3" * 32)
+    on_a, on_b = Subscriber(), Subscriber()
+    garbage = [b"\xff\xfe not UTF-8", b"", b"x", b"m", b"e{not json", b"e12345678{not json", b'e12345678{"code": "x"}']
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(a.url("/twilio"), spec, speed=1.5))
+        await wait_until_live(b, spec.call_sid)
+        inner.start_soon(subscribe, a, spec.call_sid, on_a)
+        inner.start_soon(subscribe, b, spec.call_sid, on_b)
+        with trio.fail_after(10):
+            while not (on_a.messages and on_b.messages):
+                await trio.sleep(0.01)
+        async with coredis.Redis.from_url(redis_url) as raw:
+            for data in garbage:
+                await raw.publish(f"callscribe:messages:{spec.call_sid}", data)
+    (session,) = fake_deepgram.sessions
+    for subscriber in (on_a, on_b):  # the call, and both hubs, went on
+        assert subscriber.types.count("Results") == session.results_sent
+        assert (subscriber.types[-1], subscriber.close_code) == ("Metadata", 1000)
+    assert count_logged(caplog, "malformed") == 2  # once by each process, however many
+    await _stop(a, b)
+
+
+async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = "callscribe:messages:CA-elsewhere"
+    async with (
+        running_hub(redis_server.url, pubsub_backlog=20) as hub,
+        coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw,
+    ):
+        await raw.zadd("callscribe:calls", {"CA-elsewhere": time.time()})  # a call of another process
+        async with hub.subscribe("CA-elsewhere") as behind:
+            async with raw.pipeline(transaction=False) as burst:  # arrives faster than it is dispatched
+                for n in range(500):
+                    burst.publish(channel, f"m00000000{n}")
+            with trio.fail_after(5):
+                received = [message async for message in behind]
+        assert len(received) < 500
+        assert behind.close_code == CLOSE_TRY_AGAIN_LATER
+        assert count_logged(caplog, "cannot keep up") == 1
+        async with hub.subscribe("CA-elsewhere") as fresh:  # reconnected
+            await raw.publish(channel, "m00000000after")
+            await raw.publish(channel, 'e00000000{"code": 1000, "reason": "call ended"}')
+            with trio.fail_after(5):
+                assert [message async for message in fresh] == ["after"]

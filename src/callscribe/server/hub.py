@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import trio
@@ -97,6 +97,9 @@ class Subscription:
 
 
 class Hub(Protocol):
+    """`register_call`, `unregister_call` and `publish` are awaited on a call's media path: they
+    return at once, waiting neither for a subscriber nor for anything the hub is built on."""
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The hub's own tasks (connections, dispatch); started before any call, cancelled after the last."""
 
@@ -115,11 +118,13 @@ class Hub(Protocol):
         per call, and given first to anyone who subscribes later."""
 
     async def active_calls(self) -> list[str]:
-        """callSids of the live calls, oldest first; raises `HubUnavailable` if the hub cannot tell now."""
+        """callSids of the live calls; raises `HubUnavailable` if the hub cannot tell now."""
 
-    def subscribe(self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE) -> AsyncIterator[Subscription]:
-        """Async context manager: a subscription to a live call; raises `UnknownCall` if there is none,
-        `HubUnavailable` if the hub cannot tell now."""
+    def subscribe(
+        self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """A subscription to a live call, for the block's duration; raises `UnknownCall` if there is
+        none, `HubUnavailable` if the hub cannot tell now."""
 
     def stats(self) -> dict[str, int]:
         """Counts for health checks: {"calls": ..., "subscribers": ...}."""
