@@ -1,4 +1,5 @@
-"""Tests for the fake Deepgram live STT server, driven over loopback with trio-websocket clients."""
+"""Tests for the fake Deepgram live STT server (handshake, connections, results, command line), driven over
+loopback with trio-websocket clients. The pure parts have their own tests (test_fake_deepgram_*.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from trio_websocket import (
     CloseReason,
     ConnectionClosed,
@@ -30,13 +29,12 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from callscribe.testing import fake_deepgram
+from callscribe.testing import fake_deepgram, fake_deepgram_connection
 from callscribe.testing.fake_deepgram import (
     FakeDeepgram,
     FakeDeepgramBehaviour,
     add_cli_arguments,
     behaviour_from_args,
-    results_message,
     run_from_cli,
 )
 from conftest import local_tls
@@ -449,13 +447,14 @@ async def test_client_close_without_close_stream(fake: FakeDeepgram) -> None:
     assert closed.code == 1000
 
 
+@pytest.mark.logged_exceptions_expected  # the fake logs the failing connection with its traceback
 async def test_handler_failure_ends_only_that_connection(
     fake: FakeDeepgram, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(**kwargs: Any) -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fake_deepgram, "results_message", broken)
+    monkeypatch.setattr(fake_deepgram_connection, "results_message", broken)
     with trio.fail_after(TIMEOUT), caplog.at_level(logging.ERROR, logger=fake_deepgram.__name__):
         async with connect(fake) as ws:
             await send_all(ws, b"\xff" * 8000)
@@ -494,61 +493,6 @@ async def test_cancelling_serve_ends_open_connections(nursery: trio.Nursery) -> 
                 await ws.get_message()
         with pytest.raises(OSError):  # no longer listening
             await trio.open_tcp_stream("127.0.0.1", fake.port)
-
-
-# ---- pure parts --------------------------------------------------------------------------------
-
-
-def test_results_message_shape() -> None:
-    message = results_message(
-        request_id="rid", channel=1, channels=2, start=2.0, end=3.0, is_final=True, transcript="a b"
-    )
-    assert message == {
-        "type": "Results",
-        "channel_index": [1, 2],
-        "duration": 1.0,
-        "start": 2.0,
-        "is_final": True,
-        "speech_final": True,
-        "from_finalize": False,
-        "channel": {
-            "alternatives": [
-                {
-                    "transcript": "a b",
-                    "confidence": 0.99,
-                    "words": [
-                        {"word": "a", "start": 2.0, "end": 2.5, "confidence": 0.99, "punctuated_word": "a"},
-                        {"word": "b", "start": 2.5, "end": 3.0, "confidence": 0.99, "punctuated_word": "b"},
-                    ],
-                }
-            ]
-        },
-        "metadata": {
-            "request_id": "rid",
-            "model_info": {"name": "fake", "version": "0", "arch": "fake"},
-            "model_uuid": fake_deepgram.MODEL_UUID,
-        },
-    }
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    channels=st.integers(1, 4),
-    bytes_per_sample=st.integers(1, 2),
-    data=st.binary(max_size=200),
-    cuts=st.lists(st.integers(0, 200), max_size=8),
-)
-def test_deinterleaver_matches_reference(channels: int, bytes_per_sample: int, data: bytes, cuts: list[int]) -> None:
-    outputs = [bytearray() for _ in range(channels)]
-    splitter = fake_deepgram._Deinterleaver(outputs, bytes_per_sample)
-    previous = 0
-    for cut in [*sorted(min(c, len(data)) for c in cuts), len(data)]:
-        splitter.feed(data[previous:cut])
-        previous = cut
-    whole = len(data) // bytes_per_sample
-    samples = [data[i * bytes_per_sample : (i + 1) * bytes_per_sample] for i in range(whole)]
-    assert [bytes(o) for o in outputs] == [b"".join(samples[c::channels]) for c in range(channels)]
-    assert splitter.samples == whole
 
 
 # ---- command line ------------------------------------------------------------------------------

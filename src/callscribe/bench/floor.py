@@ -53,7 +53,7 @@ _decode = msgspec.json.Decoder(_Frame).decode
 _STOP_PREFIX = '{"event":"stop"'
 
 
-async def asgi_receive_only(scope: dict, receive: Any, send: Any) -> None:
+async def asgi_receive_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Plain ASGI: ``/healthz`` and a receive-only ``/twilio``."""
     if scope["type"] == "lifespan":
         while True:
@@ -102,7 +102,7 @@ def create_floor_app(kind: str, deepgram_url: str, api_key: str, window_ms: int 
         return {"status": "ok", "kind": kind}, 200
 
     async def receive_only() -> None:
-        ws = websocket._get_current_object()
+        ws = websocket._get_current_object()  # type: ignore[attr-defined]  # the object behind the proxy
         await ws.accept()
         while True:
             message = await ws.receive()
@@ -111,7 +111,7 @@ def create_floor_app(kind: str, deepgram_url: str, api_key: str, window_ms: int 
         await ws.close(1000, "call ended")
 
     async def forward() -> None:
-        ws = websocket._get_current_object()
+        ws = websocket._get_current_object()  # type: ignore[attr-defined]
         await ws.accept()
         buffers = {"inbound": bytearray(), "outbound": bytearray()}
         out = bytearray(window * 2)

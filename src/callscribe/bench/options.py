@@ -1,0 +1,83 @@
+"""What a benchmark run is asked to do: :class:`Options` for every step, :class:`StepPlan` for one
+step, :class:`Settings` for the scenarios (all from ``callscribe bench``'s command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_KEY = "bench-key"
+"""The Deepgram key the server under test and the fake Deepgram share."""
+KINDS = ("callscribe", "floor-receive", "floor-forward", "floor-asgi-receive")
+"""What a step can measure: callscribe, or one of the stack's floor servers (:mod:`callscribe.bench.floor`)."""
+DEFAULT_STEPS = (10, 25, 50, 100, 150, 200, 250, 300, 400, 500)
+"""Call counts of the ramp."""
+
+
+@dataclass
+class Options:
+    """How every step runs (from the command line)."""
+
+    host: str = "127.0.0.1"
+    window_ms: int = 100
+    pin: bool = True
+    server_cpu: int = 0
+    load_cpu: int = 1
+    server_pythonpath: str | None = None
+    server_log_level: str = "info"
+    log_dir: Path = field(default_factory=lambda: Path("bench-results") / "logs")
+    drain_s: float = 20.0
+    connect_concurrency: int = 32
+    retries: int = 2
+    """Re-runs of a step disturbed by other processes on the benchmark's cores."""
+    coalesce_tracks: bool = False
+    """Write each call's 20 ms pair of frames with one ``send`` (see :class:`~callscribe.bench.calls.SimCall`)."""
+    quiet: bool = False
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+@dataclass
+class StepPlan:
+    """One step: which server, how many calls and subscribers, for how long."""
+
+    kind: str = "callscribe"
+    """One of :data:`KINDS`."""
+    calls: int = 10
+    subscribers: int = 1
+    measure_s: float = 15.0
+    warmup_s: float = 5.0
+    call_seconds: float | None = None
+    """Soak: each call lasts this long and is replaced by a new one while the step runs."""
+    rss_interval_s: float = 1.0
+    profile_path: Path | None = None
+    """Record the server with py-spy during the window, into this file."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown step kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+
+
+@dataclass
+class Settings:
+    """What the scenarios run."""
+
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    max_calls: int = 1000
+    refine: int = 2
+    step_seconds: float = 15.0
+    warmup_seconds: float = 5.0
+    subscribers: int = 1
+    floor_calls: int | None = None
+    """None: the ramp's largest sustained count (where every server keeps up, so CPU per frame is
+    per frame processed), else 100."""
+    fanout_subscribers: int = 1000
+    fanout_seconds: float = 30.0
+    soak_minutes: float = 10.0
+    soak_calls: int = 50
+    soak_call_seconds: float = 60.0
+    profile: bool = False
+    profile_calls: int = 100
+    ramp_budget_s: float = 15 * 60

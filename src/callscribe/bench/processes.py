@@ -1,0 +1,170 @@
+"""The processes the benchmark starts: the server under test (pinned to its core), and a registry
+so that none of them outlives the benchmark (Ctrl-C, errors, even SIGKILL of the benchmark)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+from callscribe.bench import ws as bench_ws
+from callscribe.bench.machine import cpu_seconds, rss_kb
+from callscribe.bench.options import API_KEY, Options
+from callscribe.bench.ws_frames import WebSocketError
+
+_processes: set[subprocess.Popen[bytes]] = set()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_process(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``command`` (stdin from /dev/null), registered for :func:`kill_all` and dying with this process."""
+    process: subprocess.Popen[bytes] = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        **popen,
+    )
+    _processes.add(process)
+    return process
+
+
+def forget_process(process: subprocess.Popen[bytes]) -> None:
+    """Take an ended process out of the registry."""
+    _processes.discard(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process to end."""
+    try:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+    finally:
+        forget_process(process)
+
+
+def kill_all() -> None:
+    """Stop every process this module started (Ctrl-C, errors)."""
+    for process in list(_processes):
+        try:
+            stop_process(process, 5.0)
+        except Exception:
+            pass
+
+
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """The server under test, in its own process (pinned with taskset when asked)."""
+
+    def __init__(self, opts: Options, kind: str, deepgram_url: str) -> None:
+        self.kind = kind
+        self.port = free_port(opts.host)
+        self.host = opts.host
+        opts.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = opts.log_dir / f"server-{kind}-{self.port}.log"
+        env = dict(os.environ)
+        env["DEEPGRAM_API_KEY"] = API_KEY
+        for name in ("DEEPGRAM_URL", "PROXY_URL", "CERT_PEM", "KEY_PEM", "DEEPGRAM_CA_FILE"):
+            env.pop(name, None)
+        if opts.server_pythonpath:
+            env["PYTHONPATH"] = opts.server_pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+        listen = f"{opts.host}:{self.port}"
+        if kind == "callscribe":
+            command = [
+                sys.executable,
+                "-m",
+                "callscribe",
+                "serve",
+                "--listen",
+                listen,
+                "--deepgram-url",
+                deepgram_url,
+                "--window-ms",
+                str(opts.window_ms),
+                "--log-level",
+                opts.server_log_level,
+            ]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "callscribe.bench.floor",
+                "--kind",
+                kind.removeprefix("floor-"),
+                "--listen",
+                listen,
+                "--deepgram-url",
+                deepgram_url,
+                "--deepgram-api-key",
+                API_KEY,
+                "--window-ms",
+                str(opts.window_ms),
+            ]
+        if opts.pin and shutil.which("taskset"):
+            command = ["taskset", "-c", str(opts.server_cpu), *command]
+        self.command = command
+        self._log = open(self.log_path, "wb")
+        self.process = start_process(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Poll ``/healthz`` until it answers 200; RuntimeError if the server exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = await bench_ws.http_get(self.host, self.port, "/healthz", timeout=1.0)
+                if status == 200:
+                    return
+            except (OSError, trio.TooSlowError, WebSocketError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} server not ready within {timeout:g} s:\n{self.log_tail()}")
+            await trio.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        stop_process(self.process, timeout)
+        self._log.close()

@@ -1,0 +1,180 @@
+"""What the fake Deepgram says, and when; pure, no IO.
+
+Results describe the audio they cover ("audio 1.00 to 2.00") or carry a fixed transcript, with words
+spread evenly over the segment. :class:`ResultSchedule` decides which results are due: one final per
+transcribed channel per segment of its audio, each covering only the audio since the previous final;
+with interim results a non-final one about half-way through each segment; finals for whatever is
+pending on a flush (``Finalize``/``CloseStream``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "CONFIDENCE",
+    "MODEL_INFO",
+    "MODEL_UUID",
+    "DueResult",
+    "ResultSchedule",
+    "compact_json",
+    "metadata_message",
+    "results_message",
+    "seconds",
+    "segment_samples",
+]
+
+MODEL_UUID: Final = "fa6ede00-0000-4000-8000-00000000fa6e"
+MODEL_INFO: Final[dict[str, str]] = {"name": "fake", "version": "0", "arch": "fake"}
+CONFIDENCE: Final = 0.99
+#: Times in messages are rounded to this many decimals (avoids 0.30000000000000004).
+TIME_DECIMALS: Final = 6
+
+
+def compact_json(message: dict[str, Any]) -> str:
+    """JSON without spaces, as Deepgram sends it."""
+    return json.dumps(message, separators=(",", ":"))
+
+
+def seconds(samples: int | float, sample_rate: int) -> float:
+    """``samples`` at ``sample_rate`` as seconds, rounded like the times in Deepgram's messages."""
+    return round(samples / sample_rate, TIME_DECIMALS)
+
+
+def _words(transcript: str, start: float, end: float) -> list[dict[str, Any]]:
+    """Deepgram-style word list for ``transcript``, spread evenly over ``[start, end]``."""
+    tokens = transcript.split()
+    if not tokens:
+        return []
+    step = (end - start) / len(tokens)
+    words = []
+    for i, token in enumerate(tokens):
+        words.append(
+            {
+                "word": token.strip(string.punctuation).lower() or token.lower(),
+                "start": round(start + i * step, TIME_DECIMALS),
+                "end": round(start + (i + 1) * step, TIME_DECIMALS),
+                "confidence": CONFIDENCE,
+                "punctuated_word": token,
+            }
+        )
+    return words
+
+
+def results_message(
+    *,
+    request_id: str,
+    channel: int,
+    channels: int,
+    start: float,
+    end: float,
+    is_final: bool,
+    from_finalize: bool = False,
+    transcript: str | None = None,
+) -> dict[str, Any]:
+    """A ``Results`` message as Deepgram sends it, covering ``[start, end]`` seconds of ``channel``."""
+    text = transcript if transcript is not None else f"audio {start:.2f} to {end:.2f}"
+    return {
+        "type": "Results",
+        "channel_index": [channel, channels],
+        "duration": round(end - start, TIME_DECIMALS),
+        "start": start,
+        "is_final": is_final,
+        "speech_final": is_final,
+        "from_finalize": from_finalize,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": text,
+                    "confidence": CONFIDENCE if text else 0.0,
+                    "words": _words(text, start, end),
+                }
+            ]
+        },
+        "metadata": {"request_id": request_id, "model_info": dict(MODEL_INFO), "model_uuid": MODEL_UUID},
+    }
+
+
+def metadata_message(*, request_id: str, sha256: str, created: str, duration: float, channels: int) -> dict[str, Any]:
+    """The ``Metadata`` message sent before closing on ``CloseStream``."""
+    return {
+        "type": "Metadata",
+        "transaction_key": "deprecated",
+        "request_id": request_id,
+        "sha256": sha256,
+        "created": created,
+        "duration": round(duration, TIME_DECIMALS),
+        "channels": channels,
+        "models": [MODEL_UUID],
+        "model_info": {MODEL_UUID: dict(MODEL_INFO)},
+    }
+
+
+def segment_samples(result_every_s: float, sample_rate: int) -> int:
+    """Samples per final result for ``result_every_s``; 0 (finals only on flush) unless it is finite and > 0."""
+    if result_every_s > 0 and math.isfinite(result_every_s):
+        return max(0, round(result_every_s * sample_rate))
+    return 0
+
+
+@dataclass(frozen=True)
+class DueResult:
+    """A result to send: ``[start, end)`` in samples of transcribed ``channel``."""
+
+    channel: int
+    start: int
+    end: int
+    is_final: bool
+    from_finalize: bool = False
+
+
+class ResultSchedule:
+    """Which results are due, per transcribed channel, as its audio arrives.
+
+    ``available[channel]`` passed in is the number of samples received so far on each transcribed
+    channel; the schedule remembers what earlier results covered.
+    """
+
+    def __init__(self, channels: int, segment: int, *, interim_results: bool) -> None:
+        """``segment``: samples per final (0: finals only on :meth:`flush`)."""
+        self._segment = segment
+        self._interim_results = interim_results
+        self._reported = [0] * channels
+        """Per channel: samples already covered by a final."""
+        self._interim_sent = [False] * channels
+        """Per channel: whether the current segment's interim went out."""
+
+    def on_audio(self, available: Sequence[int]) -> list[DueResult]:
+        """The finals of every completed segment and the interims now due, channel by channel."""
+        segment = self._segment
+        due: list[DueResult] = []
+        if segment == 0:
+            return due
+        for channel, received in enumerate(available):
+            while received - self._reported[channel] >= segment:
+                start = self._reported[channel]
+                due.append(DueResult(channel, start, start + segment, is_final=True))
+                self._reported[channel] = start + segment
+                self._interim_sent[channel] = False
+            pending = received - self._reported[channel]
+            if self._interim_results and not self._interim_sent[channel] and pending > 0 and 2 * pending >= segment:
+                due.append(DueResult(channel, self._reported[channel], received, is_final=False))
+                self._interim_sent[channel] = True
+        return due
+
+    def flush(self, available: Sequence[int], *, from_finalize: bool) -> list[DueResult]:
+        """Finals for every channel's audio not yet covered by one."""
+        due: list[DueResult] = []
+        for channel, received in enumerate(available):
+            if received > self._reported[channel]:
+                due.append(
+                    DueResult(channel, self._reported[channel], received, is_final=True, from_finalize=from_finalize)
+                )
+                self._reported[channel] = received
+                self._interim_sent[channel] = False
+        return due
