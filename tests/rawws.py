@@ -35,6 +35,38 @@ def close_frame(code: int, reason: bytes = b"") -> bytes:
     return frame(OP_CLOSE, struct.pack("!H", code) + reason)
 
 
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete (unmasked, as servers send them) frames in `data`, as (opcode, payload)."""
+    frames = []
+    while len(data) >= 2:
+        opcode, size = data[0] & 0xF, data[1] & 0x7F
+        offset = 2
+        if size == 126:
+            size, offset = struct.unpack("!H", data[2:4])[0], 4
+        elif size == 127:
+            size, offset = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < offset + size:
+            break
+        frames.append((opcode, data[offset : offset + size]))
+        data = data[offset + size :]
+    return frames
+
+
+def upgrade_request(path: str, host: str = "127.0.0.1", headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 WebSocket upgrade request head."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawWebSocket:
     """A client connection after the opening handshake; `send` writes raw bytes."""
 
@@ -59,18 +91,10 @@ class RawWebSocket:
         return bytes(self.received)
 
     def close_code(self) -> int | None:
-        """The code of the first close frame the server sent (unmasked, as servers send them)."""
-        data = bytes(self.received)
-        while len(data) >= 2:
-            opcode, size = data[0] & 0xF, data[1] & 0x7F
-            offset = 2
-            if size == 126:
-                size, offset = struct.unpack("!H", data[2:4])[0], 4
-            elif size == 127:
-                size, offset = struct.unpack("!Q", data[2:10])[0], 10
+        """The code of the first close frame the server sent."""
+        for opcode, payload in server_frames(bytes(self.received)):
             if opcode == OP_CLOSE:
-                return struct.unpack("!H", data[offset : offset + 2])[0] if size >= 2 else 1005
-            data = data[offset + size :]
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
         return None
 
     async def aclose(self) -> None:
@@ -87,17 +111,7 @@ async def connect(
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
     await sock.connect(("127.0.0.1", port))
     stream = trio.SocketStream(sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await stream.send_all(upgrade_request(path, f"127.0.0.1:{port}", headers))
     data = b""
     with trio.fail_after(5):
         while b"\r\n\r\n" not in data:

@@ -55,9 +55,12 @@ async def test_an_oversized_message_then_one_of_the_other_type_ends_only_that_co
         nursery.start_soon(good_call)
         hostile = await rawws.connect(port_of(server), path)
         assert hostile.status == 101
-        await hostile.send(rawws.frame(first, b"x" * (70 * 1024)))
-        await hostile.send(rawws.frame(second, b"{}"))
-        await hostile.send(rawws.frame(first, b"y" * 100_000))
+        try:
+            await hostile.send(rawws.frame(first, b"x" * (70 * 1024)))
+            await hostile.send(rawws.frame(second, b"{}"))
+            await hostile.send(rawws.frame(first, b"y" * 100_000))
+        except trio.BrokenResourceError:
+            pass  # /twilio closes the connection at once after the 1009 (callscribe's own code does)
         await hostile.read_until_closed()
         assert hostile.close_code() == 1009
         await hostile.aclose()
@@ -263,24 +266,26 @@ async def test_a_subscriber_cut_off_by_the_kernel_timeout_is_reported_as_stalled
 
 
 @pytest.mark.parametrize(
-    "frame",
+    "frame,code",
     [
-        rawws.frame(rawws.OP_TEXT, b"{}", mask=False),
-        rawws.frame(rawws.OP_TEXT, b"{}", rsv=4),
-        rawws.frame(0x3, b"{}"),
-        rawws.frame(rawws.OP_PING, b"p" * 126),
-        rawws.frame(rawws.OP_PING, b"p", fin=False),
-        rawws.frame(rawws.OP_CONTINUATION, b"more"),
-        rawws.frame(rawws.OP_TEXT, b"\xff\xfe"),
+        (rawws.frame(rawws.OP_TEXT, b"{}", mask=False), 1002),
+        (rawws.frame(rawws.OP_TEXT, b"{}", rsv=4), 1002),
+        (rawws.frame(0x3, b"{}"), 1002),
+        (rawws.frame(rawws.OP_PING, b"p" * 126), 1002),
+        (rawws.frame(rawws.OP_PING, b"p", fin=False), 1002),
+        (rawws.frame(rawws.OP_CONTINUATION, b"more"), 1002),
+        (rawws.frame(rawws.OP_TEXT, b"\xff\xfe"), 1007),
     ],
 )
-async def test_broken_framing_closes_the_connection_at_once(server: RunningServer, frame: bytes) -> None:
+async def test_broken_framing_closes_the_connection_at_once(server: RunningServer, frame: bytes, code: int) -> None:
     for path in ("/twilio", "/client", "/game"):
         ws = await rawws.connect(port_of(server), path)
         await ws.send(frame)
         with trio.fail_after(5):
-            assert await ws.read_until_closed() == b"" or ws.close_code() is None, path
+            await ws.read_until_closed()
         await ws.aclose()
+        # /twilio (callscribe's own code) says why in a close frame; Hypercorn just hangs up.
+        assert ws.close_code() == (code if path == "/twilio" else None), path
     await assert_alive_and_empty(server)
 
 
@@ -288,7 +293,7 @@ async def test_broken_framing_closes_the_connection_at_once(server: RunningServe
     "request_bytes,status",
     [
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40, 400),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", 431),
         (b"GET /twilio HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
     ],
 )

@@ -48,14 +48,14 @@ class _Message(msgspec.Struct, tag_field="event", rename="camel", frozen=True):
     pass
 
 
-class _StreamMessage(_Message, kw_only=True):
+class _StreamMessage(_Message, kw_only=True, frozen=True):
     """Every message after `connected` names its stream and carries a sequence number."""
 
     stream_sid: str = ""
     sequence_number: int = 0
 
 
-class Connected(_Message, tag="connected"):
+class Connected(_Message, tag="connected", frozen=True):
     protocol: str = ""
     version: str = ""
 
@@ -75,7 +75,7 @@ class StartInfo(msgspec.Struct, rename="camel", frozen=True):
     custom_parameters: dict[str, str] = {}
 
 
-class Start(_StreamMessage, tag="start"):
+class Start(_StreamMessage, tag="start", frozen=True):
     start: StartInfo
 
 
@@ -86,7 +86,7 @@ class MediaInfo(msgspec.Struct, frozen=True):
     chunk: int = 0
 
 
-class Media(_StreamMessage, tag="media"):
+class Media(_StreamMessage, tag="media", frozen=True):
     media: MediaInfo
 
 
@@ -94,7 +94,7 @@ class MarkInfo(msgspec.Struct, frozen=True):
     name: str
 
 
-class Mark(_StreamMessage, tag="mark"):
+class Mark(_StreamMessage, tag="mark", frozen=True):
     mark: MarkInfo
 
 
@@ -103,11 +103,11 @@ class DtmfInfo(msgspec.Struct, frozen=True):
     track: str = "inbound_track"
 
 
-class Dtmf(_StreamMessage, tag="dtmf"):
+class Dtmf(_StreamMessage, tag="dtmf", frozen=True):
     dtmf: DtmfInfo
 
 
-class Stop(_StreamMessage, tag="stop"):
+class Stop(_StreamMessage, tag="stop", frozen=True):
     pass
 
 
@@ -120,7 +120,9 @@ class Rejected(msgspec.Struct, frozen=True):
 
 Event = Connected | Start | Media | Mark | Dtmf | Stop | Rejected
 
-_decoder = msgspec.json.Decoder(Connected | Start | Media | Mark | Dtmf | Stop, strict=False)
+_decoder: msgspec.json.Decoder[Connected | Start | Media | Mark | Dtmf | Stop] = msgspec.json.Decoder(
+    Connected | Start | Media | Mark | Dtmf | Stop, strict=False
+)
 
 
 class TwilioState(enum.Enum):
@@ -201,6 +203,7 @@ class TwilioStream:
             if self.state is not TwilioState.AWAITING_START:
                 return self._reject(f"'connected' while {self.state.value}")
             return message
+        assert isinstance(message, _StreamMessage)  # mark, dtmf or stop
         if self.state is not TwilioState.STREAMING:
             return self._reject(f"{type(message).__name__.lower()!r} while {self.state.value}")
         if message.stream_sid and message.stream_sid != self._stream_sid:

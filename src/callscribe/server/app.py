@@ -1,8 +1,8 @@
 """The Quart-Trio application: its routes, each a thin handler over the supervisor and the hub.
 
 Routes:
-- `/twilio`      (WebSocket) Twilio Media Streams, served on plain ASGI in front of Quart
-                 (twilio_socket.py); each stream is a call run by the supervisor (supervisor.py).
+- `/twilio`      (WebSocket) Twilio Media Streams, served by callscribe's own code (listener.py,
+                 media_socket.py); each stream is a call run by the supervisor (supervisor.py).
 - `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
 from quart_trio import QuartTrio
+from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.core.twiml import game_twiml, transcription_twiml
@@ -36,10 +37,11 @@ from callscribe.server.hub import (
     Subscription,
     UnknownCall,
 )
-from callscribe.server.listener import connection_fate
+from callscribe.server.hypercorn_fixes import connection_fate
+from callscribe.server.listener import Route
+from callscribe.server.media_socket import ReadTick, Refusal, accept_media_socket
 from callscribe.server.metrics import CONTENT_TYPE
 from callscribe.server.supervisor import Supervisor
-from callscribe.server.twilio_socket import MAX_CLOSE_REASON, ASGIReceive, ASGISend, AsgiWebSocket
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
 CLOSE_TIMEOUT_S = 2.0
 """Sending a close frame to a peer that stopped reading gives up after this."""
+MAX_WEBSOCKET_MESSAGE = 64 * 1024
+"""Twilio frames are ~300 bytes and subscribers send one callSid: 64 KiB is generous, 16 MiB (the
+usual library default) would let one client make us buffer a lot."""
+MAX_CLOSE_REASON = 120
+"""Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -69,8 +76,12 @@ class Server:
         games: GameRegistry | None = None,
         forward_number: str | None = None,
         access: Access | None = None,
+        read_tick: ReadTick | None = None,
     ) -> None:
         self.access = access or Access()
+        self.read_tick = read_tick
+        self.routes: dict[str, Route] = {"/twilio": self.handle_twilio}
+        """WebSocket routes served by callscribe's own code rather than Quart (see listener.py)."""
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
         self.forward_number = forward_number
@@ -87,27 +98,42 @@ class Server:
 
     # -- /twilio -------------------------------------------------------------------------------
 
-    async def handle_twilio(self, ws: AsgiWebSocket) -> None:
-        """A Twilio Media Stream, on plain ASGI rather than Quart (see twilio_socket.py). The call
-        runs in the supervisor's nursery; this waits for it, then closes the socket with the
-        call's close code."""
-        if not await ws.connected():
+    async def handle_twilio(self, stream: trio.abc.Stream, head: bytes, peer: str) -> None:
+        """A Twilio Media Stream, served outside Quart and Hypercorn (see listener.py and
+        media_socket.py). The call runs in the supervisor's nursery and reads the socket in its own
+        reader task; this waits for it, then closes the socket with the call's close code."""
+        scheme = "wss" if isinstance(stream, trio.SSLStream) else "ws"
+
+        def check(request: UpgradeRequest) -> Refusal | None:
+            path, _, query = request.path.partition("?")
+            verdict = self.access.check_twilio(request.headers, scheme, path, query, {})
+            return None if verdict.ok else (403, verdict.reason)
+
+        ws = await accept_media_socket(
+            stream,
+            head,
+            peer,
+            check=check,
+            max_message=MAX_WEBSOCKET_MESSAGE,
+            stall_timeout_s=self.subscriber_send_timeout_s,
+            read_tick=self.read_tick,
+        )
+        if ws is None:
             return
-        verdict = self.access.check_twilio(ws.headers, ws.scheme, ws.path, ws.query_string, {})
-        if not verdict.ok:
-            log.warning("refused a Twilio stream from %s: %s", ws.peer, verdict.reason)
-            await ws.refuse(403, verdict.reason)
-            return
-        await ws.accept()
-        if not self.supervisor.accepting:
-            await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
-            return
-        call = self.supervisor.start_call(ws.receive, ws.send)
         try:
-            await call.finished.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ws.writer)
+                if not self.supervisor.accepting:
+                    await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
+                    return
+                call = self.supervisor.start_call(ws.receive, ws.send)
+                try:
+                    await call.finished.wait()
+                finally:
+                    call.end_input()
+                await ws.close(call.close_code, call.close_reason, CLOSE_TIMEOUT_S)
         finally:
-            call.end_input()
-        await ws.close(call.close_code, call.close_reason, CLOSE_TIMEOUT_S)
+            await ws.aclose()
 
     # -- /client ---------------------------------------------------------------------------------
 
@@ -312,6 +338,12 @@ def _peer(ws: Websocket) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
+def _current(proxy: Websocket) -> Websocket:
+    """The websocket object itself rather than Quart's context-local proxy to it, for tasks that
+    outlive the handler's context."""
+    return cast(Websocket, proxy._get_current_object())  # type: ignore[attr-defined]  # a LocalProxy
+
+
 def create_app(
     settings: CallSettings,
     *,
@@ -322,7 +354,10 @@ def create_app(
     public_url: str | None = None,
     forward_number: str | None = None,
     access: Access | None = None,
+    read_tick: ReadTick | None = None,
 ) -> QuartTrio:
+    """The app; `app.extensions["callscribe"]` is its `Server`, whose `routes` go to
+    `listener.serve` alongside it."""
     app = QuartTrio("callscribe")
     server = Server(
         settings,
@@ -332,20 +367,23 @@ def create_app(
         games=games,
         forward_number=forward_number,
         access=access or Access(public_url=public_url),
+        read_tick=read_tick,
     )
     app.extensions["callscribe"] = server
 
     @app.before_serving
     async def start_supervisor() -> None:
         await app.nursery.start(server.supervisor.run)
+        if read_tick is not None:
+            app.nursery.start_soon(read_tick.run)
 
     @app.websocket("/client")
     async def client() -> Response | None:
-        return await server.handle_client(websocket._get_current_object())
+        return await server.handle_client(_current(websocket))
 
     @app.websocket("/game")
     async def game() -> Response | None:
-        return await server.handle_game(websocket._get_current_object())
+        return await server.handle_game(_current(websocket))
 
     @app.post("/twiml")
     async def twiml() -> Response:
@@ -363,13 +401,4 @@ def create_app(
     async def healthz() -> tuple[dict[str, object], int]:
         return server.supervisor.health(), 200
 
-    quart_asgi = app.asgi_app
-
-    async def asgi_app(scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/twilio":
-            await server.handle_twilio(AsgiWebSocket(scope, receive, send))
-        else:
-            await quart_asgi(scope, receive, send)
-
-    app.asgi_app = asgi_app  # type: ignore[method-assign]
     return app

@@ -9,6 +9,12 @@ window stays shut) blocks the writing task for good -- no timeout or shutdown ca
 listening sockets therefore get TCP_USER_TIMEOUT, which the accepted sockets inherit: the kernel
 aborts a connection whose data has not been taken for `stall_timeout_s`, the blocked write fails,
 and the task moves on.
+
+What keeps the server from starting -- its address taken or not this machine's, a certificate that
+does not load, Redis not answering, the app's start-up failing -- leaves `serve` as a `StartupError`
+(alone, or inside the ExceptionGroups of its nurseries: catch it with `except*`), whose message is
+one line for the person starting it. Whatever fails once the server runs is not a `StartupError`
+and propagates as it is.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 
 import trio
 from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError
 
 from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.server import listener
@@ -33,6 +41,19 @@ log = logging.getLogger(__name__)
 MAX_WEBSOCKET_MESSAGE = 64 * 1024
 """Twilio frames are ~300 bytes and subscribers send one callSid: 64 KiB is generous, 16 MiB (the
 library default) would let one client make us buffer a lot."""
+
+
+class StartupError(Exception):
+    """The server could not start; the message is one line meant for the person starting it."""
+
+
+def leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions in `error` that are not groups (nurseries nest groups in groups)."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
 
 
 class _Config(Config):
@@ -74,7 +95,7 @@ async def serve(
     speech = engine_from_settings(
         settings.call.deepgram_api_key,
         prefer=settings.speech,
-        aura_url=settings.speak_url,  # type: ignore[arg-type]
+        aura_url=settings.speak_url,
     )
     games = GameRegistry(settings.games, speech)
     access = Access(
@@ -94,8 +115,9 @@ async def serve(
     if hub is None and settings.redis_url:
         from callscribe.server.redis_hub import RedisHub
 
+        await _reach_redis(settings.redis_url)
         hub = RedisHub(settings.redis_url)
-        log.info("hub: Redis at %s", settings.redis_url.rsplit("@", 1)[-1])
+        log.info("hub: Redis at %s", _without_credentials(settings.redis_url))
     app = create_app(
         settings.call,
         hub=hub,
@@ -121,15 +143,63 @@ async def serve(
                 stop.set()
                 return
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        async with trio.open_nursery() as hypercorn_nursery:
-            binds = await hypercorn_nursery.start(
-                lambda task_status: listener.serve(
-                    app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger, task_status=task_status
-                )
-            )
-            log.info("callscribe listening on %s", ", ".join(binds))
-            task_status.started(binds)
-        nursery.cancel_scope.cancel()
+    config = hypercorn_config(settings)
+    try:
+        config.create_ssl_context()  # Hypercorn loads it again once listening: this is to say what failed
+    except OSError as error:  # ssl.SSLError is one
+        raise StartupError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {_os_reason(error)}") from None
+    address = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            async with trio.open_nursery() as hypercorn_nursery:
+                try:
+                    binds = await hypercorn_nursery.start(
+                        lambda task_status: listener.serve(
+                            app,
+                            config,
+                            shutdown_trigger=shutdown_trigger,
+                            routes=server.routes,
+                            task_status=task_status,
+                        )
+                    )
+                except* OSError as group:
+                    failure = next(leaves(group))
+                    raise StartupError(f"cannot listen on {address}: {_os_reason(failure)}") from None
+                log.info("callscribe listening on %s", ", ".join(binds))
+                task_status.started(binds)
+            nursery.cancel_scope.cancel()
+    except* LifespanFailureError as group:
+        # Quart logged the failure with its traceback; Hypercorn's error only says that it failed.
+        failure = next(leaves(group))
+        if not str(failure).startswith("Lifespan failure in startup"):
+            raise
+        cause = next(leaves(failure.__context__ or failure))
+        detail = str(cause) if isinstance(cause, StartupError) else f"{type(cause).__name__}: {cause}"
+        raise StartupError(f"the app failed to start: {detail}") from None
     log.info("callscribe stopped")
+
+
+async def _reach_redis(url: str) -> None:
+    """Refuse to start when Redis does not answer (a wrong URL is found now, not at the first call);
+    once running, `RedisHub` rides out Redis outages by itself."""
+    import coredis
+
+    from callscribe.server.redis_hub import CONNECT_TIMEOUT_S, REDIS_ERRORS
+
+    try:
+        async with coredis.Redis.from_url(
+            url, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=CONNECT_TIMEOUT_S
+        ) as client:
+            await client.ping()
+    except* REDIS_ERRORS as group:
+        reason = next(leaves(group))
+        raise StartupError(f"cannot reach Redis at {_without_credentials(url)}: {reason}") from None
+
+
+def _without_credentials(url: str) -> str:
+    return url.rsplit("@", 1)[-1]
+
+
+def _os_reason(error: BaseException) -> str:
+    return (isinstance(error, OSError) and error.strerror) or str(error)

@@ -1,0 +1,180 @@
+"""Hypercorn's per-connection server as callscribe runs it, with fixes for its known defects.
+
+callscribe runs Hypercorn's own `TCPServer` for each connection that is not a `/twilio` media
+stream (see listener.py). Defects of Hypercorn 0.18 found by fuzzing are worked around here, each
+where it starts (reports for upstream: docs/upstream/hypercorn.md):
+- after refusing an oversized WebSocket message with 1009 it keeps the half-filled message buffer,
+  and the next frame of the other type raises `TypeError` out of the connection (`OverflowSafeBuffer`);
+- closing a connection races a write in progress (`GuardedTCPServer._close`);
+- a refused WebSocket handshake leaves the connection open (`RefusalClosingWSStream`).
+
+The connection's fate (did the kernel cut it off for taking no data?) reaches the app through the
+ASGI scope's state (`connection_fate`). All of this relies on Hypercorn internals, so pyproject pins
+Hypercorn's minor version and tests/server/test_hypercorn_fixes.py fails if their shape changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.events import RawData
+from hypercorn.protocol import h11 as h11_protocol
+from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Event, StreamClosed
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState
+from wsproto.events import Message
+
+log = logging.getLogger(__name__)
+
+
+class OverflowSafeBuffer(ws_stream.WebsocketBuffer):
+    """Hypercorn's WebSocket message buffer, made safe after an oversized message.
+
+    Hypercorn answers an oversized message with a 1009 close frame but neither clears the buffer
+    nor stops filling it: more data of the same type grows it without bound, and data of the other
+    type raises `TypeError` (str written to BytesIO or bytes to StringIO), which escapes the
+    connection. Once a message is too large, this buffer keeps nothing: every later message is
+    refused the same way (Hypercorn's second close attempt is a no-op, the closing handshake goes
+    on), so nothing reaches the app after the 1009.
+    """
+
+    def __init__(self, max_length: int) -> None:
+        super().__init__(max_length)
+        self.overflowed = False
+
+    def extend(self, event: Message[Any]) -> None:
+        if self.overflowed:
+            raise ws_stream.FrameTooLargeError()
+        try:
+            super().extend(event)
+        except ws_stream.FrameTooLargeError:
+            self.overflowed = True
+            self.clear()
+            raise
+
+
+CONNECTION_KEY = "callscribe.connection"
+"""Where an app finds the `ConnectionFate` of its connection: `scope["state"][CONNECTION_KEY]`."""
+
+
+class ConnectionFate:
+    """How the transport under one connection ended, for the app to report.
+
+    Hypercorn turns every socket failure into a quiet close, so an app cannot tell a peer that
+    left from one the kernel cut off because it stopped taking data (TCP_USER_TIMEOUT expired:
+    the socket fails with ETIMEDOUT, possibly while no write was waiting at all)."""
+
+    def __init__(self) -> None:
+        self.timed_out = False
+
+    def note(self, error: BaseException) -> None:
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.errno == errno.ETIMEDOUT:
+                self.timed_out = True
+                return
+            cause = cause.__cause__ or cause.__context__
+
+
+def connection_fate(scope: Mapping[str, Any]) -> ConnectionFate | None:
+    """The `ConnectionFate` in an ASGI scope served by this module (None elsewhere, e.g. in tests
+    that run the app on Hypercorn's own server)."""
+    fate = scope.get("state", {}).get(CONNECTION_KEY)
+    return fate if isinstance(fate, ConnectionFate) else None
+
+
+class _WatchedStream:
+    """A connection's stream that records in its `ConnectionFate` why a read or write failed."""
+
+    def __init__(self, stream: trio.abc.Stream, fate: ConnectionFate) -> None:
+        self._stream = stream
+        self._fate = fate
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError as error:
+            self._fate.note(error)
+            raise
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            return await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as error:
+            self._fate.note(error)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (send_eof, aclose, do_handshake, socket...) is the stream's own; Hypercorn
+        # tells TLS from plain TCP by whether `do_handshake` exists.
+        return getattr(self._stream, name)
+
+
+class GuardedTCPServer(TCPServer):
+    """Hypercorn's per-connection server, starting with the bytes the listener already read, with
+    the connection's fate in its state, closing its stream only between writes.
+
+    Hypercorn's `_close` (run when the protocol ends the connection, e.g. after the peer's close
+    frame) shuts the stream down without the send lock its writers take, so an app task writing at
+    that moment gets `trio.BusyResourceError` from inside `send_all` instead of a quiet end."""
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        state: dict[str, Any],
+        stream: trio.abc.Stream,
+        *,
+        already_read: bytes = b"",
+    ) -> None:
+        fate = ConnectionFate()
+        state = ConnectionState({**state, CONNECTION_KEY: fate})
+        super().__init__(app, config, context, state, _WatchedStream(stream, fate))  # type: ignore[arg-type]
+        self._already_read = already_read
+
+    async def _read_data(self) -> None:
+        """Hand the protocol what the listener read to route the connection, then read on."""
+        if self._already_read:
+            await self.protocol.handle(RawData(self._already_read))
+        await super()._read_data()
+
+    async def _close(self) -> None:
+        if self.send_lock.statistics().owner is trio.lowlevel.current_task():
+            await super()._close()
+        else:
+            async with self.send_lock:
+                await super()._close()
+
+
+class RefusalClosingWSStream(ws_stream.WSStream):
+    """Hypercorn's WebSocket stream, ending the connection after refusing a handshake.
+
+    A request that Hypercorn refuses itself (an upgrade without `Sec-WebSocket-Key`, a wrong
+    version, data before the handshake) gets `400` with `connection: close`, but the connection is
+    then left open and not idle, so the keep-alive timeout never ends it either: any client could
+    hold connections open for as long as it likes. Here the refusal also ends the stream, which
+    closes the connection as the header says."""
+
+    async def handle(self, event: Event) -> None:
+        was_closed = self.closed
+        await super().handle(event)
+        if self.closed and not was_closed and not isinstance(event, StreamClosed):
+            await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+def _install_hypercorn_fixes() -> None:
+    """Hypercorn has no hooks for these: `WSStream.__init__` builds its buffer from the module's
+    `WebsocketBuffer` name, and the HTTP/1.1 protocol its streams from its `WSStream` name."""
+    ws_stream.WebsocketBuffer = OverflowSafeBuffer  # type: ignore[misc]
+    h11_protocol.WSStream = RefusalClosingWSStream  # type: ignore[attr-defined]  # replaces its import
+
+
+_install_hypercorn_fixes()

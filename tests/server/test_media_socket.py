@@ -1,0 +1,223 @@
+"""The `/twilio` WebSocket on callscribe's own code, over real loopback TCP (the fast read path)
+and over TLS (read through trio's SSLStream)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+import rawws
+from callscribe.server.media_socket import MediaSocket, ReadTick, accept_media_socket
+from conftest import local_tls
+
+MAX = 64 * 1024
+
+
+@asynccontextmanager
+async def tcp_pair(tls: bool = False) -> AsyncIterator[tuple[trio.abc.Stream, trio.abc.Stream]]:
+    """(client, server) streams over loopback TCP; TLS-wrapped on both ends when asked."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+    server: trio.abc.Stream = await listeners[0].accept()
+    await listeners[0].aclose()
+    if tls:
+        certs = local_tls()
+        client = trio.SSLStream(client, certs.client, server_hostname="127.0.0.1")
+        server = trio.SSLStream(server, certs.server, server_side=True)
+    try:
+        yield client, server
+    finally:
+        await trio.aclose_forcefully(client)
+        await trio.aclose_forcefully(server)
+
+
+async def read_frames(client: trio.abc.Stream, want: int, timeout_s: float = 5.0) -> list[tuple[int, bytes]]:
+    data = b""
+    with trio.fail_after(timeout_s):
+        while len(rawws.server_frames(data)) < want:
+            chunk = await client.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return rawws.server_frames(data)
+
+
+async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: object) -> MediaSocket:
+    head = rawws.upgrade_request("/twilio")
+
+    async def send_head() -> None:
+        await client.send_all(head)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_head)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await server.receive_some(65536)
+    ws = await accept_media_socket(
+        server, received, "peer", check=lambda request: None, max_message=MAX, stall_timeout_s=2.0, **options
+    )
+    assert ws is not None
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await client.receive_some(65536)
+    assert response.startswith(b"HTTP/1.1 101")
+    return ws
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_everything_one_read_brings_is_one_batch(tls: bool) -> None:
+    async with tcp_pair(tls) as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        frames = [rawws.frame(rawws.OP_TEXT, b'{"n":%d}' % n) for n in range(3)] + [
+            rawws.frame(rawws.OP_BINARY, b"\x00")
+        ]
+        await client.send_all(b"".join(frames))
+        with trio.fail_after(5):
+            batch = await ws.receive_batch()
+            while len(batch) < 4:  # TLS may split a record read; plain TCP on loopback does not
+                batch += await ws.receive_batch()
+        assert batch == ['{"n":0}', '{"n":1}', '{"n":2}', b"\x00"]
+        await ws.close(1000, "call ended", timeout_s=2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_fragments_are_joined_and_pings_answered() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await client.send_all(
+            rawws.frame(rawws.OP_TEXT, b"hel", fin=False)
+            + rawws.frame(rawws.OP_PING, b"are you there")
+            + rawws.frame(rawws.OP_CONTINUATION, b"lo", fin=False)
+            + rawws.frame(rawws.OP_CONTINUATION, b"!")
+        )
+        with trio.fail_after(5):
+            assert await ws.receive() == "hello!"
+        assert await read_frames(client, 1) == [(rawws.OP_PONG, b"are you there")]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "frames,code",
+    [
+        ([rawws.frame(rawws.OP_BINARY, b"x" * (MAX + 1))], 1009),
+        ([rawws.frame(rawws.OP_TEXT, b"x" * MAX, fin=False), rawws.frame(rawws.OP_CONTINUATION, b"y")], 1009),
+        ([rawws.frame(rawws.OP_TEXT, b"\xff\xfe")], 1007),
+        ([rawws.frame(rawws.OP_TEXT, b"{}", mask=False)], 1002),
+        ([rawws.frame(rawws.OP_CONTINUATION, b"nothing to continue")], 1002),
+        ([rawws.frame(rawws.OP_PING, b"p" * 126)], 1002),
+    ],
+)
+async def test_bad_input_fails_the_connection_with_its_close_code(frames: list[bytes], code: int) -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await client.send_all(b"".join(frames))
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            while True:
+                await ws.receive_batch()
+        ((opcode, payload),) = await read_frames(client, 1)
+        assert opcode == rawws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == code
+        await ws.send("dropped")  # the peer is gone: nothing is queued, nothing blocks
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_peer_closing_ends_reading_and_is_answered() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"last") + rawws.close_frame(1000, b"bye"))
+        with trio.fail_after(5):
+            assert await ws.receive() == "last"
+            with pytest.raises(trio.EndOfChannel):
+                await ws.receive()
+        assert await read_frames(client, 1) == [(rawws.OP_CLOSE, struct.pack("!H", 1000) + b"bye")]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_abrupt_disconnect_ends_reading() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await client.aclose()
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await ws.receive_batch()
+        nursery.cancel_scope.cancel()
+
+
+async def test_sends_arrive_in_order_and_close_waits_for_the_peers_answer() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        for n in range(5):
+            await ws.send(f"message {n}")
+        assert [p for _, p in await read_frames(client, 5)] == [f"message {n}".encode() for n in range(5)]
+
+        async def answer_close() -> None:
+            await read_frames(client, 1)
+            await client.send_all(rawws.close_frame(1000))
+
+        nursery.start_soon(answer_close)
+        with trio.fail_after(5):
+            await ws.close(1000, "call ended", timeout_s=5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_takes_nothing_is_given_up_on(autojump_clock: trio.abc.Clock) -> None:
+    # A memory stream whose reader never reads: writes block until the stall timeout.
+    _client, server = trio.testing.lockstep_stream_pair()
+    ws = MediaSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.writer)
+        await ws.send("never read")
+        with trio.fail_after(10):
+            while not ws.gone:
+                await trio.sleep(0.5)
+        await ws.send("dropped")
+        nursery.cancel_scope.cancel()
+
+
+async def test_readers_on_a_shared_tick_wake_together() -> None:
+    tick = ReadTick(0.02)
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        nursery.start_soon(tick.run)
+        ws = await accepted(client, server, read_tick=tick)
+        nursery.start_soon(ws.writer)
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"a"))
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"b"))
+        with trio.fail_after(5):
+            batch = await ws.receive_batch()
+            if batch == ["a"]:
+                batch += await ws.receive_batch()
+        assert batch == ["a", "b"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_upgrade_gets_the_status_and_reason() -> None:
+    async with tcp_pair() as (client, server):
+        head = rawws.upgrade_request("/twilio")
+        await client.send_all(head)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await server.receive_some(65536)
+        ws = await accept_media_socket(
+            server, received, "peer", check=lambda request: (403, "bad signature"), max_message=MAX, stall_timeout_s=2
+        )
+        assert ws is None
+        response = await client.receive_some(65536)
+        assert response.startswith(b"HTTP/1.1 403") and response.endswith(b"bad signature\n")
+
+
+def _open_protocol():  # type: ignore[no-untyped-def]
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    protocol = ServerProtocol(max_size=MAX)
+    protocol.state = State.OPEN
+    return protocol
