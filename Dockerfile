@@ -21,7 +21,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PROXY_URL=0.0.0.0:5000
 USER callscribe
 EXPOSE 5000
-# Checks /healthz over http, or https when CERT_PEM is set (the certificate is for the public name,
-# so it is not verified against 127.0.0.1).
-HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 CMD ["python", "-c", "import os, ssl, urllib.request; port = os.environ['PROXY_URL'].rsplit(':', 1)[1]; scheme = 'https' if os.environ.get('CERT_PEM') else 'http'; urllib.request.urlopen(f'{scheme}://127.0.0.1:{port}/healthz', timeout=2, context=ssl._create_unverified_context())"]
+# Checks /healthz with the same settings as the server (flags after the image name don't reach it,
+# so give --listen/--cert as PROXY_URL/CERT_PEM when the health check must follow them).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["callscribe", "healthcheck"]
+# Live calls get CALLSCRIBE_SHUTDOWN_GRACE (10 s) to finish on SIGTERM: stop with a longer timeout,
+# e.g. `docker stop --time 20` or `docker run --stop-timeout 20`.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["callscribe", "serve"]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -62,7 +63,6 @@ class RunningServer:
     stop: trio.Event
     done: trio.Event
     ssl_context: ssl.SSLContext | None = None
-    app_server: object = None
 
     def url(self, path: str) -> str:
         return self.ws_url + path
@@ -79,6 +79,32 @@ class Subscriber:
     @property
     def types(self) -> list[str]:
         return [json.loads(m).get("type", "") for m in self.messages]
+
+
+class _ExceptionRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_logged_exceptions(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The server keeps going when a call, a handler or a connection raises, logging the exception;
+    a test fails if that happens unless it is marked `logged_exceptions_expected`."""
+    handler = _ExceptionRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("logged_exceptions_expected") is None:
+        lines = [f"{r.name}: {r.getMessage()}: {r.exc_info[1]!r}" for r in handler.records if r.exc_info]
+        pytest.fail("exceptions were logged:\n" + "\n".join(lines), pytrace=False)
 
 
 @pytest.fixture

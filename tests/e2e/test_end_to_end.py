@@ -125,8 +125,9 @@ async def test_health_reports_live_calls_and_subscribers(server: RunningServer) 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0))
             await nursery.start(subscribe, server, spec.call_sid, Subscriber())
-            await trio.sleep(0.2)
-            health = (await http.get(server.http_url + "/healthz")).json()
+            with trio.fail_after(5):
+                while (health := (await http.get(server.http_url + "/healthz")).json())["subscribers"] < 1:
+                    await trio.sleep(0.02)
             assert health == {"status": "ok", "active_calls": 1, "subscribers": 1, "games": 0}
 
 

@@ -14,6 +14,7 @@ import tracemalloc
 
 import httpx
 import trio
+import trio.testing
 
 from callscribe.core.audio import generate_tone
 from callscribe.testing.fake_deepgram import FakeDeepgram
@@ -46,7 +47,8 @@ async def _call(server: RunningServer, spec: CallSpec) -> None:
 
 
 async def _idle(server: RunningServer) -> None:
-    """Wait until the server reports no live call and no subscriber, then let the last tasks end."""
+    """Wait until the server reports no live call and no subscriber, then until every task is blocked
+    (the last ones have ended)."""
     async with httpx.AsyncClient() as client:
         with trio.fail_after(10):
             while True:
@@ -54,7 +56,7 @@ async def _idle(server: RunningServer) -> None:
                 if health["active_calls"] == 0 and health["subscribers"] == 0:
                     break
                 await trio.sleep(0.05)
-    await trio.sleep(0.2)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
 
 
 def _heap() -> int:
