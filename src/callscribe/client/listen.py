@@ -29,7 +29,7 @@ import trio
 import trio_websocket
 
 from callscribe import argtypes
-from callscribe.client.terminal import Terminal
+from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import TranscriptView, close_description
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket
 
@@ -362,14 +362,15 @@ def run_from_cli(args: argparse.Namespace) -> int:
 def _finish(output: Output) -> None:
     try:
         output.finish()
-    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:
+        stdout_gone()
 
 
 def _failure(error: BaseException) -> int:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
-    if isinstance(error, BrokenPipeError):
+    if isinstance(error, BrokenPipeError):  # the reader went away (`| head`): nothing more to say
+        stdout_gone()
         return 0
     if isinstance(error, _Usage):
         return _error(str(error), 2)

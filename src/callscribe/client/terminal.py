@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 from typing import TextIO
 
 from callscribe.client.transcript_view import Interim, Kind, Line, Shown
 
-__all__ = ["COLOURS", "Terminal"]
+__all__ = ["COLOURS", "Terminal", "stdout_gone"]
 
 COLOURS: dict[Kind, str] = {
     "caller": "36",  # cyan
@@ -80,3 +81,11 @@ class Terminal:
 
     def _paint(self, text: str, sgr: str) -> str:
         return f"\x1b[{sgr}m{text}\x1b[0m" if self.colour else text
+
+
+def stdout_gone() -> None:
+    """Standard output's reader went away (`| head`): what is still to be written goes nowhere,
+    rather than failing again as Python flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -244,6 +244,8 @@ class Server:
         when the subscriber goes away, the supervisor at shutdown."""
         delay, most = WAIT_POLL_S
         try:
+            if call_sid not in await self.hub.active_calls():
+                log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
             with trio.move_on_after(wait_s):
                 while call_sid not in await self.hub.active_calls():
                     await trio.sleep(delay)

@@ -1,7 +1,7 @@
 """Server settings: command-line flags, each with an environment variable as its default.
 
-The variable names of the earlier reference servers (`PROXY_URL`, `DEEPGRAM_URL`,
-`DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are kept so their users can switch without changes.
+The unprefixed names (`PROXY_URL`, `DEEPGRAM_URL`, `DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are
+kept for the set-ups that already use them.
 Every problem is reported as one `ConfigError` line; the CLI prints it and exits with status 2.
 """
 

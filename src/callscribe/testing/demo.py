@@ -20,13 +20,15 @@ import json
 import logging
 import math
 import sys
+import tempfile
+from pathlib import Path
 
 import trio
 import trio_websocket
 
 from callscribe import argtypes
 from callscribe.client.listen import Server, follow
-from callscribe.client.terminal import Terminal
+from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import Line, TranscriptView
 from callscribe.core import audio
 from callscribe.server.call import CallSettings
@@ -79,6 +81,8 @@ CONVERSATION = (
 """What the fake Deepgram hears: the caller's lines (channel 0) and the other party's (channel 1),
 one per `LINE_S` of audio, "" for silence."""
 
+GAME_CODE = "42"
+"""The demo game's code: the only one, so that what the demo prints is always the same."""
 GAME_KEY_AT_S = 4.5
 GAME_KEY = "7"
 
@@ -114,10 +118,15 @@ def run_from_cli(args: argparse.Namespace) -> int:
         trio.run(functools.partial(run_demo, terminal, game=args.game, duration_s=args.duration, port=args.port))
     except* KeyboardInterrupt:  # before the server was up to catch it, or a second Ctrl-C
         pass
+    except* BrokenPipeError:  # the reader went away (`| head`)
+        stdout_gone()
     except* StartupError as group:
         failure = next(leaves(group))
     finally:
-        terminal.finish()
+        try:
+            terminal.finish()
+        except BrokenPipeError:
+            stdout_gone()
     if failure is not None:
         print(f"callscribe demo: {failure}" + (" (try --port 0)" if "listen" in str(failure) else ""), file=sys.stderr)
         return 2
@@ -134,6 +143,23 @@ async def run_demo(
     fake = FakeDeepgram(behaviour)
     aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
     stop = trio.Event()
+    with tempfile.TemporaryDirectory(prefix="callscribe-demo-") as folder:
+        codes_file = str(Path(folder) / "codes.json")
+        await trio.Path(codes_file).write_text(json.dumps({"game_codes": [GAME_CODE]}))
+        await _run(terminal, fake, aura, codes_file, stop, game=game, deadline=deadline, port=port)
+
+
+async def _run(
+    terminal: Terminal,
+    fake: FakeDeepgram,
+    aura: FakeAura,
+    codes_file: str,
+    stop: trio.Event,
+    *,
+    game: bool,
+    deadline: float,
+    port: int,
+) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         await nursery.start(aura.serve)
@@ -142,7 +168,7 @@ async def run_demo(
             port=port,
             call=CallSettings(deepgram_url=fake.url + "?interim_results=true", deepgram_api_key=API_KEY),
             shutdown_grace_s=5.0,
-            games=GameSettings(phone_number=DEMO_NUMBER),
+            games=GameSettings(phone_number=DEMO_NUMBER, codes_file=codes_file),
             speech="aura",
             speak_url=aura.url,
         )
