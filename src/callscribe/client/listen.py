@@ -20,7 +20,8 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -100,21 +101,52 @@ async def _connect(nursery: trio.Nursery, server: Server, wait_s: float = 0.0) -
     except ConnectFailed as error:
         raise ListenError(f"cannot connect to {server.client_url()}: {error.cause}") from None
     except trio_websocket.ConnectionRejected as error:
-        body = " ".join((error.body or b"")[:200].decode("utf-8", "replace").split())
-        raise ListenError(f"{server.client_url()} refused the subscriber: HTTP {error.status_code} {body}") from None
+        raise _refused(server, error) from None
+
+
+def _refused(server: Server, error: trio_websocket.ConnectionRejected) -> ListenError:
+    body = " ".join((error.body or b"")[:200].decode("utf-8", "replace").split())
+    return ListenError(f"{server.client_url()} refused the subscriber: HTTP {error.status_code} {body}".rstrip())
+
+
+@asynccontextmanager
+async def _subscriber(server: Server, wait_s: float = 0.0) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A /client connection, closed at the end. trio-websocket reports a refused upgrade from its
+    reader task, i.e. out of the nursery: what comes out is one error, never a group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await _connect(nursery, server, wait_s)
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(CONNECT_TIMEOUT_S) as cleanup:
+                    cleanup.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        errors = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
+        if len(errors) != 1:
+            raise
+        if isinstance(errors[0], trio_websocket.ConnectionRejected):
+            raise _refused(server, errors[0]) from None
+        raise errors[0] from None
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 async def live_calls(server: Server) -> list[str]:
     """The callSids the server lists as live."""
-    async with trio.open_nursery() as nursery:
-        ws = await _connect(nursery, server)
+    async with _subscriber(server) as ws:
         try:
             first = await ws.get_message()
         except trio_websocket.ConnectionClosed as closed:
             raise ListenError(f"the server closed the connection: {_described(closed)}") from None
-        finally:
-            await ws.aclose()
-        nursery.cancel_scope.cancel()
     try:
         calls = json.loads(first)
     except ValueError:
@@ -135,8 +167,7 @@ async def follow(
     """Subscribe to `call_sid` and give every message to `on_message` until the server closes;
     returns the close code and reason (None, None: the connection was lost without a close frame).
     `connected` is set once the call is named (with `wait_s`, the server now waits for it)."""
-    async with trio.open_nursery() as nursery:
-        ws = await _connect(nursery, server, wait_s)
+    async with _subscriber(server, wait_s) as ws:
         try:
             await ws.get_message()  # the list of live calls
             await ws.send_message(call_sid)
@@ -147,13 +178,7 @@ async def follow(
                 on_message(message if isinstance(message, str) else message.decode("utf-8", "replace"))
         except trio_websocket.ConnectionClosed as closed:
             reason = closed.reason
-            ended = (None, None) if reason is None or reason.code == 1006 else (reason.code, reason.reason)
-        finally:
-            with trio.move_on_after(CONNECT_TIMEOUT_S) as cleanup:
-                cleanup.shield = True
-                await ws.aclose()
-        nursery.cancel_scope.cancel()
-    return ended
+            return (None, None) if reason is None or reason.code == 1006 else (reason.code, reason.reason)
 
 
 def _described(closed: trio_websocket.ConnectionClosed) -> str:
