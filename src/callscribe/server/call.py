@@ -2,8 +2,8 @@
 
 Where a media frame goes:
 
-    Call._read_twilio      frame -> TwilioStream.receive -> Media    -> media channel
-    Call._mix              Media -> Mixer.add -> Mixer.windows       -> window channel
+    Call._read_twilio      frames of one read -> TwilioStream.receive -> [Media...] -> media channel
+    Call._mix              [Media...] -> Mixer.add -> Mixer.windows                 -> window channel
     DeepgramClient.run     window -> AudioBacklog -> Deepgram socket; Deepgram's messages -> Hub.publish
                            (and GamePatch.on_deepgram), see deepgram_client.py
 
@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from callscribe.core.deepgram import DEFAULT_URL, DeepgramStream, MessageKind
 from callscribe.core.mixer import SAMPLES_PER_MS, Mixer
-from callscribe.core.twilio import Dtmf, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
+from callscribe.core.twilio import Dtmf, Event, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.server.deepgram_client import Connector, DeepgramClient
 from callscribe.server.games import GamePatch, GameRegistry
 from callscribe.server.hub import CLOSE_NORMAL, Hub
@@ -40,7 +40,8 @@ from callscribe.server.hub import CLOSE_NORMAL, Hub
 log = logging.getLogger(__name__)
 
 MEDIA_QUEUE = 50
-"""Twilio frames between reader and mixer (1 s of both tracks): the mixer never waits on IO."""
+"""Batches of Twilio frames (each what one read of the socket brought) between reader and mixer:
+the mixer never waits on IO."""
 WINDOW_QUEUE_SECONDS = 10
 """Audio that may queue for Deepgram, e.g. while its connection is being opened."""
 MAX_REJECTED_FRAMES = 1000
@@ -73,13 +74,13 @@ class CallSettings:
 class Call:
     """One Twilio stream and everything it feeds.
 
-    `receive` returns the Twilio socket's next frame and raises `trio.EndOfChannel` once the socket
-    is gone; a shell that cannot tell (Quart cancels the handler instead) calls `end_input()`.
+    `receive` returns the frames of the Twilio socket's next read (at least one) and raises
+    `trio.EndOfChannel` once the socket is gone; `end_input()` stops reading from outside.
     """
 
     def __init__(
         self,
-        receive: Callable[[], Awaitable[str | bytes | None]],
+        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
         *,
         settings: CallSettings,
         hub: Hub,
@@ -140,44 +141,32 @@ class Call:
     # -- Twilio -> mixer -------------------------------------------------------------------
 
     async def _read_twilio(self, nursery: trio.Nursery) -> None:
-        media_send: trio.MemorySendChannel[MediaInfo] | None = None
+        media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
         try:
             with scope:
                 while True:
                     try:
-                        frame = await self._receive()
+                        frames = await self._receive()
                     except trio.EndOfChannel:
                         return
-                    event = self.stream.receive(frame)
-                    kind = type(event)
-                    if kind is Media:
-                        await media_send.send(event.media)  # type: ignore[union-attr]
-                    elif kind is Rejected:
-                        self._log_rejected(event)  # type: ignore[arg-type]
-                        if event.fatal:  # type: ignore[union-attr]
-                            self._set_close(1003, event.reason[:120])  # type: ignore[union-attr]
-                            return
-                        if self.stream.rejected >= MAX_REJECTED_FRAMES:
-                            log.warning(
-                                "call %s: closing the Twilio socket after %d unusable frames",
-                                self.call_sid or "(before start)",
-                                self.stream.rejected,
-                            )
-                            self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
-                            return
-                    elif kind is Start:
-                        scope.deadline = math.inf
-                        media_send = await self._begin(nursery)
-                    elif kind is Stop:
-                        self._set_close(CLOSE_NORMAL, "call ended")
+                    media: list[MediaInfo] = []
+                    go_on = True
+                    for frame in frames:
+                        event = self.stream.receive(frame)
+                        if type(event) is Media:
+                            media.append(event.media)
+                        elif type(event) is Start:
+                            scope.deadline = math.inf
+                            media_send = await self._begin(nursery)
+                        elif not self._on_event(event):
+                            go_on = False
+                            break
+                    if media and media_send is not None:
+                        await media_send.send(media)  # everything one read brought: one hop for the mixer
+                    if not go_on:
                         return
-                    elif self.game is not None:
-                        if kind is Dtmf:
-                            self.game.on_dtmf(event.dtmf.digit)  # type: ignore[union-attr]
-                        elif kind is Mark:
-                            self.game.on_mark(event.mark.name)  # type: ignore[union-attr]
             if scope.cancelled_caught and not self._end_requested:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")
@@ -187,7 +176,32 @@ class Call:
             if self.game is not None:
                 self.game.twilio_gone()
 
-    async def _begin(self, nursery: trio.Nursery) -> trio.MemorySendChannel[MediaInfo]:
+    def _on_event(self, event: Event) -> bool:
+        """A Twilio event other than media and start; False when it ends the stream."""
+        if type(event) is Rejected:
+            self._log_rejected(event)
+            if event.fatal:
+                self._set_close(1003, event.reason[:120])
+                return False
+            if self.stream.rejected >= MAX_REJECTED_FRAMES:
+                log.warning(
+                    "call %s: closing the Twilio socket after %d unusable frames",
+                    self.call_sid or "(before start)",
+                    self.stream.rejected,
+                )
+                self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
+                return False
+        elif type(event) is Stop:
+            self._set_close(CLOSE_NORMAL, "call ended")
+            return False
+        elif self.game is not None:
+            if type(event) is Dtmf:
+                self.game.on_dtmf(event.dtmf.digit)
+            elif type(event) is Mark:
+                self.game.on_mark(event.mark.name)
+        return True
+
+    async def _begin(self, nursery: trio.Nursery) -> trio.MemorySendChannel[list[MediaInfo]]:
         """`start` arrived: register the call and start the mixer and the Deepgram tasks."""
         start = self.stream.start
         assert start is not None
@@ -202,7 +216,7 @@ class Call:
             "+".join(tracks),
             start.custom_parameters or "none",
         )
-        media_send, media_receive = trio.open_memory_channel[MediaInfo](MEDIA_QUEUE)
+        media_send, media_receive = trio.open_memory_channel[list[MediaInfo]](MEDIA_QUEUE)
         window_send, window_receive = trio.open_memory_channel[bytes](
             WINDOW_QUEUE_SECONDS * 1000 // self.settings.window_ms
         )
@@ -222,13 +236,16 @@ class Call:
             log.info("call %s is routed to games: waiting for the caller to say or key in a code", self.call_sid)
         return media_send
 
-    async def _mix(self, media: trio.MemoryReceiveChannel[MediaInfo], windows: trio.MemorySendChannel[bytes]) -> None:
+    async def _mix(
+        self, media: trio.MemoryReceiveChannel[list[MediaInfo]], windows: trio.MemorySendChannel[bytes]
+    ) -> None:
         mixer = self.mixer
         assert mixer is not None
         channel_of = {track: index for index, track in enumerate(self.stream.tracks)}
         async with media, windows:
-            async for frame in media:
-                mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
+            async for frames in media:
+                for frame in frames:
+                    mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
                 for window in mixer.windows():
                     await windows.send(window)
             for window in mixer.flush():
