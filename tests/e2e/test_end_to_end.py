@@ -222,7 +222,9 @@ async def test_shutdown_finishes_the_call_and_closes_subscribers_with_1001(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.0))
         await nursery.start(subscribe, server, spec.call_sid, subscriber)
-        await trio.sleep(1.5)
+        with trio.fail_after(10):  # mid-call: transcripts are flowing
+            while "Results" not in subscriber.types:
+                await trio.sleep(0.05)
         server.stop.set()
         with trio.fail_after(8):
             await server.done.wait()
