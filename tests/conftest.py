@@ -132,6 +132,7 @@ async def start_server(
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
+    read_tick_ms: int = 0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -152,6 +153,7 @@ async def start_server(
         token_secret=token_secret,
         allowed_origins=allowed_origins,
         redis_url=redis_url,
+        read_tick_ms=read_tick_ms,
     )
     stop, done = trio.Event(), trio.Event()
 
