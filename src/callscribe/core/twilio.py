@@ -120,6 +120,7 @@ class Rejected(msgspec.Struct, frozen=True):
 
 Event = Connected | Start | Media | Mark | Dtmf | Stop | Rejected
 
+_NOT_UTF8 = "malformed message: text is not valid UTF-8"
 _decoder: msgspec.json.Decoder[Connected | Start | Media | Mark | Dtmf | Stop] = msgspec.json.Decoder(
     Connected | Start | Media | Mark | Dtmf | Stop, strict=False
 )
@@ -169,9 +170,11 @@ class TwilioStream:
         try:
             message = _decoder.decode(frame)
         except msgspec.DecodeError as error:
+            if "UTF-8" in str(error):  # msgspec >= 0.23 checks the bytes of a string itself
+                return self._reject(_NOT_UTF8)
             return self._reject(f"malformed message: {error}")
         except UnicodeError:  # bytes that are not UTF-8 in a string; a lone surrogate in a str frame
-            return self._reject("malformed message: text is not valid UTF-8")
+            return self._reject(_NOT_UTF8)
         except RecursionError:  # nested deeper than the interpreter allows, even in a skipped field
             return self._reject("malformed message: nested too deeply")
         if type(message) is Media:
