@@ -9,16 +9,19 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trio
 import trio_websocket
 import trustme
 
+import pg
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
+from callscribe.server.store import StoreSettings
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 API_KEY = "test-key"
@@ -132,6 +135,7 @@ async def start_server(
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
+    store: StoreSettings | None = None,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -152,6 +156,7 @@ async def start_server(
         token_secret=token_secret,
         allowed_origins=allowed_origins,
         redis_url=redis_url,
+        store=store or StoreSettings(),
     )
     stop, done = trio.Event(), trio.Event()
 
@@ -219,3 +224,35 @@ async def wait_until_live(server: RunningServer, call_sid: str) -> None:
                 if call_sid in json.loads(await ws.get_message()):
                     return
             await trio.sleep(0.01)
+
+
+# -- PostgreSQL (for the call store) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg.Cluster]:
+    """One PostgreSQL cluster for the session, started by the tests on a free port (see pg.py)."""
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = pg.Cluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: pg.Cluster) -> str:
+    """A new, empty database of the session's cluster."""
+    return postgres_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a call store is: a SQLite file, or a new database of the tests' PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store" / "callscribe.db")
+    return str(request.getfixturevalue("postgres_url"))
