@@ -136,6 +136,7 @@ async def start_server(
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
     store: StoreSettings | None = None,
+    read_tick_ms: int = 0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -157,6 +158,7 @@ async def start_server(
         allowed_origins=allowed_origins,
         redis_url=redis_url,
         store=store or StoreSettings(),
+        read_tick_ms=read_tick_ms,
     )
     stop, done = trio.Event(), trio.Event()
 

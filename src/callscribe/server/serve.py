@@ -37,6 +37,7 @@ from callscribe.server.app import Server, create_app
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
+from callscribe.server.media_socket import ReadTick
 from callscribe.server.speech import engine_from_settings
 from callscribe.server.store import StoreError, StoreSettings
 
@@ -140,6 +141,7 @@ async def serve(
             games=games,
             forward_number=settings.forward_number,
             access=access,
+            read_tick=ReadTick(settings.read_tick_ms / 1000) if settings.read_tick_ms else None,
             store=store,
         )
         await _run(app, config, settings, trio.Event() if stop is None else stop, task_status)
