@@ -165,3 +165,19 @@ async def test_opening_a_store_closes_the_calls_a_crashed_process_left_open(tmp_
         assert call is not None and call.outcome == "interrupted"
     finally:
         recorder.engine.close()
+
+
+async def test_history_of_a_reused_call_sid_is_the_new_calls_alone(recorder: StoreRecorder) -> None:
+    recorder.call_started(start("CA1").start)
+    for n in range(3):
+        recorder.final("CA1", final_text(f"the old call {n}", at=n))
+    recorder.call_ended("CA1", ENDED)
+    await settled(recorder)
+    flaky(recorder).held.clear()  # the new call's start has not reached the store yet
+    recorder.call_started(start("CA1").start)
+    new = final_text("the new call")
+    recorder.final("CA1", new)
+    assert await recorder.history("CA1") == [new]
+    flaky(recorder).held.set()
+    await settled(recorder)
+    assert await recorder.history("CA1") == [new]

@@ -158,12 +158,19 @@ class StoreRecorder:
         """The call's finals so far, in order: those kept, and those still waiting to be written.
 
         The waiting ones are looked at before the database is read, and a write leaves the queue
-        only once committed, so every final handed over before this call is in one or the other."""
-        waiting = {
-            write.seq: write.raw
-            for write in (*self._in_flight, *self._queue)
-            if type(write) is FinalWrite and write.call_sid == call_sid
-        }
+        only once committed, so every final handed over before this call is in one or the other.
+        While the call's own start still waits, the store can only hold an older call of the same
+        callSid (which the start will replace): then only the waiting finals are the call's."""
+        waiting: dict[int, str] = {}
+        started_here = False
+        for write in (*self._in_flight, *self._queue):
+            if isinstance(write, FinalWrite):
+                if write.call_sid == call_sid:
+                    waiting[write.seq] = write.raw
+            elif isinstance(write, StartWrite) and write.start.call_sid == call_sid:
+                started_here = True
+        if started_here:  # the store has nothing of this call yet (an older call with its callSid, at most)
+            return [waiting[seq] for seq in sorted(waiting)]
         kept = dict(await self.in_thread(self.engine.history, call_sid))
         kept.update(waiting)
         return [kept[seq] for seq in sorted(kept)]
