@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -83,8 +84,9 @@ def free_port(host: str) -> int:
 class ServerProcess:
     """The server under test, in its own process (pinned with taskset when asked)."""
 
-    def __init__(self, opts: Options, kind: str, deepgram_url: str) -> None:
+    def __init__(self, opts: Options, kind: str, deepgram_url: str, store: str | None = None) -> None:
         self.kind = kind
+        self._store_dir: str | None = None
         self.port = free_port(opts.host)
         self.host = opts.host
         opts.log_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,8 @@ class ServerProcess:
                 "--log-level",
                 opts.server_log_level,
             ]
+            # By variable rather than flag, so that trees from before the call store (--server-pythonpath) run too.
+            env["CALLSCRIBE_STORE"] = self._store_location(store or opts.store)
         else:
             command = [
                 sys.executable,
@@ -132,6 +136,13 @@ class ServerProcess:
         self.command = command
         self._log = open(self.log_path, "wb")
         self.process = start_process(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def _store_location(self, store: str) -> str:
+        """``sqlite``: a fresh file in a directory of its own, deleted with the server."""
+        if store != "sqlite":
+            return store
+        self._store_dir = tempfile.mkdtemp(prefix="callscribe-bench-store-")
+        return os.path.join(self._store_dir, "callscribe.db")
 
     @property
     def pid(self) -> int:
@@ -168,3 +179,5 @@ class ServerProcess:
     def stop(self, timeout: float = 15.0) -> None:
         stop_process(self.process, timeout)
         self._log.close()
+        if self._store_dir is not None:
+            shutil.rmtree(self._store_dir, ignore_errors=True)

@@ -73,8 +73,10 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
     audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, opts.host, 0)
-        server = ServerProcess(opts, plan.kind, fake.url + "?interim_results=true")
+        server = ServerProcess(opts, plan.kind, fake.url + "?interim_results=true", plan.store)
         result["server_command"] = " ".join(server.command)
+        if plan.kind == "callscribe":
+            result["store"] = plan.store or opts.store
         try:
             await server.wait_ready()
             await trio.sleep(0.5)
