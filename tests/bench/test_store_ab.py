@@ -15,6 +15,7 @@ def step(us: float, kb: float, p99: float = 80.0) -> dict[str, Any]:
         "audio_p50_ms": 40.0,
         "audio_p99_ms": p99,
         "rss_per_call_kb": kb,
+        "worker_threads_cpu_pct": 1.5,
         "sustained": True,
         "disturbed": False,
     }
@@ -32,7 +33,9 @@ def test_each_round_is_compared_within_itself_and_the_median_summarises() -> Non
     assert [row["kb_per_call_difference"] for row in summary["rows"]] == [2.0, 5.0, -5.0]
     assert summary["kb_per_call_difference_median"] == 2.0
     lines = store_markdown({"calls": 40, **summary})
-    assert "**2.0% CPU per frame**" in lines[0] and lines[-1].startswith("| 3 | 21.0 / 23.1 | 210 / 231 | 10.0% |")
+    assert summary["threads_cpu_pct_on_median"] == 1.5
+    assert "**2.0% CPU per frame**" in lines[0] and "threads took **1.5%**" in lines[0]
+    assert lines[-1].startswith("| 3 | 21.0 / 23.1 | 210 / 231 | 10.0% | 1.5% / 1.5% |")
 
 
 def test_missing_numbers_are_left_out() -> None:

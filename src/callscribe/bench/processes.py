@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from callscribe.bench import ws as bench_ws
-from callscribe.bench.machine import cpu_seconds, rss_kb
+from callscribe.bench.machine import cpu_seconds, rss_kb, thread_cpu_seconds
 from callscribe.bench.options import API_KEY, Options
 from callscribe.bench.ws_frames import WebSocketError
 
@@ -153,6 +153,11 @@ class ServerProcess:
 
     def rss_kb(self) -> int:
         return rss_kb(self.pid)
+
+    def main_thread_cpu_seconds(self) -> float | None:
+        """CPU of the server's main thread (its event loop); the rest of the process's CPU is worker
+        threads' (the call store's database work)."""
+        return thread_cpu_seconds(self.pid, self.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
