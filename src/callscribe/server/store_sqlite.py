@@ -25,7 +25,8 @@ from typing import IO
 
 from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
 from callscribe.server.store import StoreError, StoreUnavailable
-from callscribe.server.store_sql import Db, SqlEngine
+from callscribe.server.store_reads import Db
+from callscribe.server.store_sql import SqlEngine
 
 BUSY_TIMEOUT_S = 5.0
 
