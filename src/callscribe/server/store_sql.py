@@ -151,6 +151,8 @@ class SqlEngine(SqlOutbox):
                 self.instance,
             ),
         )
+        if not events.receivers:
+            return 0
         data = webhooks.started_data(stored_call_of(start))
         return self._event(db, events, start.call_sid, 0, webhooks.CALL_STARTED, data, start.started_at)
 
@@ -175,7 +177,7 @@ class SqlEngine(SqlOutbox):
                 item.received_at,
             ),
         )
-        if not inserted.rowcount:
+        if not inserted.rowcount or not events.receivers:
             return 0
         data = webhooks.final_data(utterance)
         return self._event(db, events, item.call_sid, item.seq, webhooks.TRANSCRIPT_FINAL, data, item.received_at)
