@@ -145,7 +145,7 @@ async def test_a_subscriber_joining_mid_call_gets_every_final_exactly_once(
     spec = CallSpec(inbound=generate_tone(10.0), outbound=generate_tone(10.0, freq_hz=700))
     early, late, live_only = Subscriber(), Subscriber(), Subscriber()
     async with trio.open_nursery() as calls:
-        calls.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=4.0))
+        calls.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0))
         await calls.start(subscribe, server, spec.call_sid, early)
         with trio.fail_after(10):  # second 5 of the call: the early subscriber has its finals up to there
             while not any(json.loads(m)["start"] >= 5.0 for m in finals_of(early)):
@@ -195,7 +195,7 @@ async def test_api_access_is_that_of_client_and_errors_are_json(
     tokens = TokenCheck(secret=TOKEN_SECRET)
     everyone = {"Authorization": f"Bearer {tokens.issue(ttl_s=60)}"}
     base = server.http_url
-    first, second = CallSpec(inbound=generate_tone(1.0)), CallSpec(inbound=generate_tone(6.0))
+    first, second = CallSpec(inbound=generate_tone(1.0)), CallSpec(inbound=generate_tone(4.0))
     async with httpx.AsyncClient() as http, trio.open_nursery() as calls:
         await run_call(server.url("/twilio"), first, speed=0)
         calls.start_soon(lambda: run_call(server.url("/twilio"), second, speed=2.0))
@@ -337,7 +337,7 @@ async def test_postgresql_stopped_mid_call_harms_no_call_and_writes_land_when_it
 ) -> None:
     server = await start_server(nursery, deepgram, store=StoreSettings(location=postgres_url))
     base = server.http_url
-    spec = CallSpec(inbound=generate_tone(8.0), outbound=generate_tone(8.0, freq_hz=650))
+    spec = CallSpec(inbound=generate_tone(5.0), outbound=generate_tone(5.0, freq_hz=650))
     subscriber = Subscriber()
     try:
         async with httpx.AsyncClient() as http:
