@@ -71,7 +71,12 @@ async def wait_for_call(
     """Poll the call's summary in /api/calls until it has the `expected` values."""
     with trio.fail_after(15):
         while True:
-            calls = (await get_json(http, base + "/api/calls", headers=headers))["calls"]
+            response = await http.get(base + "/api/calls", headers=headers, timeout=10)
+            if response.status_code == 503:  # the database is not back yet
+                await trio.sleep(0.05)
+                continue
+            assert response.status_code == 200, response.text
+            calls = response.json()["calls"]
             found = [c for c in calls if c["callSid"] == call_sid]
             if found and all(found[0][key] == value for key, value in expected.items()):
                 return found[0]

@@ -33,6 +33,10 @@ from callscribe.server.store_sql import SqlEngine
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
 CHECKOUT_TIMEOUT_S = 2.0
+RECONNECT_S = 5.0
+"""psycopg-pool retries a lost connection with a backoff that keeps doubling (a database back after a
+minute could wait another minute); it gives up after this instead, and the next request starts
+afresh, so that the store is back within seconds of the database."""
 POOL_SIZE = 4
 MIGRATION_LOCK = 0x63616C6C  # "call": one advisory lock id for callscribe's migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
@@ -148,6 +152,7 @@ class PostgresEngine(SqlEngine):
             min_size=1,
             max_size=POOL_SIZE,
             timeout=CHECKOUT_TIMEOUT_S,
+            reconnect_timeout=RECONNECT_S,
             kwargs=options,
             check=psycopg_pool.ConnectionPool.check_connection,
             open=False,
