@@ -14,13 +14,17 @@ FROM python:3.11-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home callscribe
+ && useradd --system --uid 10001 --no-create-home callscribe \
+ && mkdir /data && chown callscribe /data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PROXY_URL=0.0.0.0:5000 \
-    CALLSCRIBE_RUN_FILE=/tmp/callscribe-serve.json
+    CALLSCRIBE_RUN_FILE=/tmp/callscribe-serve.json \
+    CALLSCRIBE_DATA_DIR=/data
 USER callscribe
+# The call store (callscribe.db) lives here: mount a named volume to keep calls across containers.
+VOLUME /data
 EXPOSE 5000
 # Checks /healthz where the server really listens: `serve` writes its addresses to
 # CALLSCRIBE_RUN_FILE, so the check follows --listen/--cert given after the image name too

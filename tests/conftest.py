@@ -9,16 +9,19 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trio
 import trio_websocket
 import trustme
 
+import pg
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
+from callscribe.server.store import StoreSettings
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 API_KEY = "test-key"
@@ -132,6 +135,7 @@ async def start_server(
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
+    store: StoreSettings | None = None,
     read_tick_ms: int = 0,
     **call_settings: object,
 ) -> RunningServer:
@@ -153,6 +157,7 @@ async def start_server(
         token_secret=token_secret,
         allowed_origins=allowed_origins,
         redis_url=redis_url,
+        store=store or StoreSettings(),
         read_tick_ms=read_tick_ms,
     )
     stop, done = trio.Event(), trio.Event()
@@ -184,14 +189,16 @@ async def subscribe(
     into: Subscriber,
     *,
     wait_for_call: bool = True,
+    query: str = "",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> Subscriber:
-    """Subscribe to `call_sid` (waiting until it is live) and collect everything until the close frame."""
+    """Subscribe to `call_sid` (waiting until it is live) and collect everything until the close frame;
+    `query` is added to /client's URL (like "?history=0")."""
     started = False
     with trio.fail_after(15):
         while True:
             async with trio_websocket.open_websocket_url(
-                server.url("/client"), server.ssl_context, connect_timeout=5
+                server.url("/client" + query), server.ssl_context, connect_timeout=5
             ) as ws:
                 into.calls_listed = json.loads(await ws.get_message())
                 if call_sid not in into.calls_listed and wait_for_call:
@@ -221,3 +228,35 @@ async def wait_until_live(server: RunningServer, call_sid: str) -> None:
                 if call_sid in json.loads(await ws.get_message()):
                     return
             await trio.sleep(0.01)
+
+
+# -- PostgreSQL (for the call store) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg.Cluster]:
+    """One PostgreSQL cluster for the session, started by the tests on a free port (see pg.py)."""
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = pg.Cluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: pg.Cluster) -> str:
+    """A new, empty database of the session's cluster."""
+    return postgres_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a call store is: a SQLite file, or a new database of the tests' PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store" / "callscribe.db")
+    return str(request.getfixturevalue("postgres_url"))

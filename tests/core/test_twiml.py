@@ -9,6 +9,7 @@ import pytest
 from callscribe.core.twiml import (
     DEFAULT_GAME_PROMPT,
     DEFAULT_HOLD_S,
+    call_parameters,
     game_twiml,
     stream_url,
     transcription_twiml,
@@ -122,3 +123,18 @@ def test_bad_public_url_is_rejected_by_both() -> None:
         game_twiml("ftp://h.example")
     with pytest.raises(ValueError):
         transcription_twiml("https://h.example/?x=1", "+1555")
+
+
+def test_the_calls_from_to_and_direction_become_stream_parameters() -> None:
+    form = {"CallSid": "CA1", "From": " +15550100 ", "To": "+15550199", "Direction": "inbound", "Caller": "x"}
+    parameters = call_parameters(form)
+    assert parameters == {"From": "+15550100", "To": "+15550199", "Direction": "inbound"}
+    assert call_parameters({"From": "", "To": "x" * 100}) == {"To": "x" * 64}
+
+    stream = parse(transcription_twiml("https://h.example", None, parameters=parameters)).find("./Start/Stream")
+    assert stream is not None
+    assert [(p.get("name"), p.get("value")) for p in stream] == list(parameters.items())
+
+    stream = parse(game_twiml("https://h.example", parameters={**parameters, "route": "x"})).find("./Connect/Stream")
+    assert stream is not None
+    assert [(p.get("name"), p.get("value")) for p in stream] == [("route", "game"), *parameters.items()]

@@ -278,11 +278,12 @@ async def test_oversized_frames_and_floods_get_clear_close_codes(server: Running
 
 
 async def test_sigterm_mid_call_delivers_final_results_before_closing_subscribers(
-    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "CALLSCRIBE_"))}
     env |= {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_URL": fake_deepgram.url, "PROXY_URL": f"127.0.0.1:{port}"}
+    env["CALLSCRIBE_DATA_DIR"] = str(tmp_path)  # the default store, not in the working directory
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "callscribe", "serve"], env=env, stderr=subprocess.DEVNULL
     )

@@ -14,6 +14,10 @@ Two kinds of call:
   bidirectional, so the server can talk back, and holds the call until the server closes the
   WebSocket. Only the caller's (inbound) track is streamed.
 
+Both pass the call's ``From``, ``To`` and ``Direction`` (the voice webhook's form fields, see
+:func:`call_parameters`) as ``<Parameter>`` elements of the ``<Stream>``, so the stream's ``start``
+carries them into the call store.
+
 ``public_url`` is the server's public base URL as Twilio reaches it, e.g.
 ``https://callscribe.example.com`` (or ``wss://...``, or with a path prefix behind a proxy:
 ``https://example.com/callscribe``). The stream URL is derived by :func:`stream_url`:
@@ -23,15 +27,18 @@ itself only connects to ``wss://``; ``ws://`` is allowed for local tests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
 __all__ = [
+    "CALL_PARAMETERS",
     "DEFAULT_GAME_PROMPT",
     "DEFAULT_HOLD_S",
     "STREAM_PATH",
+    "call_parameters",
     "game_twiml",
     "stream_url",
     "transcription_twiml",
@@ -44,6 +51,11 @@ DEFAULT_GAME_PROMPT: Final = "Please say your game code."
 DEFAULT_HOLD_S: Final = 3600
 #: Twilio ends calls after four hours; a longer pause would be meaningless.
 MAX_HOLD_S: Final = 4 * 3600
+
+#: The voice webhook's form fields that are passed on to the stream as parameters of the same names.
+CALL_PARAMETERS: Final = ("From", "To", "Direction")
+#: Twilio's limit on a stream parameter's value is generous; a phone number or direction is short.
+MAX_PARAMETER_CHARS: Final = 64
 
 _WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
@@ -81,17 +93,37 @@ def stream_url(public_url: str, path: str = STREAM_PATH) -> str:
     return urlunsplit((scheme, netloc, full_path, "", ""))
 
 
-def transcription_twiml(public_url: str, forward_number: str | None, *, hold_s: int = DEFAULT_HOLD_S) -> str:
+def call_parameters(form: Mapping[str, str]) -> dict[str, str]:
+    """The :data:`CALL_PARAMETERS` a voice webhook's ``form`` has (non-empty, trimmed, at most
+    :data:`MAX_PARAMETER_CHARS` characters), in that order."""
+    found = {}
+    for name in CALL_PARAMETERS:
+        value = str(form.get(name) or "").strip()[:MAX_PARAMETER_CHARS]
+        if value:
+            found[name] = value
+    return found
+
+
+def transcription_twiml(
+    public_url: str,
+    forward_number: str | None,
+    *,
+    hold_s: int = DEFAULT_HOLD_S,
+    parameters: Mapping[str, str] | None = None,
+) -> str:
     """TwiML that transcribes both legs of a call and forwards it to ``forward_number``.
 
     ``<Start><Stream url="wss://HOST/twilio" track="both_tracks"/></Start>`` then
     ``<Dial>forward_number</Dial>``; with no number (None or blank), ``<Pause length=hold_s/>``
     instead, keeping the call up (1 <= ``hold_s`` <= 14400, else :class:`ValueError`).
+    ``parameters`` become ``<Parameter>`` elements of the stream.
     """
     url = stream_url(public_url)
     response = VoiceResponse()
     start = Start()
-    start.stream(url=url, track="both_tracks")
+    stream = start.stream(url=url, track="both_tracks")
+    for name, value in (parameters or {}).items():
+        stream.parameter(name=name, value=value)
     response.append(start)
     number = (forward_number or "").strip()
     if number:
@@ -103,11 +135,14 @@ def transcription_twiml(public_url: str, forward_number: str | None, *, hold_s: 
     return str(response.to_xml())
 
 
-def game_twiml(public_url: str, prompt: str = DEFAULT_GAME_PROMPT) -> str:
+def game_twiml(
+    public_url: str, prompt: str = DEFAULT_GAME_PROMPT, *, parameters: Mapping[str, str] | None = None
+) -> str:
     """TwiML that asks for a game code and streams the caller to ``/twilio`` on the game route.
 
     ``<Say>prompt</Say>`` (left out when ``prompt`` is blank) then
-    ``<Connect><Stream url="wss://HOST/twilio"><Parameter name="route" value="game"/></Stream></Connect>``.
+    ``<Connect><Stream url="wss://HOST/twilio"><Parameter name="route" value="game"/></Stream></Connect>``,
+    with ``parameters`` as more ``<Parameter>`` elements (``route`` is always ``game``).
     """
     url = stream_url(public_url)
     response = VoiceResponse()
@@ -116,5 +151,8 @@ def game_twiml(public_url: str, prompt: str = DEFAULT_GAME_PROMPT) -> str:
     connect = Connect()
     stream = connect.stream(url=url)
     stream.parameter(name="route", value="game")
+    for name, value in (parameters or {}).items():
+        if name != "route":
+            stream.parameter(name=name, value=value)
     response.append(connect)
     return str(response.to_xml())

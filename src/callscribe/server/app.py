@@ -8,6 +8,7 @@ Routes:
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
+- `/api/calls`   (GET, DELETE) the call store's REST API, see api.py.
 - `/metrics`     (GET) Prometheus metrics.
 - `/healthz`     (GET) JSON with the live counts.
 """
@@ -18,7 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs
 
 import trio
@@ -27,7 +28,8 @@ from quart_trio import QuartTrio
 from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
-from callscribe.core.twiml import game_twiml, transcription_twiml
+from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
+from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
 from callscribe.server.hub import (
@@ -44,7 +46,11 @@ from callscribe.server.hypercorn_fixes import connection_fate
 from callscribe.server.listener import Route
 from callscribe.server.media_socket import ReadTick, Refusal, accept_media_socket
 from callscribe.server.metrics import CONTENT_TYPE
+from callscribe.server.store import NO_RECORDER, StoreUnavailable
 from callscribe.server.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from callscribe.server.store_writer import StoreRecorder
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ MAX_WEBSOCKET_MESSAGE = 64 * 1024
 usual library default) would let one client make us buffer a lot."""
 MAX_CLOSE_REASON = 120
 """Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
+HISTORY_TIMEOUT_S = 5.0
+"""A late subscriber waits at most this long for the call's finals so far; then it gets live messages only."""
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -84,8 +92,11 @@ class Server:
         forward_number: str | None = None,
         access: Access | None = None,
         read_tick: ReadTick | None = None,
+        store: StoreRecorder | None = None,
     ) -> None:
         self.access = access or Access()
+        self.store = store
+        """The call store (None: --store none)."""
         self.read_tick = read_tick
         self.routes: dict[str, Route] = {"/twilio": self.handle_twilio}
         """WebSocket routes served by callscribe's own code rather than Quart (see listener.py)."""
@@ -93,8 +104,11 @@ class Server:
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
         self.forward_number = forward_number
         self.hub: Hub = hub if hub is not None else InMemoryHub()
-        self.supervisor = Supervisor(settings, self.hub, self.games, connect)
+        self.supervisor = Supervisor(settings, self.hub, self.games, connect, store or NO_RECORDER)
         self.metrics = self.supervisor.metrics
+        if store is not None:
+            self.metrics.store.watch(store, store.delivery)
+        self.api = CallsApi(self.access, store)
 
     @property
     def calls(self) -> set[Call]:
@@ -161,6 +175,7 @@ class Server:
         verdict = await self._admit(ws, "a subscriber")
         if not isinstance(verdict, Verdict):
             return verdict
+        with_history = parse_qs(ws.query_string.decode("latin-1")).get("history", ["1"])[0] != "0"
         wait_s = _wait_seconds(ws.query_string.decode("latin-1"))
         if isinstance(wait_s, str):
             log.info("subscriber %s refused: %s", peer, wait_s)
@@ -197,12 +212,12 @@ class Server:
                 return None
             if wait_s > 0 and not await self._wait_for_call(ws, peer, call_sid, wait_s):
                 return None
-            await self._subscribe(ws, peer, call_sid)
+            await self._subscribe(ws, peer, call_sid, with_history)
         if scope.cancelled_caught:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
         return None
 
-    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
+    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str, with_history: bool = True) -> None:
         try:
             async with self.hub.subscribe(call_sid) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
@@ -210,7 +225,16 @@ class Server:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_discard_incoming, ws)
                         with subscription.cancel_scope:
+                            # Subscribed first, so the live messages queue while the history is read;
+                            # finals in both are sent once (the history's copy, in its place).
+                            history = await self._history(call_sid, peer) if with_history else []
+                            for message in history:
+                                await self._send_to_subscriber(ws, subscription, message, peer)
+                            sent = set(history)
                             async for message in subscription:
+                                if sent and message in sent:
+                                    sent.discard(message)
+                                    continue
                                 await self._send_to_subscriber(ws, subscription, message, peer)
                         nursery.cancel_scope.cancel()
                 finally:
@@ -234,6 +258,22 @@ class Server:
             await _hub_unavailable(ws, peer, error)
             return
         await _close(ws, subscription.close_code, subscription.close_reason)
+
+    async def _history(self, call_sid: str, peer: str) -> list[str]:
+        """The call's finals so far, for a subscriber who joins it now ([] when nothing is kept)."""
+        with trio.move_on_after(HISTORY_TIMEOUT_S) as waiting:
+            try:
+                return await self.supervisor.recorder.history(call_sid)
+            except StoreUnavailable as error:
+                log.warning(
+                    "call %s: subscriber %s gets live messages only: the store cannot answer: %s", call_sid, peer, error
+                )
+                return []
+        if waiting.cancelled_caught:
+            log.warning(
+                "call %s: subscriber %s gets live messages only: the store did not answer in time", call_sid, peer
+            )
+        return []
 
     # -- /client?wait=SECONDS: naming a call before it starts -------------------------------------
 
@@ -320,7 +360,7 @@ class Server:
 
     # -- TwiML -----------------------------------------------------------------------------------
 
-    async def twiml(self, http_request: Request, build: Callable[[str], str]) -> Response:
+    async def twiml(self, http_request: Request, build: Callable[[str, dict[str, str]], str]) -> Response:
         form = await http_request.form
         verdict = self.access.check_twilio(
             http_request.headers,
@@ -331,7 +371,7 @@ class Server:
         )
         if not verdict.ok:
             return _refuse(verdict, 403, "a TwiML request", http_request.remote_addr or "unknown")
-        return Response(build(self.base_url(http_request)), mimetype="text/xml")
+        return Response(build(self.base_url(http_request), call_parameters(form)), mimetype="text/xml")
 
     def base_url(self, http_request: Request) -> str:
         """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
@@ -412,6 +452,7 @@ def create_app(
     forward_number: str | None = None,
     access: Access | None = None,
     read_tick: ReadTick | None = None,
+    store: StoreRecorder | None = None,
 ) -> QuartTrio:
     """The app; `app.extensions["callscribe"]` is its `Server`, whose `routes` go to
     `listener.serve` alongside it."""
@@ -425,8 +466,10 @@ def create_app(
         forward_number=forward_number,
         access=access or Access(public_url=public_url),
         read_tick=read_tick,
+        store=store,
     )
     app.extensions["callscribe"] = server
+    add_routes(app, server.api)
 
     @app.before_serving
     async def start_supervisor() -> None:
@@ -444,11 +487,13 @@ def create_app(
 
     @app.post("/twiml")
     async def twiml() -> Response:
-        return await server.twiml(request, lambda base: transcription_twiml(base, server.forward_number))
+        return await server.twiml(
+            request, lambda base, parameters: transcription_twiml(base, server.forward_number, parameters=parameters)
+        )
 
     @app.post("/twiml/game")
     async def twiml_game() -> Response:
-        return await server.twiml(request, game_twiml)
+        return await server.twiml(request, lambda base, parameters: game_twiml(base, parameters=parameters))
 
     @app.get("/metrics")
     async def metrics() -> Response:

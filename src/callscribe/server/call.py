@@ -26,17 +26,20 @@ from __future__ import annotations
 import logging
 import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
+from callscribe.core.call_record import call_start
 from callscribe.core.deepgram import DEFAULT_URL, DeepgramStream, MessageKind
 from callscribe.core.mixer import SAMPLES_PER_MS, Mixer, WindowGate
 from callscribe.core.twilio import Dtmf, Event, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.server.deepgram_client import Connector, DeepgramClient
 from callscribe.server.games import GamePatch, GameRegistry
 from callscribe.server.hub import CLOSE_NORMAL, Hub
+from callscribe.server.store import NO_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,11 @@ class Call:
         connect: Connector | None = None,
         send: Callable[[str], Awaitable[None]] | None = None,
         games: GameRegistry | None = None,
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self._receive = receive
+        self.recorder = recorder
+        """The call store: told of the start, each final and (by the supervisor) the end."""
         self._send_twilio = send
         self._games = games
         self.game: GamePatch | None = None
@@ -222,6 +228,16 @@ class Call:
         gate = WindowGate(len(tracks), window_ms=self.settings.window_ms, jitter_ms=self.settings.jitter_ms)
         self._channel_of = {track: index for index, track in enumerate(tracks)}
         await self.hub.register_call(self.call_sid)
+        self.recorder.call_started(
+            call_start(
+                call_sid=self.call_sid,
+                stream_sid=start.stream_sid,
+                account_sid=start.account_sid,
+                tracks=tracks,
+                parameters=start.custom_parameters,
+                now=time.time(),
+            )
+        )
         log.info(
             "call %s started: stream %s, tracks %s, parameters %s",
             self.call_sid,
@@ -265,6 +281,8 @@ class Call:
                 await windows.send(window)
 
     def _on_deepgram(self, kind: MessageKind, message: str, interim: bool) -> None:
+        if kind.is_final and kind.type == "Results":
+            self.recorder.final(self.call_sid, message)
         if self.game is not None:
             self.game.on_deepgram(kind, message, interim)
 

@@ -136,6 +136,8 @@ class GamePatch:
         self.call_sid = call_sid
         self.machine = PatchMachine(call_sid, stream_sid, registry.pool, can_speak=registry.speech is not None)
         self.game: Game | None = None
+        self.patched_code: str | None = None
+        """The code of the last game the call was patched to (for the call's record)."""
         self._send_to_twilio = send_to_twilio
         # Rung when the machine has something for the speaker; one ring is enough to wake it.
         self._wake_send, self._wake_receive = trio.open_memory_channel[None](1)
@@ -205,6 +207,7 @@ class GamePatch:
             )
             return
         self.game, game.patch = game, self
+        self.patched_code = heard.code
         log.info("call %s patched to game %s (%s)", self.call_sid, heard.code, heard.how)
         self._perform(self.machine.connect(heard))
 

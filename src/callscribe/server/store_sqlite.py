@@ -1,0 +1,229 @@
+"""The embedded engine: one SQLite file, in WAL mode, searched with FTS5.
+
+One process serves a file: `callscribe serve` holds an exclusive lock on `<file>.lock` while it runs
+(a second server on the same file stops at start-up; several processes share a PostgreSQL store
+instead). So at start every call still open in the file was left by an earlier process that is
+gone, and is closed as interrupted. `callscribe calls ...` reads the file beside a running server
+(WAL lets readers and the writer work at once).
+
+Connections come from a small pool, each used by one worker thread at a time; writes are
+`BEGIN IMMEDIATE` transactions that wait up to `BUSY_TIMEOUT_S` for the lock. `synchronous=NORMAL`:
+a transaction is durable once the WAL is checkpointed, and a crash of the process never corrupts
+the file (only a power cut can lose the last transactions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
+from callscribe.server.store import StoreError, StoreUnavailable
+from callscribe.server.store_reads import Db
+from callscribe.server.store_sql import SqlEngine
+
+BUSY_TIMEOUT_S = 5.0
+CACHE_KIB = 512
+"""SQLite's page cache per connection (its default is 2 MiB): writes append at the end of the
+tables, and reads have the operating system's file cache."""
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE instances (id TEXT PRIMARY KEY, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL)",
+        """CREATE TABLE calls (
+            call_sid TEXT PRIMARY KEY,
+            stream_sid TEXT NOT NULL,
+            account_sid TEXT NOT NULL,
+            from_number TEXT,
+            to_number TEXT,
+            from_digits TEXT NOT NULL DEFAULT '',
+            to_digits TEXT NOT NULL DEFAULT '',
+            direction TEXT,
+            tracks TEXT NOT NULL,
+            parameters TEXT NOT NULL DEFAULT '{}',
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            outcome TEXT,
+            reason TEXT,
+            audio_s REAL,
+            padding_s REAL,
+            deepgram_connections INTEGER,
+            request_ids TEXT NOT NULL DEFAULT '[]',
+            game_code TEXT,
+            instance TEXT NOT NULL
+        )""",
+        "CREATE INDEX calls_by_start ON calls (started_at, call_sid)",
+        "CREATE INDEX calls_open ON calls (instance) WHERE ended_at IS NULL",
+        "CREATE INDEX calls_from ON calls (from_digits)",
+        "CREATE INDEX calls_to ON calls (to_digits)",
+        """CREATE TABLE finals (
+            id INTEGER PRIMARY KEY,
+            call_sid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            channel INTEGER NOT NULL,
+            speaker TEXT NOT NULL,
+            start_s REAL NOT NULL,
+            end_s REAL NOT NULL,
+            text TEXT NOT NULL,
+            confidence REAL NOT NULL,
+            request_id TEXT NOT NULL,
+            raw TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            UNIQUE (call_sid, seq)
+        )""",
+        "CREATE VIRTUAL TABLE finals_fts USING fts5 (text, content='finals', content_rowid='id')",
+        """CREATE TRIGGER finals_indexed AFTER INSERT ON finals BEGIN
+            INSERT INTO finals_fts (rowid, text) VALUES (new.id, new.text);
+        END""",
+        """CREATE TRIGGER finals_unindexed AFTER DELETE ON finals BEGIN
+            INSERT INTO finals_fts (finals_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END""",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            receiver TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            call_sid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX outbox_by_call ON outbox (receiver, call_sid, id)",
+        "CREATE INDEX outbox_by_instance ON outbox (instance, receiver, next_at)",
+    ],
+]
+"""Schema versions 1, 2, ...: the statements that bring the previous version to each."""
+
+
+class SqliteEngine(SqlEngine):
+    kind = "sqlite"
+    exclusive = True
+
+    def __init__(self, path: str, labels: SpeakerLabels = DEFAULT_LABELS) -> None:
+        super().__init__(path, labels)
+        self.path = Path(path)
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock: IO[str] | None = None
+
+    def open(self, *, migrate: bool = True) -> None:
+        """`migrate` (a server): create the file if need be, take the lock, upgrade the schema.
+        Otherwise (a reader): the file must exist with the current schema."""
+        if migrate:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create the directory of the store {self.path}: {error.strerror}") from None
+            self._take_lock()
+        elif not self.path.is_file():
+            raise StoreError(f"no store at {self.path} (callscribe serve creates it; --store or CALLSCRIBE_STORE)")
+        try:
+            with self._transaction() as db:
+                self._migrate(db, MIGRATIONS, migrate)
+        except StoreUnavailable as error:
+            raise StoreError(f"cannot open the store {self.path}: {error}") from None
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a callscribe store: {error}") from None
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock = open(lock_path, "a+")  # held open while the server runs
+        except OSError as error:
+            raise StoreError(f"cannot open {lock_path}: {error.strerror}") from None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise StoreError(
+                f"the store {self.path} is in use by another callscribe process (pid {holder}): give each process"
+                " its own --store, or share a PostgreSQL store between them"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def close(self) -> None:
+        for connection in self._all:
+            connection.close()
+        self._all.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self._all.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
+            try:
+                connection = self._connect()
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailable(str(error)) from None
+        try:
+            yield connection
+        finally:
+            self._idle.put(connection)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Db]:
+        with self._connection() as connection:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteDb(connection)
+                except BaseException:
+                    connection.rollback()
+                    raise
+                connection.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise StoreUnavailable(str(error)) from None
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Db]:
+        with self._connection() as connection:
+            try:
+                yield _SqliteDb(connection)
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailable(str(error)) from None
+
+    def _match(self, words: Sequence[str]) -> tuple[str, list[object]]:
+        return "f.id IN (SELECT rowid FROM finals_fts WHERE finals_fts MATCH ?)", [
+            " ".join(f'"{word}"' for word in words)
+        ]
+
+    def _dead_instances(self, db: Db, instance: str, now: float, lease_s: float) -> list[tuple[str, float]]:
+        """Every other process: holding the lock, this one is the only process on the file."""
+        rows = db.execute("SELECT id, heartbeat_at FROM instances WHERE id <> ?", (instance,)).fetchall()
+        return [(row[0], float(row[1])) for row in rows]
+
+
+class _SqliteDb:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        return self._connection.execute(sql, params)
