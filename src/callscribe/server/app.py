@@ -9,6 +9,7 @@ Routes:
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
 - `/metrics`     (GET) Prometheus metrics.
 - `/healthz`     (GET) JSON with the live counts.
+- `/`, `/ui/...`, `/api/session`, `/api/games`, `/api/events`: the dashboard, see dashboard.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from websockets.http11 import Request as UpgradeRequest
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.core.twiml import game_twiml, transcription_twiml
 from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.call_feed import CallFeed, ObservedHub
+from callscribe.server.dashboard import Dashboard
+from callscribe.server.dashboard import add_routes as add_dashboard_routes
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
 from callscribe.server.hub import (
     CLOSE_GOING_AWAY,
@@ -85,13 +89,18 @@ class Server:
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
         self.forward_number = forward_number
-        self.hub: Hub = hub if hub is not None else InMemoryHub()
+        self.feed = CallFeed(self._live_call, self.games)
+        """The dashboard's call feed: it sees what calls tell the hub (call_feed.py)."""
+        self.hub: Hub = ObservedHub(hub if hub is not None else InMemoryHub(), self.feed)
         self.supervisor = Supervisor(settings, self.hub, self.games, connect)
         self.metrics = self.supervisor.metrics
 
     @property
     def calls(self) -> set[Call]:
         return self.supervisor.calls
+
+    def _live_call(self, call_sid: str) -> Call | None:
+        return next((call for call in self.supervisor.calls if call.call_sid == call_sid), None)
 
     async def shutdown(self, grace_s: float) -> None:
         await self.supervisor.shutdown(grace_s)
@@ -400,5 +409,7 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:
         return server.supervisor.health(), 200
+
+    add_dashboard_routes(app, Dashboard(server, server.feed, history=False))
 
     return app
