@@ -14,12 +14,16 @@ FROM python:3.11-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home callscribe
+ && useradd --system --uid 10001 --no-create-home callscribe \
+ && mkdir /data && chown callscribe /data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PROXY_URL=0.0.0.0:5000
+    PROXY_URL=0.0.0.0:5000 \
+    CALLSCRIBE_DATA_DIR=/data
 USER callscribe
+# The call store (callscribe.db) lives here: mount a named volume to keep calls across containers.
+VOLUME /data
 EXPOSE 5000
 # Checks /healthz with the same settings as the server (flags after the image name don't reach it,
 # so give --listen/--cert as PROXY_URL/CERT_PEM when the health check must follow them).

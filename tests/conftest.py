@@ -136,6 +136,7 @@ async def start_server(
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
     store: StoreSettings | None = None,
+    read_tick_ms: int = 0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -157,6 +158,7 @@ async def start_server(
         allowed_origins=allowed_origins,
         redis_url=redis_url,
         store=store or StoreSettings(),
+        read_tick_ms=read_tick_ms,
     )
     stop, done = trio.Event(), trio.Event()
 
@@ -187,14 +189,16 @@ async def subscribe(
     into: Subscriber,
     *,
     wait_for_call: bool = True,
+    query: str = "",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> Subscriber:
-    """Subscribe to `call_sid` (waiting until it is live) and collect everything until the close frame."""
+    """Subscribe to `call_sid` (waiting until it is live) and collect everything until the close frame;
+    `query` is added to /client's URL (like "?history=0")."""
     started = False
     with trio.fail_after(15):
         while True:
             async with trio_websocket.open_websocket_url(
-                server.url("/client"), server.ssl_context, connect_timeout=5
+                server.url("/client" + query), server.ssl_context, connect_timeout=5
             ) as ws:
                 into.calls_listed = json.loads(await ws.get_message())
                 if call_sid not in into.calls_listed and wait_for_call:

@@ -1,4 +1,4 @@
-"""`callscribe` command line: serve, healthcheck, token, fake-deepgram, simulate-call, bench.
+"""`callscribe` command line: serve, healthcheck, token, calls, fake-deepgram, simulate-call, bench.
 
 A subcommand's module is imported only when that subcommand runs (`callscribe serve` loads neither
 the fakes nor the benchmark): the parser gets the options of the chosen subcommand only, the
@@ -146,6 +146,15 @@ COMMANDS = (
         "mint a signed bearer token (a JWT) for /client and /game (needs CALLSCRIBE_TOKEN_SECRET)",
         _token_arguments,
         _token,
+    ),
+    Command(
+        "calls",
+        "list, show and export the calls in the call store",
+        _lazy("callscribe.server.calls_command", "add_arguments"),
+        _lazy("callscribe.server.calls_command", "run"),
+        description="Read the call store that `callscribe serve` writes (--store or CALLSCRIBE_STORE, else "
+        "callscribe.db in --data-dir or CALLSCRIBE_DATA_DIR, ./data by default): `calls list`, "
+        "`calls show CALLSID`, `calls export CALLSID --format vtt`.",
     ),
     Command(
         "fake-deepgram",

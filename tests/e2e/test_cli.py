@@ -34,11 +34,12 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNIN
 
 
 def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without callscribe's settings, plus `env`."""
+    """This process's environment without callscribe's settings (and with no call store: nothing
+    is written in the working directory), plus `env`."""
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "PROXY_", "CALLSCRIBE_"))
     }
-    return base | (env or {})
+    return base | {"CALLSCRIBE_STORE": "none"} | (env or {})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -117,10 +118,10 @@ def test_flags_override_the_environment() -> None:
     assert result.returncode == 2 and "not 999" in result.stderr
 
 
-async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> None:
+async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "CALLSCRIBE_"))}
-    env |= {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}"}
+    env |= {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}", "CALLSCRIBE_DATA_DIR": str(tmp_path / "data")}
     process = await trio.lowlevel.open_process([PYTHON, "-m", "callscribe", "serve"], env=env, stderr=subprocess.PIPE)
     try:
         async with httpx.AsyncClient() as http:
@@ -139,6 +140,10 @@ async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm() -> N
         log = (await process.stderr.receive_some(1 << 16)).decode()  # type: ignore[union-attr]
         assert "received SIGTERM" in log and "callscribe stopped" in log
         assert "TWILIO_AUTH_TOKEN is not set" in log and "anyone can read every transcript" in log
+        assert (
+            f"call store: sqlite {tmp_path / 'data' / 'callscribe.db'}" in log
+        )  # on by default, in the data directory
+        assert (tmp_path / "data" / "callscribe.db").is_file()
     finally:
         if process.returncode is None:
             process.kill()
@@ -171,6 +176,22 @@ def test_an_address_not_of_this_machine_is_one_line_and_status_2() -> None:
     assert result.returncode == 2
     assert_one_error_line(result.stderr, "cannot listen on 192.0.2.1:")
     assert "Cannot assign requested address" in result.stderr
+
+
+def test_a_store_in_use_by_another_server_is_one_line_and_status_2(tmp_path: Path) -> None:
+    from callscribe.server.store import open_engine
+
+    running = open_engine(str(tmp_path / "callscribe.db"))
+    running.open()  # as a server does: it holds the file's lock
+    try:
+        env = {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{free_port()}", "CALLSCRIBE_DATA_DIR": str(tmp_path)}
+        result = run_cli("serve", env=env | {"CALLSCRIBE_STORE": ""})
+    finally:
+        running.close()
+    assert result.returncode == 2
+    assert_one_error_line(
+        result.stderr, f"the store {tmp_path / 'callscribe.db'} is in use by another callscribe process"
+    )
 
 
 def test_redis_not_answering_at_start_up_is_one_line_and_status_2() -> None:

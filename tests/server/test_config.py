@@ -53,3 +53,64 @@ def test_the_health_check_url_follows_listen_and_tls(argv: tuple[str, ...], envi
 def test_the_health_check_needs_a_valid_address() -> None:
     with pytest.raises(ConfigError, match="PROXY_URL must be host:port"):
         health_url(flags("--listen", "localhost"), {})
+
+
+# -- the call store and webhooks ---------------------------------------------------------------
+
+
+def test_the_store_is_a_file_in_the_data_directory_unless_told_otherwise() -> None:
+    key = {"DEEPGRAM_API_KEY": "k"}
+    assert settings_from(flags(), key).store.location == "data/callscribe.db"
+    assert settings_from(flags(), key | {"CALLSCRIBE_DATA_DIR": "/data"}).store.location == "/data/callscribe.db"
+    assert settings_from(flags("--data-dir", "/srv"), key).store.location == "/srv/callscribe.db"
+    assert settings_from(flags("--store", "/x/calls.db"), key | {"CALLSCRIBE_DATA_DIR": "/data"}).store.location == (
+        "/x/calls.db"
+    )
+    assert settings_from(flags(), key | {"CALLSCRIBE_STORE": "None"}).store.location is None
+    url = "postgresql://calls:pw@db.internal/calls"
+    assert settings_from(flags("--store", url), key).store.location == url
+
+
+def test_store_and_webhook_settings() -> None:
+    settings = settings_from(
+        flags("--webhook-url", "https://a.example/hook", "--webhook-url", "http://b.example:8080/in"),
+        {
+            "DEEPGRAM_API_KEY": "k",
+            "CALLSCRIBE_WEBHOOK_URL": "https://ignored.example/",  # the flags win
+            "CALLSCRIBE_WEBHOOK_SECRET": "s",
+            "CALLSCRIBE_WEBHOOK_RETRY_FIRST": "2",
+            "CALLSCRIBE_WEBHOOK_RETRY_MAX": "60",
+            "CALLSCRIBE_WEBHOOK_RETRY_FOR": "0.5",
+            "CALLSCRIBE_STORE_QUEUE": "500",
+            "CALLSCRIBE_RETENTION_DAYS": "30",
+            "CALLSCRIBE_SPEAKER_LABELS": "Customer,Agent",
+        },
+    ).store
+    assert settings.webhook_urls == ("https://a.example/hook", "http://b.example:8080/in")
+    assert settings.webhook_secret == "s" and settings.queue_size == 500 and settings.retention_days == 30
+    assert (settings.webhook_retry.first_s, settings.webhook_retry.max_delay_s) == (2, 60)
+    assert settings.webhook_retry.give_up_after_s == 1800
+    assert (settings.speaker_labels.caller, settings.speaker_labels.other_party) == ("Customer", "Agent")
+    several = settings_from(flags(), {"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WEBHOOK_URL": "http://a/1, http://b/2"})
+    assert several.store.webhook_urls == ("http://a/1", "http://b/2")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CALLSCRIBE_STORE": "mysql://db/calls"}, "CALLSCRIBE_STORE must be a file path, a postgresql:// URL or none"),
+        ({"CALLSCRIBE_WEBHOOK_URL": "ftp://x/y"}, "CALLSCRIBE_WEBHOOK_URL: webhook URL 'ftp://x/y' must be an http"),
+        (
+            {"CALLSCRIBE_WEBHOOK_URL": "http://x/y", "CALLSCRIBE_STORE": "none"},
+            "CALLSCRIBE_WEBHOOK_URL needs a store",
+        ),
+        ({"CALLSCRIBE_SPEAKER_LABELS": "Caller"}, "CALLSCRIBE_SPEAKER_LABELS: speaker labels must be two names"),
+        ({"CALLSCRIBE_STORE_QUEUE": "0"}, "CALLSCRIBE_STORE_QUEUE must be between 10 and"),
+        ({"CALLSCRIBE_RETENTION_DAYS": "-1"}, "CALLSCRIBE_RETENTION_DAYS must be between 0 and"),
+        ({"CALLSCRIBE_WEBHOOK_RETRY_MAX": "0.5"}, "CALLSCRIBE_WEBHOOK_RETRY_MAX must be between 1 and"),
+        ({"CALLSCRIBE_WEBHOOK_RETRY_FOR": "0"}, "CALLSCRIBE_WEBHOOK_RETRY_FOR must be between"),
+    ],
+)
+def test_bad_store_settings_are_one_line(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        settings_from(flags(), {"DEEPGRAM_API_KEY": "k"} | environ)

@@ -7,6 +7,7 @@ Routes:
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
+- `/api/calls`   (GET, DELETE) the call store's REST API, see api.py.
 - `/metrics`     (GET) Prometheus metrics.
 - `/healthz`     (GET) JSON with the live counts.
 - `/`, `/ui/...`, `/api/session`, `/api/games`, `/api/events`: the dashboard, see dashboard.py.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
+from urllib.parse import parse_qs
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
@@ -25,7 +27,8 @@ from quart_trio import QuartTrio
 from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
-from callscribe.core.twiml import game_twiml, transcription_twiml
+from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
+from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.call_feed import CallFeed, ObservedHub
 from callscribe.server.dashboard import Dashboard
@@ -45,7 +48,11 @@ from callscribe.server.hypercorn_fixes import connection_fate
 from callscribe.server.listener import Route
 from callscribe.server.media_socket import ReadTick, Refusal, accept_media_socket
 from callscribe.server.metrics import CONTENT_TYPE
+from callscribe.server.store import NO_RECORDER, StoreUnavailable
 from callscribe.server.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from callscribe.server.store_writer import StoreRecorder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,8 @@ MAX_WEBSOCKET_MESSAGE = 64 * 1024
 usual library default) would let one client make us buffer a lot."""
 MAX_CLOSE_REASON = 120
 """Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
+HISTORY_TIMEOUT_S = 5.0
+"""A late subscriber waits at most this long for the call's finals so far; then it gets live messages only."""
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -81,8 +90,11 @@ class Server:
         forward_number: str | None = None,
         access: Access | None = None,
         read_tick: ReadTick | None = None,
+        store: StoreRecorder | None = None,
     ) -> None:
         self.access = access or Access()
+        self.store = store
+        """The call store (None: --store none)."""
         self.read_tick = read_tick
         self.routes: dict[str, Route] = {"/twilio": self.handle_twilio}
         """WebSocket routes served by callscribe's own code rather than Quart (see listener.py)."""
@@ -92,8 +104,11 @@ class Server:
         self.feed = CallFeed(self._live_call, self.games)
         """The dashboard's call feed: it sees what calls tell the hub (call_feed.py)."""
         self.hub: Hub = ObservedHub(hub if hub is not None else InMemoryHub(), self.feed)
-        self.supervisor = Supervisor(settings, self.hub, self.games, connect)
+        self.supervisor = Supervisor(settings, self.hub, self.games, connect, store or NO_RECORDER)
         self.metrics = self.supervisor.metrics
+        if store is not None:
+            self.metrics.store.watch(store, store.delivery)
+        self.api = CallsApi(self.access, store)
 
     @property
     def calls(self) -> set[Call]:
@@ -135,7 +150,7 @@ class Server:
                 if not self.supervisor.accepting:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
                     return
-                call = self.supervisor.start_call(ws.receive, ws.send)
+                call = self.supervisor.start_call(ws.receive_batch, ws.send)
                 try:
                     await call.finished.wait()
                 finally:
@@ -163,6 +178,7 @@ class Server:
         verdict = await self._admit(ws, "a subscriber")
         if not isinstance(verdict, Verdict):
             return verdict
+        with_history = parse_qs(ws.query_string.decode("latin-1")).get("history", ["1"])[0] != "0"
         with self.supervisor.connection() as scope:
             try:
                 calls = await self.hub.active_calls()
@@ -188,12 +204,12 @@ class Server:
                 )
                 await _close(ws, CLOSE_POLICY, "token not valid for this call")
                 return None
-            await self._subscribe(ws, peer, call_sid)
+            await self._subscribe(ws, peer, call_sid, with_history)
         if scope.cancelled_caught:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
         return None
 
-    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
+    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str, with_history: bool = True) -> None:
         try:
             async with self.hub.subscribe(call_sid) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
@@ -201,7 +217,16 @@ class Server:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_discard_incoming, ws)
                         with subscription.cancel_scope:
+                            # Subscribed first, so the live messages queue while the history is read;
+                            # finals in both are sent once (the history's copy, in its place).
+                            history = await self._history(call_sid, peer) if with_history else []
+                            for message in history:
+                                await self._send_to_subscriber(ws, subscription, message, peer)
+                            sent = set(history)
                             async for message in subscription:
+                                if sent and message in sent:
+                                    sent.discard(message)
+                                    continue
                                 await self._send_to_subscriber(ws, subscription, message, peer)
                         nursery.cancel_scope.cancel()
                 finally:
@@ -226,6 +251,22 @@ class Server:
             await _hub_unavailable(ws, peer, error)
             return
         await _close(ws, subscription.close_code, subscription.close_reason)
+
+    async def _history(self, call_sid: str, peer: str) -> list[str]:
+        """The call's finals so far, for a subscriber who joins it now ([] when nothing is kept)."""
+        with trio.move_on_after(HISTORY_TIMEOUT_S) as waiting:
+            try:
+                return await self.supervisor.recorder.history(call_sid)
+            except StoreUnavailable as error:
+                log.warning(
+                    "call %s: subscriber %s gets live messages only: the store cannot answer: %s", call_sid, peer, error
+                )
+                return []
+        if waiting.cancelled_caught:
+            log.warning(
+                "call %s: subscriber %s gets live messages only: the store did not answer in time", call_sid, peer
+            )
+        return []
 
     async def _send_to_subscriber(self, ws: Websocket, subscription: Subscription, message: str, peer: str) -> None:
         """Send one message. Hypercorn's writes cannot be interrupted (they are shielded); a peer that
@@ -288,7 +329,7 @@ class Server:
 
     # -- TwiML -----------------------------------------------------------------------------------
 
-    async def twiml(self, http_request: Request, build: Callable[[str], str]) -> Response:
+    async def twiml(self, http_request: Request, build: Callable[[str, dict[str, str]], str]) -> Response:
         form = await http_request.form
         verdict = self.access.check_twilio(
             http_request.headers,
@@ -299,7 +340,7 @@ class Server:
         )
         if not verdict.ok:
             return _refuse(verdict, 403, "a TwiML request", http_request.remote_addr or "unknown")
-        return Response(build(self.base_url(http_request)), mimetype="text/xml")
+        return Response(build(self.base_url(http_request), call_parameters(form)), mimetype="text/xml")
 
     def base_url(self, http_request: Request) -> str:
         """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
@@ -364,6 +405,7 @@ def create_app(
     forward_number: str | None = None,
     access: Access | None = None,
     read_tick: ReadTick | None = None,
+    store: StoreRecorder | None = None,
 ) -> QuartTrio:
     """The app; `app.extensions["callscribe"]` is its `Server`, whose `routes` go to
     `listener.serve` alongside it."""
@@ -377,8 +419,10 @@ def create_app(
         forward_number=forward_number,
         access=access or Access(public_url=public_url),
         read_tick=read_tick,
+        store=store,
     )
     app.extensions["callscribe"] = server
+    add_routes(app, server.api)
 
     @app.before_serving
     async def start_supervisor() -> None:
@@ -396,11 +440,13 @@ def create_app(
 
     @app.post("/twiml")
     async def twiml() -> Response:
-        return await server.twiml(request, lambda base: transcription_twiml(base, server.forward_number))
+        return await server.twiml(
+            request, lambda base, parameters: transcription_twiml(base, server.forward_number, parameters=parameters)
+        )
 
     @app.post("/twiml/game")
     async def twiml_game() -> Response:
-        return await server.twiml(request, game_twiml)
+        return await server.twiml(request, lambda base, parameters: game_twiml(base, parameters=parameters))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -410,6 +456,6 @@ def create_app(
     async def healthz() -> tuple[dict[str, object], int]:
         return server.supervisor.health(), 200
 
-    add_dashboard_routes(app, Dashboard(server, server.feed, history=False))
+    add_dashboard_routes(app, Dashboard(server, server.feed, history=server.store is not None))
 
     return app

@@ -13,6 +13,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -20,9 +21,12 @@ from callscribe.core import deepgram
 from callscribe.core.access import MIN_SECRET_BYTES
 from callscribe.core.codes import CodePool
 from callscribe.core.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
+from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import stream_url
+from callscribe.core.webhooks import RetryPolicy, check_receiver_url
 from callscribe.server.call import CallSettings
 from callscribe.server.games import GameSettings
+from callscribe.server.store import DEFAULT_DATA_DIR, NO_STORE, SCHEME_POSTGRES, STORE_FILE, StoreSettings
 
 
 class ConfigError(Exception):
@@ -36,6 +40,8 @@ class Option:
     help: str
     default: str | None = None
     secret: bool = False
+    many: bool = False
+    """The flag may be given several times (the variable separates values with commas)."""
 
 
 OPTIONS = [
@@ -81,6 +87,13 @@ OPTIONS = [
         "CALLSCRIBE_STALL_TIMEOUT",
         "seconds a client may leave our data untaken before it is disconnected",
         "20",
+    ),
+    Option(
+        "--read-tick-ms",
+        "CALLSCRIBE_READ_TICK_MS",
+        "0 (off) or 1-100: read every Twilio socket on one shared tick of this many ms, trading up to"
+        " that much latency for less CPU per frame",
+        "0",
     ),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
     Option(
@@ -144,11 +157,81 @@ OPTIONS = [
     ),
 ]
 
+# -- the call store and webhooks -------------------------------------------------------------------
+
+OPTIONS += [
+    Option(
+        "--data-dir",
+        "CALLSCRIBE_DATA_DIR",
+        f"directory of the default store file ({STORE_FILE}); /data in the Docker image",
+        DEFAULT_DATA_DIR,
+    ),
+    Option(
+        "--store",
+        "CALLSCRIBE_STORE",
+        "where calls and transcripts are kept: a SQLite file, a postgresql:// URL (shared by several"
+        f" processes), or none (default: {STORE_FILE} in the data directory)",
+    ),
+    Option(
+        "--store-queue",
+        "CALLSCRIBE_STORE_QUEUE",
+        "records that may wait for a slow or unreachable store before transcript finals are dropped",
+        "10000",
+    ),
+    Option(
+        "--retention-days",
+        "CALLSCRIBE_RETENTION_DAYS",
+        "delete calls that started longer ago than this many days (0 keeps them)",
+        "0",
+    ),
+    Option(
+        "--speaker-labels",
+        "CALLSCRIBE_SPEAKER_LABELS",
+        "names of channel 0 (the caller) and channel 1 (the other party) in transcripts",
+        "Caller,Other party",
+    ),
+    Option(
+        "--webhook-url",
+        "CALLSCRIBE_WEBHOOK_URL",
+        "URL that call events are POSTed to (repeat the flag, or separate URLs with commas, for several)",
+        many=True,
+    ),
+    Option(
+        "--webhook-secret",
+        "CALLSCRIBE_WEBHOOK_SECRET",
+        "key of the HMAC-SHA256 signature of webhook events",
+        secret=True,
+    ),
+    Option(
+        "--webhook-retry-first",
+        "CALLSCRIBE_WEBHOOK_RETRY_FIRST",
+        "seconds before a failed webhook delivery is retried the first time; the wait then doubles",
+        "1",
+    ),
+    Option(
+        "--webhook-retry-max",
+        "CALLSCRIBE_WEBHOOK_RETRY_MAX",
+        "longest wait between two retries of a webhook delivery, seconds",
+        "600",
+    ),
+    Option(
+        "--webhook-retry-for",
+        "CALLSCRIBE_WEBHOOK_RETRY_FOR",
+        "hours a webhook event is retried before it is dropped",
+        "24",
+    ),
+]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         shown = "" if option.secret or option.default is None else f" (default {option.default})"
-        parser.add_argument(option.flag, metavar=option.env, help=f"{option.help}{shown}; env {option.env}")
+        parser.add_argument(
+            option.flag,
+            metavar=option.env,
+            action="append" if option.many else "store",
+            help=f"{option.help}{shown}; env {option.env}",
+        )
 
 
 @dataclass(frozen=True)
@@ -160,6 +243,8 @@ class ServerSettings:
     keyfile: str | None = None
     shutdown_grace_s: float = 10.0
     stall_timeout_s: float = 20.0
+    read_tick_ms: int = 0
+    """0: each Twilio socket's reader wakes when its data arrives; else all wake on one shared tick."""
     log_level: int = logging.INFO
     games: GameSettings = field(default_factory=GameSettings)
     public_url: str | None = None
@@ -171,6 +256,8 @@ class ServerSettings:
     token_secret: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     redis_url: str | None = None
+    store: StoreSettings = field(default_factory=StoreSettings)
+    """The call store; the default here (unlike `callscribe serve`'s) is none."""
 
     @property
     def tls(self) -> bool:
@@ -181,6 +268,8 @@ def _raw(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str 
     values: dict[str, str | None] = {}
     for option in OPTIONS:
         value = getattr(args, option.flag[2:].replace("-", "_"), None)
+        if isinstance(value, list):
+            value = ",".join(value)
         if value is None:
             value = environ.get(option.env) or option.default
         values[option.env] = value
@@ -263,6 +352,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     retries = int(_number(values, "CALLSCRIBE_DEEPGRAM_RETRIES", 0, 100, int))
     grace = _number(values, "CALLSCRIBE_SHUTDOWN_GRACE", 0, 300)
     stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
+    read_tick_ms = int(_number(values, "CALLSCRIBE_READ_TICK_MS", 0, 100, int))
     level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -304,6 +394,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"CALLSCRIBE_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
 
+    store = _store_settings(values)
+
     call = CallSettings(
         deepgram_url=url,
         deepgram_api_key=api_key,
@@ -322,6 +414,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         keyfile=keyfile or None,
         shutdown_grace_s=grace,
         stall_timeout_s=stall,
+        read_tick_ms=read_tick_ms,
         log_level=getattr(logging, level_name),
         games=GameSettings(
             phone_number=values["TWILIO_PHONE_NUMBER"] or "", route_all_calls=route == "game", codes_file=codes_file
@@ -335,7 +428,48 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         token_secret=token_secret,
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
         redis_url=redis_url,
+        store=store,
     )
+
+
+def _store_settings(values: dict[str, str | None]) -> StoreSettings:
+    location = values["CALLSCRIBE_STORE"] or str(Path(values["CALLSCRIBE_DATA_DIR"] or DEFAULT_DATA_DIR) / STORE_FILE)
+    if location.strip().lower() == NO_STORE:
+        store_at: str | None = None
+    elif location.startswith(SCHEME_POSTGRES) or "://" not in location:
+        store_at = location
+    else:
+        raise ConfigError(f"CALLSCRIBE_STORE must be a file path, a postgresql:// URL or none, not {location!r}")
+    try:
+        labels = SpeakerLabels.parse(values["CALLSCRIBE_SPEAKER_LABELS"] or "")
+    except ValueError as error:
+        raise ConfigError(f"CALLSCRIBE_SPEAKER_LABELS: {error}") from None
+    try:
+        receivers = tuple(
+            dict.fromkeys(check_receiver_url(url) for url in _list_in_order(values["CALLSCRIBE_WEBHOOK_URL"]))
+        )
+    except ValueError as error:
+        raise ConfigError(f"CALLSCRIBE_WEBHOOK_URL: {error}") from None
+    if receivers and store_at is None:
+        raise ConfigError(
+            "CALLSCRIBE_WEBHOOK_URL needs a store (events wait in its outbox until delivered): not with CALLSCRIBE_STORE=none"
+        )
+    first = _number(values, "CALLSCRIBE_WEBHOOK_RETRY_FIRST", 0.01, 3600)
+    longest = _number(values, "CALLSCRIBE_WEBHOOK_RETRY_MAX", first, 7 * 86400)
+    hours = _number(values, "CALLSCRIBE_WEBHOOK_RETRY_FOR", 0.001, 24 * 30)
+    return StoreSettings(
+        location=store_at,
+        queue_size=int(_number(values, "CALLSCRIBE_STORE_QUEUE", 10, 10_000_000, int)),
+        retention_days=_number(values, "CALLSCRIBE_RETENTION_DAYS", 0, 100 * 365),
+        speaker_labels=labels,
+        webhook_urls=receivers,
+        webhook_secret=values["CALLSCRIBE_WEBHOOK_SECRET"] or None,
+        webhook_retry=RetryPolicy(first_s=first, max_delay_s=longest, give_up_after_s=hours * 3600),
+    )
+
+
+def _list_in_order(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def health_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:

@@ -290,9 +290,9 @@ class DeepgramClient:
                 if not delivery.publish:
                     continue
                 message = rebase(message, delivery.offset_s)
-                await self.hub.publish(self.call_sid, message, droppable=delivery.droppable)
-                if self._on_message is not None:
+                if self._on_message is not None:  # first: a final is recorded before anyone can receive it
                     self._on_message(kind, message, delivery.droppable)
+                await self.hub.publish(self.call_sid, message, droppable=delivery.droppable)
         finally:
             finished.set()
 

@@ -11,7 +11,7 @@ aborts a connection whose data has not been taken for `stall_timeout_s`, the blo
 and the task moves on.
 
 What keeps the server from starting -- its address taken or not this machine's, a certificate that
-does not load, Redis not answering, the app's start-up failing -- leaves `serve` as a `StartupError`
+does not load, Redis not answering, the call store unusable, the app's start-up failing -- leaves `serve` as a `StartupError`
 (alone, or inside the ExceptionGroups of its nurseries: catch it with `except*`), whose message is
 one line for the person starting it. Whatever fails once the server runs is not a `StartupError`
 and propagates as it is.
@@ -23,10 +23,13 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
+from quart_trio import QuartTrio
 
 from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.server import listener
@@ -34,7 +37,12 @@ from callscribe.server.app import Server, create_app
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
+from callscribe.server.media_socket import ReadTick
 from callscribe.server.speech import engine_from_settings
+from callscribe.server.store import StoreError, StoreSettings
+
+if TYPE_CHECKING:
+    from callscribe.server.store_writer import StoreRecorder
 
 log = logging.getLogger(__name__)
 
@@ -112,24 +120,44 @@ async def serve(
         log.warning(
             "no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game"
         )
+    config = hypercorn_config(settings)
+    try:
+        config.create_ssl_context()  # Hypercorn loads it again once listening: this is to say what failed
+    except OSError as error:  # ssl.SSLError is one
+        raise StartupError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {_os_reason(error)}") from None
     if hub is None and settings.redis_url:
         from callscribe.server.redis_hub import RedisHub
 
         await _reach_redis(settings.redis_url)
         hub = RedisHub(settings.redis_url)
         log.info("hub: Redis at %s", _without_credentials(settings.redis_url))
-    app = create_app(
-        settings.call,
-        hub=hub,
-        subscriber_send_timeout_s=settings.stall_timeout_s,
-        games=games,
-        forward_number=settings.forward_number,
-        access=access,
-    )
     log.info("talk-back speech: %s", speech.name)
+    store = await _open_store(settings.store)
+    try:
+        app = create_app(
+            settings.call,
+            hub=hub,
+            subscriber_send_timeout_s=settings.stall_timeout_s,
+            games=games,
+            forward_number=settings.forward_number,
+            access=access,
+            read_tick=ReadTick(settings.read_tick_ms / 1000) if settings.read_tick_ms else None,
+            store=store,
+        )
+        await _run(app, config, settings, trio.Event() if stop is None else stop, task_status)
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.engine.close)
+    log.info("callscribe stopped")
+
+
+async def _run(
+    app: QuartTrio, config: Config, settings: ServerSettings, stop: trio.Event, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    """Serve `app` until `stop` is set or a signal comes."""
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     server: Server = app.extensions["callscribe"]
-    stop = trio.Event() if stop is None else stop
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -143,11 +171,6 @@ async def serve(
                 stop.set()
                 return
 
-    config = hypercorn_config(settings)
-    try:
-        config.create_ssl_context()  # Hypercorn loads it again once listening: this is to say what failed
-    except OSError as error:  # ssl.SSLError is one
-        raise StartupError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {_os_reason(error)}") from None
     address = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
     try:
         async with trio.open_nursery() as nursery:
@@ -177,7 +200,33 @@ async def serve(
         cause = next(leaves(failure.__context__ or failure))
         detail = str(cause) if isinstance(cause, StartupError) else f"{type(cause).__name__}: {cause}"
         raise StartupError(f"the app failed to start: {detail}") from None
-    log.info("callscribe stopped")
+
+
+async def _open_store(settings: StoreSettings) -> StoreRecorder | None:
+    """The call store (None with --store none), its webhook delivery attached; `StartupError` if it
+    cannot be used."""
+    if settings.location is None:
+        log.info("call store: none (--store none): calls are not kept, late subscribers get live messages only")
+        return None
+    from callscribe.server.store_writer import open_store
+
+    try:
+        store = await open_store(settings)
+    except StoreError as error:
+        raise StartupError(str(error)) from None
+    log.info("call store: %s %s", store.engine.kind, _where(store.engine.where))
+    if settings.webhook_urls:
+        from callscribe.server.webhook_delivery import WebhookDelivery
+
+        store.delivery = WebhookDelivery(store, settings.webhook_secret)
+        log.info("webhooks: %s", ", ".join(store.delivery.names.values()))
+        if not settings.webhook_secret:
+            log.warning("CALLSCRIBE_WEBHOOK_SECRET is not set: webhook events are sent unsigned")
+    return store
+
+
+def _where(location: str) -> str:
+    return location if "://" in location else str(Path(location).resolve())
 
 
 async def _reach_redis(url: str) -> None:

@@ -31,7 +31,7 @@ from callscribe.server.store_sql import Db, SqlEngine
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
-CHECKOUT_TIMEOUT_S = 5.0
+CHECKOUT_TIMEOUT_S = 2.0
 POOL_SIZE = 4
 MIGRATION_LOCK = 0x63616C6C  # "call": one advisory lock id for callscribe's migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)

@@ -6,15 +6,15 @@ transcribed), so calls do not run in their handler: they run in the supervisor's
 lives as long as the app. The `/twilio` handler starts the call here and waits for it; when the
 handler ends it tells the call that its input ended, and the call finishes on its own.
 
-The hub's own tasks run in an outer nursery: the hub outlives the calls, which unregister from it
-as they end. Subscriber and game connections register a cancel scope (`connection()`) that
+The hub's own tasks, and the call store's, run in an outer nursery: they outlive the calls, which
+unregister from the hub and hand their end to the store as they end. Subscriber and game connections register a cancel scope (`connection()`) that
 shutdown cancels once the calls are done.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
@@ -23,16 +23,28 @@ from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import CLOSE_GOING_AWAY, Hub
 from callscribe.server.metrics import Metrics
+from callscribe.server.store import NO_RECORDER, Recorder, call_end_of
 
 log = logging.getLogger(__name__)
+
+STORE_FLUSH_S = 5.0
+"""At shutdown, how long the store gets to write what the calls handed it."""
 
 
 class Supervisor:
     """Owns the hub's tasks and every call's; `run` lives as long as the app."""
 
-    def __init__(self, settings: CallSettings, hub: Hub, games: GameRegistry, connect: Connector | None = None) -> None:
+    def __init__(
+        self,
+        settings: CallSettings,
+        hub: Hub,
+        games: GameRegistry,
+        connect: Connector | None = None,
+        recorder: Recorder = NO_RECORDER,
+    ) -> None:
         self.settings = settings
         self.hub = hub
+        self.recorder = recorder
         self.games = games
         self.connect = connect
         self.calls: set[Call] = set()
@@ -45,6 +57,7 @@ class Supervisor:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as hub_nursery:
             await hub_nursery.start(self.hub.run)
+            await hub_nursery.start(self.recorder.run)
             async with trio.open_nursery() as calls:
                 self._nursery = calls
                 task_status.started()
@@ -57,13 +70,24 @@ class Supervisor:
         return self._nursery is not None and not self.closing
 
     def start_call(
-        self, receive: Callable[[], Awaitable[str | bytes | None]], send: Callable[[str], Awaitable[None]] | None
+        self,
+        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
+        send: Callable[[str], Awaitable[None]] | None,
     ) -> Call:
-        """Start a call reading Twilio frames from `receive` (and talking back with `send`); the
-        caller waits for `call.finished` and calls `call.end_input()` when its socket is gone."""
+        """Start a call reading Twilio frames from `receive` (each call: the frames of one read) and
+        talking back with `send`; the caller waits for `call.finished` and calls `call.end_input()`
+        when its socket is gone."""
         if self._nursery is None:
             raise RuntimeError("the supervisor is not running")
-        call = Call(receive, settings=self.settings, hub=self.hub, connect=self.connect, send=send, games=self.games)
+        call = Call(
+            receive,
+            settings=self.settings,
+            hub=self.hub,
+            connect=self.connect,
+            send=send,
+            games=self.games,
+            recorder=self.recorder,
+        )
         self._nursery.start_soon(self._run_call, call)
         return call
 
@@ -76,6 +100,8 @@ class Supervisor:
         except Exception:
             log.exception("call %s failed", call.call_sid or "(before start)")
         finally:
+            if call.call_sid:
+                self.recorder.call_ended(call.call_sid, call_end_of(call, crashed=outcome == "failed"))
             self.metrics.call_ended(call, outcome)
             self.calls.discard(call)
             if not self.calls:
@@ -90,6 +116,8 @@ class Supervisor:
             self._idle = trio.Event()
             with trio.move_on_after(grace_s):
                 await self._idle.wait()
+        with trio.move_on_after(STORE_FLUSH_S):
+            await self.recorder.flush()
         await self.hub.shutdown()
         self.games.shutdown()
         for scope in list(self._connection_scopes):

@@ -1,0 +1,183 @@
+"""The store's writer: calls hand over without waiting, batches land, outages are ridden out, and a
+late subscriber's history is whole while writes are still queued."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from callscribe.core.call_record import CallEnd, Outcome
+from callscribe.server import store_writer
+from callscribe.server.store import EventSettings, StoreSettings, StoreUnavailable, Write, open_engine
+from callscribe.server.store_sqlite import SqliteEngine
+from callscribe.server.store_writer import StoreRecorder, open_store
+from store_records import final_text, start
+
+ENDED = CallEnd(ended_at=2_000_000.0, outcome=Outcome.ENDED, reason="call ended")
+
+
+class FlakyEngine(SqliteEngine):
+    """A SQLite engine whose writes fail while `down`, and wait while `held` is clear."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.down = False
+        self.held = threading.Event()
+        self.held.set()
+        self.batches: list[int] = []
+
+    def write(self, batch: Sequence[Write], events: EventSettings) -> int:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        self.held.wait(10)
+        self.batches.append(len(batch))
+        return super().write(batch, events)
+
+
+@pytest.fixture
+async def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StoreRecorder]:
+    monkeypatch.setattr(store_writer, "RETRY_FIRST_S", 0.02)
+    engine = FlakyEngine(str(tmp_path / "callscribe.db"))
+    engine.open()
+    engine.register("me", time.time())
+    recorder = StoreRecorder(engine, instance="me", queue_size=50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        yield recorder
+        nursery.cancel_scope.cancel()
+    engine.held.set()
+    engine.close()
+
+
+def flaky(recorder: StoreRecorder) -> FlakyEngine:
+    assert isinstance(recorder.engine, FlakyEngine)
+    return recorder.engine
+
+
+async def settled(recorder: StoreRecorder) -> None:
+    with trio.fail_after(10):
+        await recorder.flush()
+
+
+async def test_a_call_is_written_in_few_batches(recorder: StoreRecorder) -> None:
+    recorder.call_started(start("CA1").start)
+    for n in range(20):
+        recorder.final("CA1", final_text(f"words {n}", at=n))
+    recorder.call_ended("CA1", ENDED)
+    await settled(recorder)
+    assert flaky(recorder).batches == [22]  # handed over at once: one transaction
+    assert [u.text for u in recorder.engine.utterances("CA1")] == [f"words {n}" for n in range(20)]
+    assert recorder.engine.get_call("CA1").outcome == "ended"  # type: ignore[union-attr]
+    assert recorder.written == 22 and recorder.dropped == 0
+
+
+async def test_finals_of_unknown_calls_and_extra_streams(recorder: StoreRecorder) -> None:
+    recorder.final("CA-never-started", final_text("lost"))
+    recorder.call_started(start("CA1").start)
+    recorder.call_started(start("CA1").start)  # Twilio forked the call twice
+    recorder.final("CA1", final_text("one"))
+    recorder.call_ended("CA1", ENDED)  # one stream ends: the call goes on
+    recorder.final("CA1", final_text("two", at=1))
+    await settled(recorder)
+    assert recorder.engine.get_call("CA1").live  # type: ignore[union-attr]
+    recorder.call_ended("CA1", ENDED)
+    await settled(recorder)
+    assert [u.text for u in recorder.engine.utterances("CA1")] == ["one", "two"]
+    assert not recorder.engine.get_call("CA1").live  # type: ignore[union-attr]
+    assert recorder.engine.get_call("CA-never-started") is None
+
+
+async def test_an_outage_is_ridden_out_and_logged_once(
+    recorder: StoreRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="callscribe.server.store_writer")
+    flaky(recorder).down = True
+    recorder.call_started(start("CA1").start)
+    recorder.final("CA1", final_text("during the outage"))
+    with trio.fail_after(5):
+        while recorder.up:
+            await trio.sleep(0.01)
+    for n in range(5):  # the calls go on handing over, nothing waits
+        recorder.final("CA1", final_text(f"more {n}", at=n + 1))
+    await trio.sleep(0.2)  # several retries fail meanwhile
+    assert recorder.engine.get_call("CA1") is None and recorder.queued == 7
+    flaky(recorder).down = False
+    await settled(recorder)
+    assert recorder.up and len(recorder.engine.utterances("CA1")) == 6
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in messages) == 1
+    assert sum("is back after" in m for m in messages) == 1
+
+
+async def test_a_full_queue_drops_finals_but_never_a_start_or_end(
+    recorder: StoreRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="callscribe.server.store_writer")
+    flaky(recorder).down = True
+    recorder.call_started(start("CA1").start)
+    for n in range(60):
+        recorder.final("CA1", final_text(f"f{n}", at=n))
+    recorder.call_ended("CA1", ENDED)
+    assert recorder.dropped == 11 and recorder.queued == 51  # 50 queued, then the end anyway
+    assert sum("dropping transcript finals" in r.getMessage() for r in caplog.records) == 1
+    flaky(recorder).down = False
+    await settled(recorder)
+    assert [u.seq for u in recorder.engine.utterances("CA1")] == list(range(1, 50))
+    assert recorder.engine.get_call("CA1").outcome == "ended"  # type: ignore[union-attr]
+
+
+async def test_history_has_every_final_whether_written_or_still_queued(recorder: StoreRecorder) -> None:
+    recorder.call_started(start("CA1").start)
+    raws = [final_text(f"f{n}", at=n) for n in range(6)]
+    for raw in raws[:2]:
+        recorder.final("CA1", raw)
+    await settled(recorder)  # two written
+    flaky(recorder).held.clear()  # the next batch hangs in its transaction
+    recorder.final("CA1", raws[2])
+    with trio.fail_after(5):
+        while not recorder._in_flight:
+            await trio.sleep(0.01)
+    for raw in raws[3:]:
+        recorder.final("CA1", raw)  # queued behind it
+    assert await recorder.history("CA1") == raws
+    flaky(recorder).held.set()
+    await settled(recorder)
+    assert await recorder.history("CA1") == raws
+    assert await recorder.history("CA-unknown") == []
+
+
+async def test_opening_a_store_closes_the_calls_a_crashed_process_left_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "callscribe.db")
+    crashed = open_engine(path)
+    crashed.open()
+    crashed.register("crashed", time.time())
+    crashed.write([start("CA1", time.time())], EventSettings())
+    crashed.close()
+    recorder = await open_store(StoreSettings(location=path))
+    try:
+        call = recorder.engine.get_call("CA1")
+        assert call is not None and call.outcome == "interrupted"
+    finally:
+        recorder.engine.close()
+
+
+async def test_history_of_a_reused_call_sid_is_the_new_calls_alone(recorder: StoreRecorder) -> None:
+    recorder.call_started(start("CA1").start)
+    for n in range(3):
+        recorder.final("CA1", final_text(f"the old call {n}", at=n))
+    recorder.call_ended("CA1", ENDED)
+    await settled(recorder)
+    flaky(recorder).held.clear()  # the new call's start has not reached the store yet
+    recorder.call_started(start("CA1").start)
+    new = final_text("the new call")
+    recorder.final("CA1", new)
+    assert await recorder.history("CA1") == [new]
+    flaky(recorder).held.set()
+    await settled(recorder)
+    assert await recorder.history("CA1") == [new]

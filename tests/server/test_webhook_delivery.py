@@ -1,0 +1,111 @@
+"""Webhook delivery from the store's outbox: in order per call, retried, isolated per receiver,
+surviving a restart; real HTTP receivers on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from callscribe.core import webhooks
+from callscribe.core.call_record import CallEnd, Outcome
+from callscribe.core.webhooks import RetryPolicy
+from callscribe.server.store import StoreSettings
+from callscribe.server.store_writer import StoreRecorder, open_store
+from callscribe.server.webhook_delivery import WebhookDelivery
+from conftest import free_port
+from store_records import final_text, start
+from webhook_receiver import Receiver
+
+SECRET = "s3cret"
+FAST = RetryPolicy(first_s=0.05)
+ENDED = CallEnd(ended_at=time.time(), outcome=Outcome.HUNG_UP, reason="call ended")
+
+
+@asynccontextmanager
+async def running_store(
+    path: Path, receivers: list[str], policy: RetryPolicy = FAST, deliver: bool = True
+) -> AsyncIterator[tuple[StoreRecorder, WebhookDelivery]]:
+    recorder = await open_store(
+        StoreSettings(location=str(path), webhook_urls=tuple(receivers), webhook_secret=SECRET, webhook_retry=policy)
+    )
+    delivery = WebhookDelivery(recorder, SECRET, poll_s=0.5)
+    if deliver:
+        recorder.delivery = delivery
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            yield recorder, delivery
+            nursery.cancel_scope.cancel()
+    finally:
+        recorder.engine.close()
+
+
+def a_call(recorder: StoreRecorder, call_sid: str, finals: int) -> None:
+    recorder.call_started(start(call_sid, time.time()).start)
+    for n in range(finals):
+        recorder.final(call_sid, final_text(f"{call_sid} says {n}", at=n))
+    recorder.call_ended(call_sid, ENDED)
+
+
+async def test_a_receiver_that_fails_three_times_gets_every_event_in_order_signed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    receiver = Receiver(fail_first=3)
+    await nursery.start(receiver.serve)
+    async with running_store(tmp_path / "store.db", [receiver.url]) as (recorder, delivery):
+        a_call(recorder, "CA1", 3)
+        a_call(recorder, "CA2", 2)
+        await receiver.wait_for(5 + 4)
+        stats = delivery.stats[receiver.url]
+        with trio.fail_after(5):
+            while stats.pending:
+                await trio.sleep(0.01)
+    assert stats.failed == 3 and stats.delivered == 9 and stats.dropped == 0
+    for call_sid, finals in (("CA1", 3), ("CA2", 2)):
+        events = [e for e in receiver.accepted if e["callSid"] == call_sid]
+        assert [e["sequence"] for e in events] == list(range(finals + 2))
+        assert [e["type"] for e in events] == ["call.started", *["transcript.final"] * finals, "call.ended"]
+        assert [u["text"] for u in events[-1]["data"]["utterances"]] == [f"{call_sid} says {n}" for n in range(finals)]
+    for delivery_ in receiver.deliveries:
+        header = delivery_.headers[webhooks.SIGNATURE_HEADER.lower()]
+        assert webhooks.verify(SECRET.encode(), header, delivery_.body, time.time())
+        assert delivery_.headers["callscribe-event-id"] == delivery_.event["id"]
+    # The failed attempts were sent again as they were: the same event ids.
+    assert len({d.event["id"] for d in receiver.deliveries}) == 9
+
+
+async def test_a_receiver_that_is_down_holds_up_nobody_else(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    working = Receiver()
+    await nursery.start(working.serve)
+    down = f"http://127.0.0.1:{free_port()}/hook"
+    policy = RetryPolicy(first_s=0.05, max_delay_s=0.1, give_up_after_s=0.5)
+    async with running_store(tmp_path / "store.db", [down, working.url], policy) as (recorder, delivery):
+        a_call(recorder, "CA1", 4)
+        await working.wait_for(6)
+        with trio.fail_after(10):
+            while delivery.stats[down].dropped < 6:
+                await trio.sleep(0.05)
+    assert delivery.stats[down].delivered == 0 and delivery.stats[down].failed >= 6
+    messages = [r.getMessage() for r in caplog.records if r.name == "callscribe.server.webhook_delivery"]
+    assert sum("delivery failed" in m for m in messages) == 1  # once per outage
+    assert sum("gave up" in m for m in messages) == 6
+
+
+async def test_events_survive_a_restart(nursery: trio.Nursery, tmp_path: Path) -> None:
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    async with running_store(tmp_path / "store.db", [receiver.url], deliver=False) as (recorder, _):
+        a_call(recorder, "CA1", 2)
+        with trio.fail_after(5):
+            await recorder.flush()
+    assert receiver.deliveries == []
+    async with running_store(tmp_path / "store.db", [receiver.url]) as _:
+        await receiver.wait_for(4)
+    assert [e["sequence"] for e in receiver.accepted] == [0, 1, 2, 3]
