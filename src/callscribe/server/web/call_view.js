@@ -91,10 +91,10 @@ export class Transcript {
     let entry = pending;
     if (entry) {
       this.pending.delete(channel);
-      Object.assign(entry, { start, text, final: true });
-      const fresh = this.line(entry);
-      entry.node.replaceWith(fresh); // the final takes the interim's place
-      entry.node = fresh;
+      Object.assign(entry, { start, text, final: true }); // the final takes the interim's place
+      entry.node.classList.replace("interim", "final");
+      entry.node.querySelector(".time").textContent = clock(start);
+      entry.node.querySelector(".text").textContent = text;
     } else {
       entry = { channel, start, text, final: true, node: null };
       entry.node = this.line(entry);

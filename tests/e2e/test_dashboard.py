@@ -1,0 +1,189 @@
+"""The dashboard in real Chromium against a real callscribe, the fake Deepgram and simulated calls.
+
+One browser and one Trio stack (tests/browser.py) serve the whole module; each test starts its own
+server. Every page fails its test if it logs a console error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+import webvtt
+
+import browser
+from callscribe.core.access import TokenCheck
+from callscribe.server.games import GameSettings
+from callscribe.server.store import StoreSettings
+from callscribe.testing.fake_deepgram import FakeDeepgramSession
+from callscribe.testing.simulator import CallSpec, run_call
+from conftest import noise
+
+reason = browser.unavailable_reason()
+if reason is not None:
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+
+TOKEN_SECRET = "dashboard-test-secret-0123456789abcdef"
+INTERIMS = "?interim_results=true"
+TRANSCRIPT = "please cancel my parrot subscription"
+
+# Records, in the page, when each transcript line first became final (ms since the epoch).
+LINE_TIMES = """
+window.finalAt = [];
+new MutationObserver((records) => {
+  for (const node of document.querySelectorAll('#transcript .line.final:not([data-seen])')) {
+    node.dataset.seen = '1';
+    window.finalAt.push({channel: node.classList.contains('ch1') ? 1 : 0,
+                         time: node.querySelector('.time').textContent, at: Date.now()});
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['class']});
+"""
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[browser.Stack]:
+    with browser.stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=browser.CHROMIUM, args=browser.CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def open_page(chromium: Browser) -> Iterator[Any]:
+    """Pages in fresh contexts (own sessionStorage), each checked for console errors when the test ends."""
+    opened: list[tuple[Any, browser.ConsoleErrors]] = []
+
+    def open_one(width: int = 1280, height: int = 860) -> Page:
+        context = chromium.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        errors = browser.ConsoleErrors()
+        errors.watch(page)
+        page.add_init_script(LINE_TIMES)
+        opened.append((context, errors))
+        return page
+
+    yield open_one
+    for context, _ in opened:
+        context.close()
+    logged = [message for _, errors in opened for message in errors.messages]
+    assert not logged, f"the page logged errors: {logged}"
+
+
+class Sent:
+    """When the fake Deepgram sent each final (seconds since the epoch), per channel."""
+
+    def __init__(self) -> None:
+        self.finals: list[dict[str, Any]] = []
+
+    def __call__(self, session: FakeDeepgramSession, text: str) -> None:
+        message = json.loads(text)
+        if message.get("type") == "Results" and message.get("is_final"):
+            self.finals.append({"message": message, "at": time.time()})
+
+
+def store_in(tmp_path: Path) -> StoreSettings:
+    return StoreSettings(location=str(tmp_path / "callscribe.db"))
+
+
+def call_spec(seconds: float, *, both: bool = True, **extra: Any) -> CallSpec:
+    return CallSpec(
+        inbound=noise(seconds, 1),
+        outbound=noise(seconds, 2) if both else None,
+        custom_parameters={"From": "+15550100", "To": "+15550199"},
+        **extra,
+    )
+
+
+def lanes(page: Page) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {0: [], 1: []}
+    for line in page.locator("#transcript .line.final").all():
+        channel = 1 if "ch1" in (line.get_attribute("class") or "") else 0
+        found[channel].append(line.locator(".time").inner_text() + " " + line.locator(".text").inner_text())
+    return found
+
+
+def wait_for_feed(page: Page) -> None:
+    page.wait_for_selector("#feed-status[data-state=up]")
+
+
+def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
+    stack: browser.Stack, open_page: Any, tmp_path: Path
+) -> None:
+    sent = Sent()
+    served = stack.serve(
+        store=store_in(tmp_path),
+        deepgram={"transcript": TRANSCRIPT, "result_every_s": 1.0},
+        on_send=sent,
+        deepgram_url_query=INTERIMS,
+    )
+    page = open_page()
+    page.goto(served.http + "/")
+    wait_for_feed(page)
+    assert page.locator("#open-banner").is_visible()  # no tokens configured: said so
+
+    spec = call_spec(4.0)
+    started = time.time()
+    call = stack.start(run_call, served.twilio, spec)
+    card = page.locator(f"#live-calls li[data-call={spec.call_sid}]")
+    card.wait_for()
+    assert time.time() - started < 1.0, "the call took over a second to show in Live"
+    assert "+15550100 → +15550199" in card.inner_text() and "both tracks" in card.inner_text()
+    assert card.locator(".badge[data-state=streaming]").is_visible()
+
+    card.locator("a").click()
+    page.wait_for_selector("#call-status[data-state=streaming]")
+    interim = page.wait_for_selector("#transcript .line.interim")
+    page.wait_for_function("line => line.classList.contains('final')", arg=interim)  # replaced in place
+    call.result(timeout=20)
+
+    page.wait_for_selector("#call-status[data-state=ended]")
+    page.wait_for_selector("#call-end:not([hidden])")
+    assert "ended normally" in page.locator("#call-outcome").inner_text()
+    # Every final the fake sent is in its speaker's lane, in order, each within a second.
+    expected: dict[int, list[str]] = {0: [], 1: []}
+    for final in sent.finals:
+        message = final["message"]
+        start = message["start"]
+        expected[message["channel_index"][0]].append(f"{int(start) // 60:02d}:{int(start) % 60:02d} {TRANSCRIPT}")
+    assert lanes(page) == expected and len(expected[0]) >= 3
+    shown = page.evaluate("window.finalAt")
+    for final in sent.finals:
+        channel, start = final["message"]["channel_index"][0], final["message"]["start"]
+        (at,) = [s["at"] for s in shown if s["channel"] == channel and s["time"] == f"00:{int(start):02d}"]
+        assert at / 1000 - final["at"] < 1.0, f"a final took {at / 1000 - final['at']:.2f} s to show"
+    assert page.locator("#announcer").inner_text().endswith(TRANSCRIPT)
+    assert page.locator("#lane-heads").inner_text().split("\n") == ["Caller", "Other party"]
+
+    with page.expect_download() as downloading:
+        page.locator("#downloads a[data-kind=vtt]").click()
+    captions = webvtt.read(downloading.value.path())
+    assert len(captions) == len(sent.finals)
+    assert {caption.voice for caption in captions} == {"Caller", "Other party"}
+
+    page.locator("[data-nav=history]").click()
+    page.fill("#history-form input[name=q]", "zebra")
+    page.press("#history-form input[name=q]", "Enter")
+    page.wait_for_function("() => document.querySelector('#history-summary').textContent === 'No call matches.'")
+    page.fill("#history-form input[name=q]", "parrot")
+    page.press("#history-form input[name=q]", "Enter")
+    row = page.locator(f"#history tr[data-call={spec.call_sid}]")
+    row.wait_for()
+    assert "ended normally" in row.inner_text() and "parrot" in row.inner_text()
+    row.locator("a").click()  # a past call opens the same way
+    page.wait_for_selector("#call-end:not([hidden])")
+    assert lanes(page) == expected
