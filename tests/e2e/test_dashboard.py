@@ -41,8 +41,7 @@ window.finalAt = [];
 new MutationObserver((records) => {
   for (const node of document.querySelectorAll('#transcript .line.final:not([data-seen])')) {
     node.dataset.seen = '1';
-    window.finalAt.push({channel: node.classList.contains('ch1') ? 1 : 0,
-                         time: node.querySelector('.time').textContent, at: Date.now()});
+    window.finalAt.push({channel: node.classList.contains('ch1') ? 1 : 0, start: node.dataset.start, at: Date.now()});
   }
 }).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['class']});
 """
@@ -113,7 +112,7 @@ def lanes(page: Page) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {0: [], 1: []}
     for line in page.locator("#transcript .line.final").all():
         channel = 1 if "ch1" in (line.get_attribute("class") or "") else 0
-        found[channel].append(line.locator(".time").inner_text() + " " + line.locator(".text").inner_text())
+        found[channel].append(f"{line.get_attribute('data-start')} {line.locator('.text').inner_text()}")
     return found
 
 
@@ -159,12 +158,12 @@ def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
     for final in sent.finals:
         message = final["message"]
         start = message["start"]
-        expected[message["channel_index"][0]].append(f"{int(start) // 60:02d}:{int(start) % 60:02d} {TRANSCRIPT}")
+        expected[message["channel_index"][0]].append(f"{start:.2f} {TRANSCRIPT}")
     assert lanes(page) == expected and len(expected[0]) >= 3
     shown = page.evaluate("window.finalAt")
     for final in sent.finals:
         channel, start = final["message"]["channel_index"][0], final["message"]["start"]
-        (at,) = [s["at"] for s in shown if s["channel"] == channel and s["time"] == f"00:{int(start):02d}"]
+        (at,) = [s["at"] for s in shown if s["channel"] == channel and s["start"] == f"{start:.2f}"]
         assert at / 1000 - final["at"] < 1.0, f"a final took {at / 1000 - final['at']:.2f} s to show"
     assert page.locator("#announcer").inner_text().endswith(TRANSCRIPT)
     assert page.locator("#lane-heads").inner_text().split("\n") == ["Caller", "Other party"]
@@ -187,3 +186,104 @@ def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
     row.locator("a").click()  # a past call opens the same way
     page.wait_for_selector("#call-end:not([hidden])")
     assert lanes(page) == expected
+
+
+def test_with_tokens_the_page_asks_for_one_and_a_call_token_opens_that_call_only(
+    stack: browser.Stack, open_page: Any, tmp_path: Path
+) -> None:
+    served = stack.serve(store=store_in(tmp_path), token_secret=TOKEN_SECRET, tokens=frozenset({"team-token"}))
+    mine, other = call_spec(3.0), call_spec(3.0)
+    calls = [stack.start(run_call, served.twilio, spec) for spec in (mine, other)]
+
+    page = open_page()
+    page.goto(served.http + "/")
+    page.wait_for_selector("#view-login:not([hidden])")  # no token: the page asks
+    assert page.locator("#open-banner").is_hidden()
+    assert page.evaluate("() => document.activeElement.id") == "token-input"
+    page.fill("#token-input", "not-a-token")
+    page.press("#token-input", "Enter")
+    page.wait_for_selector("#login-error:text('Not accepted: unknown token')")
+
+    call_token = TokenCheck(secret=TOKEN_SECRET).issue(ttl_s=600, call_sid=mine.call_sid)
+    page.fill("#token-input", call_token)
+    page.press("#token-input", "Enter")
+    page.wait_for_selector("#view-call:not([hidden])")
+    assert page.url.endswith(f"#/calls/{mine.call_sid}")
+    page.wait_for_selector("#transcript .line.final")
+    assert page.locator("[data-nav]:visible").count() == 0
+    wait_for_feed(page)
+    assert page.locator("#live-calls li").evaluate_all("cards => cards.map(card => card.dataset.call)") == [
+        mine.call_sid
+    ]
+    page.evaluate(f"() => {{ location.hash = '#/calls/{other.call_sid}'; }}")
+    page.wait_for_function(f"() => location.hash === '#/calls/{mine.call_sid}'")  # sent back to its call
+    for call in calls:
+        call.result(timeout=20)
+    page.wait_for_selector("#call-end:not([hidden])")  # downloads work with the token as a header
+    with page.expect_download() as downloading:
+        page.locator("#downloads a[data-kind=txt]").click()
+    assert Path(downloading.value.path()).read_text().startswith("[00:00] Caller: ")
+
+    team = open_page()  # a token for everything sees both calls in History
+    team.goto(served.http + "/")
+    team.fill("#token-input", "team-token")
+    team.press("#token-input", "Enter")
+    wait_for_feed(team)
+    team.locator("[data-nav=history]").click()
+    team.wait_for_selector(f"#history tr[data-call={mine.call_sid}]")
+    team.wait_for_selector(f"#history tr[data-call={other.call_sid}]")
+
+
+def test_deepgram_dropped_mid_call_shows_reconnecting_then_streaming_with_no_duplicate_lines(
+    stack: browser.Stack, open_page: Any, tmp_path: Path
+) -> None:
+    served = stack.serve(
+        store=store_in(tmp_path),
+        deepgram={"transcript": TRANSCRIPT, "result_every_s": 0.5, "drop_after_audio_s": 2.5},
+        backoff_initial_s=0.3,
+        backoff_max_s=0.5,
+        replay_rate=2.0,
+    )
+    page = open_page()
+    page.goto(served.http + "/")
+    wait_for_feed(page)
+    page.evaluate("""() => {
+      window.states = [];
+      new MutationObserver(() => {
+        const state = document.querySelector('#call-status').dataset.state;
+        if (state && state !== window.states[window.states.length - 1]) window.states.push(state);
+      }).observe(document.querySelector('#call-status'), {attributes: true});
+    }""")
+    spec = call_spec(5.0)
+    call = stack.start(run_call, served.twilio, spec)
+    page.locator(f"#live-calls li[data-call={spec.call_sid}] a").click()
+    call.result(timeout=30)
+    page.wait_for_selector("#call-status[data-state=ended]")
+    states = page.evaluate("window.states")  # every change, however brief (a reconnect takes ~0.3 s here)
+    assert states[:3] == ["streaming", "reconnecting", "streaming"] and states[-1] == "ended", states
+    shown = lanes(page)
+    for channel in (0, 1):
+        assert len(shown[channel]) == len(set(shown[channel])) >= 8, shown[channel]
+    assert len(served.deepgram.sessions) >= 2  # it really dropped
+
+
+def test_a_late_opener_sees_the_call_so_far_then_live(stack: browser.Stack, open_page: Any, tmp_path: Path) -> None:
+    sent = Sent()
+    served = stack.serve(
+        store=store_in(tmp_path), deepgram={"transcript": TRANSCRIPT, "result_every_s": 0.5}, on_send=sent
+    )
+    spec = call_spec(4.0, both=False)
+    call = stack.start(run_call, served.twilio, spec)
+    deadline = time.monotonic() + 10
+    while len(sent.finals) < 3 and time.monotonic() < deadline:  # the call is well under way
+        time.sleep(0.05)
+    page = open_page()
+    page.goto(f"{served.http}/#/calls/{spec.call_sid}")
+    page.wait_for_selector("#transcript .line.final")
+    assert page.locator("#transcript .line.final").count() >= 3  # what was said before it opened
+    call.result(timeout=20)
+    page.wait_for_selector("#call-status[data-state=ended]")
+    shown = lanes(page)
+    assert shown[1] == [] and len(shown[0]) == len(sent.finals) == len(set(shown[0]))
+    assert page.locator("#lane-heads").inner_text() == "Caller"  # an inbound-only call has one lane
+    assert "caller only" in page.locator("#call-meta").inner_text()

@@ -93,6 +93,7 @@ export class Transcript {
       this.pending.delete(channel);
       Object.assign(entry, { start, text, final: true }); // the final takes the interim's place
       entry.node.classList.replace("interim", "final");
+      entry.node.dataset.start = start.toFixed(2);
       entry.node.querySelector(".time").textContent = clock(start);
       entry.node.querySelector(".text").textContent = text;
     } else {
@@ -109,7 +110,7 @@ export class Transcript {
   line(entry) {
     return el(
       "p",
-      { class: `line ch${entry.channel} ${entry.final ? "final" : "interim"}` },
+      { class: `line ch${entry.channel} ${entry.final ? "final" : "interim"}`, "data-start": entry.start.toFixed(2) },
       el("span", { class: "who", text: `${this.speaker(entry.channel)} ` }),
       el("time", { class: "time", text: clock(entry.start) }),
       el("span", { class: "text", text: entry.text }),
