@@ -103,6 +103,10 @@ class Stack:
         """Run `function(*args)` in the loop and wait for its result."""
         return trio.from_thread.run(function, *args, trio_token=self._token)
 
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Call the synchronous `function(*args)` in the loop (to set a trio.Event, say)."""
+        return trio.from_thread.run_sync(function, *args, trio_token=self._token)
+
     def start(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
         """Start `function(*args)` in the loop; its result (or exception) comes in the future."""
         future: Future[T] = Future()

@@ -287,3 +287,121 @@ def test_a_late_opener_sees_the_call_so_far_then_live(stack: browser.Stack, open
     assert shown[1] == [] and len(shown[0]) == len(sent.finals) == len(set(shown[0]))
     assert page.locator("#lane-heads").inner_text() == "Caller"  # an inbound-only call has one lane
     assert "caller only" in page.locator("#call-meta").inner_text()
+
+
+def test_a_two_thousand_line_call_keeps_the_page_small(stack: browser.Stack, open_page: Any) -> None:
+    served = stack.serve()
+    page = open_page()
+    page.goto(served.http + "/")
+    wait_for_feed(page)
+    result = page.evaluate("""async () => {
+      const { Transcript, MAX_LINES } = await import('/ui/call_view.js');
+      const make = (tag) => document.body.appendChild(document.createElement(tag));
+      const container = make('div');
+      container.className = 'transcript';
+      const transcript = new Transcript({container, heads: make('div'), earlier: make('button'),
+                                         jump: make('button'), announcer: make('div')});
+      transcript.live = true;
+      const said = (channel, start, words, final) => transcript.results({type: 'Results',
+        channel_index: [channel, 2], is_final: final, start, duration: 1,
+        channel: {alternatives: [{transcript: words}]}});
+      const began = performance.now();
+      for (let i = 0; i < 2000; i++) {
+        said(i % 2, i, 'half of it', false);
+        said(i % 2, i, `line ${i}`, true);
+      }
+      const took = performance.now() - began;
+      const shown = () => container.querySelectorAll('.line').length;
+      const capped = shown();
+      const last = container.lastElementChild.querySelector('.text').textContent;
+      transcript.earlier.click();
+      const expanded = shown();
+      const first = container.firstElementChild.querySelector('.text').textContent;
+      transcript.follow();
+      return {took, max: MAX_LINES, lines: transcript.lineCount, capped, last, expanded, first,
+              refollowed: shown(), note: transcript.earlier.textContent};
+    }""")
+    print(f"2,000 finals (and as many interims) taken in {result['took']:.0f} ms")
+    assert result["lines"] == 2000 and result["capped"] == result["max"] == 400
+    assert result["last"] == "line 1999"
+    assert result["expanded"] == 800 and result["first"] == "line 1200"
+    assert result["refollowed"] == 400 and result["note"] == "Show earlier lines (1600 not shown)"
+
+
+def test_by_keyboard_at_360_pixels_with_finals_announced(stack: browser.Stack, open_page: Any, tmp_path: Path) -> None:
+    served = stack.serve(store=store_in(tmp_path), deepgram={"transcript": TRANSCRIPT, "result_every_s": 0.25})
+    page = open_page(width=360, height=740)
+    page.goto(served.http + "/")
+    wait_for_feed(page)
+    spec = call_spec(5.0)
+    call = stack.start(run_call, served.twilio, spec)
+    page.locator(f"#live-calls li[data-call={spec.call_sid}]").wait_for()
+    for _ in range(12):  # skip link, sections, ... the call
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.closest('#live-calls li')?.dataset.call") == spec.call_sid:
+            break
+    else:
+        pytest.fail("the live call cannot be reached with Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#view-call:not([hidden])")
+    assert page.evaluate("() => document.activeElement.id") == "call-title"
+    page.wait_for_function("() => document.querySelectorAll('#transcript .line.final').length >= 16")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360  # nothing wider than the screen
+    announced = page.locator("#announcer").inner_text()
+    assert announced in (f"Caller: {TRANSCRIPT}", f"Other party: {TRANSCRIPT}")
+    assert page.locator("#announcer").get_attribute("aria-live") == "polite"
+
+    page.focus("#transcript")
+    page.keyboard.press("Home")  # the reader scrolls up: following pauses
+    page.wait_for_selector("#jump-live:not([hidden])")
+    page.wait_for_function("() => document.querySelector('#transcript').scrollTop === 0")
+    lines = page.locator("#transcript .line").count()
+    page.wait_for_function(f"() => document.querySelectorAll('#transcript .line').length > {lines}")
+    assert page.evaluate("() => document.querySelector('#transcript').scrollTop") == 0  # more came; we stayed
+    page.focus("#jump-live")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#jump-live", state="hidden")
+    assert page.evaluate(
+        "() => { const t = document.querySelector('#transcript'); return t.scrollHeight - t.scrollTop - t.clientHeight; }"
+    ) < 48
+    call.result(timeout=20)
+
+
+def test_games_show_their_codes_and_the_calls_patched_to_them(
+    stack: browser.Stack, open_page: Any, tmp_path: Path
+) -> None:
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"game_codes": ["42", "77"]}))
+    served = stack.serve(games=GameSettings(phone_number="+15550000", codes_file=str(codes)))
+    leave = trio.Event()
+    game = stack.start(play_game, served.server.url("/game"), leave)
+    page = open_page()
+    page.goto(served.http + "/#/games")
+    row = page.locator("#games tr[data-code='42']")
+    row.wait_for()
+    assert "waiting for a caller" in row.inner_text()
+
+    spec = call_spec(3.0, both=False, dtmf=[(0.3, "4"), (0.4, "2")])
+    spec.custom_parameters["route"] = "game"
+    call = stack.start(lambda: run_call(served.twilio, spec, bidirectional=True))
+    page.wait_for_selector(f"#games tr[data-code='42'] a[href='#/calls/{spec.call_sid}']")
+    assert "+15550100" in row.inner_text()
+    page.locator("[data-nav=live]").click()
+    card = page.locator(f"#live-calls li[data-call={spec.call_sid}]")
+    card.locator(".badge.game").wait_for()
+    assert card.locator(".badge.game").inner_text() == "game 42"
+    call.result(timeout=20)
+    stack.call(leave.set)
+    assert game.result(timeout=10) == "42"
+    page.locator("[data-nav=games]").click()
+    page.wait_for_selector("#games-empty:not([hidden])")
+
+
+async def play_game(url: str, leave: trio.Event) -> str:
+    """A game: takes a code, stays connected until `leave` is set; returns its code."""
+    async with trio_websocket.open_websocket_url(url, connect_timeout=5) as ws:
+        await ws.get_message()  # the phone number
+        code = await ws.get_message()
+        with trio.move_on_after(20):
+            await leave.wait()
+        return code

@@ -162,8 +162,15 @@ export class Transcript {
     this.earlier.textContent = `Show earlier lines (${this.hiddenBefore} not shown)`;
   }
 
+  // Follow the live end: once per frame at most, however many lines came (scrolling makes the
+  // browser lay the page out; doing it per line would make a busy call slow).
   afterAppend() {
-    if (this.stick) this.container.scrollTop = this.container.scrollHeight;
+    if (!this.stick || this.scrolling) return;
+    this.scrolling = true;
+    requestAnimationFrame(() => {
+      this.scrolling = false;
+      if (this.stick) this.container.scrollTop = this.container.scrollHeight;
+    });
   }
 
   follow() {
