@@ -80,7 +80,9 @@ class CallFeed:
         call = self._lookup(call_sid)
         start = call_start_of(call) if call is not None else None
         if start is None:  # registered by something other than a call of the supervisor's
-            start = call_start(call_sid=call_sid, stream_sid="", account_sid="", tracks=(), parameters={}, now=time.time())
+            start = call_start(
+                call_sid=call_sid, stream_sid="", account_sid="", tracks=(), parameters={}, now=time.time()
+            )
         self._publish(self.board.started(start))
 
     def unregistered(self, call_sid: str) -> None:

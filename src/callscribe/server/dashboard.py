@@ -101,9 +101,7 @@ class Dashboard:
         )
 
     def games(self, http_request: Request) -> Response:
-        verdict, _ = self.server.access.check_client(
-            http_request.headers, http_request.query_string.decode("latin-1")
-        )
+        verdict, _ = self.server.access.check_client(http_request.headers, http_request.query_string.decode("latin-1"))
         if not verdict.ok:
             log.warning("refused GET /api/games from %s: %s", http_request.remote_addr or "unknown", verdict.reason)
             response = jsonify({"error": verdict.reason})
@@ -129,7 +127,9 @@ class Dashboard:
                         await ws.send(message)
                 nursery.cancel_scope.cancel()
         log.info("dashboard viewer %s left (%s)", peer, viewer.close_reason)
-        code, reason = (1001, "server shutting down") if scope.cancelled_caught else (viewer.close_code, viewer.close_reason)
+        code, reason = (
+            (1001, "server shutting down") if scope.cancelled_caught else (viewer.close_code, viewer.close_reason)
+        )
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await ws.close(code, reason)
         return None
