@@ -173,6 +173,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"(flat = the steady-state slope is statistically zero or below 1% of RSS per hour).",
                 "",
             ]
+    viewers = results.get("viewers")
+    if viewers:
+        from callscribe.bench.viewers import viewers_markdown
+
+        out += ["## Viewers", "", _stamp(viewers), "", *viewers_markdown(viewers)]
     profile = results.get("profile")
     if profile:
         out += ["## Profile", "", _stamp(profile), "", profile_markdown(profile), ""]
