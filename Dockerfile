@@ -20,13 +20,15 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PROXY_URL=0.0.0.0:5000 \
-    CALLSCRIBE_DATA_DIR=/data
+    CALLSCRIBE_DATA_DIR=/data \
+    CALLSCRIBE_RUN_FILE=/tmp/callscribe-serve.json
 USER callscribe
 # The call store (callscribe.db) lives here: mount a named volume to keep calls across containers.
 VOLUME /data
 EXPOSE 5000
-# Checks /healthz with the same settings as the server (flags after the image name don't reach it,
-# so give --listen/--cert as PROXY_URL/CERT_PEM when the health check must follow them).
+# Checks /healthz where the server really listens: `serve` writes its addresses to
+# CALLSCRIBE_RUN_FILE, so the check follows --listen/--cert given after the image name too
+# (flags there reach the entrypoint only, never this command).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["callscribe", "healthcheck"]
 # Live calls get CALLSCRIBE_SHUTDOWN_GRACE (10 s) to finish on SIGTERM: stop with a longer timeout,
 # e.g. `docker stop --time 20` or `docker run --stop-timeout 20`.

@@ -1,4 +1,5 @@
-"""`callscribe` command line: serve, healthcheck, token, calls, fake-deepgram, simulate-call, bench.
+"""`callscribe` command line: serve, demo, listen, healthcheck, token, calls, fake-deepgram, simulate-call,
+bench.
 
 A subcommand's module is imported only when that subcommand runs (`callscribe serve` loads neither
 the fakes nor the benchmark): the parser gets the options of the chosen subcommand only, the
@@ -131,6 +132,24 @@ COMMANDS = (
         _serve,
         description="Run the relay: /twilio (Twilio Media Streams), /client (subscribers), /healthz. "
         "Every option can also be given by the environment variable named with it.",
+    ),
+    Command(
+        "demo",
+        "try callscribe with no account and no phone: a fake Deepgram, the server and a simulated call",
+        _lazy("callscribe.testing.demo", "add_cli_arguments"),
+        _lazy("callscribe.testing.demo", "run_from_cli"),
+        description="Start a fake Deepgram, the server on 127.0.0.1:5000 and a two-party simulated call (one "
+        "after another), and print the live transcript. The server stays up for `callscribe listen` and other "
+        "subscribers until Ctrl-C, or for --duration seconds.",
+    ),
+    Command(
+        "listen",
+        "follow a call's transcript in the terminal (or every call, with --all)",
+        _lazy("callscribe.client.listen", "add_cli_arguments"),
+        _lazy("callscribe.client.listen", "run_from_cli"),
+        description="Subscribe to /client and show each final result as a line (time into the call, speaker, "
+        "words), the current interim result in place on a terminal, and callscribe's notices. Exit 0 when the "
+        "call ends normally, 1 if the server cannot be reached or closes otherwise.",
     ),
     Command(
         "healthcheck",

@@ -310,7 +310,7 @@ def test_a_subcommand_imports_only_its_own_modules() -> None:
     program = """
 import sys
 from callscribe import cli
-for argv in (["--help"], ["serve", "--help"], ["healthcheck", "--help"], ["token", "--help"]):
+for argv in (["--help"], ["serve", "--help"], ["healthcheck", "--help"], ["token", "--help"], ["listen", "--help"]):
     try:
         cli.main(argv)
     except SystemExit:
@@ -322,8 +322,30 @@ print(sorted(m for m in sys.modules if m.startswith(("callscribe.testing", "call
     assert result.stdout.splitlines()[-1] == "[]"
 
 
+def test_listen_loads_no_server_framework() -> None:
+    """A terminal subscriber needs trio and trio-websocket, not the server's Quart and Hypercorn."""
+    program = """
+import sys
+from callscribe import cli
+try:
+    cli.main(["listen", "--help"])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("quart", "quart_trio", "hypercorn", "coredis")))
+"""
+    result = subprocess.run([PYTHON, "-c", program], capture_output=True, text=True, timeout=30, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize(
-    ("command", "option"), [("fake-deepgram", "--reject-status"), ("simulate-call", "--mulaw"), ("bench", "--scenario")]
+    ("command", "option"),
+    [
+        ("fake-deepgram", "--reject-status"),
+        ("simulate-call", "--mulaw"),
+        ("bench", "--scenario"),
+        ("demo", "--game"),
+        ("listen", "--all"),
+    ],
 )
 def test_every_subcommand_still_documents_its_options(command: str, option: str) -> None:
     result = run_cli(command, "--help")

@@ -291,3 +291,15 @@ def test_dtmf_events_take_their_place_in_time_and_in_the_sequence() -> None:
     }
     assert [item.frame for item in script if item.event == "media"] == plan.plan_frames(spec)
     assert [item.event for item in plan.call_script(spec, include_stop=False)][-1] == "media"
+
+
+def test_parse_dtmf_keys_with_and_without_times() -> None:
+    assert plan.parse_dtmf("4,2,#") == [(1.0, "4"), (1.5, "2"), (2.0, "#")]
+    assert plan.parse_dtmf("4@3, 2 ,#@5,*") == [(3.0, "4"), (3.5, "2"), (5.0, "#"), (5.5, "*")]
+    assert plan.parse_dtmf("0", first_at=0.0) == [(0.0, "0")]
+
+
+@pytest.mark.parametrize("text", ["", "x", "44", "4,,2", "4@", "4@-1", "4@soon", "4@nan", "4@inf", "A"])
+def test_parse_dtmf_refuses_what_twilio_would_never_send(text: str) -> None:
+    with pytest.raises(ValueError, match="DTMF"):
+        plan.parse_dtmf(text)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -532,7 +533,9 @@ def test_cli_port_in_use_returns_1(capsys: pytest.CaptureFixture[str]) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert run_from_cli(parser.parse_args(["--port", str(port)])) == 1
-    assert "cannot listen" in capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}: " in capsys.readouterr().err
+        assert run_from_cli(parser.parse_args(["--port", "0", "--speak-port", str(port)])) == 1
+        assert f"cannot listen on 127.0.0.1:{port}: " in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery")
@@ -541,7 +544,7 @@ def test_cli_runs_until_ctrl_c() -> None:
         "import argparse, sys\n"
         "from callscribe.testing.fake_deepgram import add_cli_arguments, run_from_cli\n"
         "p = argparse.ArgumentParser(); add_cli_arguments(p)\n"
-        "sys.exit(run_from_cli(p.parse_args(['--port', '0'])))\n"
+        "sys.exit(run_from_cli(p.parse_args(['--port', '0', '--speak-port', '0'])))\n"
     )
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -552,6 +555,8 @@ def test_cli_runs_until_ctrl_c() -> None:
             assert process.stdout is not None
             line = process.stdout.readline()
             assert line.startswith("fake Deepgram listening on ws://127.0.0.1:")
+            line = process.stdout.readline()
+            assert re.fullmatch(r"fake Deepgram Aura listening on http://127\.0\.0\.1:\d+/v1/speak\n", line)
             process.send_signal(signal.SIGINT)
             _, err = process.communicate(timeout=TIMEOUT)
         finally:

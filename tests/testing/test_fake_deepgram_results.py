@@ -12,6 +12,7 @@ from callscribe.testing.fake_deepgram_results import (
     ResultSchedule,
     metadata_message,
     results_message,
+    scripted_transcript,
     segment_samples,
 )
 
@@ -106,3 +107,21 @@ def test_without_a_segment_results_come_only_on_flush() -> None:
     schedule = ResultSchedule(1, 0, interim_results=True)
     assert schedule.on_audio([10_000]) == []
     assert schedule.flush([10_000], from_finalize=False) == [DueResult(0, 0, 10_000, is_final=True)]
+
+
+def test_a_script_gives_each_channel_its_lines_one_per_segment_cycling() -> None:
+    lines = (("Hello there, how are you?", "", "Bye."), ("", "Fine."))
+    say = lambda channel, start, final=True: scripted_transcript(  # noqa: E731
+        lines, DueResult(channel, start, start + 10, is_final=final), segment=10
+    )
+    assert [say(0, start) for start in (0, 10, 20, 30)] == [
+        "Hello there, how are you?",
+        "",
+        "Bye.",
+        "Hello there, how are you?",
+    ]
+    assert [say(1, start) for start in (0, 10, 20)] == ["", "Fine.", ""]
+    assert say(0, 0, final=False) == "Hello there, how"  # an interim: the first half of the words
+    assert say(1, 10, final=False) == "Fine."
+    assert say(2, 0) == ""  # a channel without a script says nothing
+    assert scripted_transcript(lines, DueResult(0, 25, 27, is_final=True), segment=0) == "Hello there, how are you?"

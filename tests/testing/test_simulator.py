@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import wave
 from collections.abc import Awaitable, Callable
@@ -147,3 +148,88 @@ def test_stereo_wav_helper_shape(tmp_path: Path) -> None:
     channels = mulaw.read_wav_as_mulaw(write_stereo_wav(tmp_path / "s.wav", 0.1))
     assert [len(c) for c in channels] == [800, 800]
     assert channels[0] == mulaw.generate_tone(0.1, 440) and channels[1] == mulaw.generate_tone(0.1, 660)
+
+
+async def test_cli_two_way_by_default_for_an_inbound_stream_with_keys_and_what_was_heard(
+    start_websocket_server: Callable[..., Awaitable[int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like Twilio's <Connect><Stream>: the server's audio is played in real time, its mark echoed
+    once played; keys are pressed when asked; what the caller heard is saved, placed in time."""
+    received: list[dict[str, Any]] = []
+
+    async def talk_back(request: Any) -> None:
+        ws = await request.accept()
+        while True:
+            message = json.loads(await ws.get_message())
+            received.append(message)
+            sid = message.get("streamSid")
+            if message["event"] == "dtmf" and message["dtmf"]["digit"] == "4":  # answer the first key
+                payload = base64.b64encode(mulaw.generate_tone(0.3, 500)).decode()
+                await ws.send_message(json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}}))
+                await ws.send_message(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "said"}}))
+            elif message["event"] == "stop":
+                await ws.aclose(1000, "call ended")
+                return
+
+    port = await start_websocket_server(talk_back, ssl_context=None)
+    heard = tmp_path / "heard.wav"
+    args = parse(
+        "--url", f"ws://127.0.0.1:{port}/twilio", "--duration", "1.2", "--tracks", "inbound",
+        "--dtmf", "4@0.2,2,#@0.9", "--save-heard", str(heard),
+    )  # fmt: skip
+    with trio.fail_after(10):
+        assert await trio.to_thread.run_sync(sim.run_from_cli, args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("tracks inbound, two-way, 1x real time")
+    assert "keys pressed: 42#; 0.3 s of audio played, 1 marks echoed" in out[1]
+    assert out[2] == f"what the caller heard: {heard} (0.5 s)"
+    assert [m["dtmf"]["digit"] for m in received if m["event"] == "dtmf"] == ["4", "2", "#"]
+    assert [m["mark"]["name"] for m in received if m["event"] == "mark"] == ["said"]
+    with wave.open(str(heard)) as wav:
+        samples = mulaw.encode(wav.readframes(wav.getnframes()))
+    silence_until = samples.index(mulaw.generate_tone(0.3, 500)[1:20])
+    assert 0.15 < silence_until / 8000 < 0.4  # the answer came after the first key, at ~0.2 s
+    assert set(samples[: silence_until - 1]) == {0xFF}
+
+
+async def test_cli_one_way_never_answers_the_server(
+    start_websocket_server: Callable[..., Awaitable[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    received: list[str] = []
+
+    async def asks_for_a_mark(request: Any) -> None:
+        ws = await request.accept()
+        while True:
+            message = json.loads(await ws.get_message())
+            received.append(message["event"])
+            if message["event"] == "start":
+                await ws.send_message(
+                    json.dumps({"event": "mark", "streamSid": message["streamSid"], "mark": {"name": "m"}})
+                )
+            elif message["event"] == "stop":
+                await ws.aclose(1000, "call ended")
+                return
+
+    port = await start_websocket_server(asks_for_a_mark, ssl_context=None)
+    for argv, marks in ((["--one-way"], 0), ([], 1)):
+        received.clear()
+        args = parse("--url", f"ws://127.0.0.1:{port}/twilio", "--duration", "0.3", "--tracks", "inbound", *argv)
+        with trio.fail_after(10):
+            assert await trio.to_thread.run_sync(sim.run_from_cli, args) == 0
+        assert received.count("mark") == marks
+        assert ("two-way" in capsys.readouterr().out) is not bool(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dtmf", "4,x"], "--dtmf: DTMF keys are one of 0123456789*# each"),
+        (["--dtmf", "4@soon"], "--dtmf: a DTMF time is seconds since the stream started, not 'soon'"),
+        (["--save-heard", "/no/such/dir/heard.wav", "--tracks", "inbound"], "--save-heard: no such directory"),
+        (["--save-heard", "heard.wav", "--tracks", "both"], "--save-heard needs a two-way stream"),
+    ],
+)
+def test_cli_bad_keys_and_save_heard_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim.run_from_cli(parse(*argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

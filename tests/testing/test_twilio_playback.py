@@ -68,3 +68,16 @@ def test_messages_twilio_would_reject_are_recorded_not_raised() -> None:
     assert len(playback.bad_messages) == 5
     assert "wrong streamSid" in playback.bad_messages[1] and "unknown event 'dance'" in playback.bad_messages[2]
     assert playback.audio == bytearray() and playback.next_due() is None
+
+
+def test_what_was_heard_is_placed_when_it_played_and_a_clear_cuts_it() -> None:
+    playback = Playback("MZ1", origin=100.0)
+    playback.receive(media(b"\x01" * 800), now=100.5)  # heard 0.5 .. 0.6 s
+    playback.receive(media(b"\x02" * 800), now=100.55)  # queued: 0.6 .. 0.7 s
+    assert bytes(playback.heard) == b"\xff" * 4000 + b"\x01" * 800 + b"\x02" * 800
+    playback.receive(media(b"\x03" * 8000), now=101.0)  # 1.0 .. 2.0 s, cut at 1.5 s
+    playback.receive(json.dumps({"event": "clear", "streamSid": "MZ1"}), now=101.5)
+    assert len(playback.heard) == 12000 and bytes(playback.heard[8000:]) == b"\x03" * 4000
+    playback.receive(media(b"\x04" * 80), now=101.6)  # after the clear: at once
+    assert bytes(playback.heard[12000:]) == b"\xff" * 800 + b"\x04" * 80
+    assert len(playback.audio) == 800 + 800 + 8000 + 80  # every payload, as received

@@ -3,7 +3,8 @@
 Routes:
 - `/twilio`      (WebSocket) Twilio Media Streams, served by callscribe's own code (listener.py,
                  media_socket.py); each stream is a call run by the supervisor (supervisor.py).
-- `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages.
+- `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages;
+                 `?wait=SECONDS` lets them name a call that has not started yet.
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs
@@ -60,6 +62,10 @@ SUBSCRIBER_SEND_TIMEOUT_S = 10.0
 """A subscriber whose socket has not taken one message for this long has stopped reading."""
 SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
+MAX_WAIT_S = 3600.0
+"""`/client?wait=SECONDS`: the longest a subscriber may wait for its call to start."""
+WAIT_POLL_S = (0.05, 0.25)
+"""While a subscriber waits for its call, the hub is asked this often (first, then at most)."""
 CLOSE_TIMEOUT_S = 2.0
 """Sending a close frame to a peer that stopped reading gives up after this."""
 MAX_WEBSOCKET_MESSAGE = 64 * 1024
@@ -179,6 +185,12 @@ class Server:
         if not isinstance(verdict, Verdict):
             return verdict
         with_history = parse_qs(ws.query_string.decode("latin-1")).get("history", ["1"])[0] != "0"
+        wait_s = _wait_seconds(ws.query_string.decode("latin-1"))
+        if isinstance(wait_s, str):
+            log.info("subscriber %s refused: %s", peer, wait_s)
+            await ws.send(_error_json(wait_s))
+            await _close(ws, CLOSE_POLICY, "bad wait parameter")
+            return None
         with self.supervisor.connection() as scope:
             try:
                 calls = await self.hub.active_calls()
@@ -192,7 +204,10 @@ class Server:
             with trio.move_on_after(SUBSCRIBE_TIMEOUT_S) as waiting:
                 reply = await ws.receive()
             if waiting.cancelled_caught:
-                await _close(ws, CLOSE_POLICY, f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s")
+                reason = f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s"
+                log.info("subscriber %s closed: %s", peer, reason)
+                await ws.send(_error_json(f"{reason}; send one of the listed callSids after connecting"))
+                await _close(ws, CLOSE_POLICY, reason)
                 return None
             call_sid = _text(reply).strip()
             if verdict.call_sid is not None and call_sid != verdict.call_sid:
@@ -203,6 +218,8 @@ class Server:
                     )
                 )
                 await _close(ws, CLOSE_POLICY, "token not valid for this call")
+                return None
+            if wait_s > 0 and not await self._wait_for_call(ws, peer, call_sid, wait_s):
                 return None
             await self._subscribe(ws, peer, call_sid, with_history)
         if scope.cancelled_caught:
@@ -238,13 +255,12 @@ class Server:
                         call_sid,
                         peer,
                         subscription.delivered,
-                        subscription.close_reason,
+                        # Not ended by the call, the hub or a drop: Quart cancelled us as the peer went away.
+                        subscription.close_reason if subscription.ended else "subscriber disconnected",
                     )
         except UnknownCall:
             log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
-            await ws.send(
-                json.dumps({"type": "Error", "source": "callscribe", "message": f"unknown callSid: {call_sid[:64]!r}"})
-            )
+            await ws.send(_error_json(f"unknown callSid: {call_sid[:64]!r}"))
             await _close(ws, CLOSE_POLICY, "unknown callSid")
             return
         except HubUnavailable as error:
@@ -267,6 +283,30 @@ class Server:
                 "call %s: subscriber %s gets live messages only: the store did not answer in time", call_sid, peer
             )
         return []
+
+    # -- /client?wait=SECONDS: naming a call before it starts -------------------------------------
+
+    async def _wait_for_call(self, ws: Websocket, peer: str, call_sid: str, wait_s: float) -> bool:
+        """Wait until `call_sid` is live (True), or up to `wait_s` seconds: then tell the subscriber
+        and close (False). An app learns a CallSid from Twilio's voice webhook before the stream
+        starts, so it may subscribe first. The hub is asked every WAIT_POLL_S; Quart cancels this
+        when the subscriber goes away, the supervisor at shutdown."""
+        delay, most = WAIT_POLL_S
+        try:
+            if call_sid not in await self.hub.active_calls():
+                log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
+            with trio.move_on_after(wait_s):
+                while call_sid not in await self.hub.active_calls():
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, most)
+                return True
+        except HubUnavailable as error:
+            await _hub_unavailable(ws, peer, error)
+            return False
+        log.info("subscriber %s waited %g s for call %r, which did not start", peer, wait_s, call_sid[:64])
+        await ws.send(_error_json(f"call {call_sid[:64]!r} did not start within {wait_s:g} s"))
+        await _close(ws, CLOSE_POLICY, "unknown callSid")
+        return False
 
     async def _send_to_subscriber(self, ws: Websocket, subscription: Subscription, message: str, peer: str) -> None:
         """Send one message. Hypercorn's writes cannot be interrupted (they are shielded); a peer that
@@ -364,15 +404,31 @@ async def _discard_incoming(ws: Websocket) -> None:
 
 async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
     log.warning("subscriber %s turned away: %s", peer, error)
-    await ws.send(
-        json.dumps({"type": "Error", "source": "callscribe", "message": f"subscriptions are unavailable: {error}"})
-    )
+    await ws.send(_error_json(f"subscriptions are unavailable: {error}"))
     await _close(ws, CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
 
 
 async def _close(ws: Websocket, code: int, reason: str) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await ws.close(code, reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"))
+
+
+def _error_json(message: str) -> str:
+    return json.dumps({"type": "Error", "source": "callscribe", "message": message})
+
+
+def _wait_seconds(query: str) -> float | str:
+    """`?wait=SECONDS` of a /client URL: 0 when absent, else the seconds, or what is wrong with it."""
+    values = parse_qs(query).get("wait")
+    if not values:
+        return 0.0
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_S:  # also false for nan
+        return f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}, not {values[-1][:32]!r}"
+    return seconds
 
 
 def _text(message: str | bytes | None) -> str:

@@ -1,13 +1,15 @@
 """Server settings: command-line flags, each with an environment variable as its default.
 
-The variable names of the earlier reference servers (`PROXY_URL`, `DEEPGRAM_URL`,
-`DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are kept so their users can switch without changes.
+The unprefixed names (`PROXY_URL`, `DEEPGRAM_URL`, `DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are
+kept for the set-ups that already use them.
 Every problem is reported as one `ConfigError` line; the CLI prints it and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import ssl
@@ -25,7 +27,7 @@ from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import stream_url
 from callscribe.core.webhooks import RetryPolicy, check_receiver_url
 from callscribe.server.call import CallSettings
-from callscribe.server.games import GameSettings
+from callscribe.server.games import NO_PHONE_NUMBER, GameSettings
 from callscribe.server.store import DEFAULT_DATA_DIR, NO_STORE, SCHEME_POSTGRES, STORE_FILE, StoreSettings
 
 
@@ -107,7 +109,7 @@ OPTIONS = [
         "FORWARD_NUMBER",
         "number the transcription TwiML (POST /twiml) dials after starting the stream",
     ),
-    Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games"),
+    Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games", NO_PHONE_NUMBER),
     Option(
         "--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'
     ),
@@ -154,6 +156,13 @@ OPTIONS = [
         "DEEPGRAM_SPEAK_URL",
         "Deepgram Aura text-to-speech endpoint",
         "https://api.deepgram.com/v1/speak",
+    ),
+    # Operations: where `serve` says where it listens, for `healthcheck` (Docker's HEALTHCHECK).
+    Option(
+        "--run-file",
+        "CALLSCRIBE_RUN_FILE",
+        "file where serve writes the addresses it listens on (JSON) while it runs; healthcheck"
+        " reads it, so the check follows --listen and --cert given as flags",
     ),
 ]
 
@@ -258,6 +267,7 @@ class ServerSettings:
     redis_url: str | None = None
     store: StoreSettings = field(default_factory=StoreSettings)
     """The call store; the default here (unlike `callscribe serve`'s) is none."""
+    run_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -417,7 +427,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         read_tick_ms=read_tick_ms,
         log_level=getattr(logging, level_name),
         games=GameSettings(
-            phone_number=values["TWILIO_PHONE_NUMBER"] or "", route_all_calls=route == "game", codes_file=codes_file
+            phone_number=values["TWILIO_PHONE_NUMBER"] or NO_PHONE_NUMBER,
+            route_all_calls=route == "game",
+            codes_file=codes_file,
         ),
         public_url=public_url,
         forward_number=values["FORWARD_NUMBER"] or None,
@@ -429,6 +441,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
         redis_url=redis_url,
         store=store,
+        run_file=values["CALLSCRIBE_RUN_FILE"] or None,
     )
 
 
@@ -475,14 +488,62 @@ def _list_in_order(text: str | None) -> list[str]:
 def health_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
     """Where this machine reaches the `/healthz` of the server these settings describe.
 
-    https when a certificate is configured; a wildcard address (`0.0.0.0`, `[::]`) is reached at
-    127.0.0.1, which a dual-stack `[::]` also accepts. Only `PROXY_URL` and `CERT_PEM` matter."""
+    `--listen`/`--cert` given to the health check itself win; then the run file of a running
+    server (`CALLSCRIBE_RUN_FILE`: what it really listens on, whatever flags it was given); then
+    `PROXY_URL` and `CERT_PEM`. https when a certificate is configured; a wildcard address
+    (`0.0.0.0`, `[::]`) is reached at 127.0.0.1, which a dual-stack `[::]` also accepts."""
     values = _raw(args, os.environ if environ is None else environ)
-    host, port = parse_host_port(values["PROXY_URL"] or "", "PROXY_URL")
+    run_file = values["CALLSCRIBE_RUN_FILE"]
+    if run_file and getattr(args, "listen", None) is None and getattr(args, "cert", None) is None:
+        listening = read_run_file(run_file)
+        if listening:
+            scheme, _, address = listening[0].partition("://")
+            return _health_url("https" if scheme == "https" else "http", address)
+    return _health_url("https" if values["CERT_PEM"] else "http", values["PROXY_URL"] or "")
+
+
+def _health_url(scheme: str, address: str) -> str:
+    host, port = parse_host_port(address, "PROXY_URL")
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    return f"{'https' if values['CERT_PEM'] else 'http'}://{host}:{port}/healthz"
+    return f"{scheme}://{host}:{port}/healthz"
+
+
+def write_run_file(path: str, urls: list[str]) -> None:
+    """Say where this server listens (`{"urls": [...], "pid": N}`), atomically; OSError if it cannot."""
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump({"urls": urls, "pid": os.getpid()}, f)
+    os.replace(temporary, path)
+
+
+def read_run_file(path: str) -> list[str]:
+    """The URLs a running server wrote to `path`; none if there is no such file or it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    urls = data.get("urls") if isinstance(data, dict) else None
+    return [url for url in urls if isinstance(url, str) and "://" in url] if isinstance(urls, list) else []
+
+
+def remove_run_file(path: str) -> None:
+    """The server stops: its run file goes (unless another server has written its own since)."""
+    if _run_file_pid(path) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _run_file_pid(path: str) -> int | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            pid = json.load(f).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
 
 
 def _list(text: str | None) -> frozenset[str]:

@@ -34,7 +34,7 @@ from callscribe.core.patch import CodeHeard, Output, PatchMachine, Speak, StopSp
 from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Subscription
 from callscribe.server.speech import SpeechEngine, SpeechError
 
-__all__ = ["GAME_QUEUE", "Game", "GamePatch", "GameRegistry", "GameSettings", "error_message"]
+__all__ = ["GAME_QUEUE", "NO_PHONE_NUMBER", "Game", "GamePatch", "GameRegistry", "GameSettings", "error_message"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,14 @@ GAME_QUEUE = 1000
 """Messages a game may lag behind before it is disconnected (like a subscriber)."""
 
 
+NO_PHONE_NUMBER = "(no TWILIO_PHONE_NUMBER set)"
+"""What /game sends first when no number is configured: never an empty frame, which tools such as
+websocat take for the end of the input."""
+
+
 @dataclass(frozen=True)
 class GameSettings:
-    phone_number: str = ""
+    phone_number: str = NO_PHONE_NUMBER
     route_all_calls: bool = False
     codes_file: str | None = None
 

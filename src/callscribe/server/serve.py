@@ -35,7 +35,7 @@ from quart_trio import QuartTrio
 from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
 from callscribe.server import listener
 from callscribe.server.app import Server, create_app
-from callscribe.server.config import ServerSettings
+from callscribe.server.config import ServerSettings, remove_run_file, write_run_file
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
 from callscribe.server.media_socket import ReadTick
@@ -178,22 +178,28 @@ async def _run(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
-            async with trio.open_nursery() as hypercorn_nursery:
-                try:
-                    binds = await hypercorn_nursery.start(
-                        lambda task_status: listener.serve(
-                            app,
-                            config,
-                            shutdown_trigger=shutdown_trigger,
-                            routes=server.routes,
-                            task_status=task_status,
+            try:
+                async with trio.open_nursery() as hypercorn_nursery:
+                    try:
+                        binds = await hypercorn_nursery.start(
+                            lambda task_status: listener.serve(
+                                app,
+                                config,
+                                shutdown_trigger=shutdown_trigger,
+                                routes=server.routes,
+                                task_status=task_status,
+                            )
                         )
-                    )
-                except* OSError as group:
-                    failure = next(leaves(group))
-                    raise StartupError(f"cannot listen on {address}: {_os_reason(failure)}") from None
-                log.info("callscribe listening on %s", ", ".join(binds))
-                task_status.started(binds)
+                    except* OSError as group:
+                        failure = next(leaves(group))
+                        raise StartupError(f"cannot listen on {address}: {_os_reason(failure)}") from None
+                    log.info("callscribe listening on %s", ", ".join(binds))
+                    if settings.run_file:
+                        _write_run_file(settings.run_file, binds)
+                    task_status.started(binds)
+            finally:
+                if settings.run_file:
+                    remove_run_file(settings.run_file)
             nursery.cancel_scope.cancel()
     except* LifespanFailureError as group:
         # Quart logged the failure with its traceback; Hypercorn's error only says that it failed.
@@ -247,6 +253,13 @@ async def _reach_redis(url: str) -> None:
     except* REDIS_ERRORS as group:
         reason = next(leaves(group))
         raise StartupError(f"cannot reach Redis at {_without_credentials(url)}: {reason}") from None
+
+
+def _write_run_file(path: str, binds: list[str]) -> None:
+    try:
+        write_run_file(path, binds)
+    except OSError as error:
+        raise StartupError(f"CALLSCRIBE_RUN_FILE: cannot write {path}: {_os_reason(error)}") from None
 
 
 def _without_credentials(url: str) -> str:

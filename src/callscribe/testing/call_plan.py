@@ -34,6 +34,7 @@ __all__ = [
     "compact_json",
     "connected_message",
     "dtmf_message",
+    "parse_dtmf",
     "plan_frames",
     "start_message",
     "stop_message",
@@ -280,6 +281,33 @@ def dtmf_message(spec: CallSpec, digit: str, sequence_number: int) -> str:
             "dtmf": {"track": "inbound_track", "digit": digit},
         }
     )
+
+
+DTMF_DIGITS = "0123456789*#"
+"""The keys Twilio reports in ``dtmf`` events."""
+
+
+def parse_dtmf(text: str, *, first_at: float = 1.0, gap: float = 0.5) -> list[tuple[float, str]]:
+    """Keypad presses from ``"4,2,#"`` or ``"4@3,2@3.5,#"``: each key, optionally ``@`` the second
+    (since stream start) it is pressed; a key without a time comes ``gap`` after the one before,
+    the first at ``first_at``. :class:`ValueError` names what is wrong."""
+    presses: list[tuple[float, str]] = []
+    at = first_at - gap
+    for item in text.split(","):
+        key, sep, when = (part.strip() for part in item.partition("@"))
+        if len(key) != 1 or key not in DTMF_DIGITS:
+            raise ValueError(f"DTMF keys are one of {DTMF_DIGITS} each, separated by commas, not {item.strip()!r}")
+        if sep:
+            try:
+                at = float(when)
+            except ValueError:
+                at = math.nan
+            if not (math.isfinite(at) and at >= 0):
+                raise ValueError(f"a DTMF time is seconds since the stream started, not {when!r}")
+        else:
+            at += gap
+        presses.append((at, key))
+    return presses
 
 
 # ---- the whole call -----------------------------------------------------------------------------

@@ -234,6 +234,8 @@ async def _play(
         if playback is not None:
             nursery.start_soon(echo_marks)
         report.started_at = start = trio.current_time()
+        if playback is not None:
+            playback.origin = start
         with send_scope:
             for item in script:
                 if speed > 0:

@@ -92,6 +92,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
+DEFAULT_SPEAK_PORT: Final = 8766
 LISTEN_PATH: Final = "/v1/listen"
 
 #: Seconds a client gets to finish its opening handshake.
@@ -265,6 +266,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=_port, default=DEFAULT_PORT, help="port, 0 for any free one (default %(default)s)"
     )
     parser.add_argument(
+        "--speak-port",
+        type=_port,
+        default=DEFAULT_SPEAK_PORT,
+        help="port of a fake Deepgram Aura (text to speech: a tone as long as the text) at "
+        "http://HOST:PORT/v1/speak, for games talking back; 0 for any free one (default %(default)s)",
+    )
+    parser.add_argument("--no-speak", action="store_true", help="no fake Aura")
+    parser.add_argument(
         "--api-key",
         default=os.environ.get("DEEPGRAM_API_KEY") or defaults.api_key,
         help="key clients must send as 'Authorization: Token <key>' "
@@ -326,17 +335,28 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeDeepgramBehaviour:
 
 
 def run_from_cli(args: argparse.Namespace, *, announce: Callable[[str], None] | None = None) -> int:
-    """Run the fake until Ctrl-C; prints ``fake Deepgram listening on ws://...`` once listening.
+    """Run the fake until Ctrl-C; prints ``fake Deepgram listening on ws://...`` once listening
+    (and where the fake Aura listens, unless ``--no-speak``).
 
     Returns 0 after Ctrl-C, 1 if the address cannot be bound.
     """
     fake = FakeDeepgram(behaviour_from_args(args))
     say = announce if announce is not None else (lambda line: print(line, flush=True))
 
+    binding = args.port
+
     async def main() -> None:
+        nonlocal binding
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.serve, args.host, args.port)
             say(f"fake Deepgram listening on {fake.url}")
+            if not args.no_speak:
+                from callscribe.testing.fake_aura import SPEAK_PATH, FakeAura, FakeAuraBehaviour
+
+                binding = args.speak_port
+                aura = FakeAura(FakeAuraBehaviour(api_key=args.api_key))
+                await nursery.start(aura.serve, args.host, args.speak_port)
+                say(f"fake Deepgram Aura listening on http://{_url_host(args.host)}:{aura.port}{SPEAK_PATH}")
 
     try:
         trio.run(main)
@@ -351,10 +371,10 @@ def run_from_cli(args: argparse.Namespace, *, announce: Callable[[str], None] | 
             first: BaseException = bind_errors
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            print(f"fake Deepgram: cannot listen on {args.host}:{args.port}: {first}", file=sys.stderr)
+            print(f"fake Deepgram: cannot listen on {args.host}:{binding}: {first}", file=sys.stderr)
             return 1
         raise
     except OSError as exc:
-        print(f"fake Deepgram: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"fake Deepgram: cannot listen on {args.host}:{binding}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -27,6 +27,7 @@ from callscribe.testing.fake_deepgram_results import (
     compact_json,
     metadata_message,
     results_message,
+    scripted_transcript,
     seconds,
     segment_samples,
 )
@@ -59,6 +60,9 @@ class FakeDeepgramBehaviour:
     """One final ``Results`` per channel per this many seconds of its audio (<= 0: only on flush)."""
     transcript: str | None = None
     """Words for every result; ``None`` describes the segment, e.g. ``"audio 1.00 to 2.00"``."""
+    lines: tuple[tuple[str, ...], ...] | None = None
+    """A script per transcribed channel, instead of ``transcript``: the final of a channel's n-th
+    segment says its n-th line (cycling; ``""`` for silence), an interim the first half of it."""
     idle_timeout_s: float = 10.0
     """Neither audio nor ``KeepAlive`` for this long: close ``1011 NET-0001``."""
 
@@ -285,7 +289,10 @@ class Connection:
 
     async def _send_results(self, due: list[DueResult]) -> None:
         rate = self._audio.sample_rate
+        lines = self._behaviour.lines
+        segment = segment_samples(self._behaviour.result_every_s, rate)
         for result in due:
+            transcript = self._behaviour.transcript if lines is None else scripted_transcript(lines, result, segment)
             message = results_message(
                 request_id=self._session.request_id,
                 channel=result.channel,
@@ -294,7 +301,7 @@ class Connection:
                 end=seconds(result.end, rate),
                 is_final=result.is_final,
                 from_finalize=result.from_finalize,
-                transcript=self._behaviour.transcript,
+                transcript=transcript,
             )
             await self._send(compact_json(message), is_results=True)
 

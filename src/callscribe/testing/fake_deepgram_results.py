@@ -25,6 +25,7 @@ __all__ = [
     "compact_json",
     "metadata_message",
     "results_message",
+    "scripted_transcript",
     "seconds",
     "segment_samples",
 ]
@@ -120,6 +121,20 @@ def segment_samples(result_every_s: float, sample_rate: int) -> int:
     if result_every_s > 0 and math.isfinite(result_every_s):
         return max(0, round(result_every_s * sample_rate))
     return 0
+
+
+def scripted_transcript(lines: Sequence[Sequence[str]], result: DueResult, segment: int) -> str:
+    """What a result says when each channel follows a script: the final of a channel's n-th segment
+    says line n of its lines (over again from the first when they run out; a channel without
+    lines says nothing), the interim before it the first half of those words."""
+    channel_lines = lines[result.channel] if result.channel < len(lines) else ()
+    if not channel_lines:
+        return ""
+    line = channel_lines[(result.start // segment if segment else 0) % len(channel_lines)]
+    if result.is_final:
+        return line
+    words = line.split()
+    return " ".join(words[: (len(words) + 1) // 2])
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import os
 import ssl
 import sys
 import urllib.parse
+import wave
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from callscribe.testing.call_plan import (
     call_messages,
     connected_message,
     dtmf_message,
+    parse_dtmf,
     plan_frames,
     start_message,
     stop_message,
@@ -54,6 +56,7 @@ __all__ = [
     "plan_frames",
     "run_call",
     "run_from_cli",
+    "save_wav",
     "start_message",
     "stop_message",
     "twilio_media_event",
@@ -159,6 +162,24 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long to wait for the server to close after stop (default 5)",
     )
     parser.add_argument("--no-stop", action="store_true", help="hang up without sending stop")
+    parser.add_argument(
+        "--dtmf",
+        metavar="KEYS",
+        help='keys the caller presses: "4,2,#" (from 1 s on, 0.5 s apart) or with times, "4@3,2@3.5,#@4" '
+        "(seconds since the stream started)",
+    )
+    parser.add_argument(
+        "--one-way",
+        action="store_true",
+        help="ignore what the server sends back; by default an inbound-only stream (what <Connect><Stream> "
+        "gives) is two-way like Twilio's: the server's audio is played in real time, marks are echoed "
+        "once it has played, clear is honoured",
+    )
+    parser.add_argument(
+        "--save-heard",
+        metavar="FILE.wav",
+        help="write what the caller heard (the server's audio, when it played) to this WAV file",
+    )
 
 
 class _UsageError(Exception):
@@ -221,6 +242,11 @@ def _spec_from_args(args: argparse.Namespace) -> CallSpec:
     extra: dict[str, Any] = {}
     if args.call_sid:
         extra["call_sid"] = args.call_sid
+    if args.dtmf:
+        try:
+            extra["dtmf"] = parse_dtmf(args.dtmf)
+        except ValueError as exc:
+            raise _UsageError(f"--dtmf: {exc}") from None
     return CallSpec(
         inbound=inbound,
         outbound=outbound,
@@ -262,12 +288,19 @@ def run_from_cli(args: argparse.Namespace) -> int:
         spec = _spec_from_args(args)
         ssl_context = _ssl_context_from_args(args)
         check_call_url(args.url, ssl_context)
+        if args.save_heard and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_heard))):
+            raise _UsageError(f"--save-heard: no such directory for {args.save_heard}")
     except (_UsageError, ValueError, TypeError) as exc:
         _error(str(exc))
         return 2
+    two_way = spec.outbound is None and not args.one_way
+    if args.save_heard and not two_way:
+        _error("--save-heard needs a two-way stream: inbound only (--tracks inbound), without --one-way")
+        return 2
     speed = "as fast as possible" if args.speed == 0 else f"{args.speed:g}x real time"
+    way = ", two-way" if two_way else ""
     print(
-        f"call {spec.call_sid} -> {args.url}, {spec.duration_s:.1f} s, tracks {'+'.join(spec.tracks)}, {speed}",
+        f"call {spec.call_sid} -> {args.url}, {spec.duration_s:.1f} s, tracks {'+'.join(spec.tracks)}{way}, {speed}",
         flush=True,
     )
     try:
@@ -281,6 +314,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
                 close_wait=args.close_wait,
                 send_stop=not args.no_stop,
                 headers=list(args.header) or None,
+                bidirectional=two_way,
             )
         )
     except ConnectionError as exc:
@@ -290,7 +324,23 @@ def run_from_cli(args: argparse.Namespace) -> int:
         _error("interrupted")
         return 130
     print(_summary(spec, report, args.close_wait))
+    if args.save_heard and report.playback is not None:
+        try:
+            save_wav(args.save_heard, bytes(report.playback.heard))
+        except OSError as exc:
+            _error(f"cannot write {args.save_heard}: {exc.strerror or exc}")
+            return 1
+        print(f"what the caller heard: {args.save_heard} ({len(report.playback.heard) / mulaw.SAMPLE_RATE:.1f} s)")
     return 0
+
+
+def save_wav(path: str, ulaw: bytes) -> None:
+    """Write 8 kHz mu-law audio as a 16-bit PCM WAV file, which every player reads."""
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(mulaw.SAMPLE_RATE)
+        wav.writeframes(mulaw.decode(ulaw))
 
 
 def _summary(spec: CallSpec, report: SimulationReport, close_wait: float) -> str:
@@ -302,6 +352,13 @@ def _summary(spec: CallSpec, report: SimulationReport, close_wait: float) -> str
     parts = [f"sent {sent} over {elapsed:.2f} s", "stop sent" if report.stop_sent else "no stop"]
     if report.received:
         parts.append(f"{len(report.received)} messages received")
+    if spec.dtmf:
+        parts.append(f"keys pressed: {''.join(key for _, key in sorted(spec.dtmf, key=lambda press: press[0]))}")
+    if report.playback is not None:
+        playback = report.playback
+        parts.append(
+            f"{len(playback.audio) / mulaw.SAMPLE_RATE:.1f} s of audio played, {len(playback.marks)} marks echoed"
+        )
     if report.close_code is not None:
         reason = f" ({report.close_reason})" if report.close_reason else ""
         parts.append(f"server closed with code {report.close_code}{reason}")

@@ -18,12 +18,19 @@ __all__ = ["Playback"]
 
 
 class Playback:
-    """Plays what the server sends to one stream and says which marks Twilio echoes when."""
+    """Plays what the server sends to one stream and says which marks Twilio echoes when.
 
-    def __init__(self, stream_sid: str) -> None:
+    ``origin`` is the time the stream started (the times given to :meth:`receive` are on the same
+    clock): :attr:`heard` places each sound when it played, counted from there."""
+
+    def __init__(self, stream_sid: str, origin: float = 0.0) -> None:
         self.stream_sid = stream_sid
+        self.origin = origin
         self.audio = bytearray()
         """Every media payload received, in order."""
+        self.heard = bytearray()
+        """What the caller heard: mu-law from ``origin``, silence between sounds, what a
+        ``clear`` cut off left out."""
         self.marks: list[str] = []
         """Marks echoed, in order."""
         self.clears = 0
@@ -42,17 +49,30 @@ class Playback:
             if event == "media":
                 audio = base64.b64decode(message["media"]["payload"], validate=True)
                 self.audio += audio
-                self._playing_until = max(self._playing_until, now) + len(audio) / mulaw.SAMPLE_RATE
+                starts = max(self._playing_until, now)
+                self._place(starts, audio)
+                self._playing_until = starts + len(audio) / mulaw.SAMPLE_RATE
             elif event == "mark":
                 self._pending.append((max(self._playing_until, now), str(message["mark"]["name"])))
             elif event == "clear":
                 self.clears += 1
+                if self._playing_until > now:  # what was still to play is never heard
+                    del self.heard[self._sample(now) :]
                 self._playing_until = now
                 self._pending = [(now, name) for _, name in self._pending]
             else:
                 raise ValueError(f"unknown event {event!r}")
         except (ValueError, KeyError, TypeError) as error:
             self.bad_messages.append(f"{error}: {text[:80]}")
+
+    def _sample(self, at: float) -> int:
+        return max(0, round((at - self.origin) * mulaw.SAMPLE_RATE))
+
+    def _place(self, at: float, audio: bytes) -> None:
+        start = self._sample(at)
+        if start > len(self.heard):
+            self.heard += bytes([mulaw.SILENCE]) * (start - len(self.heard))
+        self.heard[start:] = audio
 
     def next_due(self) -> float | None:
         """When the next pending mark is due, or ``None`` if none is pending."""

@@ -1,0 +1,117 @@
+"""`/client` from a subscriber's side: naming a call before it starts (`?wait=SECONDS`), what a
+subscriber that names nothing is told, what the log says when one leaves; and `/game`'s first frame."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.core import audio
+from callscribe.server import app
+from callscribe.server.games import NO_PHONE_NUMBER
+from callscribe.testing.call_plan import CallSpec
+from callscribe.testing.call_runner import run_call
+from conftest import RunningServer, Subscriber, subscribe, wait_until_live
+
+
+async def named_before_the_start(server: RunningServer, query: str, call_sid: str, into: Subscriber) -> Subscriber:
+    async with trio_websocket.open_websocket_url(server.url(f"/client{query}")) as ws:
+        into.calls_listed = json.loads(await ws.get_message())
+        await ws.send_message(call_sid)
+        try:
+            while True:
+                into.messages.append(str(await ws.get_message()))
+        except trio_websocket.ConnectionClosed as closed:
+            into.close_code, into.close_reason = closed.reason.code, closed.reason.reason
+    return into
+
+
+async def test_a_subscriber_may_name_a_call_before_it_starts_and_misses_nothing(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "callscribe")
+    spec = CallSpec(inbound=audio.generate_tone(2.0), call_sid="CAlater")
+    early = Subscriber()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(named_before_the_start, server, "?wait=10", "CAlater", early)
+        with trio.fail_after(10):
+            while "waits up to 10 s for call 'CAlater' to start" not in caplog.text:
+                await trio.sleep(0.01)
+        await run_call(server.url("/twilio"), spec, speed=2)
+    assert early.calls_listed == []
+    assert early.types == ["Results", "Results", "Metadata"]  # the first result too
+    assert (early.close_code, early.close_reason) == (1000, "call ended")
+
+
+async def test_a_call_that_does_not_start_within_the_wait_is_an_error(server: RunningServer) -> None:
+    with trio.fail_after(10):
+        subscriber = await named_before_the_start(server, "?wait=0.3", "CAnever", Subscriber())
+    (error,) = [json.loads(m) for m in subscriber.messages]
+    assert error == {"type": "Error", "source": "callscribe", "message": "call 'CAnever' did not start within 0.3 s"}
+    assert (subscriber.close_code, subscriber.close_reason) == (1008, "unknown callSid")
+
+
+async def test_without_wait_a_call_not_yet_started_is_unknown_at_once(server: RunningServer) -> None:
+    with trio.fail_after(5):
+        subscriber = await named_before_the_start(server, "?wait=0", "CAnotyet", Subscriber())
+    assert (subscriber.close_code, subscriber.close_reason) == (1008, "unknown callSid")
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "3601", "nan", "inf"])
+async def test_a_bad_wait_is_an_error_and_1008(server: RunningServer, value: str) -> None:
+    async with trio_websocket.open_websocket_url(server.url(f"/client?wait={value}")) as ws:
+        error = json.loads(await ws.get_message())
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await ws.get_message()
+    assert error["type"] == "Error" and error["message"].startswith("wait must be a number of seconds from 0 to 3600")
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "bad wait parameter")
+
+
+async def test_a_subscriber_that_names_no_call_is_told_why_before_the_close(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "SUBSCRIBE_TIMEOUT_S", 0.2)
+    async with trio_websocket.open_websocket_url(server.url("/client")) as ws:
+        assert json.loads(await ws.get_message()) == []
+        with trio.fail_after(5):
+            error = json.loads(await ws.get_message())
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await ws.get_message()
+    assert error == {
+        "type": "Error",
+        "source": "callscribe",
+        "message": "no callSid received within 0.2 s; send one of the listed callSids after connecting",
+    }
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "no callSid received within 0.2 s")
+
+
+async def test_a_subscriber_that_goes_away_is_logged_as_such(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "callscribe")
+    spec = CallSpec(inbound=audio.generate_tone(3.0), call_sid="CAleft")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_call, server.url("/twilio"), spec)
+        await wait_until_live(server, "CAleft")
+        async with trio_websocket.open_websocket_url(server.url("/client")) as ws:
+            await ws.get_message()
+            await ws.send_message("CAleft")
+            await ws.get_message()  # the first result: subscribed
+        with trio.fail_after(5):
+            while "left after" not in caplog.text:
+                await trio.sleep(0.01)
+        assert "call CAleft: subscriber 127.0.0.1:" in caplog.text
+        assert "left after 1 messages (subscriber disconnected)" in caplog.text
+        stayed = await subscribe(server, "CAleft", Subscriber())
+    assert (stayed.close_code, stayed.close_reason) == (1000, "call ended")
+    assert "(call ended)" in caplog.text
+
+
+async def test_a_game_is_never_sent_an_empty_phone_number(server: RunningServer) -> None:
+    async with trio_websocket.open_websocket_url(server.url("/game")) as ws:
+        assert await ws.get_message() == NO_PHONE_NUMBER == "(no TWILIO_PHONE_NUMBER set)"
+        assert (await ws.get_message()).isdigit()
