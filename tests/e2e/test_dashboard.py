@@ -7,6 +7,7 @@ server. Every page fails its test if it logs a console error.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import browser
 from callscribe.core.access import TokenCheck
 from callscribe.server.games import GameSettings
 from callscribe.server.store import StoreSettings
+from callscribe.testing.demo import CONVERSATION, DEMO_NUMBER, LINE_S
 from callscribe.testing.fake_deepgram import FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import noise
@@ -108,9 +110,9 @@ def call_spec(seconds: float, *, both: bool = True, **extra: Any) -> CallSpec:
     )
 
 
-async def simulate(url: str, spec: CallSpec, bidirectional: bool = False) -> None:
-    """A call at twice real time (the fake Deepgram's results follow the audio, not the clock)."""
-    await run_call(url, spec, speed=2.0, bidirectional=bidirectional)
+async def simulate(url: str, spec: CallSpec, bidirectional: bool = False, speed: float = 2.0) -> None:
+    """A call, by default at twice real time (the fake Deepgram's results follow the audio, not the clock)."""
+    await run_call(url, spec, speed=speed, bidirectional=bidirectional)
 
 
 def lanes(page: Page) -> dict[int, list[str]]:
@@ -413,3 +415,67 @@ async def play_game(url: str, leave: trio.Event) -> str:
         with trio.move_on_after(20):
             await leave.wait()
         return code
+
+
+SCREENSHOTS = "CALLSCRIBE_SCREENSHOTS"
+"""Set to a folder (scripts/screenshots sets docs/screenshots) to keep the README's screenshots."""
+
+
+def test_screenshots_of_the_live_call_history_and_games(stack: browser.Stack, open_page: Any, tmp_path: Path) -> None:
+    """The README's pictures, made as a user would see them: past calls, two games (one patched to a
+    live call), and a live call followed since its start."""
+    folder = Path(os.environ.get(SCREENSHOTS) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"game_codes": ["42", "57"]}))
+    served = stack.serve(
+        store=store_in(tmp_path),
+        games=GameSettings(phone_number=DEMO_NUMBER, codes_file=str(codes)),
+        deepgram={"result_every_s": LINE_S, "lines": CONVERSATION},
+        deepgram_url_query=INTERIMS,
+    )
+    past = [
+        CallSpec(
+            inbound=noise(seconds, 3),
+            outbound=noise(seconds, 4),
+            custom_parameters={"From": number, "To": DEMO_NUMBER},
+        )
+        for number, seconds in (("+15555550123", 6.0), ("+15555550188", 3.0), ("+15555550142", 4.5))
+    ]
+    for ended in [stack.start(simulate, served.twilio, spec, False, 0.0) for spec in past]:  # as fast as it goes
+        ended.result(timeout=30)
+    leave = trio.Event()
+    games = [stack.start(play_game, served.server.url("/game"), leave) for _ in range(2)]
+    game_call = call_spec(11.0, both=False, dtmf=[(0.3, "4"), (0.4, "2")])
+    game_call.custom_parameters.update({"route": "game", "From": "+15555550111", "To": DEMO_NUMBER})
+    live = CallSpec(
+        inbound=noise(11.0, 5),
+        outbound=noise(11.0, 6),
+        custom_parameters={"From": "+15555550199", "To": DEMO_NUMBER},
+    )
+    calls = [stack.start(simulate, served.twilio, game_call, True), stack.start(simulate, served.twilio, live)]
+
+    page = open_page(width=1200, height=820)
+    page.goto(f"{served.http}/#/calls/{live.call_sid}")
+    page.wait_for_function("() => document.querySelectorAll('#transcript .line.ch1.final').length >= 3")
+    page.wait_for_selector("#transcript .line.interim")
+    page.screenshot(path=folder / "dashboard-call.png")
+    page.locator("[data-nav=live]").click()
+    page.wait_for_selector(f"#live-calls li[data-call={game_call.call_sid}] .badge.game")
+    page.wait_for_selector("#recent tbody tr >> nth=2")
+    page.screenshot(path=folder / "dashboard-live.png")
+    page.locator("[data-nav=history]").click()
+    page.fill("#history-form input[name=q]", "order")
+    page.press("#history-form input[name=q]", "Enter")
+    page.wait_for_selector("#history-summary:text('newest first')")
+    page.screenshot(path=folder / "dashboard-history.png")
+    page.locator("[data-nav=games]").click()
+    page.wait_for_selector(f"#games a[href='#/calls/{game_call.call_sid}']")
+    page.screenshot(path=folder / "dashboard-games.png")
+    for name in ("call", "live", "history", "games"):
+        assert (folder / f"dashboard-{name}.png").stat().st_size > 10_000
+    for call in calls:
+        call.result(timeout=30)
+    stack.call(leave.set)
+    for game in games:
+        game.result(timeout=10)

@@ -51,7 +51,9 @@ def scenario_viewers(opts: Options, settings: Settings) -> dict[str, Any]:
         for viewers in (1, VIEWERS):
             result = run_step(
                 opts,
-                StepPlan(calls=1, subscribers=viewers, measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds),
+                StepPlan(
+                    calls=1, subscribers=viewers, measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds
+                ),
             )
             opts.say(f"{describe(result)} [{viewers} viewer{'s' if viewers > 1 else ''}]")
             steps.append(result)
