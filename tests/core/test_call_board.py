@@ -107,6 +107,11 @@ def test_game_patches_show_on_the_games_list_and_on_their_call() -> None:
     assert updated["type"] == "call.updated" and updated["call"]["gameCode"] == "7"
     games, updated = board.games({"12": None})  # game 7 left: the call goes on unpatched
     assert updated["call"]["gameCode"] is None
+    # A call that ends frees its game at once (the registry says so too, a moment later).
+    board.games({"12": "CA1"})
+    ended, games = board.ended("CA1", Outcome.ENDED, T0 + 1)
+    assert ended["type"] == "call.ended" and games == {"type": "games", "games": [{"code": "12", "callSid": None}]}
+    assert board.games({"12": None}) == []
     # A call that starts while already patched (another stream) shows its code at once.
     board.games({"12": "CA2"})
     (started,) = board.started(start("CA2"))
@@ -161,8 +166,9 @@ def test_a_viewer_limited_to_one_call_sees_that_call_only() -> None:
     events += board.games({"1": "CA1", "2": "CA2", "3": None})
     events += board.ended("CA2", Outcome.ENDED, T0 + 1) + board.ended("CA1", Outcome.ENDED, T0 + 2)
     seen = [e for e in (for_call(event, "CA1") for event in events) if e is not None]
-    assert [e["type"] for e in seen] == ["call.started", "games", "call.updated", "call.ended"]
-    assert seen[1]["games"] == [{"code": "1", "callSid": "CA1"}]
+    assert [e["type"] for e in seen] == ["call.started", "games", "call.updated", "games", "call.ended", "games"]
+    assert seen[1]["games"] == seen[3]["games"] == [{"code": "1", "callSid": "CA1"}]
+    assert seen[5]["games"] == []  # CA1 ended: code 1 waits for a caller, which is no business of CA1's
     assert all(for_call(event, None) is event for event in events)
     board.started(start("CA3"))
     snapshot = for_call(board.snapshot(T0), "CA3")

@@ -446,7 +446,7 @@ def test_screenshots_of_the_live_call_history_and_games(stack: browser.Stack, op
         ended.result(timeout=30)
     leave = trio.Event()
     games = [stack.start(play_game, served.server.url("/game"), leave) for _ in range(2)]
-    game_call = call_spec(11.0, both=False, dtmf=[(0.3, "4"), (0.4, "2")])
+    game_call = call_spec(16.0, both=False, dtmf=[(0.3, "4"), (0.4, "2")])
     game_call.custom_parameters.update({"route": "game", "From": "+15555550111", "To": DEMO_NUMBER})
     live = CallSpec(
         inbound=noise(11.0, 5),

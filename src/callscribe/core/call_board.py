@@ -7,7 +7,8 @@ Facts in (times are seconds since the epoch, passed in):
   several streams (Twilio can fork a call twice); it is live from its first to the end of its last.
 - `notice(call_sid, message)`: callscribe published one of its notices for the call
   (`Reconnecting`, `Resumed`, `Error`, with `"source": "callscribe"`): the call's Deepgram state.
-- `ended(call_sid, outcome, now)`: a stream of a call of this process ended, with how (`Outcome`).
+- `ended(call_sid, outcome, now)`: a stream of a call of this process ended, with how (`Outcome`);
+  a game it was patched to waits for a caller again from then on.
 - `games(patches)`: the game codes in use and the call each is patched to (or None).
 - `listed(call_sids, now)`: the calls the hub lists as live. With a hub shared by several
   processes (Redis) that includes calls of other processes: they appear on the board with what the
@@ -141,7 +142,10 @@ class CallBoard:
         del self.calls[call_sid]
         self._forget_old(now)
         self._ended_at[call_sid] = now
-        return [_ended(call_sid, outcome, now)]
+        events = [_ended(call_sid, outcome, now)]
+        if call_sid in self.patches.values():  # its game waits for the next caller
+            events += self.games({code: (None if sid == call_sid else sid) for code, sid in self.patches.items()})
+        return events
 
     def games(self, patches: Mapping[str, str | None]) -> list[Event]:
         new = dict(sorted(patches.items()))
