@@ -186,8 +186,21 @@ def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
     page.press("#history-form input[name=q]", "Enter")
     page.wait_for_function("() => document.querySelector('#history-summary').textContent === 'No call matches.'")
     page.fill("#history-form input[name=q]", "parrot")
+    page.fill("#history-form input[name=number]", "+1 555 0199")  # To, by its digits
+    page.fill("#history-form input[name=since]", time.strftime("%Y-%m-%d"))  # today
     page.press("#history-form input[name=q]", "Enter")
     row = page.locator(f"#history tr[data-call={spec.call_sid}]")
+    row.wait_for()
+    page.fill("#history-form input[name=number]", "+1 555 0000")
+    page.press("#history-form input[name=q]", "Enter")
+    row.wait_for(state="detached")
+    page.fill("#history-form input[name=number]", "")
+    page.fill("#history-form input[name=since]", "")
+    page.fill("#history-form input[name=until]", time.strftime("%Y-%m-%d", time.localtime(time.time() - 2 * 86400)))
+    page.press("#history-form input[name=q]", "Enter")
+    page.wait_for_selector("#history-summary:text('No call matches.')")
+    page.fill("#history-form input[name=until]", "")
+    page.press("#history-form input[name=q]", "Enter")
     row.wait_for()
     assert "ended normally" in row.inner_text() and "parrot" in row.inner_text()
     row.locator("a").click()  # a past call opens the same way
@@ -382,7 +395,7 @@ def test_games_show_their_codes_and_the_calls_patched_to_them(
 ) -> None:
     codes = tmp_path / "codes.json"
     codes.write_text(json.dumps({"game_codes": ["42"]}))
-    served = stack.serve(games=GameSettings(phone_number="+15550000", codes_file=str(codes)))
+    served = stack.serve(store=store_in(tmp_path), games=GameSettings(phone_number="+15550000", codes_file=str(codes)))
     leave = trio.Event()
     game = stack.start(play_game, served.server.url("/game"), leave)
     page = open_page()
@@ -401,6 +414,8 @@ def test_games_show_their_codes_and_the_calls_patched_to_them(
     card.locator(".badge.game").wait_for()
     assert card.locator(".badge.game").inner_text() == "game 42"
     call.result(timeout=20)
+    page.locator(f"#recent tr[data-call={spec.call_sid}]").wait_for()  # the ended call moves on its own
+    card.wait_for(state="detached")
     stack.call(leave.set)
     assert game.result(timeout=10) == "42"
     page.locator("[data-nav=games]").click()

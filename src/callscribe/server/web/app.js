@@ -37,8 +37,8 @@ class App {
     this.recent = new Recent(session);
     this.games = new Games(this.feed);
     this.current = null;
-    this.feed.addEventListener("ended", () => {
-      if (this.current === "live") this.recent.load();
+    this.feed.addEventListener("ended", (event) => {
+      if (this.current === "live") this.recent.load(event.detail.callSid);
       if (this.current === "history" && this.history.cursors.length === 1) this.history.load();
     });
     if (session.callSid) {

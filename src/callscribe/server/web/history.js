@@ -4,6 +4,8 @@
 import { callQuery, callRow, getJson } from "./api.js";
 
 const PAGE = 25;
+const RECENT = 10;
+const RECENT_TRIES = 10;
 
 // A date input's day as the ISO time of its local midnight (`days` later).
 function dayStart(value, days = 0) {
@@ -82,17 +84,24 @@ export class Recent {
     this.loading = null;
   }
 
-  async load() {
+  // The latest ended calls; with `callSid`, until that call is among them (the store writes a
+  // call's end a moment after the feed says it ended).
+  async load(callSid = null) {
     if (!this.session.history) {
       document.getElementById("recent-off").hidden = false;
       document.getElementById("recent").hidden = true;
       return;
     }
-    try {
-      const page = await getJson(callQuery({ live: "false", limit: 10 }));
+    for (let attempt = 0; attempt < RECENT_TRIES; attempt += 1) {
+      let page;
+      try {
+        page = await getJson(callQuery({ live: "false", limit: RECENT }));
+      } catch {
+        return; // the next call's end tries again; the Live list above does not depend on it
+      }
       this.body.replaceChildren(...page.calls.map(callRow));
-    } catch {
-      // the next call's end tries again; the Live list above does not depend on it
+      if (!callSid || page.calls.some((call) => call.callSid === callSid)) return;
+      await new Promise((resolve) => setTimeout(resolve, 300));
     }
   }
 }
