@@ -106,6 +106,10 @@ async function main() {
   document.getElementById("open-banner").hidden = session.tokensRequired;
   if (session.authorized) {
     new App(session);
+  } else if (!session.tokensRequired) {
+    show("login"); // refused for another reason than a token: say which, there is nothing to type
+    document.getElementById("login-form").hidden = true;
+    document.getElementById("login-error").textContent = `This server refuses this page: ${session.reason}`;
   } else {
     const had = token.get();
     token.clear();
