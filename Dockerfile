@@ -20,8 +20,8 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PROXY_URL=0.0.0.0:5000 \
-    CALLSCRIBE_DATA_DIR=/data \
-    CALLSCRIBE_RUN_FILE=/tmp/callscribe-serve.json
+    CALLSCRIBE_RUN_FILE=/tmp/callscribe-serve.json \
+    CALLSCRIBE_DATA_DIR=/data
 USER callscribe
 # The call store (callscribe.db) lives here: mount a named volume to keep calls across containers.
 VOLUME /data

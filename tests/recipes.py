@@ -193,6 +193,8 @@ class Terminal:
     command: str
     cwd: Path = ROOT
     name: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+    """Set for this terminal beside the user's (e.g. where the server keeps its call store)."""
     lines: list[str] = field(default_factory=list)
     process: trio.Process | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -207,7 +209,7 @@ class Terminal:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=clean_environment(),
+            env=clean_environment() | self.environment,
             start_new_session=True,  # its own process group, as in a terminal: Ctrl-C reaches all of it
         )
         nursery.start_soon(self._read)

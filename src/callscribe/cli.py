@@ -1,5 +1,4 @@
-"""`callscribe` command line: serve, demo, listen, healthcheck, token, calls, fake-deepgram, simulate-call,
-bench.
+"""`callscribe` command line: serve, demo, listen, healthcheck, token, calls, fake-deepgram, simulate-call, bench.
 
 A subcommand's module is imported only when that subcommand runs (`callscribe serve` loads neither
 the fakes nor the benchmark): the parser gets the options of the chosen subcommand only, the

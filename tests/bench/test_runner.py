@@ -34,3 +34,10 @@ def test_quick_makes_everything_small_but_explicit_options_win() -> None:
 def test_bad_step_lists_are_usage_errors(steps: str) -> None:
     with pytest.raises(SystemExit):
         parse("--steps", steps)
+
+
+def test_store_options() -> None:
+    settings = settings_from_args(parse("--scenario", "store", "--store-calls", "30", "--store-rounds", "5"))
+    assert (settings.store_calls, settings.store_rounds) == (30, 5)
+    assert (Settings().store_calls, Settings().store_rounds) == (None, 3)
+    assert parse().server_store == "sqlite" and parse("--server-store", "none").server_store == "none"

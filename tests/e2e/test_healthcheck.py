@@ -28,13 +28,16 @@ def runtime_stage() -> str:
     return DOCKERFILE.rsplit("\nFROM ", 1)[1]
 
 
-def image_environment(run_file: Path) -> dict[str, str]:
-    """The runtime stage's ENV, its run file moved into the test's folder (tests run side by side)."""
+def image_environment(run_file: Path, data_dir: Path) -> dict[str, str]:
+    """The runtime stage's ENV, its run file and data directory (the VOLUME) moved into the test's
+    folder (tests run side by side)."""
     declared = re.search(r"^ENV (.*?)(?=^\S)", runtime_stage(), re.S | re.M)
     assert declared is not None
     pairs = dict(item.split("=", 1) for item in shlex.split(declared[1].replace("\\\n", " ")))
     assert Path(pairs["CALLSCRIBE_RUN_FILE"]).is_absolute()
     pairs["CALLSCRIBE_RUN_FILE"] = str(run_file)
+    assert re.search(rf"^VOLUME {pairs['CALLSCRIBE_DATA_DIR']}$", runtime_stage(), re.M)
+    pairs["CALLSCRIBE_DATA_DIR"] = str(data_dir)
     pairs["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's callscribe
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "PROXY_", "CALLSCRIBE_"))
@@ -61,7 +64,9 @@ async def test_the_health_check_follows_flags_given_after_the_image_name(
 ) -> None:
     cert, key = certificate
     run_file = tmp_path / "callscribe-serve.json"
-    env = image_environment(run_file) | {"DEEPGRAM_API_KEY": "k"}  # docker run -e DEEPGRAM_API_KEY=...
+    env = image_environment(run_file, tmp_path / "data") | {
+        "DEEPGRAM_API_KEY": "k"
+    }  # docker run -e DEEPGRAM_API_KEY=...
     port = free_port()
     entrypoint, healthcheck = exec_form("ENTRYPOINT"), exec_form("HEALTHCHECK")
     assert entrypoint == ["callscribe", "serve"] and healthcheck == ["callscribe", "healthcheck"]
@@ -90,7 +95,9 @@ async def test_the_health_check_follows_flags_given_after_the_image_name(
 
 
 def test_a_run_file_that_cannot_be_written_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    env = image_environment(tmp_path / "no" / "such" / "dir" / "serve.json") | {"DEEPGRAM_API_KEY": "k"}
+    env = image_environment(tmp_path / "no" / "such" / "dir" / "serve.json", tmp_path / "data") | {
+        "DEEPGRAM_API_KEY": "k"
+    }
     result = subprocess.run(
         [sys.executable, "-m", "callscribe", "serve", "--listen", f"127.0.0.1:{free_port()}"],
         env=env,

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
 from callscribe.core.audio import generate_tone
+from callscribe.server.store import StoreSettings
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import RunningServer, Subscriber, subscribe
+from conftest import RunningServer, Subscriber, start_server, subscribe
 
 WARM_UP_CALLS = 12
 MEASURED_CALLS = 48
@@ -53,7 +57,9 @@ async def _idle(server: RunningServer) -> None:
         with trio.fail_after(10):
             while True:
                 health = (await client.get(server.http_url + "/healthz")).json()
-                if health["active_calls"] == 0 and health["subscribers"] == 0:
+                metrics = (await client.get(server.http_url + "/metrics")).text
+                store_idle = "callscribe_store_queue" not in metrics or "callscribe_store_queue 0.0" in metrics
+                if health["active_calls"] == 0 and health["subscribers"] == 0 and store_idle:
                     break
                 await trio.sleep(0.05)
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -75,7 +81,21 @@ def _prune_trio_deadlines() -> None:
         prune()
 
 
-async def test_finished_calls_leave_nothing_behind(server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+@pytest.fixture(params=["no store", "store"])
+async def measured_server(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, fake_deepgram: FakeDeepgram, tmp_path: Path
+) -> AsyncIterator[RunningServer]:
+    """The server without a call store, and with one (SQLite): neither keeps anything per finished call."""
+    store = StoreSettings(location=str(tmp_path / "calls.db")) if request.param == "store" else None
+    running = await start_server(nursery, fake_deepgram, store=store)
+    yield running
+    running.stop.set()
+    with trio.fail_after(10):
+        await running.done.wait()
+
+
+async def test_finished_calls_leave_nothing_behind(measured_server: RunningServer, fake_deepgram: FakeDeepgram) -> None:
+    server = measured_server
     tracemalloc.start()
     try:
         await _calls(server, fake_deepgram, WARM_UP_CALLS)

@@ -66,6 +66,36 @@ def test_the_health_check_needs_a_valid_address() -> None:
         health_url(flags("--listen", "localhost"), {})
 
 
+def test_the_health_check_follows_the_run_file_of_a_running_server(tmp_path: Path) -> None:
+    """Docker runs the health check with the image's environment only: flags given to the server
+    after the image name never reach it, but the addresses the server wrote to its run file do."""
+    run_file = str(tmp_path / "serve.json")
+    environ = {"PROXY_URL": "0.0.0.0:5000", "CALLSCRIBE_RUN_FILE": run_file}
+    assert health_url(flags(), environ) == "http://127.0.0.1:5000/healthz"  # no server wrote it yet
+    write_run_file(run_file, ["https://0.0.0.0:8443", "https://[::]:8443"])
+    assert read_run_file(run_file) == ["https://0.0.0.0:8443", "https://[::]:8443"]
+    assert health_url(flags(), environ) == "https://127.0.0.1:8443/healthz"
+    assert health_url(flags("--run-file", run_file), {}) == "https://127.0.0.1:8443/healthz"
+    # Flags given to the health check itself are what it is asked.
+    assert health_url(flags("--listen", "127.0.0.1:6000"), environ) == "http://127.0.0.1:6000/healthz"
+    remove_run_file(run_file)
+    assert not (tmp_path / "serve.json").exists()
+
+
+def test_a_run_file_that_is_not_one_is_ignored(tmp_path: Path) -> None:
+    for text in ("", "{", "[]", '{"urls": "http://x:1"}', '{"urls": [1, "nothing"]}'):
+        (tmp_path / "serve.json").write_text(text)
+        assert read_run_file(str(tmp_path / "serve.json")) == []
+    assert read_run_file(str(tmp_path / "missing.json")) == []
+
+
+def test_a_run_file_is_removed_only_by_the_server_that_wrote_it(tmp_path: Path) -> None:
+    run_file = tmp_path / "serve.json"
+    run_file.write_text(json.dumps({"urls": ["http://127.0.0.1:1"], "pid": os.getpid() + 1}))
+    remove_run_file(str(run_file))
+    assert run_file.exists()  # another server's, written since
+
+
 # -- the call store and webhooks ---------------------------------------------------------------
 
 
@@ -125,33 +155,3 @@ def test_store_and_webhook_settings() -> None:
 def test_bad_store_settings_are_one_line(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         settings_from(flags(), {"DEEPGRAM_API_KEY": "k"} | environ)
-
-
-def test_the_health_check_follows_the_run_file_of_a_running_server(tmp_path: Path) -> None:
-    """Docker runs the health check with the image's environment only: flags given to the server
-    after the image name never reach it, but the addresses the server wrote to its run file do."""
-    run_file = str(tmp_path / "serve.json")
-    environ = {"PROXY_URL": "0.0.0.0:5000", "CALLSCRIBE_RUN_FILE": run_file}
-    assert health_url(flags(), environ) == "http://127.0.0.1:5000/healthz"  # no server wrote it yet
-    write_run_file(run_file, ["https://0.0.0.0:8443", "https://[::]:8443"])
-    assert read_run_file(run_file) == ["https://0.0.0.0:8443", "https://[::]:8443"]
-    assert health_url(flags(), environ) == "https://127.0.0.1:8443/healthz"
-    assert health_url(flags("--run-file", run_file), {}) == "https://127.0.0.1:8443/healthz"
-    # Flags given to the health check itself are what it is asked.
-    assert health_url(flags("--listen", "127.0.0.1:6000"), environ) == "http://127.0.0.1:6000/healthz"
-    remove_run_file(run_file)
-    assert not (tmp_path / "serve.json").exists()
-
-
-def test_a_run_file_that_is_not_one_is_ignored(tmp_path: Path) -> None:
-    for text in ("", "{", "[]", '{"urls": "http://x:1"}', '{"urls": [1, "nothing"]}'):
-        (tmp_path / "serve.json").write_text(text)
-        assert read_run_file(str(tmp_path / "serve.json")) == []
-    assert read_run_file(str(tmp_path / "missing.json")) == []
-
-
-def test_a_run_file_is_removed_only_by_the_server_that_wrote_it(tmp_path: Path) -> None:
-    run_file = tmp_path / "serve.json"
-    run_file.write_text(json.dumps({"urls": ["http://127.0.0.1:1"], "pid": os.getpid() + 1}))
-    remove_run_file(str(run_file))
-    assert run_file.exists()  # another server's, written since

@@ -24,6 +24,16 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int, tid: int) -> float | None:
+    """utime + stime of one thread of a process, seconds; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def rss_kb(pid: int | str = "self") -> int:
     """Resident set size of a process, KiB (from /proc/<pid>/status); 0 if it has none."""
     with open(f"/proc/{pid}/status") as f:

@@ -32,6 +32,9 @@ class Options:
     """Re-runs of a step disturbed by other processes on the benchmark's cores."""
     coalesce_tracks: bool = False
     """Write each call's 20 ms pair of frames with one ``send`` (see :class:`~callscribe.bench.calls.SimCall`)."""
+    store: str = "sqlite"
+    """The server's call store: ``sqlite`` (a fresh file per server, as ``callscribe serve`` keeps by
+    default), ``none``, or a location for ``--store`` (a postgresql:// URL)."""
     quiet: bool = False
 
     def say(self, text: str) -> None:
@@ -54,6 +57,8 @@ class StepPlan:
     rss_interval_s: float = 1.0
     profile_path: Path | None = None
     """Record the server with py-spy during the window, into this file."""
+    store: str | None = None
+    """The server's call store for this step (None: ``Options.store``)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,4 +87,7 @@ class Settings:
     """Rounds of the viewers scenario (1 viewer, then 50, each round)."""
     profile: bool = False
     profile_calls: int = 100
+    store_calls: int | None = None
+    """Calls of the store on/off rounds (None: the ramp's largest sustained count, else 40)."""
+    store_rounds: int = 3
     ramp_budget_s: float = 15 * 60

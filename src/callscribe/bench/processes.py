@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import trio
 
 from callscribe.bench import ws as bench_ws
-from callscribe.bench.machine import cpu_seconds, rss_kb
+from callscribe.bench.machine import cpu_seconds, rss_kb, thread_cpu_seconds
 from callscribe.bench.options import API_KEY, Options
 from callscribe.bench.ws_frames import WebSocketError
 
@@ -83,8 +84,9 @@ def free_port(host: str) -> int:
 class ServerProcess:
     """The server under test, in its own process (pinned with taskset when asked)."""
 
-    def __init__(self, opts: Options, kind: str, deepgram_url: str) -> None:
+    def __init__(self, opts: Options, kind: str, deepgram_url: str, store: str | None = None) -> None:
         self.kind = kind
+        self._store_dir: str | None = None
         self.port = free_port(opts.host)
         self.host = opts.host
         opts.log_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,8 @@ class ServerProcess:
                 "--log-level",
                 opts.server_log_level,
             ]
+            # By variable rather than flag, so that trees from before the call store (--server-pythonpath) run too.
+            env["CALLSCRIBE_STORE"] = self._store_location(store or opts.store)
         else:
             command = [
                 sys.executable,
@@ -133,6 +137,13 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.process = start_process(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
+    def _store_location(self, store: str) -> str:
+        """``sqlite``: a fresh file in a directory of its own, deleted with the server."""
+        if store != "sqlite":
+            return store
+        self._store_dir = tempfile.mkdtemp(prefix="callscribe-bench-store-")
+        return os.path.join(self._store_dir, "callscribe.db")
+
     @property
     def pid(self) -> int:
         return self.process.pid
@@ -142,6 +153,11 @@ class ServerProcess:
 
     def rss_kb(self) -> int:
         return rss_kb(self.pid)
+
+    def main_thread_cpu_seconds(self) -> float | None:
+        """CPU of the server's main thread (its event loop); the rest of the process's CPU is worker
+        threads' (the call store's database work)."""
+        return thread_cpu_seconds(self.pid, self.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -168,3 +184,5 @@ class ServerProcess:
     def stop(self, timeout: float = 15.0) -> None:
         stop_process(self.process, timeout)
         self._log.close()
+        if self._store_dir is not None:
+            shutil.rmtree(self._store_dir, ignore_errors=True)

@@ -173,6 +173,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"(flat = the steady-state slope is statistically zero or below 1% of RSS per hour).",
                 "",
             ]
+    store = results.get("store")
+    if store:
+        from callscribe.bench.store_ab import store_markdown
+
+        out += ["## Call store", "", _stamp(store), "", *store_markdown(store), ""]
     viewers = results.get("viewers")
     if viewers:
         from callscribe.bench.viewers import viewers_markdown

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from callscribe.bench.options import DEFAULT_STEPS, Options, Settings
 
-SCENARIOS = ("ramp", "floor", "fanout", "soak", "viewers")
+SCENARIOS = ("ramp", "floor", "fanout", "soak", "store", "viewers")
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -45,8 +45,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario",
         action="append",
         choices=(*SCENARIOS, "all"),
-        help="what to run (repeatable): ramp, floor, fanout, soak, viewers (1 call watched by 1 and by 50 "
-        "subscribers), or all (default: ramp, floor and fanout; soak and viewers run only when asked)",
+        help="what to run (repeatable): ramp, floor, fanout, soak, store (the call store off and on, in"
+        " interleaved rounds), viewers (1 call watched by 1 and by 50 subscribers), or all (default: ramp,"
+        " floor and fanout; soak, store and viewers run only when asked)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
     parser.add_argument(
@@ -115,6 +116,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="write each 20 ms pair of frames (both tracks) with one send (default: one send per frame)",
     )
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
+    parser.add_argument(
+        "--server-store",
+        default="sqlite",
+        help="the server's call store in every step but the store scenario's: sqlite (a fresh file per"
+        " server, the default of callscribe serve), none, or a postgresql:// URL (default sqlite)",
+    )
+    parser.add_argument(
+        "--store-calls",
+        type=int,
+        default=None,
+        help="calls of the store scenario (default: the ramp's largest sustained count, else 40)",
+    )
+    parser.add_argument("--store-rounds", type=int, default=None, help="store off/on rounds (default 3)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -153,6 +167,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None:
             setattr(s, name, value)
     s.profile = args.profile
+    s.store_calls = args.store_calls
+    if args.store_rounds is not None:
+        s.store_rounds = max(1, args.store_rounds)
     if args.profile_calls != 100 or not args.quick:
         s.profile_calls = args.profile_calls
     return s
@@ -181,6 +198,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
         server_log_level=args.server_log_level,
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
         coalesce_tracks=args.coalesce_tracks,
+        store=args.server_store,
     )
     cpus = os.sched_getaffinity(0)
     if opts.pin and (
@@ -243,6 +261,14 @@ def run_from_cli(args: argparse.Namespace) -> int:
         if "soak" in chosen:
             opts.say(f"== soak: {settings.soak_calls} calls for {settings.soak_minutes:g} min")
             results["soak"] = {**scenarios.scenario_soak(opts, settings), **stamp}
+        if "store" in chosen:
+            from callscribe.bench.store_ab import scenario_store, store_calls
+
+            ramp = results.get("ramp") if "ramp" in chosen else None
+            opts.say(
+                f"== store: {store_calls(settings, ramp)} calls, the store off and on, {settings.store_rounds} rounds"
+            )
+            results["store"] = {**scenario_store(opts, settings, ramp), **stamp}
         if "viewers" in chosen:
             from callscribe.bench.viewers import VIEWERS, scenario_viewers
 

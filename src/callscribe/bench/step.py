@@ -73,8 +73,10 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
     audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, opts.host, 0)
-        server = ServerProcess(opts, plan.kind, fake.url + "?interim_results=true")
+        server = ServerProcess(opts, plan.kind, fake.url + "?interim_results=true", plan.store)
         result["server_command"] = " ".join(server.command)
+        if plan.kind == "callscribe":
+            result["store"] = plan.store or opts.store
         try:
             await server.wait_ready()
             await trio.sleep(0.5)
@@ -137,6 +139,7 @@ async def _measure(
     w0 = time.monotonic()
     tracker.window = (w0, math.inf)
     cpu0, load0, frames0 = server.cpu_seconds(), cpu_seconds(), sender.frames_sent
+    main0 = server.main_thread_cpu_seconds()
     busy0 = cpu_busy_seconds(opts.server_cpu) if opts.pin else None
     load_busy0 = cpu_busy_seconds(opts.load_cpu) if opts.pin else None
     lag_index = len(sender.lag)
@@ -156,6 +159,7 @@ async def _measure(
     w1 = time.monotonic()
     traffic.replacing = False  # no more replacement calls (soak)
     cpu1, load1, frames1 = server.cpu_seconds(), cpu_seconds(), sender.frames_sent
+    main1 = server.main_thread_cpu_seconds()
     busy1 = cpu_busy_seconds(opts.server_cpu) if opts.pin else None
     load_busy1 = cpu_busy_seconds(opts.load_cpu) if opts.pin else None
     tracker.window = (w0, w1)
@@ -170,6 +174,7 @@ async def _measure(
         active_calls=sender.active,
         sender_lags=list(sender.lag[lag_index:]),
         rss_samples=rss_samples,
+        server_main_thread_cpu_s=None if main0 is None or main1 is None else main1 - main0,
     )
     if profiler is not None:
         await finish_profiler(profiler, plan.measure_s + 30)

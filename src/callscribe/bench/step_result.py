@@ -40,6 +40,8 @@ class Window:
     """How late each phase of the real-time sender ran, seconds."""
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
     """``(seconds into the window, server RSS KiB)``."""
+    server_main_thread_cpu_s: float | None = None
+    """CPU time of the server's main thread (the event loop); None if it could not be read."""
 
 
 def _other_pct(busy: float | None, own: float, seconds: float) -> float | None:
@@ -65,6 +67,9 @@ def window_figures(window: Window, plan: StepPlan, counts: TrafficCounts) -> dic
         else None,
         "cpu_us_per_frame": round(1e6 * server_cpu / frames, 1) if frames else None,
         "cpu_pct_per_call": round(100 * server_cpu / seconds / plan.calls, 3) if plan.calls else None,
+        "worker_threads_cpu_pct": round(100 * (server_cpu - window.server_main_thread_cpu_s) / server_cpu, 1)
+        if window.server_main_thread_cpu_s is not None and server_cpu
+        else None,
         # "pacer": the real-time sender's name in earlier results, kept so that they compare.
         "pacer_lag_p99_ms": ms(percentile(lags, 99)),
         "pacer_lag_max_ms": ms(max(lags) if lags else None),

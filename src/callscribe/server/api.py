@@ -77,7 +77,7 @@ class CallsApi:
             {"calls": [call.summary() for call in calls], "next": encode_cursor(after) if after is not None else None}
         )
 
-    async def _call_for(self, http_request: Request, call_sid: str) -> Response | None:
+    def _call_for(self, http_request: Request, call_sid: str) -> Response | None:
         """None if the request may see `call_sid`, else the error to answer."""
         verdict = self._admit(http_request)
         if isinstance(verdict, Response):
@@ -87,7 +87,7 @@ class CallsApi:
         return None
 
     async def get_call(self, http_request: Request, call_sid: str) -> Response:
-        refused = await self._call_for(http_request, call_sid)
+        refused = self._call_for(http_request, call_sid)
         if refused is not None:
             return refused
         store = self._store()
@@ -103,7 +103,7 @@ class CallsApi:
         return jsonify(details)
 
     async def transcript(self, http_request: Request, call_sid: str, kind: str) -> Response:
-        refused = await self._call_for(http_request, call_sid)
+        refused = self._call_for(http_request, call_sid)
         if refused is not None:
             return refused
         if kind not in FORMATS:
@@ -121,7 +121,7 @@ class CallsApi:
         return response
 
     async def delete_call(self, http_request: Request, call_sid: str) -> Response:
-        refused = await self._call_for(http_request, call_sid)
+        refused = self._call_for(http_request, call_sid)
         if refused is not None:
             return refused
         store = self._store()

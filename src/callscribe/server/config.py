@@ -265,9 +265,9 @@ class ServerSettings:
     token_secret: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     redis_url: str | None = None
+    run_file: str | None = None
     store: StoreSettings = field(default_factory=StoreSettings)
     """The call store; the default here (unlike `callscribe serve`'s) is none."""
-    run_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -440,8 +440,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         token_secret=token_secret,
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
         redis_url=redis_url,
-        store=store,
         run_file=values["CALLSCRIBE_RUN_FILE"] or None,
+        store=store,
     )
 
 

@@ -37,6 +37,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 log = logging.getLogger(__name__)
+_protocol_log = logging.getLogger(__name__ + ".websockets")
+"""websockets' own log lines ("connection open" at every call) stay below the server's info level;
+what matters is logged by callscribe with the call's context."""
+_protocol_log.setLevel(logging.WARNING)
 
 READ_BUFFER = 4096
 """Bytes read at a time: a few Twilio frames (each ~300 bytes on the wire)."""
@@ -279,7 +283,7 @@ async def accept_media_socket(
     """Answer the upgrade request in `head` (read by the listener, up to its blank line): refuse it
     with `check`'s status and reason, or accept it. None when the connection is refused or is not
     a valid WebSocket upgrade (it has then been answered, e.g. 400, and should be closed)."""
-    protocol = ServerProtocol(max_size=max_message)
+    protocol = ServerProtocol(max_size=max_message, logger=_protocol_log)
     protocol.receive_data(head)
     events = protocol.events_received()
     request = events[0] if events and isinstance(events[0], Request) else None

@@ -27,7 +27,8 @@ import psycopg_pool
 
 from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
 from callscribe.server.store import StoreError, StoreUnavailable
-from callscribe.server.store_sql import Db, SqlEngine
+from callscribe.server.store_reads import Db
+from callscribe.server.store_sql import SqlEngine
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000

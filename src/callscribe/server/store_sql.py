@@ -1,4 +1,5 @@
-"""The SQL both engines share: calls, finals, the webhook outbox, process leases.
+"""The SQL both engines share: migrations, writing calls, finals and their webhook events, erasing,
+retention, process leases (reads in store_reads.py, the outbox in store_outbox.py).
 
 Tables (the same in SQLite and PostgreSQL, migrations in each engine's module):
 
@@ -21,59 +22,20 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
 
 from callscribe.core import webhooks
-from callscribe.core.call_query import CallQuery, Cursor
-from callscribe.core.call_record import CallStart, Outcome, StoredCall, digits, stored_call_of
-from callscribe.core.transcript import SpeakerLabels, Utterance, parse_final
-from callscribe.server.store import (
-    Deleted,
-    EndWrite,
-    EventSettings,
-    FinalWrite,
-    OutboxEvent,
-    OutboxState,
-    Settlement,
-    StartWrite,
-    StoreError,
-    Write,
-)
+from callscribe.core.call_record import CallStart, Outcome, digits, stored_call_of
+from callscribe.core.transcript import SpeakerLabels, parse_final
+from callscribe.server.store import Deleted, EndWrite, EventSettings, FinalWrite, StartWrite, StoreError, Write
+from callscribe.server.store_outbox import SqlOutbox
+from callscribe.server.store_reads import FINAL_COLUMNS, Db
 
-SNIPPET_CHARS = 160
 INTERRUPTED_REASON = "the process handling the call stopped (crash or kill) before the call ended"
 
-_CALL_COLUMNS = (
-    "c.call_sid, c.stream_sid, c.account_sid, c.from_number, c.to_number, c.direction, c.tracks, c.started_at,"
-    " c.ended_at, c.outcome, c.reason, c.audio_s, c.padding_s, c.deepgram_connections, c.request_ids,"
-    " c.game_code, c.parameters"
-)
-_FINAL_COLUMNS = "seq, channel, speaker, start_s, end_s, text, confidence, request_id, raw"
-_HEADS = (
-    "FROM outbox o WHERE o.receiver = ? AND o.instance = ? AND NOT EXISTS"
-    " (SELECT 1 FROM outbox p WHERE p.receiver = o.receiver AND p.call_sid = o.call_sid AND p.id < o.id)"
-)
-"""The events that may be sent now: the first undelivered of each call."""
 
-
-class Cursorish(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Db(Protocol):
-    """One connection, inside a transaction (or a read)."""
-
-    def execute(self, sql: str, params: Sequence[object] = ()) -> Cursorish: ...
-
-
-class SqlEngine:
-    """The statements of the store; subclasses connect, migrate, search and find gone processes."""
+class SqlEngine(SqlOutbox):
+    """The statements of the store; subclasses connect (`_transaction`, `_reading`), search (`_match`),
+    migrate and find the processes that are gone."""
 
     kind = "sql"
     exclusive = False
@@ -84,16 +46,6 @@ class SqlEngine:
         self.instance = ""
 
     # -- what a subclass provides --------------------------------------------------------------
-
-    def _transaction(self) -> AbstractContextManager[Db]:
-        raise NotImplementedError
-
-    def _reading(self) -> AbstractContextManager[Db]:
-        raise NotImplementedError
-
-    def _match(self, words: Sequence[str]) -> tuple[str, list[object]]:
-        """SQL true for a final `f` whose text has every word, and its parameters."""
-        raise NotImplementedError
 
     def _dead_instances(self, db: Db, instance: str, now: float, lease_s: float) -> list[tuple[str, float]]:
         """The other processes known to be gone, with their last sign of life."""
@@ -199,6 +151,8 @@ class SqlEngine:
                 self.instance,
             ),
         )
+        if not events.receivers:
+            return 0
         data = webhooks.started_data(stored_call_of(start))
         return self._event(db, events, start.call_sid, 0, webhooks.CALL_STARTED, data, start.started_at)
 
@@ -207,7 +161,7 @@ class SqlEngine:
         if utterance is None:
             return 0
         inserted = db.execute(
-            f"INSERT INTO finals (call_sid, {_FINAL_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO finals (call_sid, {FINAL_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (call_sid, seq) DO NOTHING",
             (
                 item.call_sid,
@@ -223,7 +177,7 @@ class SqlEngine:
                 item.received_at,
             ),
         )
-        if not inserted.rowcount:
+        if not inserted.rowcount or not events.receivers:
             return 0
         data = webhooks.final_data(utterance)
         return self._event(db, events, item.call_sid, item.seq, webhooks.TRANSCRIPT_FINAL, data, item.received_at)
@@ -315,161 +269,3 @@ class SqlEngine:
             deleted += len(rows)
             if len(rows) < 500:
                 return deleted
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def history(self, call_sid: str) -> list[tuple[int, str]]:
-        with self._reading() as db:
-            rows = db.execute("SELECT seq, raw FROM finals WHERE call_sid = ? ORDER BY seq", (call_sid,)).fetchall()
-        return [(int(seq), raw) for seq, raw in rows]
-
-    def list_calls(self, query: CallQuery) -> tuple[list[StoredCall], Cursor | None]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.words:
-            match, match_params = self._match(query.words)
-            snippet = f"(SELECT f.text FROM finals f WHERE f.call_sid = c.call_sid AND {match} ORDER BY f.seq LIMIT 1)"
-            params += match_params
-            where.append(f"EXISTS (SELECT 1 FROM finals f WHERE f.call_sid = c.call_sid AND {match})")
-            where_params: list[object] = list(match_params)
-        else:
-            snippet = (
-                "(SELECT f.text FROM finals f WHERE f.call_sid = c.call_sid AND f.text <> '' ORDER BY f.seq LIMIT 1)"
-            )
-            where_params = []
-        if query.call_sid is not None:
-            where.append("c.call_sid = ?")
-            where_params.append(query.call_sid)
-        if query.number_digits:
-            where.append("(c.from_digits = ? OR c.to_digits = ?)")
-            where_params += [query.number_digits, query.number_digits]
-        if query.since is not None:
-            where.append("c.started_at >= ?")
-            where_params.append(query.since)
-        if query.until is not None:
-            where.append("c.started_at < ?")
-            where_params.append(query.until)
-        if query.live is not None:
-            where.append("c.ended_at IS NULL" if query.live else "c.ended_at IS NOT NULL")
-        if query.after is not None:
-            where.append("(c.started_at < ? OR (c.started_at = ? AND c.call_sid < ?))")
-            where_params += [query.after.started_at, query.after.started_at, query.after.call_sid]
-        sql = (
-            f"SELECT {_CALL_COLUMNS}, {snippet} FROM calls c WHERE {' AND '.join(where) or '1 = 1'}"
-            " ORDER BY c.started_at DESC, c.call_sid DESC LIMIT ?"
-        )
-        with self._reading() as db:
-            rows = db.execute(sql, [*params, *where_params, query.limit + 1]).fetchall()
-        calls = [_stored_call(row) for row in rows[: query.limit]]
-        more = len(rows) > query.limit
-        return calls, Cursor(calls[-1].started_at, calls[-1].call_sid) if more else None
-
-    def get_call(self, call_sid: str) -> StoredCall | None:
-        with self._reading() as db:
-            return self._get_call(db, call_sid)
-
-    def _get_call(self, db: Db, call_sid: str) -> StoredCall | None:
-        row = db.execute(f"SELECT {_CALL_COLUMNS}, '' FROM calls c WHERE c.call_sid = ?", (call_sid,)).fetchone()
-        return None if row is None else _stored_call(row)
-
-    def utterances(self, call_sid: str) -> list[Utterance]:
-        with self._reading() as db:
-            return self._utterances(db, call_sid)
-
-    def _utterances(self, db: Db, call_sid: str) -> list[Utterance]:
-        rows = db.execute(
-            f"SELECT {_FINAL_COLUMNS} FROM finals WHERE call_sid = ? ORDER BY seq", (call_sid,)
-        ).fetchall()
-        return [
-            Utterance(
-                seq=int(seq),
-                channel=int(channel),
-                speaker=speaker,
-                start=float(start),
-                end=float(end),
-                text=text,
-                confidence=float(confidence),
-                request_id=request_id,
-                raw=raw,
-            )
-            for seq, channel, speaker, start, end, text, confidence, request_id, raw in rows
-        ]
-
-    # -- the webhook outbox --------------------------------------------------------------------
-
-    def outbox_heads(self, instance: str, receiver: str, now: float, limit: int) -> list[OutboxEvent]:
-        with self._reading() as db:
-            rows = db.execute(
-                f"SELECT o.id, o.call_sid, o.seq, o.event_id, o.kind, o.body, o.attempts, o.created_at {_HEADS}"
-                " AND o.next_at <= ? ORDER BY o.id LIMIT ?",
-                (receiver, instance, now, limit),
-            ).fetchall()
-        return [OutboxEvent(*row) for row in rows]
-
-    def outbox_state(self, instance: str, receiver: str) -> OutboxState:
-        with self._reading() as db:
-            pending, oldest = db.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE receiver = ? AND instance = ?", (receiver, instance)
-            ).fetchone()
-            (due,) = db.execute(f"SELECT MIN(o.next_at) {_HEADS}", (receiver, instance)).fetchone()
-        return OutboxState(int(pending), oldest, due)
-
-    def outbox_settle(self, settlement: Settlement) -> None:
-        with self._transaction() as db:
-            for event_id in (*settlement.delivered, *settlement.dropped):
-                db.execute("DELETE FROM outbox WHERE id = ?", (event_id,))
-            for event_id, attempts, next_at, error in settlement.retry:
-                db.execute(
-                    "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
-                    (attempts, next_at, error[:500], event_id),
-                )
-
-
-def _stored_call(row: Sequence[Any]) -> StoredCall:
-    (
-        call_sid,
-        stream_sid,
-        account_sid,
-        from_number,
-        to_number,
-        direction,
-        tracks,
-        started_at,
-        ended_at,
-        outcome,
-        reason,
-        audio_s,
-        padding_s,
-        connections,
-        request_ids,
-        game_code,
-        parameters,
-        snippet,
-    ) = row
-    return StoredCall(
-        call_sid=call_sid,
-        stream_sid=stream_sid,
-        account_sid=account_sid,
-        from_number=from_number,
-        to_number=to_number,
-        direction=direction,
-        tracks=tuple(tracks.split(",")) if tracks else (),
-        started_at=float(started_at),
-        ended_at=None if ended_at is None else float(ended_at),
-        outcome=outcome,
-        reason=reason,
-        audio_s=audio_s,
-        padding_s=padding_s,
-        deepgram_connections=connections,
-        request_ids=tuple(json.loads(request_ids or "[]")),
-        game_code=game_code,
-        parameters=json.loads(parameters or "{}"),
-        snippet=_shorten(snippet or ""),
-    )
-
-
-def _shorten(text: str) -> str:
-    if len(text) <= SNIPPET_CHARS:
-        return text
-    cut = text[:SNIPPET_CHARS].rsplit(" ", 1)[0]
-    return cut + " …"

@@ -25,9 +25,13 @@ from typing import IO
 
 from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
 from callscribe.server.store import StoreError, StoreUnavailable
-from callscribe.server.store_sql import Db, SqlEngine
+from callscribe.server.store_reads import Db
+from callscribe.server.store_sql import SqlEngine
 
 BUSY_TIMEOUT_S = 5.0
+CACHE_KIB = 512
+"""SQLite's page cache per connection (its default is 2 MiB): writes append at the end of the
+tables, and reads have the operating system's file cache."""
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -164,6 +168,7 @@ class SqliteEngine(SqlEngine):
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._all.append(connection)
         return connection
 

@@ -4,7 +4,8 @@
 `call_ended` appends one small record to a bounded queue (and numbers the call's finals 1, 2, 3,
 ...); nothing else happens on the call's task. One writer task per process takes what has queued
 (waiting `BATCH_WINDOW_S` after the first record, so that a busy server writes a few large
-transactions a second rather than one per final) and runs it as one transaction in a worker thread.
+transactions a second rather than one per final; the history of late subscribers includes what
+still waits, so the wait delays only the API and webhooks) and runs it as one transaction in a worker thread.
 
 When the database is down or slow, the writer keeps its batch and retries (0.5 s, doubling to 5 s)
 while the queue fills; once the queue is full, finals are dropped and counted (a call's start and
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOW_S = 0.05
-"""After the first record of a batch, how long the writer waits for more."""
+BATCH_WINDOW_S = 0.2
+"""After the first record of a batch, how long the writer waits for more: a few transactions a second
+whatever the load (each transaction has a fixed cost: its commit, a new FTS5 segment to merge later)."""
 BATCH_MAX = 2000
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
