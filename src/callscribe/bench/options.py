@@ -83,6 +83,8 @@ class Settings:
     soak_minutes: float = 10.0
     soak_calls: int = 50
     soak_call_seconds: float = 60.0
+    viewer_rounds: int = 3
+    """Rounds of the viewers scenario (1 viewer, then 50, each round)."""
     profile: bool = False
     profile_calls: int = 100
     store_calls: int | None = None

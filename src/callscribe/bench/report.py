@@ -178,6 +178,11 @@ def markdown(results: dict[str, Any]) -> str:
         from callscribe.bench.store_ab import store_markdown
 
         out += ["## Call store", "", _stamp(store), "", *store_markdown(store), ""]
+    viewers = results.get("viewers")
+    if viewers:
+        from callscribe.bench.viewers import viewers_markdown
+
+        out += ["## Viewers", "", _stamp(viewers), "", *viewers_markdown(viewers)]
     profile = results.get("profile")
     if profile:
         out += ["## Profile", "", _stamp(profile), "", profile_markdown(profile), ""]

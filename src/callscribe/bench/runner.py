@@ -17,7 +17,7 @@ from pathlib import Path
 
 from callscribe.bench.options import DEFAULT_STEPS, Options, Settings
 
-SCENARIOS = ("ramp", "floor", "fanout", "soak", "store")
+SCENARIOS = ("ramp", "floor", "fanout", "soak", "store", "viewers")
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -46,7 +46,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         choices=(*SCENARIOS, "all"),
         help="what to run (repeatable): ramp, floor, fanout, soak, store (the call store off and on, in"
-        " interleaved rounds), or all (default: ramp, floor and fanout; soak and store run only when asked)",
+        " interleaved rounds), viewers (1 call watched by 1 and by 50 subscribers), or all (default: ramp,"
+        " floor and fanout; soak, store and viewers run only when asked)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
     parser.add_argument(
@@ -145,6 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             soak_call_seconds=20.0,
             refine=0,
             profile_calls=10,
+            viewer_rounds=2,
         )
     if args.steps:
         s.steps = args.steps
@@ -267,6 +269,11 @@ def run_from_cli(args: argparse.Namespace) -> int:
                 f"== store: {store_calls(settings, ramp)} calls, the store off and on, {settings.store_rounds} rounds"
             )
             results["store"] = {**scenario_store(opts, settings, ramp), **stamp}
+        if "viewers" in chosen:
+            from callscribe.bench.viewers import VIEWERS, scenario_viewers
+
+            opts.say(f"== viewers: 1 call watched by 1 and by {VIEWERS} subscribers, {settings.viewer_rounds} rounds")
+            results["viewers"] = {**scenario_viewers(opts, settings), **stamp}
         if settings.profile:
             opts.say(f"== profile: {settings.profile_calls} calls under py-spy")
             path = out / f"profile-{settings.profile_calls}-calls.folded"

@@ -11,6 +11,7 @@ Routes:
 - `/api/calls`   (GET, DELETE) the call store's REST API, see api.py.
 - `/metrics`     (GET) Prometheus metrics.
 - `/healthz`     (GET) JSON with the live counts.
+- `/`, `/ui/...`, `/api/session`, `/api/games`, `/api/events`: the dashboard, see dashboard.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
 from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.call_feed import CallFeed, ObservedHub
+from callscribe.server.dashboard import Dashboard
+from callscribe.server.dashboard import add_routes as add_dashboard_routes
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
 from callscribe.server.hub import (
     CLOSE_GOING_AWAY,
@@ -103,7 +107,9 @@ class Server:
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
         self.forward_number = forward_number
-        self.hub: Hub = hub if hub is not None else InMemoryHub()
+        self.feed = CallFeed(self._live_call, self.games)
+        """The dashboard's call feed: it sees what calls tell the hub (call_feed.py)."""
+        self.hub: Hub = ObservedHub(hub if hub is not None else InMemoryHub(), self.feed)
         self.supervisor = Supervisor(settings, self.hub, self.games, connect, store or NO_RECORDER)
         self.metrics = self.supervisor.metrics
         if store is not None:
@@ -113,6 +119,9 @@ class Server:
     @property
     def calls(self) -> set[Call]:
         return self.supervisor.calls
+
+    def _live_call(self, call_sid: str) -> Call | None:
+        return next((call for call in self.supervisor.calls if call.call_sid == call_sid), None)
 
     async def shutdown(self, grace_s: float) -> None:
         await self.supervisor.shutdown(grace_s)
@@ -502,5 +511,7 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:
         return server.supervisor.health(), 200
+
+    add_dashboard_routes(app, Dashboard(server, server.feed, history=server.store is not None))
 
     return app

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,6 +166,8 @@ async def _run(
         await server.shutdown(settings.shutdown_grace_s)
 
     async def watch_signals() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread gets signals; a program serving from another thread sets `stop`
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)

@@ -1,10 +1,11 @@
 """`callscribe demo`: callscribe end to end on this machine, with no account and no phone.
 
 One process runs the fake Deepgram (whose "recognition" is a scripted conversation), the real
-server on 127.0.0.1:5000, and simulated Twilio calls one after another, and prints each call's live
-transcript the way `callscribe listen` does, through a real `/client` subscription. The server is
-a real one: `callscribe listen --all`, websocat or a browser can follow the calls from elsewhere
-while the demo runs, until Ctrl-C or `--duration` seconds.
+server on 127.0.0.1:5000 (with a call store in a temporary folder, so that its dashboard has a
+history), and simulated Twilio calls one after another, and prints each call's live transcript the
+way `callscribe listen` does, through a real `/client` subscription. The server is a real one: its
+dashboard (http://127.0.0.1:5000/), `callscribe listen --all` or websocat can follow the calls
+from elsewhere while the demo runs, until Ctrl-C or `--duration` seconds.
 
 With `--game` every call is a game call: a demo game joins `/game` and gets a code, the caller
 says it and is patched in, the game greets them (speech from a fake Deepgram Aura, played back by
@@ -35,6 +36,7 @@ from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import StartupError, leaves, serve
+from callscribe.server.store import StoreSettings
 from callscribe.testing.call_plan import CallSpec
 from callscribe.testing.call_runner import run_call
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
@@ -46,7 +48,8 @@ log = logging.getLogger(__name__)
 
 API_KEY = "demo"
 DEMO_NUMBER = "+15555550100"
-"""The number the demo's game is shown (555-01xx numbers are fictional)."""
+"""The number the demo's game is shown, and that its callers call (555-01xx numbers are fictional)."""
+CALLER_NUMBER = "+15555550123"
 LINE_S = 1.5
 """Seconds of audio per line of the script: the fake Deepgram's result interval."""
 CALL_S = 14.0
@@ -146,7 +149,8 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="callscribe-demo-") as folder:
         codes_file = str(Path(folder) / "codes.json")
         await trio.Path(codes_file).write_text(json.dumps({"game_codes": [GAME_CODE]}))
-        await _run(terminal, fake, aura, codes_file, stop, game=game, deadline=deadline, port=port)
+        store = StoreSettings(location=str(Path(folder) / "callscribe.db"))  # the page's history, for this run
+        await _run(terminal, fake, aura, codes_file, store, stop, game=game, deadline=deadline, port=port)
 
 
 async def _run(
@@ -154,6 +158,7 @@ async def _run(
     fake: FakeDeepgram,
     aura: FakeAura,
     codes_file: str,
+    store: StoreSettings,
     stop: trio.Event,
     *,
     game: bool,
@@ -171,6 +176,7 @@ async def _run(
             games=GameSettings(phone_number=DEMO_NUMBER, codes_file=codes_file),
             speech="aura",
             speak_url=aura.url,
+            store=store,
         )
         server_done = trio.Event()
 
@@ -183,7 +189,8 @@ async def _run(
         (bind,) = await nursery.start(run_server)
         url = "ws://" + bind.split("://", 1)[1]
         show = terminal.show
-        show([_info(f"callscribe demo: the server listens on {url}, Deepgram is a local fake (Ctrl-C to stop)")])
+        page = "http://" + bind.split("://", 1)[1] + "/"
+        show([_info(f"callscribe demo: open {page} to watch the calls; Deepgram is a local fake (Ctrl-C to stop)")])
         show([_info("follow the calls from another terminal too: callscribe listen --all" + _url_flag(url))])
         if game:
             code = await nursery.start(_demo_game, url, terminal)
@@ -211,12 +218,16 @@ async def _call(url: str, terminal: Terminal, *, game: bool, seconds: float) -> 
     if game:
         spec = CallSpec(
             inbound=audio.generate_tone(seconds, 440.0),
-            custom_parameters={"route": "game"},
+            custom_parameters={"route": "game", "From": CALLER_NUMBER, "To": DEMO_NUMBER},
             dtmf=[(GAME_KEY_AT_S, GAME_KEY)] if seconds > GAME_KEY_AT_S + 1 else [],
         )
         who = "a caller, patched into the game"
     else:
-        spec = CallSpec(inbound=audio.generate_tone(seconds, 440.0), outbound=audio.generate_tone(seconds, 660.0))
+        spec = CallSpec(
+            inbound=audio.generate_tone(seconds, 440.0),
+            outbound=audio.generate_tone(seconds, 660.0),
+            custom_parameters={"From": CALLER_NUMBER, "To": DEMO_NUMBER},  # what /twiml passes on
+        )
         who = "a caller and the other party"
     view = TranscriptView()
     terminal.show([_info(f"call {spec.call_sid}: {who}, {seconds:.0f} s")])
