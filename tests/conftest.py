@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -20,6 +21,9 @@ from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 API_KEY = "test-key"
 
@@ -219,3 +223,21 @@ async def wait_until_live(server: RunningServer, call_sid: str) -> None:
                 if call_sid in json.loads(await ws.get_message()):
                     return
             await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own (see tests/redis_server.py), killed at the end."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

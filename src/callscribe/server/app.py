@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
+from callscribe.core.fanout import ResumeRequest, resume_request
 from callscribe.core.twiml import game_twiml, transcription_twiml
 from callscribe.server.call import Call, CallSettings, Connector
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
@@ -179,14 +180,18 @@ class Server:
                 )
                 await _close(ws, CLOSE_POLICY, "token not valid for this call")
                 return None
-            await self._subscribe(ws, peer, call_sid)
+            resume = resume_request(ws.query_string.decode("latin-1"))
+            if resume.error:
+                await _refuse_resume(ws, peer, resume.error)
+                return None
+            await self._subscribe(ws, peer, call_sid, resume)
         if scope.cancelled_caught:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
         return None
 
-    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str) -> None:
+    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest) -> None:
         try:
-            async with self.hub.subscribe(call_sid) as subscription:
+            async with self.hub.subscribe(call_sid, ids=resume.ids, after=resume.after) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -310,6 +315,13 @@ async def _discard_incoming(ws: Websocket) -> None:
     """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
     while True:
         await ws.receive()
+
+
+async def _refuse_resume(ws: Websocket, peer: str, reason: str) -> None:
+    """A subscriber's `ids`/`after` do not parse (see callscribe.core.fanout.resume_request)."""
+    log.info("subscriber %s refused: %s", peer, reason)
+    await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": reason}))
+    await _close(ws, CLOSE_POLICY, "bad ids or after")
 
 
 async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
