@@ -95,7 +95,7 @@ def final(transcript: str) -> dict:
 async def test_the_speaker_carries_out_barge_in_and_stops_the_synthesis(nursery: trio.Nursery) -> None:
     engine = HoldingEngine()
     registry = GameRegistry(GameSettings(), engine, CodePool(["42"]))
-    game = registry.join("peer")
+    game = await registry.join("peer")
     assert game is not None
     twilio = FakeTwilio()
     patch = registry.patch_for("CA1", "MZ1", twilio.send)
@@ -134,7 +134,7 @@ async def test_game_commands_before_a_call_is_patched() -> None:
 
 async def test_a_game_that_leaves_is_reported_as_disconnected_unless_the_server_ended_it() -> None:
     registry = GameRegistry(GameSettings(), None, CodePool(["1", "2"]))
-    leaver, kept = registry.join("a"), registry.join("b")
+    leaver, kept = await registry.join("a"), await registry.join("b")
     assert leaver is not None and kept is not None
     registry.leave(leaver)
     assert (leaver.outbox.close_code, leaver.outbox.close_reason) == (1000, "game disconnected")

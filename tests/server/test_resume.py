@@ -96,7 +96,7 @@ async def test_resuming_after_an_id_misses_nothing_and_repeats_nothing(pair: tup
             await call.publish("CA1", result(n))
             await call.publish("CA1", '{"type":"Results","is_final":false}', droppable=True)
         seen = [json.loads(m) for m in await take(first, 10)]
-    last_id = [m for m in seen if m["type"] == "Results" and m.get("n") == 2][0]["id"]
+    last_id = next(m for m in seen if m["type"] == "Results" and m.get("n") == 2)["id"]
     for n in range(5, 8):  # published while nobody listens
         await call.publish("CA1", result(n))
     async with follow.subscribe("CA1", after=last_id) as again:

@@ -258,7 +258,13 @@ class Server:
         admitted = await self._admit(ws, "a game")
         if not isinstance(admitted, Verdict):
             return admitted
-        game = self.games.join(peer)
+        try:
+            game = await self.games.join(peer)
+        except HubUnavailable as error:
+            log.warning("game %s turned away: %s", peer, error)
+            await ws.send(error_message(f"game codes are unavailable: {error}"))
+            await _close(ws, CLOSE_TRY_AGAIN_LATER, "game codes unavailable, try again later")
+            return None
         if game is None:
             log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
             await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))

@@ -142,6 +142,21 @@ OPTIONS = [
         "Deepgram Aura text-to-speech endpoint",
         "https://api.deepgram.com/v1/speak",
     ),
+    # -- several processes ------------------------------------------------------------------------
+    Option(
+        "--workers",
+        "CALLSCRIBE_WORKERS",
+        "server processes sharing the port (SO_REUSEPORT), supervised; auto = one per CPU core;"
+        " more than 1 needs CALLSCRIBE_REDIS_URL",
+        "1",
+    ),
+    Option(
+        "--redis-lease",
+        "CALLSCRIBE_REDIS_LEASE",
+        "seconds within which the death of a process sharing Redis is noticed: its calls end for"
+        " subscribers elsewhere (1011) and its game codes are freed",
+        "30",
+    ),
 ]
 
 
@@ -171,6 +186,9 @@ class ServerSettings:
     token_secret: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     redis_url: str | None = None
+    # -- several processes
+    workers: int = 1
+    lease_s: float = 30.0
 
     @property
     def tls(self) -> bool:
@@ -304,6 +322,14 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"CALLSCRIBE_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
 
+    workers = _workers(values["CALLSCRIBE_WORKERS"] or "")
+    if workers > 1 and not redis_url:
+        raise ConfigError(
+            f"CALLSCRIBE_WORKERS={values['CALLSCRIBE_WORKERS']} runs {workers} processes, which share calls, subscribers"
+            " and game codes through Redis: set CALLSCRIBE_REDIS_URL (or run one worker)"
+        )
+    lease = _number(values, "CALLSCRIBE_REDIS_LEASE", 1, 3600)
+
     call = CallSettings(
         deepgram_url=url,
         deepgram_api_key=api_key,
@@ -335,6 +361,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         token_secret=token_secret,
         allowed_origins=frozenset(o.rstrip("/") for o in _list(values["CALLSCRIBE_ALLOWED_ORIGINS"])),
         redis_url=redis_url,
+        workers=workers,
+        lease_s=lease,
     )
 
 
@@ -349,6 +377,15 @@ def health_url(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
         host = "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
     return f"{'https' if values['CERT_PEM'] else 'http'}://{host}:{port}/healthz"
+
+
+def _workers(text: str) -> int:
+    """`CALLSCRIBE_WORKERS`: a count from 1 to 64, or auto (the CPU cores this process may use)."""
+    if text.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise ConfigError(f"CALLSCRIBE_WORKERS must be a number from 1 to 64, or auto, not {text!r}")
+    return int(text)
 
 
 def _list(text: str | None) -> frozenset[str]:

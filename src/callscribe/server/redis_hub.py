@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -180,7 +180,9 @@ class RedisHub:
         for script in (KEEP, END_STREAM, BURY, JOIN):
             self.link.register_script(script)
         self.link.renewals.append(self._renew)
-        self._outbox = Outbox(self.link, outbox_size)
+        self._outbox = self.outbox = Outbox(self.link, outbox_size)
+        self.services: list[Callable[[], Awaitable[None]]] = []
+        """More tasks to run beside the hub's (the Redis games')."""
         self._listener = PubSubListener(
             self.link,
             dispatch=self._on_message,
@@ -195,7 +197,7 @@ class RedisHub:
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._channel_prefix = self.link.key("fanout", "")
         self.extra_channels: list[str] = []
-        self.on_channel_message: dict[str, Any] = {}
+        self.on_channel_message: dict[str, Callable[[object], None]] = {}
         """Channels other than the calls' that the pub/sub connection is to carry, and who gets them."""
         self._malformed = Sparse("skipped %d malformed pub/sub message(s), the last on call %s: %.60r")
 
@@ -210,6 +212,8 @@ class RedisHub:
             await nursery.start(self._listener.run)
             nursery.start_soon(self._outbox.run)
             nursery.start_soon(self._watch)
+            for service in self.services:
+                nursery.start_soon(service)
             task_status.started()
 
     # -- the calls' side: acts here at once, queues the Redis writes -------------------------------

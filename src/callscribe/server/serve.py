@@ -113,10 +113,12 @@ async def serve(
             "no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game"
         )
     if hub is None and settings.redis_url:
+        from callscribe.server.redis_games import RedisGames
         from callscribe.server.redis_hub import RedisHub
 
         await _reach_redis(settings.redis_url)
-        hub = RedisHub(settings.redis_url)
+        hub = RedisHub(settings.redis_url, lease_s=settings.lease_s)
+        RedisGames(hub, games)  # game codes and patches across processes, run by the hub
         log.info("hub: Redis at %s", _without_credentials(settings.redis_url))
     app = create_app(
         settings.call,
