@@ -136,6 +136,7 @@ async def start_server(
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
+    lease_s: float = 30.0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -156,6 +157,7 @@ async def start_server(
         token_secret=token_secret,
         allowed_origins=allowed_origins,
         redis_url=redis_url,
+        lease_s=lease_s,
     )
     stop, done = trio.Event(), trio.Event()
 
