@@ -217,8 +217,9 @@ class Hub(Protocol):
     def stats(self) -> dict[str, int]:
         """Counts for health checks: {"calls": ..., "subscribers": ...}."""
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
-        """End every subscription with 1001."""
+    async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
+        """End every subscription with 1001; subscribers of calls streaming into other processes
+        first get up to `grace_s` to receive their calls' ends."""
 
 
 class _CallEntry:
@@ -330,7 +331,7 @@ class InMemoryHub:
             "subscribers": sum(len(entry.subscriptions) for entry in self._calls.values()),
         }
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
+    async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
         for entry in (*self._calls.values(), *self._ended.values()):
             for subscription in entry.subscriptions:
                 subscription.end(CLOSE_GOING_AWAY, reason)

@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 
 NOTICE_TTL_S = 24 * 3600
 DEAD_REASON = "the call's server stopped answering"
+NO_ORIGIN = "*" * 8
+"""The origin of what a process writes for a dead call: delivered through Redis to every subscriber,
+the burying process's own included (it has not delivered it directly)."""
 
 KEEP = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'k', ARGV[2], 'o', ARGV[3], 't', ARGV[4])
@@ -130,8 +133,8 @@ redis.call('EXPIRE', KEYS[4], ARGV[7])
 return 1
 """
 """A call whose processes died: its notice and its end (1011) into the history, if nobody did yet.
-KEYS: owners, calls, notice, history, channel; ARGV: callSid, stale-before time, cap, origin,
-notice, end text, history TTL."""
+KEYS: owners, calls, notice, history, channel; ARGV: callSid, stale-before time, cap, origin
+(`NO_ORIGIN`), notice, end text, history TTL."""
 
 JOIN = """
 local notice = redis.call('GET', KEYS[1]) or ''
@@ -195,6 +198,8 @@ class RedisHub:
         """The pub/sub connection, which the Redis games share."""
         self._local_streams: dict[str, int] = {}
         self._subscriptions: dict[str, set[Subscription]] = {}
+        self._listening: dict[str, trio.Event] = {}
+        """Per followed call: set once the pub/sub connection is subscribed to its channel."""
         self._channel_prefix = self.link.key("fanout", "")
         self.extra_channels: list[str] = []
         self.on_channel_message: dict[str, Callable[[object], None]] = {}
@@ -317,7 +322,7 @@ class RedisHub:
                     if vouched is not None and vouched < stale_before:
                         log.warning("call %s: %s; ending its subscribers with 1011", call_sid, DEAD_REASON)
                         dead = [dead_notice(call_sid), end_text(CLOSE_INTERNAL_ERROR, DEAD_REASON)]
-                        args: list[str | float] = [call_sid, stale_before, HISTORY, self.link.origin, *dead]
+                        args: list[str | float] = [call_sid, stale_before, HISTORY, NO_ORIGIN, *dead]
                         args.append(RESUME_WINDOW_S)
                         await self.link.client.evalsha(self.link.script(BURY), self._call_keys(call_sid), args)
         except REDIS_ERRORS as error:
@@ -356,27 +361,37 @@ class RedisHub:
         subscription.hold()  # live messages wait while the history is read
         local = self._subscriptions.setdefault(call_sid, set())
         local.add(subscription)
+        listening = self._listening.get(call_sid)
+        first = listening is None
+        if listening is None:
+            listening = self._listening[call_sid] = trio.Event()
         try:
             try:
+                if first:
+                    try:
+                        await self._listener.subscribe(self._channel_prefix + call_sid)
+                    finally:
+                        listening.set()
+                else:  # the channel's messages reach this process once the first one subscribed
+                    with trio.move_on_after(self.link.timeout):
+                        await listening.wait()
                 with self.link.deadline():
                     joined = await self.link.client.evalsha(
                         self.link.script(JOIN),
                         [self._key("notice", call_sid), self._key("history", call_sid), self._key("calls")],
                         [call_sid],
                     )
-                notice, last, trimmed, first, vouched = (str(x) for x in cast(list[Any], joined))
+                notice, last, trimmed, oldest, vouched = (str(x) for x in cast(list[Any], joined))
                 live = call_sid in self._local_streams or (vouched != "" and float(vouched) >= self.link.stale_before())
                 if not live and (after is None or not last):
                     raise UnknownCall(call_sid)
-                if len(local) == 1:
-                    await self._listener.subscribe(self._channel_prefix + call_sid)
                 before: list[tuple[str, str, str]] = []  # (id, kind, text)
                 if after is None:
                     if notice:
                         notice_id, _, text = notice.partition(" ")
                         before.append((notice_id, MESSAGE, text))
-                elif trimmed and first and id_key(after) < id_key(first):
-                    before.append(("", MESSAGE, gap_notice(call_sid, after, first)))
+                elif trimmed and oldest and id_key(after) < id_key(oldest):
+                    before.append(("", MESSAGE, gap_notice(call_sid, after, oldest)))
                 start = after if after is not None else (last or "0-0")
                 before += await self._history(call_sid, start, subscription)
                 if not live and not any(kind == END for _, kind, _ in before):
@@ -393,6 +408,8 @@ class RedisHub:
             local.discard(subscription)
             if not local and self._subscriptions.get(call_sid) is local:
                 del self._subscriptions[call_sid]
+                if self._listening.get(call_sid) is listening:
+                    del self._listening[call_sid]
                 await self._listener.unsubscribe(self._channel_prefix + call_sid)
 
     async def _history(self, call_sid: str, after: str, subscription: Subscription) -> list[tuple[str, str, str]]:
@@ -428,8 +445,13 @@ class RedisHub:
         """This process's share: its calls' streams and its subscribers."""
         return {"calls": len(self._local_streams), "subscribers": sum(map(len, self._subscriptions.values()))}
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
-        """End every subscription with 1001, then give the outbox (the calls' ends) a moment to reach Redis."""
+    async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
+        """Give this process's subscribers of calls on other processes up to `grace_s` to get their
+        calls' ends (those processes may be draining too), end every other subscription with 1001,
+        then give the outbox (the calls' ends) a moment to reach Redis."""
+        with trio.move_on_after(grace_s):
+            while any(sid not in self._local_streams for sid in self._subscriptions):
+                await trio.sleep(0.05)
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
                 subscription.end(CLOSE_GOING_AWAY, reason)

@@ -84,13 +84,14 @@ class Supervisor:
     async def shutdown(self, grace_s: float) -> None:
         """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
         self.closing = True
+        deadline = trio.current_time() + grace_s
         for call in list(self.calls):
             call.end_input(CLOSE_GOING_AWAY, "server shutting down")
         if self.calls:
             self._idle = trio.Event()
             with trio.move_on_after(grace_s):
                 await self._idle.wait()
-        await self.hub.shutdown()
+        await self.hub.shutdown(grace_s=max(0.0, deadline - trio.current_time()))
         self.games.shutdown()
         for scope in list(self._connection_scopes):
             scope.cancel()
