@@ -31,7 +31,7 @@ class ServerProcess:
 
     async def start(self, ready_line: str = "") -> ServerProcess:
         """Start it, and wait until /healthz answers (and `ready_line` is in the log)."""
-        with self.log_path.open("ab") as log:  # noqa: ASYNC230 -- a local file, opened once
+        with self.log_path.open("ab") as log:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "callscribe", "serve", *self.args],
                 env=self.env,
