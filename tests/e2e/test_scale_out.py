@@ -4,7 +4,10 @@ killed mid-call, and `callscribe serve --workers 2`."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import trio_websocket
 from callscribe.core.audio import generate_tone
 from callscribe.core.fanout import id_key
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
-from callscribe.testing.fake_deepgram import FakeDeepgram
+from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, RunningServer, Subscriber, subscribe, wait_until_live
 from game_client import GameClient, game_call, play, say_when_connected
@@ -175,16 +178,28 @@ async def test_three_processes_one_redis(
         assert await process.terminate() == 0
 
 
+def readme_recipe() -> tuple[str, dict[str, str], list[str]]:
+    """The README's "Several processes" recipe: the fake's API key, the server's environment and arguments."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("## Several processes")[1].split("```sh\n")[1].split("```")[0]
+    fake_line, serve_line = block.strip().splitlines()
+    fake_words, words = shlex.split(fake_line), shlex.split(serve_line)
+    assert fake_words[:3] == ["callscribe", "fake-deepgram", "--api-key"] and fake_words[-1] == "&"
+    env = dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
+    return fake_words[3], env, words[len(env) :]
+
+
 async def test_workers_share_the_port_and_every_call(
-    fake_deepgram: FakeDeepgram, redis_server: RedisServer, processes: list[ServerProcess], tmp_path: Path
+    nursery: trio.Nursery, redis_server: RedisServer, processes: list[ServerProcess], tmp_path: Path
 ) -> None:
-    env = {
-        "DEEPGRAM_API_KEY": API_KEY,
-        "DEEPGRAM_URL": fake_deepgram.url,
-        "CALLSCRIBE_REDIS_URL": redis_server.url,
-        "CALLSCRIBE_LOG_LEVEL": "info",
-    }
-    supervisor = ServerProcess(env, tmp_path / "workers.log", "--workers", "2")
+    """Run as the README says (its Redis and fake Deepgram at this test's own addresses)."""
+    api_key, env, argv = readme_recipe()
+    fake_deepgram = FakeDeepgram(FakeDeepgramBehaviour(api_key=api_key))
+    await nursery.start(fake_deepgram.serve)
+    assert env["CALLSCRIBE_REDIS_URL"] == "redis://127.0.0.1:6379" and argv[:2] == ["callscribe", "serve"]
+    assert env["DEEPGRAM_URL"] == "ws://127.0.0.1:8765/v1/listen" and "--workers" in argv
+    env |= {"CALLSCRIBE_REDIS_URL": redis_server.url, "DEEPGRAM_URL": fake_deepgram.url}
+    supervisor = ServerProcess(env, tmp_path / "workers.log", *argv[2:])
     processes.append(supervisor)
     await supervisor.start(ready_line="2 workers listening")
     server = supervisor.server
@@ -207,6 +222,14 @@ async def test_workers_share_the_port_and_every_call(
     assert len(call_pid) == 16 and len(set(call_pid.values())) == 2, log  # the kernel spread the calls
     joined = re.findall(r"\[(\d+)\] callscribe\.server\.app: call (CA\w+): subscriber", log)
     assert any(call_pid[sid] != pid for pid, sid in joined)  # followed from the other worker
+
+    # A worker that dies is restarted.
+    victim = int(next(iter(call_pid.values())))
+    os.kill(victim, signal.SIGKILL)
+    with trio.fail_after(20):
+        while supervisor.log.count("callscribe listening on") < 3:
+            await trio.sleep(0.1)
+    assert f"(pid {victim}) died (signal SIGKILL)" in supervisor.log
 
     # SIGTERM drains both workers: live calls are finished, their finals delivered.
     long_calls = [CallSpec(inbound=generate_tone(4.0)) for _ in range(4)]

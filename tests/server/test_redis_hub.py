@@ -330,3 +330,33 @@ async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
             await raw.publish(channel, 'e000000002-1 {"code": 1000, "reason": "call ended"}')
             with trio.fail_after(5):
                 assert [message async for message in fresh] == ["after"]
+
+
+async def test_two_streams_of_one_call_on_two_processes_are_one_call(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
+) -> None:
+    """Twilio's second stream for a call may reach another process: as on one process, both are
+    transcribed, every subscriber gets both, and the call ends when its last stream does."""
+    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    call_sid = "CA" + "2" * 32
+    first, second = (
+        CallSpec(inbound=noise(1.5, 7), call_sid=call_sid),
+        CallSpec(inbound=noise(3.0, 8), call_sid=call_sid),
+    )
+    on_a, on_b = Subscriber(), Subscriber()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(a.url("/twilio"), first, speed=1.0))
+        inner.start_soon(lambda: run_call(b.url("/twilio"), second, speed=1.0))
+        await wait_until_live(a, call_sid)
+        await inner.start(subscribe, a, call_sid, on_a)
+        await inner.start(subscribe, b, call_sid, on_b)
+    assert sorted(bytes(s.audio_by_channel[0]) for s in fake_deepgram.sessions) == sorted(
+        [first.inbound, second.inbound]
+    )
+    for subscriber in (on_a, on_b):
+        assert subscriber.types.count("Metadata") == 2 and subscriber.close_code == 1000
+    assert sorted(on_a.messages) == sorted(on_b.messages)  # (each process has its own stream first)
+    async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
+        assert json.loads(await ws.get_message()) == []
+    await _stop(a, b)
