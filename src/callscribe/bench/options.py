@@ -33,6 +33,11 @@ class Options:
     coalesce_tracks: bool = False
     """Write each call's 20 ms pair of frames with one ``send`` (see :class:`~callscribe.bench.calls.SimCall`)."""
     quiet: bool = False
+    # -- several processes (bench/scale.py)
+    workers: int = 1
+    """``callscribe serve --workers N``: N > 1 runs with a Redis of the step's own, the server on every CPU."""
+    split: bool = False
+    """Subscribers on a second server process (sharing a Redis of the step's own) rather than the calls' one."""
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -78,6 +83,9 @@ class Settings:
     soak_minutes: float = 10.0
     soak_calls: int = 50
     soak_call_seconds: float = 60.0
+    scale_rounds: int = 2
+    """Interleaved rounds of the workers and streams scenarios."""
+    streams_calls: int = 100
     profile: bool = False
     profile_calls: int = 100
     ramp_budget_s: float = 15 * 60

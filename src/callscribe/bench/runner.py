@@ -17,7 +17,7 @@ from pathlib import Path
 
 from callscribe.bench.options import DEFAULT_STEPS, Options, Settings
 
-SCENARIOS = ("ramp", "floor", "fanout", "soak")
+SCENARIOS = ("ramp", "floor", "fanout", "soak", "workers", "streams")
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -45,8 +45,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario",
         action="append",
         choices=(*SCENARIOS, "all"),
-        help="what to run (repeatable): ramp, floor, fanout, soak, or all "
-        "(default: ramp, floor and fanout; soak runs only when asked)",
+        help="what to run (repeatable): ramp, floor, fanout, soak, workers, streams, or all "
+        "(default: ramp, floor and fanout; the others run only when asked)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
     parser.add_argument(
@@ -115,6 +115,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="write each 20 ms pair of frames (both tracks) with one send (default: one send per frame)",
     )
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="ramp, floor and fanout against `serve --workers N` (N > 1: with Redis)"
+    )
+    parser.add_argument("--scale-rounds", type=int, help="interleaved rounds of workers and streams (default 2)")
+    parser.add_argument("--streams-calls", type=int, help="calls of the streams scenario (default 100)")
+    parser.add_argument(
+        "--baseline-pythonpath",
+        default=None,
+        help="streams: the tree to compare with (prepended to its server's PYTHONPATH)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -147,6 +157,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "soak_minutes",
         "soak_calls",
         "soak_call_seconds",
+        "scale_rounds",
+        "streams_calls",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -180,6 +192,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
         server_log_level=args.server_log_level,
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
         coalesce_tracks=args.coalesce_tracks,
+        workers=max(1, args.workers),
     )
     cpus = os.sched_getaffinity(0)
     if opts.pin and (
@@ -198,7 +211,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
 def run_from_cli(args: argparse.Namespace) -> int:
     """Run ``callscribe bench``; 0 when it ran (whatever it measured), 1 if it could not, 130 on Ctrl-C."""
     # `callscribe` builds every subcommand's parser at start: the machinery loads only when it runs.
-    from callscribe.bench import plot, report, scenarios
+    from callscribe.bench import plot, report, scale, scenarios
     from callscribe.bench.headline import headline_text
     from callscribe.bench.machine import machine_info
     from callscribe.bench.processes import kill_all
@@ -242,6 +255,12 @@ def run_from_cli(args: argparse.Namespace) -> int:
         if "soak" in chosen:
             opts.say(f"== soak: {settings.soak_calls} calls for {settings.soak_minutes:g} min")
             results["soak"] = {**scenarios.scenario_soak(opts, settings), **stamp}
+        if "workers" in chosen:
+            opts.say(f"== workers: --workers 1 and 2, {settings.scale_rounds} interleaved rounds")
+            results["workers"] = {**scale.scenario_workers(opts, settings), **stamp}
+        if "streams" in chosen:
+            opts.say(f"== streams: {settings.streams_calls} calls, their subscribers on another process")
+            results["streams"] = {**scale.scenario_streams(opts, settings, args.baseline_pythonpath), **stamp}
         if settings.profile:
             opts.say(f"== profile: {settings.profile_calls} calls under py-spy")
             path = out / f"profile-{settings.profile_calls}-calls.folded"
