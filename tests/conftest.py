@@ -136,6 +136,7 @@ async def start_server(
     token_secret: str | None = None,
     allowed_origins: frozenset[str] = frozenset(),
     redis_url: str | None = None,
+    read_tick_ms: int = 0,
     lease_s: float = 30.0,
     **call_settings: object,
 ) -> RunningServer:
@@ -157,6 +158,7 @@ async def start_server(
         token_secret=token_secret,
         allowed_origins=allowed_origins,
         redis_url=redis_url,
+        read_tick_ms=read_tick_ms,
         lease_s=lease_s,
     )
     stop, done = trio.Event(), trio.Event()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callscribe.core.mixer import SAMPLES_PER_MS, Mixer
+from callscribe.core.mixer import SAMPLES_PER_MS, Mixer, WindowGate
 
 FRAME = 160  # 20 ms
 
@@ -225,3 +225,58 @@ def test_lost_chunks_become_silence_and_every_other_chunk_keeps_its_place(chunks
         ), (true_position, len(got))
     last_position, last_chunk = placed[-1]
     assert last_position - SAMPLES_PER_MS < len(got) - len(last_chunk) <= last_position
+
+
+frames_with_jumps = st.lists(
+    st.tuples(
+        st.integers(0, 1),
+        st.one_of(st.integers(0, 3000), st.integers(0, 60_000)),  # now and then a clock jump
+        st.binary(min_size=1, max_size=400),
+    ),
+    max_size=80,
+)
+
+
+def in_reads(frames: list[tuple[int, int, bytes]], sizes: list[int]) -> list[list[tuple[int, int, bytes]]]:
+    """`frames` cut into socket reads of the given sizes (repeated as needed)."""
+    reads, position, size = [], 0, 0
+    while position < len(frames):
+        count = sizes[size % len(sizes)]
+        reads.append(frames[position : position + count])
+        position, size = position + count, size + 1
+    return reads
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    frames=frames_with_jumps,
+    sizes=st.lists(st.integers(1, 5), min_size=1),
+    window_ms=st.integers(20, 250),
+    jitter_ms=st.integers(0, 100),
+    max_gap_ms=st.sampled_from([10_000, 500]),
+)
+def test_handing_chunks_over_only_when_the_gate_says_delays_no_window(
+    frames: list[tuple[int, int, bytes]], sizes: list[int], window_ms: int, jitter_ms: int, max_gap_ms: int
+) -> None:
+    """Chunks come in socket reads. Mixing every read at once, and holding reads back until the gate
+    says a window is due, give the same windows after the same reads."""
+    options = {"window_ms": window_ms, "jitter_ms": jitter_ms, "max_gap_ms": max_gap_ms}
+    every_read, gated, gate = Mixer(2, **options), Mixer(2, **options), WindowGate(2, **options)
+    expected: list[tuple[int, bytes]] = []
+    got: list[tuple[int, bytes]] = []
+    held: list[tuple[int, int, bytes]] = []
+    for number, read in enumerate(in_reads(frames, sizes)):
+        for ch, ts, payload in read:
+            every_read.add(ch, ts, payload)
+            gate.add(ch, ts, len(payload))
+        expected += [(number, window) for window in every_read.windows()]
+        held += read
+        if gate.due():
+            for ch, ts, payload in held:
+                gated.add(ch, ts, payload)
+            held.clear()
+            got += [(number, window) for window in gated.windows()]
+    assert got == expected
+    for ch, ts, payload in held:
+        gated.add(ch, ts, payload)
+    assert list(gated.flush()) == list(every_read.flush())

@@ -222,7 +222,9 @@ async def test_shutdown_finishes_the_call_and_closes_subscribers_with_1001(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.0))
         await nursery.start(subscribe, server, spec.call_sid, subscriber)
-        await trio.sleep(1.5)
+        with trio.fail_after(10):  # mid-call: transcripts are flowing
+            while "Results" not in subscriber.types:
+                await trio.sleep(0.05)
         server.stop.set()
         with trio.fail_after(8):
             await server.done.wait()
@@ -284,3 +286,14 @@ async def test_tls_end_to_end(nursery: trio.Nursery, fake_deepgram: FakeDeepgram
     server.stop.set()
     with trio.fail_after(10):
         await server.done.wait()
+
+
+async def test_calls_read_on_a_shared_tick_arrive_whole(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+    server = await start_server(nursery, fake_deepgram, read_tick_ms=20)
+    specs = [CallSpec(inbound=speech(1.0, 440 + 10 * n), outbound=speech(1.0, 660 + 10 * n)) for n in range(3)]
+    async with trio.open_nursery() as calls:
+        for spec in specs:
+            calls.start_soon(lambda spec=spec: run_call(server.url("/twilio"), spec, speed=2.0))
+    received = sorted((bytes(s.audio_by_channel[0]), bytes(s.audio_by_channel[1])) for s in fake_deepgram.sessions)
+    assert received == sorted((spec.inbound, spec.outbound) for spec in specs)
+    server.stop.set()

@@ -297,10 +297,17 @@ async def test_sigterm_mid_call_delivers_final_results_before_closing_subscriber
                     await trio.sleep(0.05)
         spec = CallSpec(inbound=noise(20.0, 10), call_sid="CA" + "5" * 31 + "1")
         subscriber = Subscriber()
+        reports = []
+
+        async def call() -> None:
+            reports.append(await run_call(server.url("/twilio"), spec, speed=1.0))
+
         async with trio.open_nursery() as inner:
-            inner.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.0))
+            inner.start_soon(call)
             await inner.start(subscribe, server, spec.call_sid, subscriber)
-            await trio.sleep(2.5)
+            with trio.fail_after(10):  # mid-call: transcripts are flowing
+                while subscriber.types.count("Results") < 2:
+                    await trio.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(15):
                 assert await process.wait() == 0
@@ -309,6 +316,8 @@ async def test_sigterm_mid_call_delivers_final_results_before_closing_subscriber
         assert subscriber.types.count("Results") == session.results_sent >= 2
         assert subscriber.types[-1] == "Metadata"
         assert (subscriber.close_code, subscriber.close_reason) == (1001, "server shutting down")
+        (report,) = reports
+        assert (report.close_code, report.close_reason) == (1001, "server shutting down")  # Twilio is told too
     finally:
         if process.returncode is None:
             process.kill()

@@ -21,8 +21,8 @@ from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import RunningServer, Subscriber, subscribe
 
-WARM_UP_CALLS = 24
-MEASURED_CALLS = 96
+WARM_UP_CALLS = 12
+MEASURED_CALLS = 48
 CONCURRENT = 6
 LEAK_BUDGET_PER_CALL = 1024
 """Bytes of heap growth allowed per finished call. Measured here: 120-190 (trio internals and the

@@ -181,8 +181,9 @@ class Harness:
             "deepgram_api_key": "k",
             "deepgram_url": "wss://dg.example/v1/listen?model=nova-3&channels=7&encoding=linear16",
         }
+        self._twilio_receive = twilio_receive
         self.call = Call(
-            twilio_receive.receive,
+            self._read,
             settings=CallSettings(**(base | settings)),
             hub=self.hub,
             connect=connect or self.deepgram.connect,
@@ -191,6 +192,15 @@ class Harness:
         self.received_at: list[float] = []
         self.close: tuple[int, str] | None = None
         self.sequence_number = 0
+
+    async def _read(self) -> list[str | None]:
+        """Like a socket read: the next frame, and every frame queued behind it."""
+        frames = [await self._twilio_receive.receive()]
+        while True:
+            try:
+                frames.append(self._twilio_receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):  # the end shows at the next read
+                return frames
 
     async def subscribe_when_live(self) -> None:
         while CALL_SID not in await self.hub.active_calls():

@@ -79,20 +79,18 @@ class Mixer:
         buffer = self._buffers[channel]
         self.received[channel] += len(payload)
         gap = timestamp_ms * SAMPLES_PER_MS - (self.head + len(buffer))
-        if gap > ROUNDING_SAMPLES:
-            if gap > self.max_gap:
-                self.resyncs += 1
-            else:
-                buffer.extend(b"\xff" * gap)
-                self.padded[channel] += gap
-        elif gap < -ROUNDING_SAMPLES:
-            overlap = -gap
-            if overlap >= len(payload):
-                self.dropped[channel] += len(payload)
-                return
-            self.dropped[channel] += overlap
-            payload = payload[overlap:]
-        buffer += payload
+        if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
+            buffer += payload
+            return
+        pad, drop = _placement(gap, len(payload), self.max_gap)
+        if gap > self.max_gap:
+            self.resyncs += 1
+        self.padded[channel] += pad
+        self.dropped[channel] += drop
+        if pad:
+            buffer.extend(b"\xff" * pad)
+        if drop < len(payload):
+            buffer += payload[drop:]
 
     def windows(self) -> Iterator[bytes]:
         """Emit every window that is ready now.
@@ -106,7 +104,7 @@ class Mixer:
             shortest, longest = (first, second) if first <= second else (second, first)
         else:
             shortest, longest = min(map(len, buffers)), max(map(len, buffers))
-        if shortest < self.window and longest < self.window + self.jitter:
+        if not _due(shortest, longest, self.window, self.jitter):
             return _NOTHING
         return iter(list(self._ready()))
 
@@ -114,10 +112,10 @@ class Mixer:
         window = self.window
         buffers = self._buffers
         while True:
-            shortest = min(map(len, buffers))
+            shortest, longest = min(map(len, buffers)), max(map(len, buffers))
+            if not _due(shortest, longest, window, self.jitter):
+                return
             if shortest < window:
-                if max(map(len, buffers)) < window + self.jitter:
-                    return
                 self._pad_to(window)
             yield self._cut(window)
 
@@ -151,3 +149,57 @@ class Mixer:
             out[channel::channels] = buffer[:size]
             del buffer[:size]
         return bytes(out)
+
+
+def _placement(gap: int, size: int, max_gap: int) -> tuple[int, int]:
+    """Where a chunk of `size` samples lands when it starts `gap` samples after its channel's end:
+    (silence to insert before it, samples to drop from its start). Shared by `Mixer` and `WindowGate`."""
+    if gap > ROUNDING_SAMPLES:
+        return (0 if gap > max_gap else gap), 0
+    if gap < -ROUNDING_SAMPLES:
+        return 0, min(-gap, size)
+    return 0, 0
+
+
+def _due(shortest: int, longest: int, window: int, jitter: int) -> bool:
+    """A window can be cut: every channel has one, or one channel is a window plus the jitter ahead."""
+    return shortest >= window or longest >= window + jitter
+
+
+class WindowGate:
+    """Knows, from chunk timestamps and sizes alone, when the `Mixer` fed the same chunks would have
+    a window to emit.
+
+    The call's reader uses it to hand chunks to the mixer's task once per window rather than once per
+    socket read, without delaying any window: the gate keeps the mixer's channel lengths with the same
+    arithmetic (`_placement`, `_due`), so it says `due()` exactly after the chunk that completes one.
+    """
+
+    def __init__(self, channels: int, *, window_ms: int = 100, jitter_ms: int = 40, max_gap_ms: int = 10_000) -> None:
+        self.window = window_ms * SAMPLES_PER_MS
+        self.jitter = jitter_ms * SAMPLES_PER_MS
+        self.max_gap = max_gap_ms * SAMPLES_PER_MS
+        self.head = 0
+        self._lengths = [0] * channels
+
+    def add(self, channel: int, timestamp_ms: int, size: int) -> None:
+        """The mixer will be given a chunk of `size` samples of `channel` at `timestamp_ms`."""
+        length = self._lengths[channel]
+        gap = timestamp_ms * SAMPLES_PER_MS - (self.head + length)
+        if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
+            self._lengths[channel] = length + size
+            return
+        pad, drop = _placement(gap, size, self.max_gap)
+        self._lengths[channel] = length + pad + max(0, size - drop)
+
+    def due(self) -> bool:
+        """Whether the chunks added so far complete at least one window the mixer has not cut yet
+        (those windows are then taken as cut)."""
+        lengths = self._lengths
+        window = self.window
+        cut = False
+        while _due(min(lengths), max(lengths), window, self.jitter):
+            self._lengths = lengths = [max(length, window) - window for length in lengths]
+            self.head += window
+            cut = True
+        return cut

@@ -127,7 +127,7 @@ class Server:
                 if not self.supervisor.accepting:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
                     return
-                call = self.supervisor.start_call(ws.receive, ws.send)
+                call = self.supervisor.start_call(ws.receive_batch, ws.send)
                 try:
                     await call.finished.wait()
                 finally:

@@ -2,8 +2,9 @@
 
 Where a media frame goes:
 
-    Call._read_twilio      frame -> TwilioStream.receive -> Media    -> media channel
-    Call._mix              Media -> Mixer.add -> Mixer.windows       -> window channel
+    Call._read_twilio      frames of a read -> TwilioStream.receive -> [Media...] -> media channel,
+                           once a window is due (WindowGate)
+    Call._mix              [Media...] -> Mixer.add -> Mixer.windows               -> window channel
     DeepgramClient.run     window -> AudioBacklog -> Deepgram socket; Deepgram's messages -> Hub.publish
                            (and GamePatch.on_deepgram), see deepgram_client.py
 
@@ -25,14 +26,14 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from callscribe.core.deepgram import DEFAULT_URL, DeepgramStream, MessageKind
-from callscribe.core.mixer import SAMPLES_PER_MS, Mixer
-from callscribe.core.twilio import Dtmf, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
+from callscribe.core.mixer import SAMPLES_PER_MS, Mixer, WindowGate
+from callscribe.core.twilio import Dtmf, Event, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.server.deepgram_client import Connector, DeepgramClient
 from callscribe.server.games import GamePatch, GameRegistry
 from callscribe.server.hub import CLOSE_NORMAL, Hub
@@ -40,7 +41,10 @@ from callscribe.server.hub import CLOSE_NORMAL, Hub
 log = logging.getLogger(__name__)
 
 MEDIA_QUEUE = 50
-"""Twilio frames between reader and mixer (1 s of both tracks): the mixer never waits on IO."""
+"""Batches of Twilio frames (each about one window of audio) between reader and mixer: the mixer
+never waits on IO."""
+MAX_HELD_FRAMES = 500
+"""The reader hands frames over at least this often (5 s of both tracks), whatever their timestamps."""
 WINDOW_QUEUE_SECONDS = 10
 """Audio that may queue for Deepgram, e.g. while its connection is being opened."""
 MAX_REJECTED_FRAMES = 1000
@@ -73,13 +77,13 @@ class CallSettings:
 class Call:
     """One Twilio stream and everything it feeds.
 
-    `receive` returns the Twilio socket's next frame and raises `trio.EndOfChannel` once the socket
-    is gone; a shell that cannot tell (Quart cancels the handler instead) calls `end_input()`.
+    `receive` returns the frames of the Twilio socket's next read (at least one) and raises
+    `trio.EndOfChannel` once the socket is gone; `end_input()` stops reading from outside.
     """
 
     def __init__(
         self,
-        receive: Callable[[], Awaitable[str | bytes | None]],
+        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
         *,
         settings: CallSettings,
         hub: Hub,
@@ -106,6 +110,7 @@ class Call:
         """`end_input()` was called: Twilio is gone or the server is stopping; reading stops."""
         self._close_decided = False
         self._reader_scope = trio.CancelScope()
+        self._channel_of: dict[str, int] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -140,60 +145,82 @@ class Call:
     # -- Twilio -> mixer -------------------------------------------------------------------
 
     async def _read_twilio(self, nursery: trio.Nursery) -> None:
-        media_send: trio.MemorySendChannel[MediaInfo] | None = None
+        """Read Twilio's frames a socket read at a time and hand the media to the mixer's task once
+        a window is due (the `WindowGate` knows when, from the mixer's own arithmetic): one wake of
+        the mixer per window rather than per frame, and no window later than mixing each frame."""
+        media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
+        gate: WindowGate | None = None
+        held: list[MediaInfo] = []
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
         try:
             with scope:
-                while True:
+                go_on = True
+                while go_on:
                     try:
-                        frame = await self._receive()
+                        frames = await self._receive()
                     except trio.EndOfChannel:
-                        return
-                    event = self.stream.receive(frame)
-                    kind = type(event)
-                    if kind is Media:
-                        await media_send.send(event.media)  # type: ignore[union-attr]
-                    elif kind is Rejected:
-                        self._log_rejected(event)  # type: ignore[arg-type]
-                        if event.fatal:  # type: ignore[union-attr]
-                            self._set_close(1003, event.reason[:120])  # type: ignore[union-attr]
-                            return
-                        if self.stream.rejected >= MAX_REJECTED_FRAMES:
-                            log.warning(
-                                "call %s: closing the Twilio socket after %d unusable frames",
-                                self.call_sid or "(before start)",
-                                self.stream.rejected,
-                            )
-                            self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
-                            return
-                    elif kind is Start:
-                        scope.deadline = math.inf
-                        media_send = await self._begin(nursery)
-                    elif kind is Stop:
-                        self._set_close(CLOSE_NORMAL, "call ended")
-                        return
-                    elif self.game is not None:
-                        if kind is Dtmf:
-                            self.game.on_dtmf(event.dtmf.digit)  # type: ignore[union-attr]
-                        elif kind is Mark:
-                            self.game.on_mark(event.mark.name)  # type: ignore[union-attr]
+                        break
+                    for frame in frames:
+                        event = self.stream.receive(frame)
+                        if type(event) is Media:
+                            media = event.media
+                            held.append(media)
+                            gate.add(self._channel_of[media.track], media.timestamp, len(media.payload))  # type: ignore[union-attr]  # media comes after start
+                        elif type(event) is Start:
+                            scope.deadline = math.inf
+                            media_send, gate = await self._begin(nursery)
+                        elif not self._on_event(event):
+                            go_on = False
+                            break
+                    if held and (not go_on or len(held) >= MAX_HELD_FRAMES or gate.due()):  # type: ignore[union-attr]
+                        await media_send.send(held)  # type: ignore[union-attr]
+                        held = []
             if scope.cancelled_caught and not self._end_requested:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")
+            if held and media_send is not None:
+                await media_send.send(held)  # the socket ended: the mixer flushes what is left
         finally:
             if media_send is not None:
                 media_send.close()
             if self.game is not None:
                 self.game.twilio_gone()
 
-    async def _begin(self, nursery: trio.Nursery) -> trio.MemorySendChannel[MediaInfo]:
+    def _on_event(self, event: Event) -> bool:
+        """A Twilio event other than media and start; False when it ends the stream."""
+        if type(event) is Rejected:
+            self._log_rejected(event)
+            if event.fatal:
+                self._set_close(1003, event.reason[:120])
+                return False
+            if self.stream.rejected >= MAX_REJECTED_FRAMES:
+                log.warning(
+                    "call %s: closing the Twilio socket after %d unusable frames",
+                    self.call_sid or "(before start)",
+                    self.stream.rejected,
+                )
+                self._set_close(1008, f"too many invalid frames ({self.stream.rejected})")
+                return False
+        elif type(event) is Stop:
+            self._set_close(CLOSE_NORMAL, "call ended")
+            return False
+        elif self.game is not None:
+            if type(event) is Dtmf:
+                self.game.on_dtmf(event.dtmf.digit)
+            elif type(event) is Mark:
+                self.game.on_mark(event.mark.name)
+        return True
+
+    async def _begin(self, nursery: trio.Nursery) -> tuple[trio.MemorySendChannel[list[MediaInfo]], WindowGate]:
         """`start` arrived: register the call and start the mixer and the Deepgram tasks."""
         start = self.stream.start
         assert start is not None
         self.call_sid = start.call_sid
         tracks = self.stream.tracks
         self.mixer = Mixer(len(tracks), window_ms=self.settings.window_ms, jitter_ms=self.settings.jitter_ms)
+        gate = WindowGate(len(tracks), window_ms=self.settings.window_ms, jitter_ms=self.settings.jitter_ms)
+        self._channel_of = {track: index for index, track in enumerate(tracks)}
         await self.hub.register_call(self.call_sid)
         log.info(
             "call %s started: stream %s, tracks %s, parameters %s",
@@ -202,7 +229,7 @@ class Call:
             "+".join(tracks),
             start.custom_parameters or "none",
         )
-        media_send, media_receive = trio.open_memory_channel[MediaInfo](MEDIA_QUEUE)
+        media_send, media_receive = trio.open_memory_channel[list[MediaInfo]](MEDIA_QUEUE)
         window_send, window_receive = trio.open_memory_channel[bytes](
             WINDOW_QUEUE_SECONDS * 1000 // self.settings.window_ms
         )
@@ -220,15 +247,18 @@ class Call:
             self.game = self._games.patch_for(self.call_sid, start.stream_sid, self._send_twilio)
             nursery.start_soon(self.game.run_speaker)
             log.info("call %s is routed to games: waiting for the caller to say or key in a code", self.call_sid)
-        return media_send
+        return media_send, gate
 
-    async def _mix(self, media: trio.MemoryReceiveChannel[MediaInfo], windows: trio.MemorySendChannel[bytes]) -> None:
+    async def _mix(
+        self, media: trio.MemoryReceiveChannel[list[MediaInfo]], windows: trio.MemorySendChannel[bytes]
+    ) -> None:
         mixer = self.mixer
         assert mixer is not None
-        channel_of = {track: index for index, track in enumerate(self.stream.tracks)}
+        channel_of = self._channel_of
         async with media, windows:
-            async for frame in media:
-                mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
+            async for frames in media:
+                for frame in frames:
+                    mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
                 for window in mixer.windows():
                     await windows.send(window)
             for window in mixer.flush():

@@ -82,6 +82,13 @@ OPTIONS = [
         "seconds a client may leave our data untaken before it is disconnected",
         "20",
     ),
+    Option(
+        "--read-tick-ms",
+        "CALLSCRIBE_READ_TICK_MS",
+        "0 (off) or 1-100: read every Twilio socket on one shared tick of this many ms, trading up to"
+        " that much latency for less CPU per frame",
+        "0",
+    ),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
     Option(
         "--public-url",
@@ -175,6 +182,8 @@ class ServerSettings:
     keyfile: str | None = None
     shutdown_grace_s: float = 10.0
     stall_timeout_s: float = 20.0
+    read_tick_ms: int = 0
+    """0: each Twilio socket's reader wakes when its data arrives; else all wake on one shared tick."""
     log_level: int = logging.INFO
     games: GameSettings = field(default_factory=GameSettings)
     public_url: str | None = None
@@ -281,6 +290,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     retries = int(_number(values, "CALLSCRIBE_DEEPGRAM_RETRIES", 0, 100, int))
     grace = _number(values, "CALLSCRIBE_SHUTDOWN_GRACE", 0, 300)
     stall = _number(values, "CALLSCRIBE_STALL_TIMEOUT", 1, 600)
+    read_tick_ms = int(_number(values, "CALLSCRIBE_READ_TICK_MS", 0, 100, int))
     level_name = (values["CALLSCRIBE_LOG_LEVEL"] or "").upper()
     if level_name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -348,6 +358,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         keyfile=keyfile or None,
         shutdown_grace_s=grace,
         stall_timeout_s=stall,
+        read_tick_ms=read_tick_ms,
         log_level=getattr(logging, level_name),
         games=GameSettings(
             phone_number=values["TWILIO_PHONE_NUMBER"] or "", route_all_calls=route == "game", codes_file=codes_file

@@ -34,6 +34,7 @@ from callscribe.server.app import Server, create_app
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
+from callscribe.server.media_socket import ReadTick
 from callscribe.server.speech import engine_from_settings
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ async def serve(
         games=games,
         forward_number=settings.forward_number,
         access=access,
+        read_tick=ReadTick(settings.read_tick_ms / 1000) if settings.read_tick_ms else None,
     )
     log.info("talk-back speech: %s", speech.name)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0

@@ -14,7 +14,7 @@ shutdown cancels once the calls are done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
@@ -57,10 +57,13 @@ class Supervisor:
         return self._nursery is not None and not self.closing
 
     def start_call(
-        self, receive: Callable[[], Awaitable[str | bytes | None]], send: Callable[[str], Awaitable[None]] | None
+        self,
+        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
+        send: Callable[[str], Awaitable[None]] | None,
     ) -> Call:
-        """Start a call reading Twilio frames from `receive` (and talking back with `send`); the
-        caller waits for `call.finished` and calls `call.end_input()` when its socket is gone."""
+        """Start a call reading Twilio frames from `receive` (each call: the frames of one read) and
+        talking back with `send`; the caller waits for `call.finished` and calls `call.end_input()`
+        when its socket is gone."""
         if self._nursery is None:
             raise RuntimeError("the supervisor is not running")
         call = Call(receive, settings=self.settings, hub=self.hub, connect=self.connect, send=send, games=self.games)
