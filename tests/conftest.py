@@ -20,6 +20,7 @@ from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
+from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 if TYPE_CHECKING:
@@ -116,6 +117,23 @@ async def fake_deepgram(nursery: trio.Nursery) -> FakeDeepgram:
     fake = FakeDeepgram(FakeDeepgramBehaviour(api_key=API_KEY))
     await nursery.start(fake.serve)
     return fake
+
+
+@pytest.fixture
+async def fake_aura(nursery: trio.Nursery) -> FakeAura:
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
+    await nursery.start(aura.serve)
+    return aura
+
+
+async def stop_servers(*servers: RunningServer) -> None:
+    """Stop the servers and wait until they are down (a server still shutting down would meet a
+    Redis the test has already killed)."""
+    for server in servers:
+        server.stop.set()
+    with trio.fail_after(10):
+        for server in servers:
+            await server.done.wait()
 
 
 async def start_server(

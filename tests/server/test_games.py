@@ -154,13 +154,6 @@ def codes_file(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.fixture
-async def fake_aura(nursery: trio.Nursery) -> FakeAura:
-    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
-    await nursery.start(aura.serve)
-    return aura
-
-
 async def game_server(
     nursery: trio.Nursery,
     fake: FakeDeepgram,

@@ -9,22 +9,15 @@ import trio
 import trio_websocket
 
 from callscribe.server.games import GameSettings
-from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
+from callscribe.testing.fake_aura import FakeAura
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import run_call
-from conftest import API_KEY, RunningServer, start_server
+from conftest import RunningServer, start_server, stop_servers
 from game_client import GameClient, game_call, play, say_when_connected
 from redis_server import needs_redis
 
 pytestmark = needs_redis
 PHONE = "+15550002222"
-
-
-@pytest.fixture
-async def fake_aura(nursery: trio.Nursery) -> FakeAura:
-    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
-    await nursery.start(aura.serve)
-    return aura
 
 
 async def two_servers(
@@ -52,14 +45,6 @@ def codes_file(tmp_path) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
-async def stop(*servers: RunningServer) -> None:
-    for server in servers:
-        server.stop.set()
-    with trio.fail_after(10):
-        for server in servers:
-            await server.done.wait()
-
-
 async def test_a_caller_on_one_process_is_patched_to_a_game_on_another_and_it_talks_back(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, redis_url: str, codes_file: str
 ) -> None:
@@ -76,7 +61,7 @@ async def test_a_caller_on_one_process_is_patched_to_a_game_on_another_and_it_ta
     assert game.messages[-1]["type"] == "CallEnded"
     assert report.playback is not None
     assert report.playback.audio == fake_aura.expected_audio("Welcome to the game")  # played on A
-    await stop(a, c)
+    await stop_servers(a, c)
 
 
 async def test_keypad_and_dtmf_across_processes_and_codes_are_shared(
@@ -100,4 +85,4 @@ async def test_keypad_and_dtmf_across_processes_and_codes_are_shared(
     assert {"type": "Dtmf", "digit": "5"} in first.messages
     assert first.messages[-1]["type"] == "CallEnded"
     assert second.messages == []
-    await stop(a, c)
+    await stop_servers(a, c)

@@ -21,7 +21,7 @@ from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
 from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import API_KEY, RunningServer, Subscriber, noise, start_server, subscribe, wait_until_live
+from conftest import API_KEY, Subscriber, noise, start_server, stop_servers, subscribe, wait_until_live
 from redis_server import RedisServer, needs_redis
 
 pytestmark = needs_redis
@@ -53,16 +53,6 @@ def count_logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(text in record.getMessage() for record in caplog.records)
 
 
-async def _stop(*servers: RunningServer) -> None:
-    """Stop the servers and wait until they are down: the redis_url fixture kills Redis on teardown,
-    and a server still shutting down would hit a dead Redis."""
-    for server in servers:
-        server.stop.set()
-    with trio.fail_after(10):
-        for server in servers:
-            await server.done.wait()
-
-
 async def test_a_call_in_one_process_is_followed_from_another(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
 ) -> None:
@@ -83,7 +73,7 @@ async def test_a_call_in_one_process_is_followed_from_another(
     assert on_a.messages == on_b.messages
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []  # gone from the shared registry
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_notices_and_unknown_calls_across_processes(
@@ -103,7 +93,7 @@ async def test_notices_and_unknown_calls_across_processes(
     assert "HTTP 401" in error["message"] and late.close_code == 1000
     unknown = await subscribe(b, "CA-nowhere", Subscriber(), wait_for_call=False)
     assert unknown.close_code == 1008
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_calls_of_a_dead_process_drop_out_after_the_lease(
@@ -114,7 +104,7 @@ async def test_calls_of_a_dead_process_drop_out_after_the_lease(
         await client.zadd("callscribe:calls", {"CA-stale": time.time() - 120, "CA-fresh": time.time()})
     async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == ["CA-fresh"]
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
@@ -162,7 +152,7 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
     assert 0 < follower.types.count("Results") <= fake_deepgram.sessions[-1].results_sent
     assert (follower.types[-1], follower.close_code) == ("Metadata", 1000)
     assert "Redis is back" in caplog.text
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_publish_register_and_unregister_never_wait_for_a_hung_redis(
@@ -231,7 +221,7 @@ async def test_a_hung_redis_never_delays_a_call(nursery: trio.Nursery, redis_ser
     assert subscriber.types.count("Results") == sessions[0].results_sent
     assert (subscriber.types[-1], subscriber.close_code, subscriber.close_reason) == ("Metadata", 1000, "call ended")
     redis_server.resume()
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_redis_back_is_logged_as_soon_as_it_answers_and_coredis_stays_quiet(
@@ -304,7 +294,7 @@ async def test_malformed_pubsub_messages_are_skipped(
         assert subscriber.types.count("Results") == session.results_sent
         assert (subscriber.types[-1], subscriber.close_code) == ("Metadata", 1000)
     assert count_logged(caplog, "malformed") == 2  # once by each process, however many
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
@@ -359,4 +349,4 @@ async def test_two_streams_of_one_call_on_two_processes_are_one_call(
     assert sorted(on_a.messages) == sorted(on_b.messages)  # (each process has its own stream first)
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []
-    await _stop(a, b)
+    await stop_servers(a, b)

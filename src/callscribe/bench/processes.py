@@ -18,18 +18,9 @@ from callscribe.bench import ws as bench_ws
 from callscribe.bench.machine import tree_cpu_seconds, tree_rss_kb
 from callscribe.bench.options import API_KEY, Options
 from callscribe.bench.ws_frames import WebSocketError
+from callscribe.server.workers import die_with_parent
 
 _processes: set[subprocess.Popen[bytes]] = set()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def start_process(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
@@ -37,7 +28,7 @@ def start_process(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     process: subprocess.Popen[bytes] = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
         **popen,
     )
     _processes.add(process)

@@ -21,7 +21,7 @@ from statistics import median
 from typing import Any
 
 from callscribe.bench.options import Options, Settings, StepPlan
-from callscribe.bench.scenarios import scenario_ramp
+from callscribe.bench.scenarios import scenario_fanout, scenario_ramp
 from callscribe.bench.step import describe, run_step
 
 WORKER_STEPS = {1: (20, 30, 40, 50), 2: (40, 60, 70, 80, 90, 100)}
@@ -53,16 +53,7 @@ def scenario_workers(opts: Options, settings: Settings) -> dict[str, Any]:
         )
         opts.say(describe(step))
         half_load[workers] = step
-    fanout = run_step(
-        dataclasses.replace(opts, workers=2),
-        StepPlan(
-            calls=1,
-            subscribers=settings.fanout_subscribers,
-            measure_s=settings.fanout_seconds,
-            warmup_s=settings.warmup_seconds,
-        ),
-    )
-    opts.say(describe(fanout))
+    fanout = scenario_fanout(dataclasses.replace(opts, workers=2), settings)["step"]
     opts.say(
         f"workers: sustained calls, median of {settings.scale_rounds} rounds: 1 worker {best[1]:g}, 2 workers "
         f"{best[2]:g}; ratio per round {ratios}. Audio p99 at half load: 1 worker "
