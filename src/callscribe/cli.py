@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         if worker is None:
             trio.run(serve, settings)
         else:
-            trio.run(_serve_worker, functools.partial(serve, settings, reuse_port=True), worker[1])
+            trio.run(_serve_worker, functools.partial(serve, settings, reuse_port=True), *worker)
     except* StartupError as group:
         failure = next(leaves(group))
     if failure is not None:
@@ -107,15 +107,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_worker(serve: Callable[..., Any], ready_fd: int) -> None:
-    """A worker of `serve --workers N`: serve on the shared port, and say so once listening."""
+async def _serve_worker(serve: Callable[..., Any], supervisor_pid: int, ready_fd: int) -> None:
+    """A worker of `serve --workers N`: serve on the shared port, say so once listening, and drain
+    if the supervisor goes away."""
     import trio
 
-    from callscribe.server.workers import tell_ready
+    from callscribe.server.workers import tell_ready, watch_supervisor
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve)
+
+        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(task_status=task_status)
+            nursery.cancel_scope.cancel()  # (the watch)
+
+        await nursery.start(serve_then_stop)
         tell_ready(ready_fd)
+        nursery.start_soon(watch_supervisor, supervisor_pid)
 
 
 def _healthcheck(args: argparse.Namespace) -> int:

@@ -244,3 +244,25 @@ async def test_workers_share_the_port_and_every_call(
         assert follower.types[-1] == "Metadata", follower.types
         assert follower.close_code == 1001
     assert "draining 2 workers" in supervisor.log
+
+
+async def test_workers_of_a_killed_supervisor_drain_and_exit(
+    fake_deepgram: FakeDeepgram, redis_server: RedisServer, processes: list[ServerProcess], tmp_path: Path
+) -> None:
+    env = {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_URL": fake_deepgram.url, "CALLSCRIBE_REDIS_URL": redis_server.url}
+    supervisor = ServerProcess(env, tmp_path / "workers.log", "--workers", "2")
+    processes.append(supervisor)
+    await supervisor.start(ready_line="2 workers listening")
+    pids = [int(pid) for pid in re.findall(r"\(pids (\d+), (\d+)\)", supervisor.log)[0]]
+    supervisor.kill()
+    with trio.fail_after(15):
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            await trio.sleep(0.1)
+    assert supervisor.log.count("is gone; draining") == 2
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

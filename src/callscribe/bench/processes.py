@@ -18,9 +18,19 @@ from callscribe.bench import ws as bench_ws
 from callscribe.bench.machine import tree_cpu_seconds, tree_rss_kb
 from callscribe.bench.options import API_KEY, Options
 from callscribe.bench.ws_frames import WebSocketError
-from callscribe.server.workers import die_with_parent
 
 _processes: set[subprocess.Popen[bytes]] = set()
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server
+    outlives it. (The benchmark starts its processes from its main thread, which the signal follows.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def start_process(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:

@@ -24,7 +24,7 @@ from callscribe.bench.options import Options, Settings, StepPlan
 from callscribe.bench.scenarios import scenario_fanout, scenario_ramp
 from callscribe.bench.step import describe, run_step
 
-WORKER_STEPS = {1: (20, 30, 40, 50), 2: (40, 60, 70, 80, 90, 100)}
+WORKER_STEPS = {1: (30, 45, 60, 75, 90, 105), 2: (60, 90, 120, 150, 180)}
 """The ramps' call counts (each stops at its first unsustained step, then bisects)."""
 
 

@@ -16,7 +16,9 @@ through Redis, which more than one worker requires. The supervisor:
   finish, final results are delivered), waits for them (SIGKILL after the grace period and 15 s
   more) and exits 0.
 
-A worker gets SIGTERM if the supervisor dies, even by SIGKILL (Linux's parent-death signal).
+A worker whose supervisor is gone (even by SIGKILL) notices within `ORPHAN_CHECK_S` and drains
+as on SIGTERM. (Not Linux's parent-death signal: it follows the thread that started the child, and
+Trio starts processes from its worker threads, which come and go.)
 """
 
 from __future__ import annotations
@@ -42,20 +44,11 @@ READY_TIMEOUT_S = 30.0
 QUICK_DEATH_S = 5.0
 MAX_RESTART_PAUSE_S = 30.0
 KILL_AFTER_GRACE_S = 15.0
+ORPHAN_CHECK_S = 0.5
 
 
 class SupervisorError(Exception):
     """The workers could not be started; the message is one line for the person starting them."""
-
-
-def die_with_parent() -> None:
-    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def worker_argv(argv: Sequence[str], host: str, port: int) -> list[str]:
@@ -158,7 +151,6 @@ class Supervisor:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(write_fd,),
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             os.close(write_fd)
@@ -241,6 +233,14 @@ def worker_of() -> tuple[int, int] | None:
     if not (pid.isdigit() and fd.isdigit()):
         return None
     return int(pid), int(fd)
+
+
+async def watch_supervisor(supervisor_pid: int) -> None:
+    """In a worker: once the supervisor is gone, drain as on SIGTERM (the signal handler does)."""
+    while os.getppid() == supervisor_pid:
+        await trio.sleep(ORPHAN_CHECK_S)
+    log.warning("the supervisor (pid %d) is gone; draining", supervisor_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tell_ready(fd: int) -> None:
