@@ -37,9 +37,10 @@ def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (a `--workers` supervisor and its workers), from /proc."""
     tree, index = [pid], 0
     while index < len(tree):
-        try:
-            with open(f"/proc/{tree[index]}/task/{tree[index]}/children") as f:
-                tree += [int(child) for child in f.read().split()]
+        try:  # a child belongs to the thread that started it (Trio starts processes from its threads)
+            for task in os.listdir(f"/proc/{tree[index]}/task"):
+                with open(f"/proc/{tree[index]}/task/{task}/children") as f:
+                    tree += [int(child) for child in f.read().split() if int(child) not in tree]
         except OSError:
             pass
         index += 1

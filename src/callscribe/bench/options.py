@@ -36,6 +36,8 @@ class Options:
     # -- several processes (bench/scale.py)
     workers: int = 1
     """``callscribe serve --workers N``: N > 1 runs with a Redis of the step's own, the server on every CPU."""
+    redis: bool = False
+    """Serve with a Redis of the step's own even with one worker (what the Redis hub itself costs)."""
     split: bool = False
     """Subscribers on a second server process (sharing a Redis of the step's own) rather than the calls' one."""
 
@@ -83,6 +85,9 @@ class Settings:
     soak_minutes: float = 10.0
     soak_calls: int = 50
     soak_call_seconds: float = 60.0
+    stop_when_load_bound: bool = True
+    """The ramp stops at a step where the load process was near its limit (False: the load shares
+    the machine with the server by design, and only the end-to-end criteria count)."""
     scale_rounds: int = 2
     """Interleaved rounds of the workers and streams scenarios."""
     streams_calls: int = 100

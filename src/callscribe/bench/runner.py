@@ -118,6 +118,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="ramp, floor and fanout against `serve --workers N` (N > 1: with Redis)"
     )
+    parser.add_argument("--redis", action="store_true", help="serve with a Redis of each step's own, even with 1 worker")
     parser.add_argument("--scale-rounds", type=int, help="interleaved rounds of workers and streams (default 2)")
     parser.add_argument("--streams-calls", type=int, help="calls of the streams scenario (default 100)")
     parser.add_argument(
@@ -193,6 +194,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
         coalesce_tracks=args.coalesce_tracks,
         workers=max(1, args.workers),
+        redis=args.redis,
     )
     cpus = os.sched_getaffinity(0)
     if opts.pin and (

@@ -35,7 +35,7 @@ def scenario_workers(opts: Options, settings: Settings) -> dict[str, Any]:
             opts.say(f"-- round {number}: --workers {workers}")
             ramp = scenario_ramp(
                 dataclasses.replace(opts, workers=workers),
-                dataclasses.replace(settings, steps=WORKER_STEPS[workers]),
+                dataclasses.replace(settings, steps=WORKER_STEPS[workers], stop_when_load_bound=False),
             )
             rounds.append({"round": number, "workers": workers, **ramp})
     best = {w: median(r["max_sustained_calls"] for r in rounds if r["workers"] == w) for w in (1, 2)}

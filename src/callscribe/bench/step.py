@@ -73,9 +73,9 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"kind": plan.kind, "calls": plan.calls, "subscribers_per_call": plan.subscribers}
     audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
-    several = plan.kind == "callscribe" and (opts.workers > 1 or opts.split)
+    several = plan.kind == "callscribe" and (opts.workers > 1 or opts.split or opts.redis)
     redis = RedisProcess(opts) if several else None
-    result |= {"workers": opts.workers, "split": opts.split}
+    result |= {"workers": opts.workers, "split": opts.split, "redis": several}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, opts.host, 0)
         followers: ServerProcess | None = None
