@@ -118,7 +118,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="ramp, floor and fanout against `serve --workers N` (N > 1: with Redis)"
     )
-    parser.add_argument("--redis", action="store_true", help="serve with a Redis of each step's own, even with 1 worker")
+    parser.add_argument(
+        "--redis", action="store_true", help="serve with a Redis of each step's own, even with 1 worker"
+    )
     parser.add_argument("--scale-rounds", type=int, help="interleaved rounds of workers and streams (default 2)")
     parser.add_argument("--streams-calls", type=int, help="calls of the streams scenario (default 100)")
     parser.add_argument(

@@ -35,7 +35,6 @@ served to the end, and new subscribers are refused (`HubUnavailable`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -70,6 +69,7 @@ from callscribe.server.hub import (
     UnknownCall,
     gap_notice,
 )
+from callscribe.server.redis_deaths import DEAD_REASON, bury_dead, dead_notice
 from callscribe.server.redis_link import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -81,90 +81,13 @@ from callscribe.server.redis_link import (
 )
 from callscribe.server.redis_outbox import OUTBOX_SIZE, Outbox, Pipeline, Write
 from callscribe.server.redis_pubsub import PUBSUB_BACKLOG, PubSubListener
+from callscribe.server.redis_scripts import BURY, END_STREAM, JOIN, KEEP
 
 __all__ = ["COMMAND_TIMEOUT_S", "CONNECT_TIMEOUT_S", "PROBE_INTERVAL_S", "REDIS_ERRORS", "RedisHub"]
 
 log = logging.getLogger(__name__)
 
 NOTICE_TTL_S = 24 * 3600
-DEAD_REASON = "the call's server stopped answering"
-NO_ORIGIN = "*" * 8
-"""The origin of what a process writes for a dead call: delivered through Redis to every subscriber,
-the burying process's own included (it has not delivered it directly)."""
-
-KEEP = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'k', ARGV[2], 'o', ARGV[3], 't', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', KEYS[2], ARGV[2] .. ARGV[3] .. id .. ' ' .. ARGV[4])
-if ARGV[5] == '1' then redis.call('SET', KEYS[3], id .. ' ' .. ARGV[4], 'EX', ARGV[7]) end
-return id
-"""
-"""A kept message: into the history, then published with its id. KEYS: history, channel, notice;
-ARGV: cap, kind, origin, text, sticky ("1"), history TTL, notice TTL."""
-
-END_STREAM = """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[2], -1)
-if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[2]) end
-for _, owner in ipairs(redis.call('HKEYS', KEYS[1])) do
-    local seen = redis.call('ZSCORE', KEYS[6], owner)
-    if seen and tonumber(seen) >= tonumber(ARGV[5]) then return 1 end
-end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'k', 'e', 'o', ARGV[2], 't', ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-redis.call('PUBLISH', KEYS[5], 'e' .. ARGV[2] .. id .. ' ' .. ARGV[3])
-return 0
-"""
-"""A stream ended: if no live process streams the call any more, drop it and write its end.
-KEYS: owners, calls, notice, history, channel, processes; ARGV: callSid, origin, end text, cap,
-stale-before time, history TTL. Returns 1 while the call goes on elsewhere."""
-
-BURY = """
-local seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not seen or tonumber(seen) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[3])
-for i, kind in ipairs({'m', 'e'}) do
-    local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'k', kind, 'o', ARGV[4], 't', ARGV[4 + i])
-    redis.call('PUBLISH', KEYS[5], kind .. ARGV[4] .. id .. ' ' .. ARGV[4 + i])
-end
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-return 1
-"""
-"""A call whose processes died: its notice and its end (1011) into the history, if nobody did yet.
-KEYS: owners, calls, notice, history, channel; ARGV: callSid, stale-before time, cap, origin
-(`NO_ORIGIN`), notice, end text, history TTL."""
-
-JOIN = """
-local notice = redis.call('GET', KEYS[1]) or ''
-local last, trimmed, first = '', '', ''
-if redis.call('EXISTS', KEYS[2]) == 1 then
-    local info, length, added = redis.call('XINFO', 'STREAM', KEYS[2]), 0, 0
-    for i = 1, #info, 2 do
-        if info[i] == 'last-generated-id' then last = info[i + 1] end
-        if info[i] == 'length' then length = info[i + 1] end
-        if info[i] == 'entries-added' then added = info[i + 1] end
-        if info[i] == 'first-entry' and type(info[i + 1]) == 'table' then first = info[i + 1][1] end
-    end
-    if added > length then trimmed = '1' end
-end
-local vouched = redis.call('ZSCORE', KEYS[3], ARGV[1]) or ''
-return {notice, last, trimmed, first, vouched}
-"""
-"""What a subscriber needs to join: the sticky notice, the history's last id, whether it was ever
-trimmed, its first id, and when the call was last vouched for. KEYS: notice, history, calls."""
-
-
-def dead_notice(call_sid: str) -> str:
-    return json.dumps(
-        {
-            "type": "Error",
-            "source": "callscribe",
-            "callSid": call_sid,
-            "message": f"{DEAD_REASON}: it stopped vouching for the call; transcription has ended",
-        }
-    )
 
 
 class RedisHub:
@@ -314,28 +237,10 @@ class RedisHub:
                 await self._bury_dead(followed)
 
     async def _bury_dead(self, call_sids: list[str]) -> None:
-        stale_before = self.link.stale_before()
         try:
-            with self.link.deadline():
-                seen = await self.link.client.zmscore(self._key("calls"), call_sids)
-                for call_sid, vouched in zip(call_sids, seen, strict=True):
-                    if vouched is not None and vouched < stale_before:
-                        log.warning("call %s: %s; ending its subscribers with 1011", call_sid, DEAD_REASON)
-                        dead = [dead_notice(call_sid), end_text(CLOSE_INTERNAL_ERROR, DEAD_REASON)]
-                        args: list[str | float] = [call_sid, stale_before, HISTORY, NO_ORIGIN, *dead]
-                        args.append(RESUME_WINDOW_S)
-                        await self.link.client.evalsha(self.link.script(BURY), self._call_keys(call_sid), args)
+            await bury_dead(self.link, call_sids, self._channel_prefix)
         except REDIS_ERRORS as error:
             self.link.failed("watching calls", error)
-
-    def _call_keys(self, call_sid: str) -> list[str]:
-        return [
-            self._key("owners", call_sid),
-            self._key("calls"),
-            self._key("notice", call_sid),
-            self._key("history", call_sid),
-            self._channel_prefix + call_sid,
-        ]
 
     # -- subscribers --------------------------------------------------------------------------------
 
