@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -22,7 +23,11 @@ from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
 from callscribe.server.store import StoreSettings
+from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 API_KEY = "test-key"
 
@@ -117,6 +122,23 @@ async def fake_deepgram(nursery: trio.Nursery) -> FakeDeepgram:
     return fake
 
 
+@pytest.fixture
+async def fake_aura(nursery: trio.Nursery) -> FakeAura:
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
+    await nursery.start(aura.serve)
+    return aura
+
+
+async def stop_servers(*servers: RunningServer) -> None:
+    """Stop the servers and wait until they are down (a server still shutting down would meet a
+    Redis the test has already killed)."""
+    for server in servers:
+        server.stop.set()
+    with trio.fail_after(10):
+        for server in servers:
+            await server.done.wait()
+
+
 async def start_server(
     nursery: trio.Nursery,
     fake: FakeDeepgram,
@@ -137,6 +159,7 @@ async def start_server(
     redis_url: str | None = None,
     store: StoreSettings | None = None,
     read_tick_ms: int = 0,
+    lease_s: float = 30.0,
     **call_settings: object,
 ) -> RunningServer:
     settings = ServerSettings(
@@ -159,6 +182,7 @@ async def start_server(
         redis_url=redis_url,
         store=store or StoreSettings(),
         read_tick_ms=read_tick_ms,
+        lease_s=lease_s,
     )
     stop, done = trio.Event(), trio.Event()
 
@@ -260,3 +284,21 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "store" / "callscribe.db")
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own (see tests/redis_server.py), killed at the end."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

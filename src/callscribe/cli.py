@@ -18,6 +18,8 @@ from typing import Any
 from callscribe import __version__
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+WORKERS_LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+"""With --workers: which process said it."""
 HEALTHCHECK_TIMEOUT_S = 2.0
 
 
@@ -68,6 +70,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import functools
+
     import trio
 
     from callscribe.server.config import ConfigError, settings_from
@@ -78,16 +82,47 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"callscribe: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    from callscribe.server.workers import Supervisor, SupervisorError, worker_of
+
+    several = settings.workers > 1 or worker_of() is not None
+    logging.basicConfig(level=settings.log_level, format=WORKERS_LOG_FORMAT if several else LOG_FORMAT)
+    if settings.workers > 1:
+        try:
+            return trio.run(Supervisor(settings, args.argv).run)
+        except SupervisorError as error:
+            print(f"callscribe: {error}", file=sys.stderr)
+            return 2
     failure: BaseException | None = None
     try:
-        trio.run(serve, settings)
+        worker = worker_of()
+        if worker is None:
+            trio.run(serve, settings)
+        else:
+            trio.run(_serve_worker, functools.partial(serve, settings, reuse_port=True), *worker)
     except* StartupError as group:
         failure = next(leaves(group))
     if failure is not None:
         print(f"callscribe: {failure}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _serve_worker(serve: Callable[..., Any], supervisor_pid: int, ready_fd: int) -> None:
+    """A worker of `serve --workers N`: serve on the shared port, say so once listening, and drain
+    if the supervisor goes away."""
+    import trio
+
+    from callscribe.server.workers import tell_ready, watch_supervisor
+
+    async with trio.open_nursery() as nursery:
+
+        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(task_status=task_status)
+            nursery.cancel_scope.cancel()  # (the watch)
+
+        await nursery.start(serve_then_stop)
+        tell_ready(ready_fd)
+        nursery.start_soon(watch_supervisor, supervisor_pid)
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
@@ -217,5 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The top level's own options take no value: the first other argument names the subcommand.
     chosen = next((argument for argument in arguments if not argument.startswith("-")), None)
     args = build_parser(chosen).parse_args(arguments)
+    args.argv = arguments
     command = next(command for command in COMMANDS if command.name == args.command)
     return command.run(args)

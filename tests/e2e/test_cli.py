@@ -98,6 +98,10 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
             {"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_TOKEN_SECRET": "short"},
             "CALLSCRIBE_TOKEN_SECRET must be at least 32 bytes long",
         ),
+        ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WORKERS": "2"}, "through Redis: set CALLSCRIBE_REDIS_URL"),
+        ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WORKERS": "many"}, "CALLSCRIBE_WORKERS must be a number from 1 to 64"),
+        ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_WORKERS": "0"}, "CALLSCRIBE_WORKERS must be a number from 1 to 64"),
+        ({"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_REDIS_LEASE": "0.1"}, "CALLSCRIBE_REDIS_LEASE must be between 1"),
     ],
 )
 def test_bad_configuration_is_one_line_and_status_2(
@@ -201,6 +205,22 @@ def test_redis_not_answering_at_start_up_is_one_line_and_status_2() -> None:
     assert result.returncode == 2
     assert_one_error_line(result.stderr, f"cannot reach Redis at 127.0.0.1:{port}/0: ")
     assert "password" not in result.stderr
+
+
+def test_workers_whose_address_or_redis_fails_are_one_line_and_status_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}", "CALLSCRIBE_REDIS_URL": "redis://127.0.0.1:1"}
+        result = run_cli("serve", "--workers", "2", env=env)
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, f"cannot listen on 127.0.0.1:{port}: ")
+    env["PROXY_URL"] = f"127.0.0.1:{free_port()}"
+    result = run_cli("serve", "--workers=auto", env=env | {"CALLSCRIBE_WORKERS": "1"})  # the flag wins
+    if len(os.sched_getaffinity(0)) > 1:
+        assert result.returncode == 2
+        assert_one_error_line(result.stderr, "cannot reach Redis at redis://127.0.0.1:1")
 
 
 def _settings() -> ServerSettings:

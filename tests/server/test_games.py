@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -26,6 +25,7 @@ from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, RunningServer, start_server
+from game_client import GameClient, game_call, play, say_when_connected
 
 PHONE = "+15550001111"
 
@@ -95,7 +95,7 @@ def final(transcript: str) -> dict:
 async def test_the_speaker_carries_out_barge_in_and_stops_the_synthesis(nursery: trio.Nursery) -> None:
     engine = HoldingEngine()
     registry = GameRegistry(GameSettings(), engine, CodePool(["42"]))
-    game = registry.join("peer")
+    game = await registry.join("peer")
     assert game is not None
     twilio = FakeTwilio()
     patch = registry.patch_for("CA1", "MZ1", twilio.send)
@@ -134,7 +134,7 @@ async def test_game_commands_before_a_call_is_patched() -> None:
 
 async def test_a_game_that_leaves_is_reported_as_disconnected_unless_the_server_ended_it() -> None:
     registry = GameRegistry(GameSettings(), None, CodePool(["1", "2"]))
-    leaver, kept = registry.join("a"), registry.join("b")
+    leaver, kept = await registry.join("a"), await registry.join("b")
     assert leaver is not None and kept is not None
     registry.leave(leaver)
     assert (leaver.outbox.close_code, leaver.outbox.close_reason) == (1000, "game disconnected")
@@ -147,70 +147,11 @@ async def test_a_game_that_leaves_is_reported_as_disconnected_unless_the_server_
 # --- end to end ----------------------------------------------------------------------------------
 
 
-@dataclass
-class GameClient:
-    number: str = ""
-    code: str = ""
-    messages: list[dict] = field(default_factory=list)
-    close_code: int | None = None
-    close_reason: str | None = None
-
-    @property
-    def types(self) -> list[str]:
-        return [m.get("type", "") for m in self.messages]
-
-
-Script = Callable[[trio_websocket.WebSocketConnection, dict], Awaitable[None]]
-
-
-async def play(
-    server: RunningServer,
-    game: GameClient,
-    script: Script | None = None,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> GameClient:
-    """A game: connect, read the number and the code, then react to messages until the server closes."""
-    async with trio_websocket.open_websocket_url(server.url("/game"), connect_timeout=5) as ws:
-        game.number = str(await ws.get_message())
-        game.code = str(await ws.get_message())
-        task_status.started()
-        try:
-            with trio.fail_after(30):
-                while True:
-                    message = json.loads(await ws.get_message())
-                    game.messages.append(message)
-                    if script is not None:
-                        await script(ws, message)
-                    if message.get("type") == "CallEnded":
-                        return game
-        except trio_websocket.ConnectionClosed as closed:
-            game.close_code, game.close_reason = closed.reason.code, closed.reason.reason
-    return game
-
-
-def say_when_connected(text: str) -> Script:
-    """A game that says `text` (as a plain text frame) once a caller is patched in."""
-
-    async def script(ws: trio_websocket.WebSocketConnection, message: dict) -> None:
-        if message["type"] == "CallConnected":
-            await ws.send_message(text)
-
-    return script
-
-
 @pytest.fixture
 def codes_file(tmp_path: Path) -> str:
     path = tmp_path / "codes.json"
     path.write_text(json.dumps({"game_codes": ["42"]}))
     return str(path)
-
-
-@pytest.fixture
-async def fake_aura(nursery: trio.Nursery) -> FakeAura:
-    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
-    await nursery.start(aura.serve)
-    return aura
 
 
 async def game_server(
@@ -230,10 +171,6 @@ async def game_server(
         speak_url=aura.url if aura else "http://127.0.0.1:9/v1/speak",
         deepgram_url=fake.url + ("?interim_results=true" if interim else ""),
     )
-
-
-def game_call(seconds: float = 6.0, **extra: object) -> CallSpec:
-    return CallSpec(inbound=generate_tone(seconds), custom_parameters={"route": "game"}, **extra)  # type: ignore[arg-type]
 
 
 async def test_caller_says_the_code_is_patched_and_the_game_talks_back(

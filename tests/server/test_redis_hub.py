@@ -6,9 +6,6 @@ import functools
 import itertools
 import json
 import logging
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,65 +21,10 @@ from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
 from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import API_KEY, RunningServer, Subscriber, free_port, noise, start_server, subscribe, wait_until_live
+from conftest import API_KEY, Subscriber, noise, start_server, stop_servers, subscribe, wait_until_live
+from redis_server import RedisServer, needs_redis
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server is installed by scripts/setup"
-)
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free port, which a test may kill and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self.process: trio.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await trio.lowlevel.open_process(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        with trio.fail_after(10):
-            while True:
-                try:
-                    async with coredis.Redis.from_url(self.url) as client:
-                        await client.ping()
-                    return
-                except* (coredis.exceptions.ConnectionError, OSError):
-                    pass  # not listening yet
-                await trio.sleep(0.05)
-
-    async def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            await self.process.wait()
-            self.process = None
-
-    def pause(self) -> None:
-        """Hang: connections stay open and nothing is answered (SIGSTOP), until `resume`."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+pytestmark = needs_redis
 
 
 @asynccontextmanager
@@ -111,16 +53,6 @@ def count_logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(text in record.getMessage() for record in caplog.records)
 
 
-async def _stop(*servers: RunningServer) -> None:
-    """Stop the servers and wait until they are down: the redis_url fixture kills Redis on teardown,
-    and a server still shutting down would hit a dead Redis."""
-    for server in servers:
-        server.stop.set()
-    with trio.fail_after(10):
-        for server in servers:
-            await server.done.wait()
-
-
 async def test_a_call_in_one_process_is_followed_from_another(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
 ) -> None:
@@ -141,7 +73,7 @@ async def test_a_call_in_one_process_is_followed_from_another(
     assert on_a.messages == on_b.messages
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []  # gone from the shared registry
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_notices_and_unknown_calls_across_processes(
@@ -161,7 +93,7 @@ async def test_notices_and_unknown_calls_across_processes(
     assert "HTTP 401" in error["message"] and late.close_code == 1000
     unknown = await subscribe(b, "CA-nowhere", Subscriber(), wait_for_call=False)
     assert unknown.close_code == 1008
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_calls_of_a_dead_process_drop_out_after_the_lease(
@@ -172,7 +104,7 @@ async def test_calls_of_a_dead_process_drop_out_after_the_lease(
         await client.zadd("callscribe:calls", {"CA-stale": time.time() - 120, "CA-fresh": time.time()})
     async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == ["CA-fresh"]
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
@@ -220,7 +152,7 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
     assert 0 < follower.types.count("Results") <= fake_deepgram.sessions[-1].results_sent
     assert (follower.types[-1], follower.close_code) == ("Metadata", 1000)
     assert "Redis is back" in caplog.text
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_publish_register_and_unregister_never_wait_for_a_hung_redis(
@@ -289,7 +221,7 @@ async def test_a_hung_redis_never_delays_a_call(nursery: trio.Nursery, redis_ser
     assert subscriber.types.count("Results") == sessions[0].results_sent
     assert (subscriber.types[-1], subscriber.close_code, subscriber.close_reason) == ("Metadata", 1000, "call ended")
     redis_server.resume()
-    await _stop(server)
+    await stop_servers(server)
 
 
 async def test_redis_back_is_logged_as_soon_as_it_answers_and_coredis_stays_quiet(
@@ -335,7 +267,17 @@ async def test_malformed_pubsub_messages_are_skipped(
     b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
     spec = CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "3" * 32)
     on_a, on_b = Subscriber(), Subscriber()
-    garbage = [b"\xff\xfe not UTF-8", b"", b"x", b"m", b"e{not json", b"e12345678{not json", b'e12345678{"code": "x"}']
+    garbage = [
+        b"\xff\xfe not UTF-8",
+        b"",
+        b"x",
+        b"m",
+        b"m12345678no id",
+        b"m123456781-x text",
+        b"e{not json",
+        b"e12345678 1-0 {not json",
+        b'e123456781-0 {"code": "x"}',
+    ]
     async with trio.open_nursery() as inner:
         inner.start_soon(lambda: run_call(a.url("/twilio"), spec, speed=1.5))
         await wait_until_live(b, spec.call_sid)
@@ -346,19 +288,19 @@ async def test_malformed_pubsub_messages_are_skipped(
                 await trio.sleep(0.01)
         async with coredis.Redis.from_url(redis_url) as raw:
             for data in garbage:
-                await raw.publish(f"callscribe:messages:{spec.call_sid}", data)
+                await raw.publish(f"callscribe:fanout:{spec.call_sid}", data)
     (session,) = fake_deepgram.sessions
     for subscriber in (on_a, on_b):  # the call, and both hubs, went on
         assert subscriber.types.count("Results") == session.results_sent
         assert (subscriber.types[-1], subscriber.close_code) == ("Metadata", 1000)
     assert count_logged(caplog, "malformed") == 2  # once by each process, however many
-    await _stop(a, b)
+    await stop_servers(a, b)
 
 
 async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel = "callscribe:messages:CA-elsewhere"
+    channel = "callscribe:fanout:CA-elsewhere"
     async with (
         running_hub(redis_server.url, pubsub_backlog=20) as hub,
         coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw,
@@ -367,14 +309,44 @@ async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
         async with hub.subscribe("CA-elsewhere") as behind:
             async with raw.pipeline(transaction=False) as burst:  # arrives faster than it is dispatched
                 for n in range(500):
-                    burst.publish(channel, f"m00000000{n}")
+                    burst.publish(channel, f"m000000001-{n} m{n}")
             with trio.fail_after(5):
                 received = [message async for message in behind]
         assert len(received) < 500
         assert behind.close_code == CLOSE_TRY_AGAIN_LATER
         assert count_logged(caplog, "cannot keep up") == 1
         async with hub.subscribe("CA-elsewhere") as fresh:  # reconnected
-            await raw.publish(channel, "m00000000after")
-            await raw.publish(channel, 'e00000000{"code": 1000, "reason": "call ended"}')
+            await raw.publish(channel, "m000000002-0 after")
+            await raw.publish(channel, 'e000000002-1 {"code": 1000, "reason": "call ended"}')
             with trio.fail_after(5):
                 assert [message async for message in fresh] == ["after"]
+
+
+async def test_two_streams_of_one_call_on_two_processes_are_one_call(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
+) -> None:
+    """Twilio's second stream for a call may reach another process: as on one process, both are
+    transcribed, every subscriber gets both, and the call ends when its last stream does."""
+    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    call_sid = "CA" + "2" * 32
+    first, second = (
+        CallSpec(inbound=noise(1.5, 7), call_sid=call_sid),
+        CallSpec(inbound=noise(3.0, 8), call_sid=call_sid),
+    )
+    on_a, on_b = Subscriber(), Subscriber()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: run_call(a.url("/twilio"), first, speed=1.0))
+        inner.start_soon(lambda: run_call(b.url("/twilio"), second, speed=1.0))
+        await wait_until_live(a, call_sid)
+        await inner.start(subscribe, a, call_sid, on_a)
+        await inner.start(subscribe, b, call_sid, on_b)
+    assert sorted(bytes(s.audio_by_channel[0]) for s in fake_deepgram.sessions) == sorted(
+        [first.inbound, second.inbound]
+    )
+    for subscriber in (on_a, on_b):
+        assert subscriber.types.count("Metadata") == 2 and subscriber.close_code == 1000
+    assert sorted(on_a.messages) == sorted(on_b.messages)  # (each process has its own stream first)
+    async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
+        assert json.loads(await ws.get_message()) == []
+    await stop_servers(a, b)

@@ -43,6 +43,41 @@ def rss_kb(pid: int | str = "self") -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a `--workers` supervisor and its workers), from /proc."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        try:  # a child belongs to the thread that started it (Trio starts processes from its threads)
+            for task in os.listdir(f"/proc/{tree[index]}/task"):
+                with open(f"/proc/{tree[index]}/task/{task}/children") as f:
+                    tree += [int(child) for child in f.read().split() if int(child) not in tree]
+        except OSError:
+            pass
+        index += 1
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants, seconds (a worker that ended is not counted)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += cpu_seconds(member)
+        except OSError:
+            pass
+    return total
+
+
+def tree_rss_kb(pid: int) -> int:
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += rss_kb(member)
+        except OSError:
+            pass
+    return total
+
+
 def cpu_busy_seconds(cpu: int) -> float | None:
     """Time CPU ``cpu`` was busy (anything but idle and iowait), from /proc/stat."""
     try:

@@ -36,6 +36,13 @@ class Options:
     """The server's call store: ``sqlite`` (a fresh file per server, as ``callscribe serve`` keeps by
     default), ``none``, or a location for ``--store`` (a postgresql:// URL)."""
     quiet: bool = False
+    # -- several processes (bench/scale.py)
+    workers: int = 1
+    """``callscribe serve --workers N``: N > 1 runs with a Redis of the step's own, the server on every CPU."""
+    redis: bool = False
+    """Serve with a Redis of the step's own even with one worker (what the Redis hub itself costs)."""
+    split: bool = False
+    """Subscribers on a second server process (sharing a Redis of the step's own) rather than the calls' one."""
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -85,6 +92,12 @@ class Settings:
     soak_call_seconds: float = 60.0
     viewer_rounds: int = 3
     """Rounds of the viewers scenario (1 viewer, then 50, each round)."""
+    stop_when_load_bound: bool = True
+    """The ramp stops at a step where the load process was near its limit (False: the load shares
+    the machine with the server by design, and only the end-to-end criteria count)."""
+    scale_rounds: int = 2
+    """Interleaved rounds of the workers and streams scenarios."""
+    streams_calls: int = 100
     profile: bool = False
     profile_calls: int = 100
     store_calls: int | None = None

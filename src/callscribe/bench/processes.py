@@ -16,15 +16,16 @@ from typing import Any
 import trio
 
 from callscribe.bench import ws as bench_ws
-from callscribe.bench.machine import cpu_seconds, rss_kb, thread_cpu_seconds
+from callscribe.bench.machine import thread_cpu_seconds, tree_cpu_seconds, tree_rss_kb
 from callscribe.bench.options import API_KEY, Options
 from callscribe.bench.ws_frames import WebSocketError
 
 _processes: set[subprocess.Popen[bytes]] = set()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server outlives it."""
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark dies (even by SIGKILL), so no server
+    outlives it. (The benchmark starts its processes from its main thread, which the signal follows.)"""
     try:
         import ctypes
 
@@ -38,7 +39,7 @@ def start_process(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     process: subprocess.Popen[bytes] = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
         **popen,
     )
     _processes.add(process)
@@ -84,7 +85,18 @@ def free_port(host: str) -> int:
 class ServerProcess:
     """The server under test, in its own process (pinned with taskset when asked)."""
 
-    def __init__(self, opts: Options, kind: str, deepgram_url: str, store: str | None = None) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        kind: str,
+        deepgram_url: str,
+        store: str | None = None,
+        *,
+        redis_url: str | None = None,
+        cpus: str | None = None,
+    ) -> None:
+        """`store`: the call store (default `opts.store`); `redis_url`: serve with it (and
+        `opts.workers`); `cpus`: taskset's list (default `opts.server_cpu`)."""
         self.kind = kind
         self._store_dir: str | None = None
         self.port = free_port(opts.host)
@@ -115,6 +127,10 @@ class ServerProcess:
             ]
             # By variable rather than flag, so that trees from before the call store (--server-pythonpath) run too.
             env["CALLSCRIBE_STORE"] = self._store_location(store or opts.store)
+            if redis_url:
+                command += ["--redis-url", redis_url]
+            if opts.workers > 1:
+                command += ["--workers", str(opts.workers)]
         else:
             command = [
                 sys.executable,
@@ -132,7 +148,7 @@ class ServerProcess:
                 str(opts.window_ms),
             ]
         if opts.pin and shutil.which("taskset"):
-            command = ["taskset", "-c", str(opts.server_cpu), *command]
+            command = ["taskset", "-c", cpus or str(opts.server_cpu), *command]
         self.command = command
         self._log = open(self.log_path, "wb")
         self.process = start_process(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -149,10 +165,11 @@ class ServerProcess:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """The server's CPU time (with --workers: the supervisor's and its workers')."""
+        return tree_cpu_seconds(self.pid)
 
     def rss_kb(self) -> int:
-        return rss_kb(self.pid)
+        return tree_rss_kb(self.pid)
 
     def main_thread_cpu_seconds(self) -> float | None:
         """CPU of the server's main thread (its event loop); the rest of the process's CPU is worker
@@ -165,15 +182,16 @@ class ServerProcess:
         except OSError:
             return ""
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Poll ``/healthz`` until it answers 200; RuntimeError if the server exits or takes too long."""
+    async def wait_ready(self, timeout: float = 30.0, workers: int = 1) -> None:
+        """Poll ``/healthz`` until it answers 200 (and every worker listens); RuntimeError if the server
+        exits or takes too long."""
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 status, _ = await bench_ws.http_get(self.host, self.port, "/healthz", timeout=1.0)
-                if status == 200:
+                if status == 200 and (workers == 1 or f"{workers} workers listening" in self.log_tail(400)):
                     return
             except (OSError, trio.TooSlowError, WebSocketError):
                 pass
@@ -186,3 +204,34 @@ class ServerProcess:
         self._log.close()
         if self._store_dir is not None:
             shutil.rmtree(self._store_dir, ignore_errors=True)
+
+
+class RedisProcess:
+    """A redis-server of the step's own on a free port (no persistence), for --workers and split steps."""
+
+    def __init__(self, opts: Options) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is needed for steps with several server processes (scripts/setup test)")
+        self.port = free_port(opts.host)
+        self.url = f"redis://{opts.host}:{self.port}"
+        self.process = start_process(
+            ["redis-server", "--port", str(self.port), "--bind", opts.host, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        self._host = opts.host
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self._host, self.port), timeout=1.0) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            await trio.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout:g} s")
+
+    def stop(self) -> None:
+        stop_process(self.process, 5.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from callscribe.bench.options import DEFAULT_STEPS, Options, Settings
 
-SCENARIOS = ("ramp", "floor", "fanout", "soak", "store", "viewers")
+SCENARIOS = ("ramp", "floor", "fanout", "soak", "store", "viewers", "workers", "streams")
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -46,8 +46,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         choices=(*SCENARIOS, "all"),
         help="what to run (repeatable): ramp, floor, fanout, soak, store (the call store off and on, in"
-        " interleaved rounds), viewers (1 call watched by 1 and by 50 subscribers), or all (default: ramp,"
-        " floor and fanout; soak, store and viewers run only when asked)",
+        " interleaved rounds), viewers (1 call watched by 1 and by 50 subscribers), workers (--workers 1"
+        " and 2), streams (subscribers on another process), or all (default: ramp, floor and fanout; the"
+        " others run only when asked)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: small steps, a few seconds each")
     parser.add_argument(
@@ -129,6 +130,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="calls of the store scenario (default: the ramp's largest sustained count, else 40)",
     )
     parser.add_argument("--store-rounds", type=int, default=None, help="store off/on rounds (default 3)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="ramp, floor and fanout against `serve --workers N` (N > 1: with Redis)"
+    )
+    parser.add_argument(
+        "--redis", action="store_true", help="serve with a Redis of each step's own, even with 1 worker"
+    )
+    parser.add_argument("--scale-rounds", type=int, help="interleaved rounds of workers and streams (default 2)")
+    parser.add_argument("--streams-calls", type=int, help="calls of the streams scenario (default 100)")
+    parser.add_argument(
+        "--baseline-pythonpath",
+        default=None,
+        help="streams: the tree to compare with (prepended to its server's PYTHONPATH)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -162,6 +176,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "soak_minutes",
         "soak_calls",
         "soak_call_seconds",
+        "scale_rounds",
+        "streams_calls",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -199,6 +215,8 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
         coalesce_tracks=args.coalesce_tracks,
         store=args.server_store,
+        workers=max(1, args.workers),
+        redis=args.redis,
     )
     cpus = os.sched_getaffinity(0)
     if opts.pin and (
@@ -217,7 +235,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
 def run_from_cli(args: argparse.Namespace) -> int:
     """Run ``callscribe bench``; 0 when it ran (whatever it measured), 1 if it could not, 130 on Ctrl-C."""
     # `callscribe` builds every subcommand's parser at start: the machinery loads only when it runs.
-    from callscribe.bench import plot, report, scenarios
+    from callscribe.bench import plot, report, scale, scenarios
     from callscribe.bench.headline import headline_text
     from callscribe.bench.machine import machine_info
     from callscribe.bench.processes import kill_all
@@ -274,6 +292,12 @@ def run_from_cli(args: argparse.Namespace) -> int:
 
             opts.say(f"== viewers: 1 call watched by 1 and by {VIEWERS} subscribers, {settings.viewer_rounds} rounds")
             results["viewers"] = {**scenario_viewers(opts, settings), **stamp}
+        if "workers" in chosen:
+            opts.say(f"== workers: --workers 1 and 2, {settings.scale_rounds} interleaved rounds")
+            results["workers"] = {**scale.scenario_workers(opts, settings), **stamp}
+        if "streams" in chosen:
+            opts.say(f"== streams: {settings.streams_calls} calls, their subscribers on another process")
+            results["streams"] = {**scale.scenario_streams(opts, settings, args.baseline_pythonpath), **stamp}
         if settings.profile:
             opts.say(f"== profile: {settings.profile_calls} calls under py-spy")
             path = out / f"profile-{settings.profile_calls}-calls.folded"

@@ -50,7 +50,7 @@ def scenario_ramp(opts: Options, settings: Settings) -> dict[str, Any]:
         else:
             first_fail = calls
             break
-        if result["load_bound"]:
+        if result["load_bound"] and settings.stop_when_load_bound:
             opts.say(
                 "ramp: the load process is near its own limit; stopping here (numbers above it would measure the load)"
             )

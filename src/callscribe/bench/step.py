@@ -16,7 +16,9 @@ How a step runs (see docs/performance.md for the method and the numbers):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from typing import Any
 
@@ -24,7 +26,7 @@ import trio
 
 from callscribe.bench.machine import cpu_busy_seconds, cpu_seconds
 from callscribe.bench.options import API_KEY, Options, StepPlan
-from callscribe.bench.processes import ServerProcess
+from callscribe.bench.processes import RedisProcess, ServerProcess
 from callscribe.bench.profiling import finish_profiler, start_profiler
 from callscribe.bench.sender import RealTimeSender
 from callscribe.bench.step_result import Window, latency_figures, verdict, window_figures
@@ -71,20 +73,50 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"kind": plan.kind, "calls": plan.calls, "subscribers_per_call": plan.subscribers}
     audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
+    several = plan.kind == "callscribe" and (opts.workers > 1 or opts.split or opts.redis)
+    redis = RedisProcess(opts) if several else None
+    result |= {"workers": opts.workers, "split": opts.split, "redis": several}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, opts.host, 0)
-        server = ServerProcess(opts, plan.kind, fake.url + "?interim_results=true", plan.store)
+        followers: ServerProcess | None = None
+        if redis is not None:
+            await redis.wait_ready()
+        everywhere = f"0-{(os.cpu_count() or 1) - 1}"
+        server = ServerProcess(
+            opts,
+            plan.kind,
+            fake.url + "?interim_results=true",
+            plan.store,
+            redis_url=redis.url if redis else None,
+            cpus=everywhere if opts.workers > 1 else None,
+        )
         result["server_command"] = " ".join(server.command)
         if plan.kind == "callscribe":
             result["store"] = plan.store or opts.store
         try:
-            await server.wait_ready()
+            await server.wait_ready(workers=opts.workers)
+            if opts.split and redis is not None:  # the subscribers' own process, beside the load
+                followers = ServerProcess(
+                    dataclasses.replace(opts, workers=1, server_cpu=opts.load_cpu),
+                    plan.kind,
+                    fake.url + "?interim_results=true",
+                    redis_url=redis.url,
+                )
+                result["subscribers_server_command"] = " ".join(followers.command)
+                await followers.wait_ready()
             await trio.sleep(0.5)
             result["rss_idle_kb"] = server.rss_kb()
             sender = RealTimeSender()
             nursery.start_soon(sender.run)
             traffic = Traffic(
-                opts, plan, server.port, fake=fake, tracker=tracker, sender=sender, audio_checked=audio_checked
+                opts,
+                plan,
+                server.port,
+                fake=fake,
+                tracker=tracker,
+                sender=sender,
+                audio_checked=audio_checked,
+                subscriber_port=followers.port if followers else None,
             )
             async with trio.open_nursery() as traffic_nursery:
                 await _set_up(plan, traffic, traffic_nursery, result)
@@ -95,6 +127,10 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(server.stop)
+                if followers is not None:
+                    await trio.to_thread.run_sync(followers.stop)
+                if redis is not None:
+                    await trio.to_thread.run_sync(redis.stop)
             nursery.cancel_scope.cancel()
 
     result |= window_figures(window, plan, traffic.counts)
@@ -140,8 +176,10 @@ async def _measure(
     tracker.window = (w0, math.inf)
     cpu0, load0, frames0 = server.cpu_seconds(), cpu_seconds(), sender.frames_sent
     main0 = server.main_thread_cpu_seconds()
-    busy0 = cpu_busy_seconds(opts.server_cpu) if opts.pin else None
-    load_busy0 = cpu_busy_seconds(opts.load_cpu) if opts.pin else None
+    # With several server processes the cores are shared by design: no per-core disturbance check.
+    per_core = opts.pin and opts.workers == 1 and not opts.split
+    busy0 = cpu_busy_seconds(opts.server_cpu) if per_core else None
+    load_busy0 = cpu_busy_seconds(opts.load_cpu) if per_core else None
     lag_index = len(sender.lag)
     profiler = start_profiler(server.pid, plan.measure_s, plan.profile_path) if plan.profile_path else None
     rss_samples: list[tuple[float, int]] = []
@@ -160,8 +198,8 @@ async def _measure(
     traffic.replacing = False  # no more replacement calls (soak)
     cpu1, load1, frames1 = server.cpu_seconds(), cpu_seconds(), sender.frames_sent
     main1 = server.main_thread_cpu_seconds()
-    busy1 = cpu_busy_seconds(opts.server_cpu) if opts.pin else None
-    load_busy1 = cpu_busy_seconds(opts.load_cpu) if opts.pin else None
+    busy1 = cpu_busy_seconds(opts.server_cpu) if per_core else None
+    load_busy1 = cpu_busy_seconds(opts.load_cpu) if per_core else None
     tracker.window = (w0, w1)
     rss_samples.append((round(w1 - w0, 3), server.rss_kb()))
     window = Window(

@@ -52,10 +52,12 @@ class Traffic:
         tracker: Tracker,
         sender: RealTimeSender,
         audio_checked: bool,
+        subscriber_port: int | None = None,
     ) -> None:
         self._opts = opts
         self._plan = plan
         self._port = port
+        self._subscriber_port = port if subscriber_port is None else subscriber_port
         self._fake = fake
         self._tracker = tracker
         self._sender = sender
@@ -135,7 +137,7 @@ class Traffic:
             self.start_call(nursery, self._plan.call_seconds)
 
     async def _run_subscriber(self, subscriber: SimSubscriber, nursery: trio.Nursery) -> None:
-        await subscriber.run(self._opts.host, self._port, self._tracker, nursery, self._limiter)
+        await subscriber.run(self._opts.host, self._subscriber_port, self._tracker, nursery, self._limiter)
         if subscriber.failure:
             self.counts.subscribers_failed += 1
             call = subscriber.call

@@ -302,6 +302,17 @@ class CodePool:
         self._matcher = None
         return True
 
+    def hold_exactly(self, codes: Iterable[str]) -> None:
+        """Make exactly ``codes`` the held ones (codes not in the pool are ignored): for a pool that
+        mirrors codes held elsewhere, e.g. by games on other processes."""
+        known = set(self._codes)
+        wanted = dict.fromkeys(code for code in codes if code in known)
+        if wanted.keys() == self._held.keys():
+            return
+        self._held = wanted
+        self._free = [code for code in self._codes if code not in wanted]
+        self._matcher = None
+
     def find_code(self, transcript: str) -> str | None:
         """:func:`find_code` among the active codes (the matcher is cached between changes)."""
         if self._matcher is None:

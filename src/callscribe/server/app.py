@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
+from callscribe.core.fanout import ResumeRequest, resume_request
 from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
 from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, CallSettings, Connector
@@ -219,16 +220,24 @@ class Server:
                 )
                 await _close(ws, CLOSE_POLICY, "token not valid for this call")
                 return None
+            resume = resume_request(ws.query_string.decode("latin-1"))
+            if resume.error:
+                await _refuse_resume(ws, peer, resume.error)
+                return None
             if wait_s > 0 and not await self._wait_for_call(ws, peer, call_sid, wait_s):
                 return None
-            await self._subscribe(ws, peer, call_sid, with_history)
+            # A subscriber with ids resumes from the hub's history of the call (?after=0-0 for all
+            # of it), whose messages carry the ids; the store's history is for the others.
+            await self._subscribe(ws, peer, call_sid, resume, with_history and not resume.ids)
         if scope.cancelled_caught:
             await _close(ws, CLOSE_GOING_AWAY, "server shutting down")
         return None
 
-    async def _subscribe(self, ws: Websocket, peer: str, call_sid: str, with_history: bool = True) -> None:
+    async def _subscribe(
+        self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool
+    ) -> None:
         try:
-            async with self.hub.subscribe(call_sid) as subscription:
+            async with self.hub.subscribe(call_sid, ids=resume.ids, after=resume.after) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -343,7 +352,13 @@ class Server:
         admitted = await self._admit(ws, "a game")
         if not isinstance(admitted, Verdict):
             return admitted
-        game = self.games.join(peer)
+        try:
+            game = await self.games.join(peer)
+        except HubUnavailable as error:
+            log.warning("game %s turned away: %s", peer, error)
+            await ws.send(error_message(f"game codes are unavailable: {error}"))
+            await _close(ws, CLOSE_TRY_AGAIN_LATER, "game codes unavailable, try again later")
+            return None
         if game is None:
             log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
             await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))
@@ -400,6 +415,13 @@ async def _discard_incoming(ws: Websocket) -> None:
     """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
     while True:
         await ws.receive()
+
+
+async def _refuse_resume(ws: Websocket, peer: str, reason: str) -> None:
+    """A subscriber's `ids`/`after` do not parse (see callscribe.core.fanout.resume_request)."""
+    log.info("subscriber %s refused: %s", peer, reason)
+    await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": reason}))
+    await _close(ws, CLOSE_POLICY, "bad ids or after")
 
 
 async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:

@@ -188,13 +188,13 @@ class ObservedHub:
         return await self.inner.active_calls()
 
     def subscribe(
-        self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE
+        self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE, *, ids: bool = False, after: str | None = None
     ) -> AbstractAsyncContextManager[Subscription]:
-        return self.inner.subscribe(call_sid, queue_size)
+        return self.inner.subscribe(call_sid, queue_size, ids=ids, after=after)
 
     def stats(self) -> dict[str, int]:
         return self.inner.stats()
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
+    async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
         self.feed.shutdown(reason)
-        await self.inner.shutdown(reason)
+        await self.inner.shutdown(reason, grace_s=grace_s)

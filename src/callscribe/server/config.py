@@ -231,6 +231,25 @@ OPTIONS += [
     ),
 ]
 
+# -- several processes ---------------------------------------------------------------------------
+
+OPTIONS += [
+    Option(
+        "--workers",
+        "CALLSCRIBE_WORKERS",
+        "server processes sharing the port (SO_REUSEPORT), supervised; auto = one per CPU core;"
+        " more than 1 needs CALLSCRIBE_REDIS_URL",
+        "1",
+    ),
+    Option(
+        "--redis-lease",
+        "CALLSCRIBE_REDIS_LEASE",
+        "seconds within which the death of a process sharing Redis is noticed: its calls end for"
+        " subscribers elsewhere (1011) and its game codes are freed",
+        "30",
+    ),
+]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
@@ -268,6 +287,9 @@ class ServerSettings:
     run_file: str | None = None
     store: StoreSettings = field(default_factory=StoreSettings)
     """The call store; the default here (unlike `callscribe serve`'s) is none."""
+    # -- several processes
+    workers: int = 1
+    lease_s: float = 30.0
 
     @property
     def tls(self) -> bool:
@@ -405,6 +427,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         raise ConfigError(f"CALLSCRIBE_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url!r}")
 
     store = _store_settings(values)
+    workers = _workers(values["CALLSCRIBE_WORKERS"] or "")
+    if workers > 1 and not redis_url:
+        raise ConfigError(
+            f"CALLSCRIBE_WORKERS={values['CALLSCRIBE_WORKERS']} runs {workers} processes, which share calls, subscribers"
+            " and game codes through Redis: set CALLSCRIBE_REDIS_URL (or run one worker)"
+        )
+    lease = _number(values, "CALLSCRIBE_REDIS_LEASE", 1, 3600)
 
     call = CallSettings(
         deepgram_url=url,
@@ -442,6 +471,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         redis_url=redis_url,
         run_file=values["CALLSCRIBE_RUN_FILE"] or None,
         store=store,
+        workers=workers,
+        lease_s=lease,
     )
 
 
@@ -544,6 +575,15 @@ def _run_file_pid(path: str) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return pid if isinstance(pid, int) else None
+
+
+def _workers(text: str) -> int:
+    """`CALLSCRIBE_WORKERS`: a count from 1 to 64, or auto (the CPU cores this process may use)."""
+    if text.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise ConfigError(f"CALLSCRIBE_WORKERS must be a number from 1 to 64, or auto, not {text!r}")
+    return int(text)
 
 
 def _list(text: str | None) -> frozenset[str]:

@@ -14,6 +14,12 @@ once a code matches, the call belongs to that game for the rest of the call:
 
 Every decision (when to patch, what the game gets, what to speak, barge-in) is made by the pure
 `callscribe.core.patch.PatchMachine`; the wire format of `/game` is `callscribe.core.game_messages`.
+
+Where codes are held is the registry's `CodeLedger`: `LocalCodes` (this process's pool), or Redis
+(redis_games.py), where a code may be held by a game on another process. A caller who says such a
+code is patched through `GameLinks` (remote_games.py): the call's `GamePatch` gets a `RemoteGame`
+where it would hold a `Game`, and the game's process gives the `Game` a `RemoteCall` where it
+would hold a `GamePatch`; the messages and their order are the same.
 This module carries bytes: it feeds the machine what the call, the game and the speech engine do,
 sends the machine's messages to the game's outbox, and runs one task per call (`run_speaker`)
 that writes the machine's Twilio messages in order and synthesizes its sentences.
@@ -22,8 +28,10 @@ that writes the machine's Twilio messages in order and synthesizes its sentences
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -34,7 +42,19 @@ from callscribe.core.patch import CodeHeard, Output, PatchMachine, Speak, StopSp
 from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Subscription
 from callscribe.server.speech import SpeechEngine, SpeechError
 
-__all__ = ["GAME_QUEUE", "NO_PHONE_NUMBER", "Game", "GamePatch", "GameRegistry", "GameSettings", "error_message"]
+__all__ = [
+    "GAME_QUEUE",
+    "NO_PHONE_NUMBER",
+    "CodeHolder",
+    "CodeLedger",
+    "Game",
+    "GameLinks",
+    "GamePatch",
+    "GameRegistry",
+    "GameSettings",
+    "LocalCodes",
+    "error_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +74,41 @@ class GameSettings:
     codes_file: str | None = None
 
 
+class PatchedCall(Protocol):
+    """What a game's commands go to: the `GamePatch` of a call on this process, or a `RemoteCall`."""
+
+    call_sid: str
+
+    def say(self, text: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def game_left(self) -> None: ...
+
+
+class PatchedGame(Protocol):
+    """What a call's patch sends to: a `Game` on this process, or a `RemoteGame`."""
+
+    code: str
+
+    def send(self, message: str, droppable: bool = False) -> None: ...
+
+    def unpatch(self, patch: GamePatch) -> None: ...
+
+
 class Game:
     """One connected game: its code, its outbound queue, and the call patched to it (if any)."""
 
-    def __init__(self, code: str, peer: str) -> None:
+    def __init__(self, code: str, peer: str, game_id: str = "") -> None:
         self.code = code
         self.peer = peer
+        self.game_id = game_id or secrets.token_hex(4)
         self.outbox = Subscription(call_sid="", queue_size=GAME_QUEUE)
-        self.patch: GamePatch | None = None
+        self.patch: PatchedCall | None = None
+
+    def unpatch(self, patch: GamePatch) -> None:
+        if self.patch is patch:
+            self.patch = None
 
     def send(self, message: str, droppable: bool = False) -> None:
         if not self.outbox.offer(message, droppable):
@@ -83,24 +130,85 @@ class Game:
             self.patch.clear()
 
 
-class GameRegistry:
-    """The codes and the games holding them (one process)."""
+class CodeHolder(NamedTuple):
+    """A game on another process holding a code."""
 
-    def __init__(self, settings: GameSettings, speech: SpeechEngine | None, pool: CodePool | None = None) -> None:
+    origin: str
+    game_id: str
+
+
+class CodeLedger(Protocol):
+    """Where the codes are held. `pool` is what the patch machines match against (its active codes
+    are the codes held anywhere)."""
+
+    pool: CodePool
+
+    async def claim(self, game_id: str) -> str | None:
+        """Hold a free code for the game `game_id`; None when every code is held."""
+
+    def release(self, code: str, game_id: str) -> None:
+        """The game let its code go (without waiting)."""
+
+    def holder(self, code: str) -> CodeHolder | None:
+        """The game on another process holding `code`; None if it is held here (or by nobody)."""
+
+
+class LocalCodes:
+    """The codes of one process: a `CodePool`."""
+
+    def __init__(self, pool: CodePool) -> None:
+        self.pool = pool
+
+    async def claim(self, game_id: str) -> str | None:
+        return self.pool.acquire()
+
+    def release(self, code: str, game_id: str) -> None:
+        self.pool.release(code)
+
+    def holder(self, code: str) -> CodeHolder | None:
+        return None
+
+
+class GameLinks(Protocol):
+    """Patches to games on other processes (remote_games.py)."""
+
+    def connect(self, patch: GamePatch, holder: CodeHolder, code: str) -> PatchedGame:
+        """`patch`'s caller said `code`, which `holder` holds: the stand-in for that game."""
+
+
+class GameRegistry:
+    """The codes and the games holding them: this process's, and through `codes` and `links`, others'."""
+
+    def __init__(
+        self,
+        settings: GameSettings,
+        speech: SpeechEngine | None,
+        pool: CodePool | None = None,
+        *,
+        codes: CodeLedger | None = None,
+        links: GameLinks | None = None,
+    ) -> None:
         self.settings = settings
         self.speech = speech
-        self.pool = (
-            pool
-            if pool is not None
-            else (CodePool.from_file(settings.codes_file) if settings.codes_file else CodePool())
-        )
+        if codes is None:
+            if pool is None:
+                pool = CodePool.from_file(settings.codes_file) if settings.codes_file else CodePool()
+            codes = LocalCodes(pool)
+        self.codes = codes
+        self.links = links
         self.games: dict[str, Game] = {}
 
-    def join(self, peer: str) -> Game | None:
-        code = self.pool.acquire()
+    @property
+    def pool(self) -> CodePool:
+        return self.codes.pool
+
+    async def join(self, peer: str) -> Game | None:
+        game = Game("", peer)
+        code = await self.codes.claim(game.game_id)
         if code is None:
             return None
-        game = self.games[code] = Game(code, peer)
+        game.code = code
+        self.games[code] = game
         return game
 
     def leave(self, game: Game) -> None:
@@ -111,7 +219,7 @@ class GameRegistry:
         game.outbox.end(CLOSE_NORMAL, "game disconnected")
         if self.games.get(game.code) is game:
             del self.games[game.code]
-            self.pool.release(game.code)
+            self.codes.release(game.code, game.game_id)
         if game.patch is not None:
             game.patch.game_left()
 
@@ -135,7 +243,7 @@ class GamePatch:
         self.registry = registry
         self.call_sid = call_sid
         self.machine = PatchMachine(call_sid, stream_sid, registry.pool, can_speak=registry.speech is not None)
-        self.game: Game | None = None
+        self.game: PatchedGame | None = None
         self.patched_code: str | None = None
         """The code of the last game the call was patched to (for the call's record)."""
         self._send_to_twilio = send_to_twilio
@@ -196,6 +304,13 @@ class GamePatch:
                 pass  # already rung
 
     def _connect(self, heard: CodeHeard) -> None:
+        holder = self.registry.codes.holder(heard.code)
+        if holder is not None and self.registry.links is not None:
+            self.game = self.registry.links.connect(self, holder, heard.code)
+            self.patched_code = heard.code
+            log.info("call %s patched to game %s on another process (%s)", self.call_sid, heard.code, heard.how)
+            self._perform(self.machine.connect(heard))
+            return
         game = self.registry.games.get(heard.code)
         if game is None or game.patch is not None:
             log.info(
@@ -213,7 +328,7 @@ class GamePatch:
 
     def _unbind(self) -> None:
         if self.game is not None:
-            self.game.patch = None
+            self.game.unpatch(self)
             self.game = None
 
     async def run_speaker(self) -> None:

@@ -1,137 +1,93 @@
 """A hub shared by several callscribe processes (on one machine or many) through Redis.
 
 Same interface and delivery rules as `InMemoryHub`: a call streaming into one process can be
-followed by subscribers connected to any other. Redis holds the registry, each process fans out
-to its own subscribers:
+followed, and resumed, by subscribers connected to any other. Redis holds the registry and each
+call's history; each process fans out to its own subscribers:
 
-- `{prefix}:calls`           sorted set: callSid -> time its owning process last vouched for it.
-                             A process refreshes its live calls every `lease_s / 3`; a call not
-                             refreshed for `lease_s` (its process died) drops out of the list.
-- `{prefix}:streams`         hash: callSid -> streams of that call (Twilio may fork a call twice).
-- `{prefix}:notice:{sid}`    the call's sticky notice (e.g. "transcription failed").
-- `{prefix}:messages:{sid}`  pub/sub channel of the call. A message is a kind letter, the id of the
-                             publishing process (8 characters) and the text: `m` a message, `i` a
-                             droppable (interim) one, `e` the end of the call, its close code and
-                             reason as JSON. Anything else is skipped (logged at most once a
-                             minute). Versions without the process id used `{prefix}:call:{sid}`:
-                             processes of both kinds see neither each other's messages nor ends.
+- `{prefix}:calls`            sorted set: callSid -> time a process streaming it last vouched for it
+                              (every `lease_s / 3`). A call not vouched for within the lease (its
+                              processes died) drops out of the list, and is *buried*: the first
+                              process that follows it and notices writes an `Error` notice and its
+                              end (1011) to its history, so every subscriber anywhere is told.
+- `{prefix}:owners:{sid}`     hash: origin -> streams of the call on that process (Twilio may fork a
+                              call twice, onto two processes). A stream's end ends the call when no
+                              live process streams it any more.
+- `{prefix}:history:{sid}`    Redis Stream: the call's kept messages (finals, notices) and its end,
+                              the last ~`HISTORY` (XADD MAXLEN ~), kept `RESUME_WINDOW_S` after the
+                              last write. Entry ids are the ids subscribers see and resume after.
+- `{prefix}:notice:{sid}`     the call's sticky notice ("id text").
+- `{prefix}:fanout:{sid}`     pub/sub channel of the call: every message as it is written, in the
+                              wire format of `callscribe.core.fanout` (kind, origin, id, text).
+                              Older versions used `{prefix}:messages:{sid}` without ids: processes of
+                              both kinds see neither each other's messages nor ends.
 
-A call never waits for Redis. A process serves its own subscribers of its own calls directly (its
-own messages coming back through Redis are skipped); `publish`, `register_call` and
-`unregister_call` queue their Redis writes in a bounded outbox, which the writer task sends in
-order, a pipeline per batch. A write that finds the outbox full, or Redis down, is dropped and
-counted: other processes' subscribers miss that message.
+A kept message is one script: XADD to the history and PUBLISH with the id it got, so pub/sub
+order is history order. A subscriber joins by reading the history after its resume point (the
+last id now, or its `after`), and gets live messages from pub/sub with duplicates dropped by id
+(`callscribe.core.fanout.Resume`); after a pub/sub reconnection every subscriber fed through it
+is caught up from the history the same way.
 
-Every Redis command has a deadline (`command_timeout_s`); a Redis that fails or hangs is down. The
-outage is logged once, Redis is PINGed every `PROBE_INTERVAL_S`, and its return is logged as soon
-as it answers; then the pub/sub connection is reopened and this process's calls are vouched for.
-Meanwhile calls go on, this process's subscribers of its calls are served to the end, and new
-subscribers are refused (`HubUnavailable`). coredis's own log lines are lowered to DEBUG.
-
-One pub/sub connection per process is subscribed to the channels of calls that have a subscriber
-here; the dispatcher hands each message to their bounded queues without blocking. coredis reads
-ahead into unbounded buffers of its own, so past `pubsub_backlog` unread messages (this process
-cannot keep up) the connection is dropped with its backlog, the subscribers of other processes'
-calls, who would miss messages, are ended with 1013, and it reconnects.
+A call never waits for Redis (redis_outbox.py). A process serves its own plain subscribers of its
+own calls directly; subscribers that asked for ids get every message through Redis, in history
+order. During an outage (redis_link.py) calls go on, plain subscribers of this process's calls are
+served to the end, and new subscribers are refused (`HubUnavailable`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, NamedTuple, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
-import anyio
 import coredis
-import coredis.retry
 import trio
 
+from callscribe.core.fanout import (
+    DROPPABLE,
+    END,
+    MALFORMED,
+    MESSAGE,
+    WireMessage,
+    end_text,
+    id_key,
+    parse_end,
+    parse_wire,
+    wire,
+)
 from callscribe.server.hub import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_TRY_AGAIN_LATER,
     DEFAULT_QUEUE_SIZE,
+    HISTORY,
+    RESUME_WINDOW_S,
     HubUnavailable,
     Subscription,
     UnknownCall,
+    gap_notice,
 )
+from callscribe.server.redis_deaths import DEAD_REASON, bury_dead, dead_notice
+from callscribe.server.redis_link import (
+    COMMAND_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    LEASE_S,
+    PROBE_INTERVAL_S,
+    REDIS_ERRORS,
+    RedisLink,
+    Sparse,
+)
+from callscribe.server.redis_outbox import OUTBOX_SIZE, Outbox, Pipeline, Write
+from callscribe.server.redis_pubsub import PUBSUB_BACKLOG, PubSubListener
+from callscribe.server.redis_scripts import BURY, END_STREAM, JOIN, KEEP
+
+__all__ = ["COMMAND_TIMEOUT_S", "CONNECT_TIMEOUT_S", "PROBE_INTERVAL_S", "REDIS_ERRORS", "RedisHub"]
 
 log = logging.getLogger(__name__)
 
-COMMAND_TIMEOUT_S = 1.0
-"""Deadline of a Redis command (or a pipeline of them); past it, Redis is down."""
-PROBE_INTERVAL_S = 1.0
-"""During an outage Redis is PINGed this often."""
-CONNECT_TIMEOUT_S = 2.0
-"""Deadline to connect when serve.py checks Redis at start-up."""
-OUTBOX_SIZE = 1000
-"""Writes that may wait for Redis; beyond that they are dropped."""
-BATCH_SIZE = 100
-PUBSUB_BACKLOG = 10_000
-"""Pub/sub messages coredis may hold unread before the connection is dropped."""
-SUBSCRIBE_WAIT_S = 5.0
-"""A new subscriber waits this long for a reconnecting pub/sub connection."""
 NOTICE_TTL_S = 24 * 3600
-ORIGIN_LENGTH = 8
-REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)
-"""What a failed or unanswered command raises (TimeoutError is an OSError)."""
-PUBSUB_ERRORS = (*REDIS_ERRORS, anyio.ClosedResourceError, anyio.BrokenResourceError)
-"""Also what coredis's pub/sub raises when its connection goes while it is being closed."""
-
-END_STREAM = """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if left <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-    redis.call('ZREM', KEYS[2], ARGV[1])
-    redis.call('DEL', KEYS[3])
-    redis.call('PUBLISH', KEYS[4], ARGV[2])
-end
-return left
-"""
-"""A stream ended: if it was the call's last anywhere, drop the call and publish its end. KEYS:
-streams, calls, notice, channel; ARGV: callSid, end message. Returns the streams left."""
-
-
-class _DemoteToDebug(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-logging.getLogger("coredis").addFilter(_DemoteToDebug())
-
-
-class _Overloaded(Exception):
-    """The dispatcher is too far behind the pub/sub connection."""
-
-
-class _Write(NamedTuple):
-    """A Redis write in the outbox: `op` "register", "publish" (`data`, and `notice` if sticky) or
-    "end" (`data`; `end` is the close code and reason when this process has no stream of it left)."""
-
-    op: str
-    call_sid: str
-    data: str = ""
-    notice: str | None = None
-    end: tuple[int, str] | None = None
-
-
-class _Sparse:
-    """A warning logged at most once a minute, with the count of occurrences since the last one."""
-
-    def __init__(self, message: str) -> None:
-        self.message, self.count, self.next_at = message, 0, -math.inf
-
-    def __call__(self, *args: object) -> None:
-        self.count += 1
-        if (now := trio.current_time()) >= self.next_at:
-            log.warning(self.message, self.count, *args)
-            self.count, self.next_at = 0, now + 60.0
 
 
 class RedisHub:
@@ -140,65 +96,66 @@ class RedisHub:
         url: str,
         *,
         prefix: str = "callscribe",
-        lease_s: float = 30.0,
+        lease_s: float = LEASE_S,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         outbox_size: int = OUTBOX_SIZE,
         pubsub_backlog: int = PUBSUB_BACKLOG,
+        link: RedisLink | None = None,
     ) -> None:
-        self._client = coredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            connect_timeout=command_timeout_s,
-            stream_timeout=command_timeout_s,
-            retry_policy=coredis.retry.NoRetryPolicy(),
+        self.link = link or RedisLink(url, prefix=prefix, lease_s=lease_s, command_timeout_s=command_timeout_s)
+        for script in (KEEP, END_STREAM, BURY, JOIN):
+            self.link.register_script(script)
+        self.link.renewals.append(self._renew)
+        self._outbox = self.outbox = Outbox(self.link, outbox_size)
+        self.services: list[Callable[[], Awaitable[None]]] = []
+        """More tasks to run beside the hub's (the Redis games')."""
+        self._listener = PubSubListener(
+            self.link,
+            dispatch=self._on_message,
+            channels=self._channels,
+            shed=self._shed,
+            reopened=self._catch_up_all,
+            backlog_limit=pubsub_backlog,
         )
-        self._where, self._prefix, self._lease_s = url.rsplit("@", 1)[-1], prefix, lease_s
-        self._timeout, self._backlog_limit = command_timeout_s, pubsub_backlog
-        self._origin = secrets.token_hex(ORIGIN_LENGTH // 2)
+        self.listener = self._listener
+        """The pub/sub connection, which the Redis games share."""
         self._local_streams: dict[str, int] = {}
         self._subscriptions: dict[str, set[Subscription]] = {}
-        self._pubsub: coredis.patterns.pubsub.PubSub[str] | None = None
-        self._listening = trio.Event()
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Write](outbox_size)
-        self._queued, self._outbox_empty, self._congested, self._unwritten = 0, trio.Event(), False, 0
-        self._outbox_empty.set()
-        self._down, self._outage_began, self._outage, self._back = False, 0.0, trio.Event(), trio.Event()
-        self._back.set()
-        self._malformed = _Sparse("skipped %d malformed pub/sub message(s), the last on call %s: %.60r")
-        self._refused = _Sparse("Redis refused %d write batch(es), the last: %s")
+        self._listening: dict[str, trio.Event] = {}
+        """Per followed call: set once the pub/sub connection is subscribed to its channel."""
+        self._channel_prefix = self.link.key("fanout", "")
+        self.extra_channels: list[str] = []
+        self.on_channel_message: dict[str, Callable[[object], None]] = {}
+        """Channels other than the calls' that the pub/sub connection is to carry, and who gets them."""
+        self._malformed = Sparse("skipped %d malformed pub/sub message(s), the last on call %s: %.60r")
 
     def _key(self, *parts: str) -> str:
-        return ":".join((self._prefix, *parts))
-
-    @contextmanager
-    def _deadline(self) -> Iterator[None]:
-        """The Redis commands in the block get `command_timeout_s` together, then TimeoutError."""
-        with trio.move_on_after(self._timeout) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise TimeoutError(f"no answer within {self._timeout:g} s")
+        return self.link.key(*parts)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, then run the pub/sub listener, the writer, the vouching and the outage probe until
-        cancelled. Raises `HubUnavailable` if Redis does not answer at start-up."""
-        async with self._client:
-            try:
-                with self._deadline():
-                    await self._client.ping()
-            except REDIS_ERRORS as error:
-                raise HubUnavailable(f"Redis at {self._where} does not answer: {error}") from error
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen)
-                nursery.start_soon(self._write)
-                nursery.start_soon(self._vouch)
-                nursery.start_soon(self._probe)
-                task_status.started()
+        """Connect, then run the link, the pub/sub listener, the writer and the watch until cancelled.
+        Raises `HubUnavailable` if Redis does not answer at start-up."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.link.run)
+            await nursery.start(self._listener.run)
+            nursery.start_soon(self._outbox.run)
+            nursery.start_soon(self._watch)
+            for service in self.services:
+                nursery.start_soon(service)
+            task_status.started()
 
     # -- the calls' side: acts here at once, queues the Redis writes -------------------------------
 
     async def register_call(self, call_sid: str) -> None:
         self._local_streams[call_sid] = self._local_streams.get(call_sid, 0) + 1
-        self._enqueue(_Write("register", call_sid))
+        owners, origin = self._key("owners", call_sid), self.link.origin
+
+        def stage(pipe: Pipeline) -> None:
+            pipe.hincrby(owners, origin, 1)
+            pipe.expire(owners, NOTICE_TTL_S)
+            pipe.zadd(self._key("calls"), {call_sid: time.time()})
+
+        self._outbox.put(Write(stage))
 
     async def unregister_call(self, call_sid: str, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
         left = self._local_streams.get(call_sid, 0) - 1
@@ -206,315 +163,252 @@ class RedisHub:
             self._local_streams[call_sid] = left
         else:
             self._local_streams.pop(call_sid, None)
-        data = "e" + self._origin + json.dumps({"code": code, "reason": reason})
-        self._enqueue(_Write("end", call_sid, data, end=(code, reason) if left <= 0 else None))
+        keys = [
+            self._key("owners", call_sid),
+            self._key("calls"),
+            self._key("notice", call_sid),
+            self._key("history", call_sid),
+            self._channel_prefix + call_sid,
+            self._key("processes"),
+        ]
+
+        def stage(pipe: Pipeline) -> Any:
+            args = [call_sid, self.link.origin, end_text(code, reason), HISTORY]
+            return pipe.evalsha(self.link.script(END_STREAM), keys, [*args, self.link.stale_before(), RESUME_WINDOW_S])
+
+        def done(going_on: Any) -> None:
+            if not going_on:
+                self._end_here(call_sid, code, reason, direct_only=True)
+
+        self._outbox.put(Write(stage, done, lambda: self._end_here(call_sid, code, reason)))
 
     async def publish(self, call_sid: str, message: str, *, sticky: bool = False, droppable: bool = False) -> None:
-        self._offer(call_sid, message, droppable)
-        data = ("i" if droppable else "m") + self._origin + message
-        self._enqueue(_Write("publish", call_sid, data, notice=message if sticky else None))
+        for subscription in list(self._subscriptions.get(call_sid, ())):
+            if not subscription.ids:
+                self._deliver(subscription, message, droppable)
+        channel, origin = self._channel_prefix + call_sid, self.link.origin
+        if droppable:
+            data = wire(DROPPABLE, origin, message)
 
-    def _enqueue(self, write: _Write) -> None:
-        if self._down:
-            self._not_written(write)
+            def stage_droppable(pipe: Pipeline) -> None:
+                pipe.publish(channel, data)
+
+            self._outbox.put(Write(stage_droppable))
             return
-        try:
-            self._outbox_send.send_nowait(write)
-        except trio.WouldBlock:
-            if not self._congested:
-                self._congested = True
-                log.warning("Redis is not keeping up: %d writes wait; dropping more until it catches up", self._queued)
-            self._not_written(write)
+        keys = [self._key("history", call_sid), channel, self._key("notice", call_sid)]
+        args = [HISTORY, MESSAGE, origin, message, "1" if sticky else "0", RESUME_WINDOW_S, NOTICE_TTL_S]
+
+        def stage_kept(pipe: Pipeline) -> None:
+            pipe.evalsha(self.link.script(KEEP), keys, args)
+
+        self._outbox.put(Write(stage_kept))
+
+    async def written(self) -> None:
+        """Wait until every write queued so far has been sent to Redis (or dropped)."""
+        await self._outbox.empty.wait()
+
+    async def _renew(self) -> None:
+        """Keep this process's live calls listed, and their histories."""
+        if not self._local_streams:
             return
-        self._queued += 1
-        if self._outbox_empty.is_set():
-            self._outbox_empty = trio.Event()
-
-    def _not_written(self, write: _Write) -> None:
-        self._unwritten += 1
-        if write.end is not None:
-            self._end_here(write.call_sid, *write.end)  # (its Redis entry drops out after the lease)
-
-    async def _write(self) -> None:
-        """Send the outbox to Redis in order, a pipeline per batch (dropped while Redis is down)."""
-        async for first in self._outbox_receive:
-            batch = [first]
-            while len(batch) < BATCH_SIZE:
-                try:
-                    batch.append(self._outbox_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._send(batch)
-            self._queued -= len(batch)
-            if self._queued == 0:
-                self._outbox_empty.set()
-                if self._congested and not self._down:
-                    self._congested = False
-                    log.warning("Redis caught up; %d writes were dropped", self._unwritten)
-                    self._unwritten = 0
-
-    async def _send(self, batch: list[_Write]) -> None:
-        calls, streams, ends = self._key("calls"), self._key("streams"), []
+        now = time.time()
         try:
-            if self._down:
-                raise ConnectionError("Redis is down")  # (already logged)
-            with self._deadline():
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for write in batch:
-                        sid, channel = write.call_sid, self._key("messages", write.call_sid)
-                        if write.op == "register":
-                            pipe.hincrby(streams, sid, 1)
-                            pipe.zadd(calls, {sid: time.time()})
-                            continue
-                        if write.op == "end":
-                            keys = [streams, calls, self._key("notice", sid), channel]
-                            ends.append((write, pipe.eval(END_STREAM, keys, [sid, write.data])))
-                            continue
-                        if write.notice is not None:
-                            pipe.set(self._key("notice", sid), write.notice, ex=NOTICE_TTL_S)
-                        pipe.publish(channel, write.data)
-                lefts = [cast(int, await left) for _, left in ends]
+            with self.link.deadline():
+                async with self.link.client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self._key("calls"), {sid: now for sid in self._local_streams})
+                    for sid in self._local_streams:
+                        pipe.expire(self._key("history", sid), int(RESUME_WINDOW_S))
+                        pipe.expire(self._key("owners", sid), NOTICE_TTL_S)
         except REDIS_ERRORS as error:
-            if isinstance(error, coredis.exceptions.ResponseError):
-                self._refused(error)  # Redis answered: not an outage
-            else:
-                self._failed("writing", error)
-            for write in batch:
-                self._not_written(write)
-            return
-        for (write, _), left in zip(ends, lefts, strict=True):
-            if left <= 0 and write.end is not None:
-                self._end_here(write.call_sid, *write.end)
+            self.link.failed("renewing the call list", error)
 
-    # -- outages ------------------------------------------------------------------------------------
+    # -- process death ----------------------------------------------------------------------------
 
-    def _failed(self, what: str, error: BaseException) -> None:
-        if not self._down:
-            self._down, self._outage_began, self._back = True, trio.current_time(), trio.Event()
-            self._outage.set()
-            log.error(
-                "Redis is unavailable (%s: %s); calls go on, this process's subscribers are served directly",
-                what,
-                str(error) or type(error).__name__,
-            )
-
-    def _unavailable(self, what: str, error: BaseException) -> HubUnavailable:
-        self._failed(what, error)
-        return HubUnavailable(f"Redis is unavailable: {error}")
-
-    async def _probe(self) -> None:
-        """During an outage, PING Redis every PROBE_INTERVAL_S; once it answers, resume."""
+    async def _watch(self) -> None:
+        """Every watch interval: bury the followed calls whose processes stopped vouching for them."""
         while True:
-            await self._outage.wait()
-            while True:
-                await trio.sleep(PROBE_INTERVAL_S)
-                try:
-                    with self._deadline():
-                        await self._client.ping()
-                    break
-                except REDIS_ERRORS as error:
-                    log.debug("Redis is still unavailable: %s", error)
-            self._outage, self._down = trio.Event(), False
-            self._back.set()
-            log.warning(
-                "Redis is back after %.1f s; %d writes were dropped meanwhile (other processes' subscribers missed them)",
-                trio.current_time() - self._outage_began,
-                self._unwritten,
-            )
-            self._unwritten = 0
-            await self._vouch_now()
+            await trio.sleep(self.link.watch_interval_s)
+            followed = [
+                sid
+                for sid, subs in self._subscriptions.items()
+                if sid not in self._local_streams and any(not s.ended for s in subs)
+            ]
+            if followed and not self.link.down:
+                await self._bury_dead(followed)
 
-    async def _vouch(self) -> None:
-        """Keep this process's live calls listed (a crashed process's calls drop out after the lease)."""
-        while True:
-            await trio.sleep(self._lease_s / 3)
-            await self._vouch_now()
-
-    async def _vouch_now(self) -> None:
-        if self._local_streams and not self._down:
-            now = time.time()
-            try:
-                with self._deadline():
-                    await self._client.zadd(self._key("calls"), {sid: now for sid in self._local_streams})
-            except REDIS_ERRORS as error:
-                self._failed("renewing the call list", error)
+    async def _bury_dead(self, call_sids: list[str]) -> None:
+        try:
+            await bury_dead(self.link, call_sids, self._channel_prefix)
+        except REDIS_ERRORS as error:
+            self.link.failed("watching calls", error)
 
     # -- subscribers --------------------------------------------------------------------------------
 
     async def active_calls(self) -> list[str]:
-        if self._down:
+        if self.link.down:
             raise HubUnavailable("Redis is unavailable")
         try:
-            with self._deadline():
-                listed = await self._client.zrange(
-                    self._key("calls"), time.time() - self._lease_s, "+inf", sortby=coredis.PureToken.BYSCORE
+            with self.link.deadline():
+                listed = await self.link.client.zrange(
+                    self._key("calls"), self.link.stale_before(), "+inf", sortby=coredis.PureToken.BYSCORE
                 )
         except REDIS_ERRORS as error:
-            raise self._unavailable("listing calls", error) from error
+            raise self.link.unavailable("listing calls", error) from error
         return list(listed)
 
     @asynccontextmanager
-    async def subscribe(self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE) -> AsyncIterator[Subscription]:
-        if self._down:
+    async def subscribe(
+        self, call_sid: str, queue_size: int = DEFAULT_QUEUE_SIZE, *, ids: bool = False, after: str | None = None
+    ) -> AsyncIterator[Subscription]:
+        if self.link.down:
             raise HubUnavailable("Redis is unavailable")
-        here = call_sid in self._local_streams  # (its registration may still be in the outbox)
-        try:
-            with self._deadline():
-                vouched = None if here else await self._client.zscore(self._key("calls"), call_sid)
-        except REDIS_ERRORS as error:
-            raise self._unavailable(f"looking up call {call_sid}", error) from error
-        if not here and (vouched is None or vouched < time.time() - self._lease_s):
-            raise UnknownCall(call_sid)
-        subscription = Subscription(call_sid, queue_size)
+        subscription = Subscription(call_sid, queue_size, ids=ids, after=after)
+        subscription.hold()  # live messages wait while the history is read
         local = self._subscriptions.setdefault(call_sid, set())
         local.add(subscription)
+        listening = self._listening.get(call_sid)
+        first = listening is None
+        if listening is None:
+            listening = self._listening[call_sid] = trio.Event()
         try:
             try:
-                if len(local) == 1:
-                    await self._listen_to(call_sid)
-                with self._deadline():
-                    notice = await self._client.get(self._key("notice", call_sid))
-                    ended = not here and await self._client.zscore(self._key("calls"), call_sid) is None
+                if first:
+                    try:
+                        await self._listener.subscribe(self._channel_prefix + call_sid)
+                    finally:
+                        listening.set()
+                else:  # the channel's messages reach this process once the first one subscribed
+                    with trio.move_on_after(self.link.timeout):
+                        await listening.wait()
+                with self.link.deadline():
+                    joined = await self.link.client.evalsha(
+                        self.link.script(JOIN),
+                        [self._key("notice", call_sid), self._key("history", call_sid), self._key("calls")],
+                        [call_sid],
+                    )
+                notice, last, trimmed, oldest, vouched = (str(x) for x in cast(list[Any], joined))
+                live = call_sid in self._local_streams or (vouched != "" and float(vouched) >= self.link.stale_before())
+                if not live and (after is None or not last):
+                    raise UnknownCall(call_sid)
+                before: list[tuple[str, str, str]] = []  # (id, kind, text)
+                if after is None:
+                    if notice:
+                        notice_id, _, text = notice.partition(" ")
+                        before.append((notice_id, MESSAGE, text))
+                elif trimmed and oldest and id_key(after) < id_key(oldest):
+                    before.append(("", MESSAGE, gap_notice(call_sid, after, oldest)))
+                start = after if after is not None else (last or "0-0")
+                before += await self._history(call_sid, start, subscription)
+                if not live and not any(kind == END for _, kind, _ in before):
+                    # Its processes died before anyone buried it: say so after what is kept.
+                    before += [("", MESSAGE, dead_notice(call_sid))]
+                    before += [("", END, end_text(CLOSE_INTERNAL_ERROR, DEAD_REASON))]
             except REDIS_ERRORS as error:
-                raise self._unavailable(f"subscribing to call {call_sid}", error) from error
-            if notice is not None:
-                subscription.offer(notice)
-            if ended:
-                subscription.end(CLOSE_NORMAL, "call ended")  # it ended while we were subscribing
+                raise self.link.unavailable(f"subscribing to call {call_sid}", error) from error
+            subscription.release(before)
+            if after is None and not subscription.resume.last:
+                subscription.resume.skip_to(last or "0-0")
             yield subscription
         finally:
             local.discard(subscription)
             if not local and self._subscriptions.get(call_sid) is local:
                 del self._subscriptions[call_sid]
-                await self._unlisten(call_sid)
+                if self._listening.get(call_sid) is listening:
+                    del self._listening[call_sid]
+                await self._listener.unsubscribe(self._channel_prefix + call_sid)
 
-    async def _listen_to(self, call_sid: str) -> None:
-        """Subscribe the pub/sub connection to the call's channel, waiting (bounded) while it reconnects."""
-        with trio.move_on_after(SUBSCRIBE_WAIT_S):
-            await self._listening.wait()
-        if (pubsub := self._pubsub) is None:
-            raise TimeoutError("the pub/sub connection is not back")
-        with self._deadline():
-            await pubsub.subscribe(self._key("messages", call_sid))
+    async def _history(self, call_sid: str, after: str, subscription: Subscription) -> list[tuple[str, str, str]]:
+        """The kept messages after `after` that `subscription` is to get from the history."""
+        with self.link.deadline():
+            entries = await self.link.client.xrange(self._key("history", call_sid), "(" + after, "+")
+        kept = []
+        for entry in entries:
+            fields = entry.field_values
+            kind, origin, text = (str(fields.get(name, "")) for name in ("k", "o", "t"))
+            if kind not in (MESSAGE, END) or (kind == END and parse_end(text) is None):
+                continue
+            if origin == self.link.origin and not subscription.ids and call_sid in self._local_streams:
+                continue  # it has (or will have) this process's own messages directly
+            kept.append((str(entry.identifier), kind, text))
+        return kept
 
-    async def _unlisten(self, call_sid: str) -> None:
-        if (pubsub := self._pubsub) is None or self._down:
-            return  # a reconnection subscribes afresh anyway
-        with trio.move_on_after(self._timeout, shield=True):
-            try:
-                await pubsub.unsubscribe(self._key("messages", call_sid))
-            except REDIS_ERRORS as error:
-                log.debug("call %s: could not unsubscribe from Redis: %s", call_sid, error)
+    async def _catch_up_all(self) -> None:
+        """The pub/sub connection was reopened: what its subscribers missed meanwhile, from the history."""
+        for call_sid, subscriptions in list(self._subscriptions.items()):
+            for subscription in list(subscriptions):
+                if subscription.ended or not subscription.resume.last:
+                    continue
+                subscription.hold()
+                try:
+                    missed = await self._history(call_sid, subscription.resume.last, subscription)
+                except REDIS_ERRORS as error:
+                    self.link.failed("catching up", error)
+                    missed = []
+                subscription.release(missed)
 
     def stats(self) -> dict[str, int]:
         """This process's share: its calls' streams and its subscribers."""
         return {"calls": len(self._local_streams), "subscribers": sum(map(len, self._subscriptions.values()))}
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
-        """End every subscription with 1001, then give the outbox (the calls' ends) a moment to reach Redis."""
+    async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
+        """Give this process's subscribers of calls on other processes up to `grace_s` to get their
+        calls' ends (those processes may be draining too), end every other subscription with 1001,
+        then give the outbox (the calls' ends) a moment to reach Redis."""
+        with trio.move_on_after(grace_s):
+            while any(sid not in self._local_streams for sid in self._subscriptions):
+                await trio.sleep(0.05)
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
                 subscription.end(CLOSE_GOING_AWAY, reason)
-        with trio.move_on_after(2 * self._timeout):
-            await self._outbox_empty.wait()
+        with trio.move_on_after(2 * self.link.timeout):
+            await self._outbox.empty.wait()
 
     # -- pub/sub ------------------------------------------------------------------------------------
 
-    async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the pub/sub connection open and dispatch its messages. After a drop it is reopened,
-        once Redis answers again, on the channels of the calls still followed here."""
-        started = False
-        while True:
-            error: BaseException = TimeoutError(f"no answer within {self._timeout:g} s")
-            overloaded = False
-            channels = [
-                self._key("messages", s) for s, subs in self._subscriptions.items() if any(not x.ended for x in subs)
-            ]
-            try:
-                with trio.CancelScope(deadline=trio.current_time() + self._timeout) as connecting:
-                    async with self._client.pubsub(
-                        ignore_subscribe_messages=True, retry_policy=None, channels=channels
-                    ) as pubsub:
-                        connecting.deadline = math.inf
-                        self._pubsub = pubsub
-                        self._listening.set()
-                        if not started:
-                            started = True
-                            task_status.started()
-                        await self._dispatch(pubsub)
-            except* _Overloaded:
-                overloaded = True
-            except* PUBSUB_ERRORS as group:
-                error = group.exceptions[0]
-            finally:
-                self._pubsub = None
-                if self._listening.is_set():
-                    self._listening = trio.Event()
-            if not started:
-                raise HubUnavailable(f"Redis at {self._where}: cannot subscribe: {error}") from error
-            if overloaded:
-                self._shed()
-            else:
-                self._failed("listening", error)
-                await self._back.wait()
+    def _channels(self) -> list[str]:
+        calls = [self._channel_prefix + s for s, subs in self._subscriptions.items() if any(not x.ended for x in subs)]
+        return calls + self.extra_channels
 
-    async def _dispatch(self, pubsub: coredis.patterns.pubsub.PubSub[str]) -> None:
-        prefix = self._key("messages", "")
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is not None and message["type"] == "message":
-                self._on_message(str(message["channel"])[len(prefix) :], message["data"])
-            if _backlog(pubsub) > self._backlog_limit:
-                raise _Overloaded
-
-    def _on_message(self, call_sid: str, data: object) -> None:
-        if not isinstance(data, str) or len(data) <= ORIGIN_LENGTH or data[0] not in "mie":
+    def _on_message(self, channel: str, data: object) -> None:
+        if not channel.startswith(self._channel_prefix):
+            handler = self.on_channel_message.get(channel)
+            if handler is not None:
+                handler(data)
+            return
+        call_sid = channel[len(self._channel_prefix) :]
+        message = parse_wire(data)
+        if message is MALFORMED:
             self._malformed(call_sid, data)
             return
-        kind, origin, text = data[0], data[1 : 1 + ORIGIN_LENGTH], data[1 + ORIGIN_LENGTH :]
-        if origin == self._origin:
-            return  # this process's own: its subscribers had it directly
-        if kind != "e":
-            self._offer(call_sid, text, kind == "i")
-            return
-        try:
-            end = json.loads(text)
-            code, reason = end["code"], end["reason"]
-        except (ValueError, TypeError, KeyError):
-            code = reason = None
-        if isinstance(code, int) and isinstance(reason, str):
-            self._end_here(call_sid, code, reason)
+        own = message.origin == self.link.origin
+        for subscription in list(self._subscriptions.get(call_sid, ())):
+            if own and not subscription.ids:
+                continue  # this process's own: its plain subscribers had it directly
+            self._take(subscription, message)
+
+    def _take(self, subscription: Subscription, message: WireMessage) -> None:
+        if message.kind == END:
+            end = parse_end(message.text)
+            assert end is not None  # parse_wire checked it
+            subscription.finish(*end, message.message_id)
         else:
-            self._malformed(call_sid, data)
+            self._deliver(subscription, message.text, message.kind == DROPPABLE, message.message_id)
+
+    def _deliver(self, subscription: Subscription, text: str, droppable: bool, message_id: str = "") -> None:
+        if not subscription.offer(text, droppable, message_id):
+            log.warning("call %s: dropping a subscriber: %s", subscription.call_sid, subscription.close_reason)
 
     def _shed(self) -> None:
         """The pub/sub connection was dropped with its backlog: end the subscribers who missed messages."""
         ended = 0
         for call_sid, subscriptions in self._subscriptions.items():
             for subscription in subscriptions:
-                if call_sid not in self._local_streams and not subscription.ended:
+                if (call_sid not in self._local_streams or subscription.ids) and not subscription.ended:
                     subscription.end(CLOSE_TRY_AGAIN_LATER, "server overloaded, try again later")
                     ended += 1
-        log.warning(
-            "this process cannot keep up with Redis pub/sub (over %d messages unread): dropped them and "
-            "%d subscribers of other processes' calls, reconnecting",
-            self._backlog_limit,
-            ended,
-        )
+        log.warning("ended %d subscribers fed through Redis pub/sub: they missed messages", ended)
 
-    def _offer(self, call_sid: str, text: str, droppable: bool) -> None:
+    def _end_here(self, call_sid: str, code: int, reason: str, *, direct_only: bool = False) -> None:
         for subscription in list(self._subscriptions.get(call_sid, ())):
-            if not subscription.offer(text, droppable):
-                log.warning("call %s: dropping a subscriber: %s", call_sid, subscription.close_reason)
-
-    def _end_here(self, call_sid: str, code: int, reason: str) -> None:
-        for subscription in list(self._subscriptions.get(call_sid, ())):
-            subscription.end(code, reason)
-
-
-def _backlog(pubsub: Any) -> int:
-    """Messages coredis has read for `pubsub` that the dispatcher has not taken yet. coredis keeps
-    them in two unbounded internal streams and offers no count; 0 if its internals change (the
-    backlog test in tests/server/test_redis_hub.py then fails)."""
-    streams = (getattr(pubsub, "_receive_stream", None), getattr(pubsub._connection, "_push_message_buffer_out", None))
-    return sum(stream.statistics().current_buffer_used for stream in streams if stream is not None)
+            if not (direct_only and subscription.ids):
+                subscription.end(code, reason)

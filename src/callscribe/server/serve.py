@@ -78,8 +78,10 @@ class _Config(Config):
         return sockets
 
 
-def hypercorn_config(settings: ServerSettings) -> Config:
+def hypercorn_config(settings: ServerSettings, *, reuse_port: bool = False) -> Config:
     config = _Config()
+    if reuse_port:
+        config.workers = 2  # what makes Hypercorn bind with SO_REUSEPORT (its workers are not used)
     config.user_timeout_ms = int(settings.stall_timeout_s * 1000)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
@@ -98,9 +100,11 @@ async def serve(
     *,
     stop: trio.Event | None = None,
     hub: Hub | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs."""
+    """Serve until SIGTERM/SIGINT (or `stop` is set); `task_status` gets the bound URLs. With
+    `reuse_port` the port is shared with other processes (SO_REUSEPORT: a worker, see workers.py)."""
     speech = engine_from_settings(
         settings.call.deepgram_api_key,
         prefer=settings.speech,
@@ -121,16 +125,18 @@ async def serve(
         log.warning(
             "no CALLSCRIBE_TOKENS or CALLSCRIBE_TOKEN_SECRET: anyone can read every transcript on /client and /game"
         )
-    config = hypercorn_config(settings)
+    config = hypercorn_config(settings, reuse_port=reuse_port)
     try:
         config.create_ssl_context()  # Hypercorn loads it again once listening: this is to say what failed
     except OSError as error:  # ssl.SSLError is one
         raise StartupError(f"CERT_PEM/KEY_PEM: cannot load the certificate and key: {_os_reason(error)}") from None
     if hub is None and settings.redis_url:
+        from callscribe.server.redis_games import RedisGames
         from callscribe.server.redis_hub import RedisHub
 
-        await _reach_redis(settings.redis_url)
-        hub = RedisHub(settings.redis_url)
+        await reach_redis(settings.redis_url)
+        hub = RedisHub(settings.redis_url, lease_s=settings.lease_s)
+        RedisGames(hub, games)  # game codes and patches across processes, run by the hub
         log.info("hub: Redis at %s", _without_credentials(settings.redis_url))
     log.info("talk-back speech: %s", speech.name)
     store = await _open_store(settings.store)
@@ -238,12 +244,12 @@ def _where(location: str) -> str:
     return location if "://" in location else str(Path(location).resolve())
 
 
-async def _reach_redis(url: str) -> None:
+async def reach_redis(url: str) -> None:
     """Refuse to start when Redis does not answer (a wrong URL is found now, not at the first call);
     once running, `RedisHub` rides out Redis outages by itself."""
     import coredis
 
-    from callscribe.server.redis_hub import CONNECT_TIMEOUT_S, REDIS_ERRORS
+    from callscribe.server.redis_link import CONNECT_TIMEOUT_S, REDIS_ERRORS
 
     try:
         async with coredis.Redis.from_url(

@@ -110,6 +110,7 @@ class Supervisor:
     async def shutdown(self, grace_s: float) -> None:
         """Refuse new work, let live calls finish (flush, final results, 1001 to subscribers), then stop."""
         self.closing = True
+        deadline = trio.current_time() + grace_s
         for call in list(self.calls):
             call.end_input(CLOSE_GOING_AWAY, "server shutting down")
         if self.calls:
@@ -118,7 +119,7 @@ class Supervisor:
                 await self._idle.wait()
         with trio.move_on_after(STORE_FLUSH_S):
             await self.recorder.flush()
-        await self.hub.shutdown()
+        await self.hub.shutdown(grace_s=max(0.0, deadline - trio.current_time()))
         self.games.shutdown()
         for scope in list(self._connection_scopes):
             scope.cancel()

@@ -1,0 +1,88 @@
+"""Games across processes: two servers on one Redis, the call on one, the game on the other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio_websocket
+
+from callscribe.server.games import GameSettings
+from callscribe.testing.fake_aura import FakeAura
+from callscribe.testing.fake_deepgram import FakeDeepgram
+from callscribe.testing.simulator import run_call
+from conftest import RunningServer, start_server, stop_servers
+from game_client import GameClient, game_call, play, say_when_connected
+from redis_server import needs_redis
+
+pytestmark = needs_redis
+PHONE = "+15550002222"
+
+
+async def two_servers(
+    nursery: trio.Nursery, fake: FakeDeepgram, aura: FakeAura, redis_url: str, codes: str
+) -> tuple[RunningServer, RunningServer]:
+    servers = []
+    for _ in range(2):
+        servers.append(
+            await start_server(
+                nursery,
+                fake,
+                games=GameSettings(phone_number=PHONE, codes_file=codes),
+                speech="aura",
+                speak_url=aura.url,
+                redis_url=redis_url,
+            )
+        )
+    return servers[0], servers[1]
+
+
+@pytest.fixture
+def codes_file(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    path = tmp_path / "codes.json"
+    path.write_text(json.dumps({"game_codes": ["42", "7"]}))
+    return str(path)
+
+
+async def test_a_caller_on_one_process_is_patched_to_a_game_on_another_and_it_talks_back(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, redis_url: str, codes_file: str
+) -> None:
+    a, c = await two_servers(nursery, fake_deepgram, fake_aura, redis_url, codes_file)
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, c, game, say_when_connected("Welcome to the game"))
+        fake_deepgram.behaviour.transcript = f"number {game.code}"
+        fake_deepgram.behaviour.result_every_s = 0.5
+        report = await run_call(a.url("/twilio"), game_call(5.0), speed=1.5, bidirectional=True)
+    assert game.messages[0]["type"] == "CallConnected"
+    assert game.messages[1]["type"] == "Results"  # what carried the code
+    assert "SpeechDone" in game.types  # the mark was echoed on A's Twilio socket and came back
+    assert game.messages[-1]["type"] == "CallEnded"
+    assert report.playback is not None
+    assert report.playback.audio == fake_aura.expected_audio("Welcome to the game")  # played on A
+    await stop_servers(a, c)
+
+
+async def test_keypad_and_dtmf_across_processes_and_codes_are_shared(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, redis_url: str, codes_file: str
+) -> None:
+    a, c = await two_servers(nursery, fake_deepgram, fake_aura, redis_url, codes_file)
+    fake_deepgram.behaviour.transcript = "hello there"
+    first, second = GameClient(), GameClient()
+    async with trio.open_nursery() as inner, trio.open_nursery() as idle:
+        await inner.start(play, c, first)  # returns with CallEnded
+        await idle.start(play, a, second)  # the other code: the pool is one across processes
+        assert {first.code, second.code} == {"42", "7"}
+        async with trio_websocket.open_websocket_url(a.url("/game"), connect_timeout=5) as third:
+            error = json.loads(await third.get_message())
+            assert "all 2 game codes are in use" in error["message"]
+        keys = [(0.3 + 0.1 * i, digit) for i, digit in enumerate(first.code)]
+        spec = game_call(3.0, dtmf=[*keys, (1.5, "#"), (1.8, "5")])
+        await run_call(a.url("/twilio"), spec, speed=2.0, bidirectional=True)
+        idle.cancel_scope.cancel()
+    assert first.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
+    assert {"type": "Dtmf", "digit": "5"} in first.messages
+    assert first.messages[-1]["type"] == "CallEnded"
+    assert second.messages == []
+    await stop_servers(a, c)
