@@ -22,7 +22,9 @@ class ServerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
-        self.env = base | env | {"PROXY_URL": f"127.0.0.1:{self.port}"}
+        # Each process keeps its call store in a folder of its own, beside its log (unless told otherwise).
+        data = {"CALLSCRIBE_DATA_DIR": str(log_path.parent / f"data-{self.port}")}
+        self.env = base | data | env | {"PROXY_URL": f"127.0.0.1:{self.port}"}
         self.args, self.log_path = args, log_path
         self.process: trio.Process | None = None
         self.server = RunningServer(
@@ -35,6 +37,7 @@ class ServerProcess:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "callscribe", "serve", *self.args],
                 env=self.env,
+                cwd=self.log_path.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -148,7 +148,7 @@ async def test_a_subscriber_joining_mid_call_gets_every_final_exactly_once(
 ) -> None:
     server = await start_server(nursery, deepgram, store=StoreSettings(location=str(tmp_path / "calls.db")))
     spec = CallSpec(inbound=generate_tone(10.0), outbound=generate_tone(10.0, freq_hz=700))
-    early, late, live_only = Subscriber(), Subscriber(), Subscriber()
+    early, late, live_only, with_ids = Subscriber(), Subscriber(), Subscriber(), Subscriber()
     async with trio.open_nursery() as calls:
         calls.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=2.0))
         await calls.start(subscribe, server, spec.call_sid, early)
@@ -157,12 +157,19 @@ async def test_a_subscriber_joining_mid_call_gets_every_final_exactly_once(
                 await trio.sleep(0.01)
         calls.start_soon(subscribe, server, spec.call_sid, late)
         calls.start_soon(lambda: subscribe(server, spec.call_sid, live_only, query="?history=0"))
+        calls.start_soon(lambda: subscribe(server, spec.call_sid, with_ids, query="?after=0-0"))
     everything = finals_of(early)
     assert len(everything) == len(deepgram.finals) >= 38
     assert finals_of(late) == everything  # the first half from the store, the rest live: no gap, no repeat
     assert late.types[-1] == "Metadata" and late.close_code == 1000
     only_live = finals_of(live_only)
     assert 0 < len(only_live) < len(everything) and only_live == everything[-len(only_live) :]
+    # One that asks for ids replays the hub's history instead (which carries them), also once each.
+    ids = [json.loads(final)["id"] for final in finals_of(with_ids)]
+    assert [
+        final.replace(f'{{"id": "{id_}", ', "{", 1) for final, id_ in zip(finals_of(with_ids), ids, strict=True)
+    ] == ["{" + final.lstrip()[1:].lstrip() for final in everything]
+    assert len(set(ids)) == len(ids)
 
 
 async def test_outcomes_hung_up_and_shut_down_are_kept(

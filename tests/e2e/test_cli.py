@@ -27,6 +27,7 @@ from callscribe.server.hub import InMemoryHub
 from callscribe.server.serve import StartupError, leaves, serve
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from conftest import free_port, start_server
+from redis_server import RedisServer, needs_redis
 
 PYTHON = sys.executable
 TOKEN_SECRET = "0123456789abcdef0123456789abcdef"
@@ -194,7 +195,7 @@ def test_a_store_in_use_by_another_server_is_one_line_and_status_2(tmp_path: Pat
         running.close()
     assert result.returncode == 2
     assert_one_error_line(
-        result.stderr, f"the store {tmp_path / 'callscribe.db'} is in use by another callscribe process"
+        result.stderr, f"the store {tmp_path / 'callscribe.db'} is in use by another callscribe server"
     )
 
 
@@ -221,6 +222,29 @@ def test_workers_whose_address_or_redis_fails_are_one_line_and_status_2() -> Non
     if len(os.sched_getaffinity(0)) > 1:
         assert result.returncode == 2
         assert_one_error_line(result.stderr, "cannot reach Redis at redis://127.0.0.1:1")
+
+
+@needs_redis
+async def test_a_worker_that_cannot_start_stops_them_all_with_its_one_line_and_status_2(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from callscribe.server.store import open_engine
+
+    running = open_engine(str(tmp_path / "callscribe.db"))
+    running.open()  # another server holds the store the workers would share
+    try:
+        env = {
+            "DEEPGRAM_API_KEY": "k",
+            "PROXY_URL": f"127.0.0.1:{free_port()}",
+            "CALLSCRIBE_REDIS_URL": redis_server.url,
+            "CALLSCRIBE_DATA_DIR": str(tmp_path),
+            "CALLSCRIBE_STORE": "",  # the default store, in the data directory
+        }
+        result = await trio.to_thread.run_sync(lambda: run_cli("serve", "--workers", "2", env=env))
+    finally:
+        running.close()
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "is in use by another callscribe server")
 
 
 def _settings() -> ServerSettings:

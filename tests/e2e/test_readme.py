@@ -218,7 +218,8 @@ NOT_RUN = {
     "ngrok http 5000": "a tunnel needs the internet; what it is for is checked by go_live",
     "callscribe listen": "a synopsis (CA0123... stands for a callSid); each form is run elsewhere",
     "docker build -t callscribe .": "no Docker daemon in the tests; tests/e2e/test_healthcheck.py runs the image's commands",
-    "CALLSCRIBE_REDIS_URL=redis://redis.internal:6379": "a placeholder host; tests/server/test_redis_hub.py runs several processes",
+    "callscribe fake-deepgram --api-key demo &": "needs a redis-server on its port 6379: tests/e2e/test_scale_out.py"
+    " runs the block with its own Redis and fake Deepgram (test_workers_share_the_port_and_every_call)",
     "CALLSCRIBE_TOKEN_SECRET=...": "a placeholder secret; tests/e2e/test_cli.py mints tokens",
     "callscribe calls list": "needs a store with calls in it: tests/e2e/test_calls_command.py runs the block as written",
 }

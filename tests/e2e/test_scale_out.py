@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -222,6 +223,15 @@ async def test_workers_share_the_port_and_every_call(
     assert len(call_pid) == 16 and len(set(call_pid.values())) == 2, log  # the kernel spread the calls
     joined = re.findall(r"\[(\d+)\] callscribe\.server\.app: call (CA\w+): subscriber", log)
     assert any(call_pid[sid] != pid for pid, sid in joined)  # followed from the other worker
+    # Both workers keep their calls in the one SQLite file (the default store), each API lists all.
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(10):
+            while True:
+                listed = (await http.get(server.http_url + "/api/calls?limit=50")).json()["calls"]
+                if len([call for call in listed if call["outcome"] == "ended"]) == 16:
+                    break
+                await trio.sleep(0.1)
+    assert {call["callSid"] for call in listed} == set(call_pid)
 
     # A worker that dies is restarted.
     victim = int(next(iter(call_pid.values())))

@@ -88,7 +88,7 @@ async def test_a_viewer_too_slow_for_its_events_is_cut_off_and_nobody_else(caplo
 
 async def test_games_and_other_processes_calls_show_within_a_refresh(autojump_clock: trio.abc.Clock) -> None:
     feed, hub, games = feed_and_hub({})
-    game = games.join("peer")
+    game = await games.join("peer")
     assert game is not None
     elsewhere = ["CA-elsewhere"]
 

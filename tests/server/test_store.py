@@ -180,8 +180,16 @@ def test_calls_left_open_by_a_process_that_is_gone_are_closed_interrupted(store_
         survivor.close()
 
 
-def test_a_live_process_keeps_its_calls_on_postgresql(postgres_url: str) -> None:
-    first, second = open_engine(postgres_url), open_engine(postgres_url)
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite workers"])
+def test_a_live_process_keeps_its_calls_with_other_processes_on_the_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        first, second = open_engine(url), open_engine(url)
+    else:  # the workers of one `serve --workers N` on one file
+        path = str(tmp_path / "callscribe.db")
+        first, second = open_engine(path, shared=True), open_engine(path, shared=True)
     for engine, name in ((first, "first"), (second, "second")):
         engine.open()
         engine.register(name, time.time())
@@ -281,15 +289,26 @@ def test_one_server_process_per_sqlite_file(tmp_path: Path) -> None:
     first = open_engine(str(tmp_path / "callscribe.db"))
     first.open()
     try:
-        with pytest.raises(StoreError, match="in use by another callscribe process"):
+        with pytest.raises(StoreError, match="in use by another callscribe server"):
             open_engine(str(tmp_path / "callscribe.db")).open()
+        with pytest.raises(StoreError, match="in use by another callscribe server"):
+            open_engine(str(tmp_path / "callscribe.db"), shared=True).open()  # nor may workers join it
         reader = open_engine(str(tmp_path / "callscribe.db"))
         reader.open(migrate=False)  # readers (callscribe calls) need no lock
         reader.close()
     finally:
         first.close()
+    workers = [open_engine(str(tmp_path / "callscribe.db"), shared=True) for _ in range(2)]
+    for worker in workers:
+        worker.open()  # the lock went with the first; workers share it
+    try:
+        with pytest.raises(StoreError, match="in use by another callscribe server"):
+            open_engine(str(tmp_path / "callscribe.db")).open()  # but keep other servers out
+    finally:
+        for worker in workers:
+            worker.close()
     second = open_engine(str(tmp_path / "callscribe.db"))
-    second.open()  # the lock went with the first
+    second.open()
     second.close()
 
 

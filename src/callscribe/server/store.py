@@ -249,12 +249,13 @@ class StoreSettings:
     webhook_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-def open_engine(location: str, labels: SpeakerLabels = DEFAULT_LABELS) -> Engine:
-    """The engine for `location` (not yet opened): PostgreSQL for a postgresql:// URL, else SQLite."""
+def open_engine(location: str, labels: SpeakerLabels = DEFAULT_LABELS, *, shared: bool = False) -> Engine:
+    """The engine for `location` (not yet opened): PostgreSQL for a postgresql:// URL, else SQLite
+    (`shared`: a SQLite file used by the workers of one `serve --workers N`)."""
     if location.startswith(SCHEME_POSTGRES):
         from callscribe.server.store_postgres import PostgresEngine
 
         return PostgresEngine(location, labels)
     from callscribe.server.store_sqlite import SqliteEngine
 
-    return SqliteEngine(location, labels)
+    return SqliteEngine(location, labels, shared=shared)

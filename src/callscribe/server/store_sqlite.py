@@ -1,10 +1,12 @@
 """The embedded engine: one SQLite file, in WAL mode, searched with FTS5.
 
-One process serves a file: `callscribe serve` holds an exclusive lock on `<file>.lock` while it runs
-(a second server on the same file stops at start-up; several processes share a PostgreSQL store
+One server serves a file: `callscribe serve` holds an exclusive lock on `<file>.lock` while it runs
+(a second server on the same file stops at start-up; several machines share a PostgreSQL store
 instead). So at start every call still open in the file was left by an earlier process that is
-gone, and is closed as interrupted. `callscribe calls ...` reads the file beside a running server
-(WAL lets readers and the writer work at once).
+gone, and is closed as interrupted. The workers of one `serve --workers N` share the file: each
+holds a shared lock (which still keeps any other server out), and the calls of a worker that dies
+are closed by the others once its lease runs out, as with PostgreSQL. `callscribe calls ...` reads
+the file beside a running server (WAL lets readers and the writer work at once).
 
 Connections come from a small pool, each used by one worker thread at a time; writes are
 `BEGIN IMMEDIATE` transactions that wait up to `BUSY_TIMEOUT_S` for the lock. `synchronous=NORMAL`:
@@ -107,10 +109,10 @@ MIGRATIONS: list[list[str]] = [
 
 class SqliteEngine(SqlEngine):
     kind = "sqlite"
-    exclusive = True
 
-    def __init__(self, path: str, labels: SpeakerLabels = DEFAULT_LABELS) -> None:
+    def __init__(self, path: str, labels: SpeakerLabels = DEFAULT_LABELS, *, shared: bool = False) -> None:
         super().__init__(path, labels)
+        self.exclusive = not shared
         self.path = Path(path)
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._all: list[sqlite3.Connection] = []
@@ -142,18 +144,19 @@ class SqliteEngine(SqlEngine):
         except OSError as error:
             raise StoreError(f"cannot open {lock_path}: {error.strerror}") from None
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock.fileno(), (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:
             lock.seek(0)
             holder = lock.read().strip() or "?"
             lock.close()
             raise StoreError(
-                f"the store {self.path} is in use by another callscribe process (pid {holder}): give each process"
+                f"the store {self.path} is in use by another callscribe server (pid {holder}): give each server"
                 " its own --store, or share a PostgreSQL store between them"
             ) from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
+        if self.exclusive:  # (workers, holding it shared, leave the file as they find it)
+            lock.truncate(0)
+            lock.write(str(os.getpid()))
+            lock.flush()
         self._lock = lock
 
     def close(self) -> None:
@@ -216,8 +219,13 @@ class SqliteEngine(SqlEngine):
         ]
 
     def _dead_instances(self, db: Db, instance: str, now: float, lease_s: float) -> list[tuple[str, float]]:
-        """Every other process: holding the lock, this one is the only process on the file."""
-        rows = db.execute("SELECT id, heartbeat_at FROM instances WHERE id <> ?", (instance,)).fetchall()
+        """Alone on the file (the exclusive lock): every other process. A worker: those whose lease ran out."""
+        if self.exclusive:
+            rows = db.execute("SELECT id, heartbeat_at FROM instances WHERE id <> ?", (instance,)).fetchall()
+        else:
+            rows = db.execute(
+                "SELECT id, heartbeat_at FROM instances WHERE id <> ? AND heartbeat_at < ?", (instance, now - lease_s)
+            ).fetchall()
         return [(row[0], float(row[1])) for row in rows]
 
 

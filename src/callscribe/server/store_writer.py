@@ -294,12 +294,12 @@ class StoreRecorder:
             await trio.sleep(RETENTION_EVERY_S)
 
 
-async def open_store(settings: StoreSettings) -> StoreRecorder:
+async def open_store(settings: StoreSettings, *, shared: bool = False) -> StoreRecorder:
     """Open the store of `settings` (its location must be set) for this process: connect, upgrade the
     schema, register, and close the calls that processes gone since left open. `StoreError` if it
     cannot be used."""
     assert settings.location is not None
-    engine = open_engine(settings.location, settings.speaker_labels)
+    engine = open_engine(settings.location, settings.speaker_labels, shared=shared)
     await trio.to_thread.run_sync(engine.open)
     recorder = StoreRecorder(
         engine,

@@ -118,9 +118,8 @@ class Supervisor:
                     raise SupervisorError(str(group.exceptions[0])) from None
             async with trio.open_nursery() as nursery:
                 for worker in self.workers:
-                    if not await self._start(worker):
+                    if not await self._start(worker):  # its one line is on stderr: stop the others
                         self.stopping = True
-                        nursery.cancel_scope.cancel()
                         await self._stop_all()
                         return 2
                 log.info(
