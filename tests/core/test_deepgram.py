@@ -69,3 +69,16 @@ def test_rejection_summary_prefers_dg_error_then_body() -> None:
     assert rejection_summary(400, {}, b'{"err_msg":"Bad sample rate"}') == "HTTP 400: Bad sample rate"
     assert rejection_summary(503, {}, b"<html>oops") == "HTTP 503: <html>oops"
     assert rejection_summary(429, {}, None) == "HTTP 429"
+
+
+def test_a_connection_knows_its_request_id_from_its_results_or_its_metadata() -> None:
+    with_results, without_results = DeepgramStream(), DeepgramStream()
+    assert with_results.receive('{"type":"Results","metadata":{"request_id":"r1","model_info":{}}}').type == "Results"
+    with_results.receive('{"type":"Metadata","request_id":"ignored: the first one seen wins"}')
+    assert with_results.request_id == "r1"
+    assert without_results.receive('{"type":"Results","metadata":{"model_uuid":"m"}}').type == "Results"
+    assert without_results.request_id == ""  # no id in that one
+    without_results.receive('{"type":"Metadata","request_id":"r2"}')  # a connection that sent no final
+    assert without_results.request_id == "r2"
+    odd = DeepgramStream()  # metadata of another shape: still a result, with no id
+    assert odd.receive('{"type":"Results","is_final":true,"metadata":[1]}').is_final and odd.request_id == ""

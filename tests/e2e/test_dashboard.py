@@ -20,6 +20,7 @@ import webvtt
 
 import browser
 from callscribe.core.access import TokenCheck
+from callscribe.core.transcript import SpeakerLabels
 from callscribe.server.games import GameSettings
 from callscribe.server.store import StoreSettings
 from callscribe.testing.demo import CONVERSATION, DEMO_NUMBER, LINE_S
@@ -132,7 +133,9 @@ def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
 ) -> None:
     sent = Sent()
     served = stack.serve(
-        store=store_in(tmp_path),
+        store=StoreSettings(
+            location=str(tmp_path / "callscribe.db"), speaker_labels=SpeakerLabels("Customer", "Agent")
+        ),
         deepgram={"transcript": TRANSCRIPT, "result_every_s": 1.0},
         on_send=sent,
         deepgram_url_query=INTERIMS,
@@ -173,13 +176,13 @@ def test_a_call_is_live_in_two_lanes_then_ends_and_is_found_in_history(
         (at,) = [s["at"] for s in shown if s["channel"] == channel and s["start"] == f"{start:.2f}"]
         assert at / 1000 - final["at"] < 1.0, f"a final took {at / 1000 - final['at']:.2f} s to show"
     assert page.locator("#announcer").inner_text().endswith(TRANSCRIPT)
-    assert page.locator("#lane-heads").inner_text().split("\n") == ["Caller", "Other party"]
+    assert page.locator("#lane-heads").inner_text().split("\n") == ["Customer", "Agent"]  # --speaker-labels
 
     with page.expect_download() as downloading:
         page.locator("#downloads a[data-kind=vtt]").click()
     captions = webvtt.read(downloading.value.path())
     assert len(captions) == len(sent.finals)
-    assert {caption.voice for caption in captions} == {"Caller", "Other party"}
+    assert {caption.voice for caption in captions} == {"Customer", "Agent"}
 
     page.locator("[data-nav=history]").click()
     page.fill("#history-form input[name=q]", "zebra")

@@ -3,6 +3,7 @@ pages, erasing, retention, crash recovery, the webhook outbox and migrations."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -63,6 +64,15 @@ def test_a_call_its_finals_and_its_end_are_kept(engine: Engine) -> None:
     assert utterances[0].start == 0.0 and utterances[0].end == 1.0 and utterances[0].confidence == 0.99
     assert [raw for _, raw in engine.history("CA1")] == [u.raw for u in utterances]
     assert json.loads(utterances[1].raw)["channel"]["alternatives"][0]["transcript"] == "good morning"
+
+
+def test_request_ids_follow_the_connections_also_those_without_finals(engine: Engine) -> None:
+    closing = end("CA1", 2)
+    closing = closing._replace(end=dataclasses.replace(closing.end, deepgram_connections=3, request_ids=("r0", "r1")))
+    batch = [start("CA1"), final("CA1", 1, "one", request_id="r1"), final("CA1", 2, "two", request_id="r2"), closing]
+    engine.write(batch, NO_EVENTS)  # r0 sent no final; r2's connection did not tell its id (a lost Metadata)
+    call = engine.get_call("CA1")
+    assert call is not None and call.request_ids == ("r0", "r1", "r2")
 
 
 def test_writing_a_batch_again_adds_nothing(engine: Engine) -> None:

@@ -113,6 +113,8 @@ class CallEnd:
     """Of the audio, seconds of silence put in for lost packets and a late or silent track."""
     deepgram_connections: int = 0
     game_code: str | None = None
+    request_ids: tuple[str, ...] = ()
+    """Deepgram's ids of the call's connections that told theirs (those of finals are added)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ that means for the call.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Mapping
 from typing import Any
@@ -71,6 +72,10 @@ def rejection_summary(status: int, headers: Mapping[str, str] | list[tuple[bytes
     return summary
 
 
+class _ResultMetadata(msgspec.Struct):
+    request_id: str = ""
+
+
 class MessageKind(msgspec.Struct):
     """What the relay needs to know of a Deepgram message; the message itself is passed on as is."""
 
@@ -79,6 +84,10 @@ class MessageKind(msgspec.Struct):
     channel_index: list[int] = []
     start: float = 0.0
     duration: float = 0.0
+    request_id: str = ""
+    """Metadata's (at the end of a connection)."""
+    metadata: msgspec.Raw = msgspec.Raw()
+    """Results' (each carries its connection's request id), read only until the id is known."""
 
     @property
     def channel(self) -> int:
@@ -89,6 +98,7 @@ _UNKNOWN = MessageKind()
 
 
 _kind_decoder = msgspec.json.Decoder(MessageKind)
+_metadata_decoder = msgspec.json.Decoder(_ResultMetadata)
 
 
 class DeepgramState(enum.Enum):
@@ -107,6 +117,8 @@ class DeepgramStream:
         self.results_received = 0
         self.finals_received = 0
         self.unparsable = 0
+        self.request_id = ""
+        """Deepgram's id of this connection, from its first Results or its Metadata ("" if neither came)."""
 
     def send_audio(self, window: bytes) -> bytes:
         if self.state is not DeepgramState.STREAMING:
@@ -134,8 +146,13 @@ class DeepgramStream:
         if kind.type == "Results":
             self.results_received += 1
             self.finals_received += kind.is_final
-        elif kind.type == "Metadata" and self.state is DeepgramState.CLOSING:
-            self.state = DeepgramState.FINISHED
+            if not self.request_id and len(kind.metadata):
+                with contextlib.suppress(msgspec.DecodeError):
+                    self.request_id = _metadata_decoder.decode(kind.metadata).request_id
+        elif kind.type == "Metadata":
+            self.request_id = self.request_id or kind.request_id
+            if self.state is DeepgramState.CLOSING:
+                self.state = DeepgramState.FINISHED
         return kind
 
 

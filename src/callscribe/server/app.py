@@ -30,6 +30,7 @@ from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.core.fanout import ResumeRequest, resume_request
+from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
 from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, CallSettings, Connector
@@ -534,6 +535,10 @@ def create_app(
     async def healthz() -> tuple[dict[str, object], int]:
         return server.supervisor.health(), 200
 
-    add_dashboard_routes(app, Dashboard(server, server.feed, history=server.store is not None))
+    labels = server.store.engine.labels if server.store is not None else SpeakerLabels()
+    add_dashboard_routes(
+        app,
+        Dashboard(server, server.feed, history=server.store is not None, labels=(labels.caller, labels.other_party)),
+    )
 
     return app

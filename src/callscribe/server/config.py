@@ -244,8 +244,8 @@ OPTIONS += [
     Option(
         "--redis-lease",
         "CALLSCRIBE_REDIS_LEASE",
-        "seconds within which the death of a process sharing Redis is noticed: its calls end for"
-        " subscribers elsewhere (1011) and its game codes are freed",
+        "seconds within which the death of a process sharing Redis or the call store is noticed: its"
+        " calls end for subscribers elsewhere (1011) and in the store (interrupted), its game codes are freed",
         "30",
     ),
 ]

@@ -25,6 +25,7 @@ import trio
 from quart import Quart, Request, Response, Websocket, jsonify, request, websocket
 
 from callscribe.core.access import Verdict
+from callscribe.core.transcript import DEFAULT_SPEAKER_LABELS
 from callscribe.server.call_feed import CallFeed
 
 if TYPE_CHECKING:
@@ -66,10 +67,14 @@ def load_web_files() -> dict[str, WebFile]:
 
 
 class Dashboard:
-    def __init__(self, server: Server, feed: CallFeed, *, history: bool) -> None:
+    def __init__(
+        self, server: Server, feed: CallFeed, *, history: bool, labels: tuple[str, str] = DEFAULT_SPEAKER_LABELS
+    ) -> None:
         self.server = server
         self.feed = feed
         self.history = history
+        self.labels = labels
+        """What the lanes of channels 0 and 1 are called (--speaker-labels)."""
         self.files = load_web_files()
 
     def file(self, name: str, http_request: Request) -> Response:
@@ -97,6 +102,7 @@ class Dashboard:
                 "reason": verdict.reason or None,
                 "callSid": verdict.call_sid,
                 "history": self.history,
+                "speakerLabels": list(self.labels),
             }
         )
 

@@ -139,7 +139,7 @@ async def serve(
         RedisGames(hub, games)  # game codes and patches across processes, run by the hub
         log.info("hub: Redis at %s", _without_credentials(settings.redis_url))
     log.info("talk-back speech: %s", speech.name)
-    store = await _open_store(settings.store, shared=reuse_port)
+    store = await _open_store(settings.store, shared=reuse_port, lease_s=settings.lease_s)
     try:
         app = create_app(
             settings.call,
@@ -217,16 +217,17 @@ async def _run(
         raise StartupError(f"the app failed to start: {detail}") from None
 
 
-async def _open_store(settings: StoreSettings, *, shared: bool) -> StoreRecorder | None:
+async def _open_store(settings: StoreSettings, *, shared: bool, lease_s: float) -> StoreRecorder | None:
     """The call store (None with --store none), its webhook delivery attached; `StartupError` if it
-    cannot be used. `shared`: this process is one of the workers of `serve --workers N`."""
+    cannot be used. `shared`: this process is one of the workers of `serve --workers N`; `lease_s`: the silence after which
+    a process sharing the store is taken for dead (--redis-lease)."""
     if settings.location is None:
         log.info("call store: none (--store none): calls are not kept, late subscribers get live messages only")
         return None
     from callscribe.server.store_writer import open_store
 
     try:
-        store = await open_store(settings, shared=shared)
+        store = await open_store(settings, shared=shared, lease_s=lease_s)
     except StoreError as error:
         raise StartupError(str(error)) from None
     log.info("call store: %s %s", store.engine.kind, _where(store.engine.where))

@@ -116,6 +116,7 @@ def call_end_of(call: Call, *, crashed: bool, now: float | None = None) -> CallE
         padding_s=round(sum(mixer.padded) / (SAMPLES_PER_MS * 1000), 3) if mixer else 0.0,
         deepgram_connections=len(deepgram.streams) if deepgram else 0,
         game_code=game.patched_code if game else None,
+        request_ids=tuple(stream.request_id for stream in deepgram.streams if stream.request_id) if deepgram else (),
     )
 
 
@@ -193,6 +194,8 @@ class Engine(Protocol):
     kind: str
     where: str
     """The database as logs may show it (no credentials)."""
+    labels: SpeakerLabels
+    """What channels 0 and 1 are called in its transcripts."""
     exclusive: bool
     """Only one process uses it (SQLite): at start every call left open was this store's and is over."""
 

@@ -192,6 +192,11 @@ class SqlEngine(SqlOutbox):
                 (item.call_sid,),
             ).fetchall()
         ]
+        # In the order of the connections (those that told their id), then any other that a final carried.
+        request_ids = [
+            *end.request_ids,
+            *(request_id for request_id in request_ids if request_id not in end.request_ids),
+        ]
         ended = db.execute(
             "UPDATE calls SET ended_at = ?, outcome = ?, reason = ?, audio_s = ?, padding_s = ?,"
             " deepgram_connections = ?, game_code = ?, request_ids = ? WHERE call_sid = ? AND ended_at IS NULL",

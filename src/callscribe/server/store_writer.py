@@ -260,7 +260,7 @@ class StoreRecorder:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await trio.sleep(HEARTBEAT_S)
+            await trio.sleep(min(HEARTBEAT_S, self.lease_s / 6))
             try:
                 await self.in_thread(self.engine.heartbeat, self.instance, time.time())
                 if not self.engine.exclusive:
@@ -294,7 +294,7 @@ class StoreRecorder:
             await trio.sleep(RETENTION_EVERY_S)
 
 
-async def open_store(settings: StoreSettings, *, shared: bool = False) -> StoreRecorder:
+async def open_store(settings: StoreSettings, *, shared: bool = False, lease_s: float = LEASE_S) -> StoreRecorder:
     """Open the store of `settings` (its location must be set) for this process: connect, upgrade the
     schema, register, and close the calls that processes gone since left open. `StoreError` if it
     cannot be used."""
@@ -307,6 +307,7 @@ async def open_store(settings: StoreSettings, *, shared: bool = False) -> StoreR
         queue_size=settings.queue_size,
         events=EventSettings(settings.webhook_urls, settings.webhook_retry),
         retention_days=settings.retention_days,
+        lease_s=lease_s,
     )
     try:
         await trio.to_thread.run_sync(engine.register, recorder.instance, time.time())

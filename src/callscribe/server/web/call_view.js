@@ -218,13 +218,18 @@ export class CallView {
     }
   }
 
+  /** The speakers' names the server is configured with (--speaker-labels), else the defaults. */
+  labels() {
+    return [...(this.session.speakerLabels || SPEAKERS)];
+  }
+
   open(callSid) {
     this.close();
     this.callSid = callSid;
     this.reconnects = 0;
     this.startedAt = null;
     this.transcript.live = false;
-    this.transcript.reset(2);
+    this.transcript.reset(2, this.labels());
     byId("call-title").textContent = `Call ${callSid}`;
     byId("call-meta").textContent = "";
     byId("call-end").hidden = true;
@@ -348,7 +353,7 @@ export class CallView {
     }
     if (this.callSid !== callSid) return;
     const channels = Math.max(1, (call.tracks || []).length);
-    const labels = [...SPEAKERS];
+    const labels = this.labels();
     for (const utterance of call.utterances) labels[utterance.channel] = utterance.speaker || labels[utterance.channel];
     this.transcript.reset(channels, labels);
     for (const utterance of call.utterances) this.transcript.utterance(utterance);
