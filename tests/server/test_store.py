@@ -75,6 +75,26 @@ def test_request_ids_follow_the_connections_also_those_without_finals(engine: En
     assert call is not None and call.request_ids == ("r0", "r1", "r2")
 
 
+def test_a_second_stream_of_a_call_on_another_process_leaves_the_record_to_the_first(store_location: str) -> None:
+    first, second = open_engine(store_location, shared=True), open_engine(store_location, shared=True)
+    for engine, name in ((first, "first"), (second, "second")):
+        engine.open()
+        engine.register(name, time.time())
+    try:
+        first.write([start("CA1"), final("CA1", 1, "from the first stream")], NO_EVENTS)
+        second.write([start("CA1"), final("CA1", 1, "from the second"), final("CA1", 2, "again")], NO_EVENTS)
+        second.write([end("CA1", 2, at=1_000_010.0)], NO_EVENTS)  # the second stream ends first
+        call = first.get_call("CA1")
+        assert call is not None and call.live
+        first.write([final("CA1", 2, "still the first"), end("CA1", 2)], NO_EVENTS)
+        call = first.get_call("CA1")
+        assert call is not None and not call.live and call.ended_at == 1_000_060.0
+        assert [u.text for u in first.utterances("CA1")] == ["from the first stream", "still the first"]
+    finally:
+        first.close()
+        second.close()
+
+
 def test_writing_a_batch_again_adds_nothing(engine: Engine) -> None:
     batch = [start("CA1"), final("CA1", 1, "once"), final("CA1", 2, "twice")]
     engine.write(batch, RECEIVERS)

@@ -160,8 +160,11 @@ class SqlEngine(SqlOutbox):
         utterance = parse_final(item.raw, item.seq, self.labels)
         if utterance is None:
             return 0
+        # Only into a call this process started: a second stream of the call on another process
+        # (which numbers its finals on its own) is transcribed live but not kept.
         inserted = db.execute(
-            f"INSERT INTO finals (call_sid, {FINAL_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO finals (call_sid, {FINAL_COLUMNS}, received_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " WHERE EXISTS (SELECT 1 FROM calls WHERE call_sid = ? AND instance = ?)"
             " ON CONFLICT (call_sid, seq) DO NOTHING",
             (
                 item.call_sid,
@@ -175,6 +178,8 @@ class SqlEngine(SqlOutbox):
                 utterance.request_id,
                 utterance.raw,
                 item.received_at,
+                item.call_sid,
+                self.instance,
             ),
         )
         if not inserted.rowcount or not events.receivers:
@@ -199,7 +204,8 @@ class SqlEngine(SqlOutbox):
         ]
         ended = db.execute(
             "UPDATE calls SET ended_at = ?, outcome = ?, reason = ?, audio_s = ?, padding_s = ?,"
-            " deepgram_connections = ?, game_code = ?, request_ids = ? WHERE call_sid = ? AND ended_at IS NULL",
+            " deepgram_connections = ?, game_code = ?, request_ids = ? WHERE call_sid = ? AND ended_at IS NULL"
+            " AND instance = ?",  # the end of the stream that started it (see _write_final)
             (
                 end.ended_at,
                 end.outcome.value,
@@ -210,6 +216,7 @@ class SqlEngine(SqlOutbox):
                 end.game_code,
                 json.dumps(request_ids),
                 item.call_sid,
+                self.instance,
             ),
         )
         if not ended.rowcount:
