@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hypothesis
 import pytest
 import trio
 import trio_websocket
@@ -28,6 +29,13 @@ from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
 if TYPE_CHECKING:
     from redis_server import RedisServer
+
+# Timing is the benchmark's business: a property test must not fail because a loaded machine made
+# its examples slow to generate or to run.
+hypothesis.settings.register_profile(
+    "callscribe", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("callscribe")
 
 API_KEY = "test-key"
 
