@@ -131,6 +131,8 @@ class ServerProcess:
                 command += ["--redis-url", redis_url]
             if opts.workers > 1:
                 command += ["--workers", str(opts.workers)]
+        elif kind == "floor-picows-receive":  # not callscribe's stack: no Deepgram, its own module
+            command = [sys.executable, "-m", "callscribe.bench.floor_picows", "--listen", listen]
         else:
             command = [
                 sys.executable,
