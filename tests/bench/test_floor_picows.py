@@ -77,3 +77,16 @@ def test_a_tiny_floor_step_on_picows_receives_every_call_to_its_stop(tmp_path: P
     assert step["frames_sent"] > 0 and step["frames_in_window"] > 0
     assert step["cpu_us_per_frame"] is not None  # may be 0.0: /proc counts CPU in 10 ms ticks
     assert step["sustained"], step["reasons"]  # a call not closed with 1000 after its stop is a reason
+
+
+def test_the_picows_floor_runs_from_the_benchmark_even_against_an_older_tree(tmp_path: Path) -> None:
+    """``--server-pythonpath`` points the servers at a tree under test, which may predate this floor."""
+    older = tmp_path / "older"
+    (older / "callscribe").mkdir(parents=True)
+    (older / "callscribe" / "__init__.py").write_text("")  # a callscribe without bench.floor_picows
+    opts = Options(pin=False, log_dir=tmp_path / "logs", quiet=True, server_pythonpath=str(older))
+    server = ServerProcess(opts, "floor-picows-receive", "ws://127.0.0.1:9/unused")
+    try:
+        trio.run(server.wait_ready, 20.0)
+    finally:
+        server.stop(timeout=10.0)
