@@ -132,6 +132,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         head["ratio_to_forward_floor"] = floor.get("ratio_to_floor_forward")
         if "floor-asgi-receive" in floor["steps"]:
             head["floor_asgi_receive_us_per_frame"] = floor["steps"]["floor-asgi-receive"].get("cpu_us_per_frame")
+        if "floor-picows-receive" in floor["steps"]:
+            head["floor_picows_receive_us_per_frame"] = floor["steps"]["floor-picows-receive"].get("cpu_us_per_frame")
+            head["ratio_to_picows_floor"] = floor.get("ratio_to_floor_picows_receive")
     if results.get("fanout"):
         head["fanout_last_subscriber_p99_ms"] = results["fanout"]["step"].get("fanout_last_p99_ms")
     if results.get("soak") and "slope_kb_per_min" in results["soak"]:
@@ -157,6 +160,11 @@ def headline_text(results: dict[str, Any]) -> str:
             f"CPU per frame vs the stack floor: {head['callscribe_us_per_frame_at_floor_calls']} µs vs "
             f"{head['floor_receive_us_per_frame']} µs receive-only = {head['ratio_to_stack_floor']}x "
             f"(parse+forward floor {head['floor_forward_us_per_frame']} µs = {head['ratio_to_forward_floor']}x)"
+        )
+    if head.get("ratio_to_picows_floor") is not None:
+        lines.append(
+            f"CPU per frame vs the picows+uvloop floor: {head['callscribe_us_per_frame_at_floor_calls']} µs vs "
+            f"{head['floor_picows_receive_us_per_frame']} µs receive-only = {head['ratio_to_picows_floor']}x"
         )
     if "fanout_last_subscriber_p99_ms" in head:
         lines.append(f"fan-out to the last of the subscribers: p99 {head['fanout_last_subscriber_p99_ms']} ms")

@@ -8,8 +8,11 @@ from pathlib import Path
 
 API_KEY = "bench-key"
 """The Deepgram key the server under test and the fake Deepgram share."""
-KINDS = ("callscribe", "floor-receive", "floor-forward", "floor-asgi-receive")
-"""What a step can measure: callscribe, or one of the stack's floor servers (:mod:`callscribe.bench.floor`)."""
+KINDS = ("callscribe", "floor-receive", "floor-forward", "floor-asgi-receive", "floor-picows-receive")
+"""What a step can measure: callscribe, or one of the floor servers (:mod:`callscribe.bench.floor`, and
+:mod:`callscribe.bench.floor_picows` for ``floor-picows-receive``)."""
+RECEIVE_ONLY_KINDS = ("floor-receive", "floor-asgi-receive", "floor-picows-receive")
+"""Floor servers that forward nothing to Deepgram (their steps check no audio)."""
 DEFAULT_STEPS = (10, 25, 50, 100, 150, 200, 250, 300, 400, 500)
 """Call counts of the ramp."""
 

@@ -48,7 +48,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     bottom.plot(calls, series("server_cpu_pct"), "o-", label="server CPU %")
     bottom.plot(calls, series("load_cpu_pct"), "o--", label="load process CPU %")
     floor = results.get("floor", {}).get("steps", {})
-    for kind, style in (("floor-receive", ":"), ("floor-forward", "-.")):
+    for kind, style in (("floor-receive", ":"), ("floor-forward", "-."), ("floor-picows-receive", "--")):
         per_frame = floor.get(kind, {}).get("cpu_us_per_frame")
         if per_frame:
             bottom.plot(

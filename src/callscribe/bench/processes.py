@@ -107,7 +107,8 @@ class ServerProcess:
         env["DEEPGRAM_API_KEY"] = API_KEY
         for name in ("DEEPGRAM_URL", "PROXY_URL", "CERT_PEM", "KEY_PEM", "DEEPGRAM_CA_FILE"):
             env.pop(name, None)
-        if opts.server_pythonpath:
+        # The picows floor is the benchmark's own yardstick, not code of the tree under test (which may predate it).
+        if opts.server_pythonpath and kind != "floor-picows-receive":
             env["PYTHONPATH"] = opts.server_pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         listen = f"{opts.host}:{self.port}"
         if kind == "callscribe":
@@ -131,6 +132,8 @@ class ServerProcess:
                 command += ["--redis-url", redis_url]
             if opts.workers > 1:
                 command += ["--workers", str(opts.workers)]
+        elif kind == "floor-picows-receive":  # not callscribe's stack: no Deepgram, its own module
+            command = [sys.executable, "-m", "callscribe.bench.floor_picows", "--listen", listen]
         else:
             command = [
                 sys.executable,

@@ -85,6 +85,17 @@ def _stamp(section: dict[str, Any]) -> str:
     return "Run: " + ", ".join(parts) if parts else ""
 
 
+def _picows_line(floor: dict[str, Any]) -> str:
+    """The ratio to the picows+uvloop floor (:mod:`callscribe.bench.floor_picows`), or why it is missing."""
+    if "floor-picows-receive" in floor["steps"]:
+        return (
+            "Outside callscribe's stack, the picows+uvloop receive-only floor (`callscribe.bench.floor_picows`): "
+            f"callscribe / picows+uvloop = **{_fmt(floor.get('ratio_to_floor_picows_receive'))}x** CPU per frame."
+        )
+    why = floor.get("picows_floor_skipped") or "not run by the benchmark that wrote these results"
+    return f"The picows+uvloop floor (`callscribe.bench.floor_picows`) was skipped: {why}."
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The Markdown report: machine, headline, targets, then a section per scenario run."""
     machine = results.get("machine", {})
@@ -126,6 +137,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"callscribe / receive-only = **{_fmt(floor.get('ratio_to_floor_receive'))}x**, "
             f"callscribe / parse+forward = **{_fmt(floor.get('ratio_to_floor_forward'))}x** CPU per frame "
             f"(callscribe / raw-ASGI receive-only = {_fmt(floor.get('ratio_to_floor_asgi_receive'))}x).",
+            "",
+            _picows_line(floor),
             "",
             step_table(list(floor["steps"].values()), "server"),
             "",

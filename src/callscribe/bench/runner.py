@@ -271,7 +271,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
             results["ramp"] = {**scenarios.scenario_ramp(opts, settings), **stamp}
         if "floor" in chosen:
             ramp = results.get("ramp") if "ramp" in chosen else None
-            opts.say(f"== floor: {scenarios.floor_calls(settings, ramp)} calls against the stack's floor servers")
+            opts.say(f"== floor: {scenarios.floor_calls(settings, ramp)} calls against the floor servers")
             results["floor"] = {**scenarios.scenario_floor(opts, settings, ramp), **stamp}
         if "fanout" in chosen:
             opts.say(f"== fan-out: 1 call, {settings.fanout_subscribers} subscribers")

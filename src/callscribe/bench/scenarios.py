@@ -1,13 +1,14 @@
 """The benchmark's scenarios, each a series of steps (:func:`~callscribe.bench.step.run_step`).
 
 ``ramp`` (N = 10, 25, 50, 100, ... until the server no longer sustains the load, then bisection
-steps), ``floor`` (the same load against the stack's floor servers), ``fanout`` (1 call, 1,000
-subscribers), ``soak`` (50 calls for ``--soak-minutes``, calls ending and being replaced, RSS
-slope), ``profile`` (one step under py-spy).
+steps), ``floor`` (the same load against the floor servers: callscribe's stack's, and picows+uvloop's),
+``fanout`` (1 call, 1,000 subscribers), ``soak`` (50 calls for ``--soak-minutes``, calls ending and
+being replaced, RSS slope), ``profile`` (one step under py-spy).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,26 @@ def floor_calls(settings: Settings, ramp: dict[str, Any] | None) -> int:
     return 100
 
 
+def picows_floor_missing() -> str | None:
+    """What the picows+uvloop floor (:mod:`callscribe.bench.floor_picows`) lacks here ("picows and
+    uvloop", ...), or None when it can run."""
+    missing = [name for name in ("picows", "uvloop") if importlib.util.find_spec(name) is None]
+    return " and ".join(missing) or None
+
+
 def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | None) -> dict[str, Any]:
     """The same load against each floor server and callscribe (reusing the ramp's step when it has one),
-    and the ratios of CPU per frame."""
+    and the ratios of CPU per frame. The picows+uvloop floor runs when both are installed, and is
+    skipped with a line saying so otherwise."""
     calls = floor_calls(settings, ramp)
     results: dict[str, Any] = {}
-    for kind in ("floor-asgi-receive", "floor-receive", "floor-forward", "callscribe"):
+    kinds = ["floor-asgi-receive", "floor-receive", "floor-forward", "callscribe"]
+    missing = picows_floor_missing()
+    if missing:
+        opts.say(f"floor: skipping floor-picows-receive ({missing} not installed: pip install 'callscribe[bench]')")
+    else:
+        kinds.insert(0, "floor-picows-receive")
+    for kind in kinds:
         reuse = [s for s in (ramp or {}).get("steps", []) if s["calls"] == calls and s["kind"] == "callscribe"]
         if kind == "callscribe" and reuse:
             results[kind] = reuse[0]
@@ -106,8 +121,12 @@ def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
         opts.say(describe(result))
         results[kind] = result
     out: dict[str, Any] = {"calls": calls, "steps": results}
+    if missing:
+        out["picows_floor_skipped"] = f"{missing} not installed"
     ours = results["callscribe"].get("cpu_us_per_frame")
-    for kind in ("floor-receive", "floor-forward", "floor-asgi-receive"):
+    for kind in ("floor-receive", "floor-forward", "floor-asgi-receive", "floor-picows-receive"):
+        if kind not in results:
+            continue
         floor = results[kind].get("cpu_us_per_frame")
         if ours and floor:
             out[f"ratio_to_{kind.replace('-', '_')}"] = round(ours / floor, 2)

@@ -4,7 +4,7 @@ How a step runs (see docs/performance.md for the method and the numbers):
 
 1. The fake Deepgram starts in this process (the *load process*, pinned to one core), and
    ``callscribe serve`` starts as its own process, pinned to the other core with ``taskset``,
-   pointed at the fake. (Floor steps start ``python -m callscribe.bench.floor`` instead.)
+   pointed at the fake. (Floor steps start ``python -m callscribe.bench.floor``, or ``.floor_picows``, instead.)
 2. N simulated Twilio calls connect (both tracks, 100 frames/s each, real-time pacing, calls spread
    over the 20 ms period) and M subscribers per call subscribe on ``/client``.
 3. After a warm-up, a measurement window: server CPU from ``/proc/<pid>/stat`` (utime+stime), RSS
@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from callscribe.bench.machine import cpu_busy_seconds, cpu_seconds
-from callscribe.bench.options import API_KEY, Options, StepPlan
+from callscribe.bench.options import API_KEY, RECEIVE_ONLY_KINDS, Options, StepPlan
 from callscribe.bench.processes import RedisProcess, ServerProcess
 from callscribe.bench.profiling import finish_profiler, start_profiler
 from callscribe.bench.sender import RealTimeSender
@@ -72,7 +72,7 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
         FakeDeepgramBehaviour(api_key=API_KEY, idle_timeout_s=60.0), on_audio=tracker.on_audio, on_send=tracker.on_send
     )
     result: dict[str, Any] = {"kind": plan.kind, "calls": plan.calls, "subscribers_per_call": plan.subscribers}
-    audio_checked = plan.kind not in ("floor-receive", "floor-asgi-receive")
+    audio_checked = plan.kind not in RECEIVE_ONLY_KINDS
     several = plan.kind == "callscribe" and (opts.workers > 1 or opts.split or opts.redis)
     redis = RedisProcess(opts) if several else None
     result |= {"workers": opts.workers, "split": opts.split, "redis": several}
