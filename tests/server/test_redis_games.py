@@ -9,10 +9,10 @@ import trio
 import trio_websocket
 
 from callscribe.server.games import GameSettings
-from callscribe.testing.fake_aura import FakeAura
+from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import run_call
-from conftest import RunningServer, start_server, stop_servers
+from conftest import API_KEY, RunningServer, start_server, stop_servers
 from game_client import GameClient, game_call, play, say_when_connected
 from redis_server import needs_redis
 
@@ -21,7 +21,7 @@ PHONE = "+15550002222"
 
 
 async def two_servers(
-    nursery: trio.Nursery, fake: FakeDeepgram, aura: FakeAura, redis_url: str, codes: str
+    nursery: trio.Nursery, fake: FakeDeepgram, aura: FakeAura, redis_url: str, codes: str, *, interim: bool = False
 ) -> tuple[RunningServer, RunningServer]:
     servers = []
     for _ in range(2):
@@ -33,6 +33,7 @@ async def two_servers(
                 speech="aura",
                 speak_url=aura.url,
                 redis_url=redis_url,
+                deepgram_url=fake.url + ("?interim_results=true" if interim else ""),
             )
         )
     return servers[0], servers[1]
@@ -85,4 +86,29 @@ async def test_keypad_and_dtmf_across_processes_and_codes_are_shared(
     assert {"type": "Dtmf", "digit": "5"} in first.messages
     assert first.messages[-1]["type"] == "CallEnded"
     assert second.messages == []
+    await stop_servers(a, c)
+
+
+async def test_barge_in_across_processes(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, codes_file: str
+) -> None:
+    """The caller on A talks over a long Say of the game on C: A's Twilio socket is told `clear`, and
+    the game `Interrupted`, as in one process."""
+    aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY, hold_after_chunks=1))  # speaks, then keeps speaking
+    await nursery.start(aura.serve)
+    a, c = await two_servers(nursery, fake_deepgram, aura, redis_url, codes_file, interim=True)
+    game = GameClient()
+    fake_deepgram.behaviour.result_every_s = 0.5
+    async with trio.open_nursery() as inner:
+        await inner.start(
+            play, c, game, say_when_connected(json.dumps({"type": "Say", "text": "A very long story " * 20}))
+        )
+        fake_deepgram.behaviour.transcript = f"number {game.code}"
+        report = await run_call(a.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
+    aura.release()
+    assert game.messages[0]["type"] == "CallConnected" and "Interrupted" in game.types
+    assert "SpeechDone" not in game.types
+    assert report.playback is not None and report.playback.clears >= 1
+    assert 0 < len(report.playback.audio) < len(aura.expected_audio("A very long story " * 20))
+    assert game.messages[-1]["type"] == "CallEnded"
     await stop_servers(a, c)
