@@ -25,10 +25,12 @@ import pg
 from callscribe.core import webhooks
 from callscribe.core.audio import generate_tone
 from callscribe.core.webhooks import RetryPolicy
+from callscribe.server import store_writer
 from callscribe.server.store import StoreSettings, open_engine
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, Subscriber, free_port, start_server, subscribe
+from redis_server import needs_redis
 from webhook_receiver import Receiver
 
 TOKEN_SECRET = "0123456789abcdef0123456789abcdef"
@@ -170,6 +172,33 @@ async def test_a_subscriber_joining_mid_call_gets_every_final_exactly_once(
         final.replace(f'{{"id": "{id_}", ', "{", 1) for final, id_ in zip(finals_of(with_ids), ids, strict=True)
     ] == ["{" + final.lstrip()[1:].lstrip() for final in everything]
     assert len(set(ids)) == len(ids)
+
+
+@needs_redis
+async def test_a_subscriber_joining_another_processes_call_mid_call_gets_every_final_exactly_once(
+    nursery: trio.Nursery, deepgram: RecordingDeepgram, redis_url: str, postgres_url: str, monkeypatch: Any
+) -> None:
+    """Two processes share Redis and PostgreSQL; the call is on A, the late subscriber on B. A's store
+    commits only every 3 s here, so at B's join some finals are published but in no store yet."""
+    monkeypatch.setattr(store_writer, "BATCH_WINDOW_S", 3.0)
+    a, b = [
+        await start_server(nursery, deepgram, store=StoreSettings(location=postgres_url), redis_url=redis_url)
+        for _ in range(2)
+    ]
+    spec = CallSpec(inbound=generate_tone(10.0), outbound=generate_tone(10.0, freq_hz=700))
+    early, late = Subscriber(), Subscriber()
+    async with trio.open_nursery() as calls:
+        calls.start_soon(lambda: run_call(a.url("/twilio"), spec, speed=2.0))
+        await calls.start(subscribe, a, spec.call_sid, early)
+        with trio.fail_after(10):  # second 5 of the call
+            while not any(json.loads(m)["start"] >= 5.0 for m in finals_of(early)):
+                await trio.sleep(0.01)
+        calls.start_soon(subscribe, b, spec.call_sid, late)
+    everything = finals_of(early)
+    assert len(everything) == len(deepgram.finals) >= 38
+    assert finals_of(late) == everything  # no gap, no repeat
+    assert late.types[-1] == "Metadata" and late.close_code == 1000
+    assert all('"id"' not in message for message in late.messages)  # a plain subscriber: Deepgram's JSON
 
 
 async def test_outcomes_hung_up_and_shut_down_are_kept(

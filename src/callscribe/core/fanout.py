@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 __all__ = [
     "DROPPABLE",
     "END",
+    "GAP_NOTICE",
     "MALFORMED",
     "MESSAGE",
     "ORIGIN_LENGTH",
@@ -46,6 +47,8 @@ __all__ = [
     "with_id",
 ]
 
+GAP_NOTICE: Final = "cannot resume right after"
+"""How the message of the hub's notice to a subscriber resuming from before its history begins."""
 MESSAGE: Final = "m"
 DROPPABLE: Final = "i"
 END: Final = "e"

@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from websockets.http11 import Request as UpgradeRequest
 
 from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
+from callscribe.core.catch_up import CatchUp
 from callscribe.core.fanout import ResumeRequest, resume_request
 from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
@@ -238,7 +239,16 @@ class Server:
         self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool
     ) -> None:
         try:
-            async with self.hub.subscribe(call_sid, ids=resume.ids, after=resume.after) as subscription:
+            # A call on another process: its finals published since its store last committed are
+            # in no store yet, so the hub's history from the start fills that in (core/catch_up.py).
+            catch_up = (
+                with_history
+                and not resume.ids
+                and self._live_call(call_sid) is None
+                and call_sid in await self.hub.active_calls()
+            )
+            ids, after = (True, "0-0") if catch_up else (resume.ids, resume.after)
+            async with self.hub.subscribe(call_sid, ids=ids, after=after) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -249,12 +259,12 @@ class Server:
                             history = await self._history(call_sid, peer) if with_history else []
                             for message in history:
                                 await self._send_to_subscriber(ws, subscription, message, peer)
-                            sent = set(history)
+                            follow = CatchUp(history)
                             async for message in subscription:
-                                if sent and message in sent:
-                                    sent.discard(message)
+                                text = follow.offer(message) if catch_up else message
+                                if text is None or (not catch_up and follow.sent_already(text)):
                                     continue
-                                await self._send_to_subscriber(ws, subscription, message, peer)
+                                await self._send_to_subscriber(ws, subscription, text, peer)
                         nursery.cancel_scope.cancel()
                 finally:
                     self._check_cut_off(ws, subscription, peer)

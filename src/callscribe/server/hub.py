@@ -31,7 +31,7 @@ from typing import Protocol
 
 import trio
 
-from callscribe.core.fanout import END, MESSAGE, IdClock, Resume, end_text, id_key, parse_end, with_id
+from callscribe.core.fanout import END, GAP_NOTICE, MESSAGE, IdClock, Resume, end_text, id_key, parse_end, with_id
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def gap_notice(call_sid: str, after: str, first_kept: str) -> str:
             "type": "Error",
             "source": "callscribe",
             "callSid": call_sid,
-            "message": f"cannot resume right after {after}: the call's messages before {first_kept} are no longer"
+            "message": f"{GAP_NOTICE} {after}: the call's messages before {first_kept} are no longer"
             f" kept (about the last {HISTORY} are); some may be missing",
         }
     )
