@@ -113,6 +113,13 @@ class ScriptedDeepgram:
     def latest(self) -> ScriptedConnection:
         return self.connections[-1]
 
+    async def connection(self, number: int) -> ScriptedConnection:
+        """Waits (5 s at most) until the call has opened its `number`th connection; returns the latest."""
+        with trio.fail_after(5):
+            while len(self.connections) < number:
+                await trio.sleep(0.01)
+        return self.latest
+
     def say(self, message: str) -> None:
         self.latest.say(message)
 
@@ -233,6 +240,11 @@ class Harness:
 
 def frames(track: str, count: int, byte: int, start_ms: int = 0) -> list[str]:
     return [twilio_media(track, start_ms + 20 * n, bytes([byte]) * 160) for n in range(count)]
+
+
+def inbound(chunks: list[bytes], first: int = 0) -> list[str]:
+    """Inbound media frames of `chunks`, 20 ms apart; `first` numbers the first chunk (frame 0 at 0 ms)."""
+    return [twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks, start=first)]
 
 
 async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(
@@ -385,7 +397,7 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
         assert len(first.audio) == 2
@@ -393,11 +405,8 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
         await trio.sleep(0.1)
         first.drop()
         # While Deepgram is away, 1.2 s more audio arrives at once (more than the pacer's burst).
-        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
-        with trio.fail_after(5):
-            while len(h.deepgram.connections) < 2:
-                await trio.sleep(0.01)
-        second = h.deepgram.latest
+        h.feed(*inbound(chunks[10:], first=10))
+        second = await h.deepgram.connection(2)
         await trio.sleep(3)
         second.say(final(0.0, 0.5, "two"))
         h.feed(STOP)
@@ -436,17 +445,14 @@ async def call_with_a_reconnect(second_says: list[str], close_stream_answer: lis
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+        h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
         first.say(final(0.0, 0.15, "one"))
         await trio.sleep(0.1)
         first.drop()
-        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
-        with trio.fail_after(5):
-            while len(h.deepgram.connections) < 2:
-                await trio.sleep(0.01)
-        second = h.deepgram.latest
+        h.feed(*inbound(chunks[10:], first=10))
+        second = await h.deepgram.connection(2)
         await trio.sleep(3)
         assert b"".join(second.audio) == b"".join(chunks[5:])  # the replay went out, from 0.1 s
         for text in second_says:
@@ -504,7 +510,7 @@ async def test_a_connection_dropped_after_close_stream_is_replaced_to_finish_the
         nursery.start_soon(h.call.run)
         h.feed(
             twilio_start(["inbound"]),
-            *[twilio_media("inbound", 20 * n, audio[i : i + 160]) for n, i in enumerate(range(0, len(audio), 160))],
+            *inbound([audio[i : i + 160] for i in range(0, len(audio), 160)]),
         )
         await trio.sleep(0.5)
         first = h.deepgram.latest
@@ -599,7 +605,7 @@ async def test_an_outage_is_announced_at_once_and_its_end_too_and_late_subscribe
     async with trio.open_nursery() as nursery:
         nursery.start_soon(h.subscribe_when_live)
         nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(audio)])
+        h.feed(twilio_start(["inbound"]), *inbound(audio))
         await deepgram.connected.wait()
         await trio.sleep(0.1)
         nursery.start_soon(subscribe_late)
