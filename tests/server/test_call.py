@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -209,6 +211,16 @@ class Harness:
             except (trio.WouldBlock, trio.EndOfChannel):  # the end shows at the next read
                 return frames
 
+    @asynccontextmanager
+    async def running(self, *, subscribed: bool = True) -> AsyncIterator[trio.Nursery]:
+        """Runs the call (and, if `subscribed`, first a subscriber from when it is live) in a nursery
+        that the block ends with, as the call ends."""
+        async with trio.open_nursery() as nursery:
+            if subscribed:
+                nursery.start_soon(self.subscribe_when_live)
+            nursery.start_soon(self.call.run)
+            yield nursery
+
     async def subscribe_when_live(self) -> None:
         while CALL_SID not in await self.hub.active_calls():
             await trio.sleep(0.001)
@@ -251,9 +263,7 @@ async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber
     autojump_clock: trio.abc.Clock,
 ) -> None:
     h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(
             json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
             twilio_start(["inbound", "outbound"]),
@@ -282,8 +292,7 @@ async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber
 
 async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]), *frames("inbound", 5, 0x33))
         await trio.sleep(1)
         # One full window went out before the call ends: nothing waits for a second track.
@@ -295,8 +304,7 @@ async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.
 
 async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]))
         await trio.sleep(12)
         assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]
@@ -313,9 +321,7 @@ async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_strea
     autojump_clock: trio.abc.Clock,
 ) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 3, 0x44))
         await trio.sleep(1)
         h.call.end_input()
@@ -327,8 +333,7 @@ async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_strea
 
 async def test_malformed_frames_are_skipped_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         good = frames("inbound", 10, 0x55)
         h.feed(
             twilio_start(["inbound"]),
@@ -352,9 +357,7 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
         )
 
     h = Harness(connect=refuse)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]))
         await trio.sleep(0.5)
         h.feed(*frames("inbound", 300, 1), STOP)  # 6 s of audio: more than the window queue holds
@@ -394,9 +397,7 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     h = Harness(ScriptedDeepgram(channels=1))
     audio = bytes(range(256)) * 50  # 12800 bytes = 1.6 s, recognisable at every offset
     chunks = [audio[i : i + 160] for i in range(0, len(audio), 160)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
@@ -442,9 +443,7 @@ async def call_with_a_reconnect(second_says: list[str], close_stream_answer: lis
     Returns what the subscriber got: (type, transcript, start)."""
     h = Harness(ScriptedDeepgram(channels=1))
     chunks = [bytes([n]) * 160 for n in range(80)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
@@ -505,9 +504,7 @@ async def test_a_connection_dropped_after_close_stream_is_replaced_to_finish_the
 ) -> None:
     h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False))
     audio = bytes(range(256)) * 10  # 0.32 s
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(
             twilio_start(["inbound"]),
             *inbound([audio[i : i + 160] for i in range(0, len(audio), 160)]),
@@ -540,9 +537,7 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
         raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
 
     h = Harness(max_reconnects=3, connect=unreachable)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
         await trio.sleep(30)
         h.feed(*frames("inbound", 50, 1, start_ms=1000), STOP)
@@ -572,8 +567,7 @@ async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.
             raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)
 
         h = Harness(max_reconnects=2, connect=refuse)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.call.run)
+        async with h.running(subscribed=False):
             h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
             await trio.sleep(20)
             h.feed(STOP)
@@ -602,9 +596,7 @@ async def test_an_outage_is_announced_at_once_and_its_end_too_and_late_subscribe
                 late.append(json.loads(message))
 
     audio = [bytes([n]) * 160 for n in range(50)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running() as nursery:
         h.feed(twilio_start(["inbound"]), *inbound(audio))
         await deepgram.connected.wait()
         await trio.sleep(0.1)
@@ -645,9 +637,7 @@ async def test_after_stop_a_call_that_cannot_reach_deepgram_ends_within_the_fina
         raise ConnectFailed("dg.example:443", "[Errno 113] No route to host")
 
     h = Harness(connect=unreachable, finalize_timeout_s=5.0, max_reconnects=8)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
         await trio.sleep(2)
         stopped_at = trio.current_time()
@@ -674,9 +664,7 @@ async def test_a_connection_attempt_under_way_when_the_audio_ends_is_cut_at_the_
 
     h = Harness(connect=never_answers, finalize_timeout_s=3.0)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.subscribe_when_live)
-            nursery.start_soon(h.call.run)
+        async with h.running():
             h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
             await trio.sleep(1)
             h.feed(STOP)
@@ -691,8 +679,7 @@ async def test_a_connection_attempt_under_way_when_the_audio_ends_is_cut_at_the_
 
 async def test_a_call_adds_its_counters_to_the_metrics_once_at_its_end(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         good = frames("inbound", 10, 1)
         h.feed(twilio_start(["inbound"]), *good, good[-1])  # the last 20 ms again: dropped as overlapping
         h.feed(twilio_media("inbound", 60_000, b"\x02" * 160))  # a jump of almost a minute: a clock jump
@@ -733,9 +720,7 @@ async def test_a_failure_in_a_task_of_the_websocket_library_ends_the_attempt_wit
         return await deepgram.connect(nursery, url, headers)
 
     h = Harness(deepgram, connect=handshake_fails_in_the_background, max_reconnects=0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
         await trio.sleep(1)
         h.feed(STOP)
@@ -749,8 +734,7 @@ async def test_a_failure_in_a_task_of_the_websocket_library_ends_the_attempt_wit
 
 async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False), finalize_timeout_s=3.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]), *frames("inbound", 2, 1), STOP)
     assert trio.current_time() == pytest.approx(3.0, abs=0.1)
     assert h.deepgram.closed
