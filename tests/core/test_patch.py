@@ -172,6 +172,33 @@ Expected = tuple[list[str], PatchState, list[str], Speak | None]
 FORWARD: Expected = (["game:Results"], P, [], None)
 NOTHING: Expected = ([], P, [], None)
 
+PATCHED: dict[str, Expected] = {
+    "final_with_code": FORWARD,
+    "final_without_code": FORWARD,
+    "final_other_party": FORWARD,
+    "interim_with_words": (["game:Results~"], P, [], None),
+    "interim_blank": (["game:Results~"], P, [], None),
+    "interim_other_party": (["game:Results~"], P, [], None),
+    "speech_started": (["game:SpeechStarted"], P, [], None),
+    "speech_started_other_party": (["game:SpeechStarted"], P, [], None),
+    "utterance_end": (["game:UtteranceEnd"], P, [], None),
+    "not_json": (["game:?"], P, [], None),  # whatever Deepgram sends, unchanged
+    "dtmf_code": (["game:Dtmf"], P, [], None),
+    "mark_pending": NOTHING,
+    "mark_unknown": NOTHING,
+    "connect": NOTHING,
+    "say": ([], S, [], Speak(1, "hi")),
+    "say_blank": NOTHING,
+    "clear": NOTHING,  # no audio of ours can be playing: no clear
+    "speech_audio": NOTHING,
+    "speech_ended": NOTHING,
+    "speech_failed": NOTHING,
+    "game_left": ([], W, [], None),
+    "twilio_gone": NOTHING,
+    "call_ended": (["game:CallEnded"], E, [], None),
+}
+"""The row of the patched state, which the hung-up state shares but for one entry."""
+
 # One row per state, one entry per input: nothing is left to a default.
 TABLE: dict[str, dict[str, Expected]] = {
     "waiting": {
@@ -199,31 +226,7 @@ TABLE: dict[str, dict[str, Expected]] = {
         "twilio_gone": ([], W, [], None),
         "call_ended": ([], E, [], None),
     },
-    "patched": {
-        "final_with_code": FORWARD,
-        "final_without_code": FORWARD,
-        "final_other_party": FORWARD,
-        "interim_with_words": (["game:Results~"], P, [], None),
-        "interim_blank": (["game:Results~"], P, [], None),
-        "interim_other_party": (["game:Results~"], P, [], None),
-        "speech_started": (["game:SpeechStarted"], P, [], None),
-        "speech_started_other_party": (["game:SpeechStarted"], P, [], None),
-        "utterance_end": (["game:UtteranceEnd"], P, [], None),
-        "not_json": (["game:?"], P, [], None),  # whatever Deepgram sends, unchanged
-        "dtmf_code": (["game:Dtmf"], P, [], None),
-        "mark_pending": NOTHING,
-        "mark_unknown": NOTHING,
-        "connect": NOTHING,
-        "say": ([], S, [], Speak(1, "hi")),
-        "say_blank": NOTHING,
-        "clear": NOTHING,  # no audio of ours can be playing: no clear
-        "speech_audio": NOTHING,
-        "speech_ended": NOTHING,
-        "speech_failed": NOTHING,
-        "game_left": ([], W, [], None),
-        "twilio_gone": NOTHING,
-        "call_ended": (["game:CallEnded"], E, [], None),
-    },
+    "patched": PATCHED,
     "synthesizing": {
         "final_with_code": (["game:Results"], S, [], None),
         "final_without_code": (["game:Results"], S, [], None),
@@ -274,31 +277,9 @@ TABLE: dict[str, dict[str, Expected]] = {
         "twilio_gone": ([], P, [], None),
         "call_ended": (["game:CallEnded"], E, [], None),
     },
-    "hung_up": {
-        "final_with_code": FORWARD,
-        "final_without_code": FORWARD,
-        "final_other_party": FORWARD,
-        "interim_with_words": (["game:Results~"], P, [], None),
-        "interim_blank": (["game:Results~"], P, [], None),
-        "interim_other_party": (["game:Results~"], P, [], None),
-        "speech_started": (["game:SpeechStarted"], P, [], None),
-        "speech_started_other_party": (["game:SpeechStarted"], P, [], None),
-        "utterance_end": (["game:UtteranceEnd"], P, [], None),
-        "not_json": (["game:?"], P, [], None),
-        "dtmf_code": (["game:Dtmf"], P, [], None),
-        "mark_pending": NOTHING,
-        "mark_unknown": NOTHING,
-        "connect": NOTHING,
-        "say": NOTHING,  # nobody to speak to: dropped, CallEnded follows
-        "say_blank": NOTHING,
-        "clear": NOTHING,
-        "speech_audio": NOTHING,
-        "speech_ended": NOTHING,
-        "speech_failed": NOTHING,
-        "game_left": ([], W, [], None),
-        "twilio_gone": NOTHING,
-        "call_ended": (["game:CallEnded"], E, [], None),
-    },
+    # the same as patched but for a sentence to say: nobody is left to hear it, so it is dropped
+    # (CallEnded follows)
+    "hung_up": {**PATCHED, "say": NOTHING},
     "ended": {name: ([], E, [], None) for name in INPUTS},
 }
 

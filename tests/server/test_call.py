@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -113,6 +115,13 @@ class ScriptedDeepgram:
     def latest(self) -> ScriptedConnection:
         return self.connections[-1]
 
+    async def connection(self, number: int) -> ScriptedConnection:
+        """Waits (5 s at most) until the call has opened its `number`th connection; returns the latest."""
+        with trio.fail_after(5):
+            while len(self.connections) < number:
+                await trio.sleep(0.01)
+        return self.latest
+
     def say(self, message: str) -> None:
         self.latest.say(message)
 
@@ -202,6 +211,16 @@ class Harness:
             except (trio.WouldBlock, trio.EndOfChannel):  # the end shows at the next read
                 return frames
 
+    @asynccontextmanager
+    async def running(self, *, subscribed: bool = True) -> AsyncIterator[trio.Nursery]:
+        """Runs the call (and, if `subscribed`, first a subscriber from when it is live) in a nursery
+        that the block ends with, as the call ends."""
+        async with trio.open_nursery() as nursery:
+            if subscribed:
+                nursery.start_soon(self.subscribe_when_live)
+            nursery.start_soon(self.call.run)
+            yield nursery
+
     async def subscribe_when_live(self) -> None:
         while CALL_SID not in await self.hub.active_calls():
             await trio.sleep(0.001)
@@ -235,13 +254,16 @@ def frames(track: str, count: int, byte: int, start_ms: int = 0) -> list[str]:
     return [twilio_media(track, start_ms + 20 * n, bytes([byte]) * 160) for n in range(count)]
 
 
+def inbound(chunks: list[bytes], first: int = 0) -> list[str]:
+    """Inbound media frames of `chunks`, 20 ms apart; `first` numbers the first chunk (frame 0 at 0 ms)."""
+    return [twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks, start=first)]
+
+
 async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber_before_close(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     h = Harness()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(
             json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
             twilio_start(["inbound", "outbound"]),
@@ -270,8 +292,7 @@ async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber
 
 async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]), *frames("inbound", 5, 0x33))
         await trio.sleep(1)
         # One full window went out before the call ends: nothing waits for a second track.
@@ -283,8 +304,7 @@ async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.
 
 async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]))
         await trio.sleep(12)
         assert h.deepgram.control == [KEEPALIVE, KEEPALIVE]
@@ -301,9 +321,7 @@ async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_strea
     autojump_clock: trio.abc.Clock,
 ) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 3, 0x44))
         await trio.sleep(1)
         h.call.end_input()
@@ -315,8 +333,7 @@ async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_strea
 
 async def test_malformed_frames_are_skipped_and_the_call_goes_on(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         good = frames("inbound", 10, 0x55)
         h.feed(
             twilio_start(["inbound"]),
@@ -340,9 +357,7 @@ async def test_deepgram_refusing_the_handshake_tells_subscribers_and_twilio_is_r
         )
 
     h = Harness(connect=refuse)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]))
         await trio.sleep(0.5)
         h.feed(*frames("inbound", 300, 1), STOP)  # 6 s of audio: more than the window queue holds
@@ -382,10 +397,8 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
     h = Harness(ScriptedDeepgram(channels=1))
     audio = bytes(range(256)) * 50  # 12800 bytes = 1.6 s, recognisable at every offset
     chunks = [audio[i : i + 160] for i in range(0, len(audio), 160)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+    async with h.running():
+        h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
         assert len(first.audio) == 2
@@ -393,11 +406,8 @@ async def test_deepgram_dropping_mid_call_reconnects_replays_and_rebases(autojum
         await trio.sleep(0.1)
         first.drop()
         # While Deepgram is away, 1.2 s more audio arrives at once (more than the pacer's burst).
-        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
-        with trio.fail_after(5):
-            while len(h.deepgram.connections) < 2:
-                await trio.sleep(0.01)
-        second = h.deepgram.latest
+        h.feed(*inbound(chunks[10:], first=10))
+        second = await h.deepgram.connection(2)
         await trio.sleep(3)
         second.say(final(0.0, 0.5, "two"))
         h.feed(STOP)
@@ -433,20 +443,15 @@ async def call_with_a_reconnect(second_says: list[str], close_stream_answer: lis
     Returns what the subscriber got: (type, transcript, start)."""
     h = Harness(ScriptedDeepgram(channels=1))
     chunks = [bytes([n]) * 160 for n in range(80)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[:10])])
+    async with h.running():
+        h.feed(twilio_start(["inbound"]), *inbound(chunks[:10]))
         await trio.sleep(0.5)
         first = h.deepgram.latest
         first.say(final(0.0, 0.15, "one"))
         await trio.sleep(0.1)
         first.drop()
-        h.feed(*[twilio_media("inbound", 20 * n, c) for n, c in enumerate(chunks[10:], start=10)])
-        with trio.fail_after(5):
-            while len(h.deepgram.connections) < 2:
-                await trio.sleep(0.01)
-        second = h.deepgram.latest
+        h.feed(*inbound(chunks[10:], first=10))
+        second = await h.deepgram.connection(2)
         await trio.sleep(3)
         assert b"".join(second.audio) == b"".join(chunks[5:])  # the replay went out, from 0.1 s
         for text in second_says:
@@ -499,12 +504,10 @@ async def test_a_connection_dropped_after_close_stream_is_replaced_to_finish_the
 ) -> None:
     h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False))
     audio = bytes(range(256)) * 10  # 0.32 s
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(
             twilio_start(["inbound"]),
-            *[twilio_media("inbound", 20 * n, audio[i : i + 160]) for n, i in enumerate(range(0, len(audio), 160))],
+            *inbound([audio[i : i + 160] for i in range(0, len(audio), 160)]),
         )
         await trio.sleep(0.5)
         first = h.deepgram.latest
@@ -534,9 +537,7 @@ async def test_giving_up_on_deepgram_is_explicit_and_the_call_goes_on(autojump_c
         raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
 
     h = Harness(max_reconnects=3, connect=unreachable)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
         await trio.sleep(30)
         h.feed(*frames("inbound", 50, 1, start_ms=1000), STOP)
@@ -566,8 +567,7 @@ async def test_a_4xx_refusal_is_not_retried_but_429_is(autojump_clock: trio.abc.
             raise trio_websocket.ConnectionRejected(status, ((b"dg-error", b"nope"),), None)
 
         h = Harness(max_reconnects=2, connect=refuse)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.call.run)
+        async with h.running(subscribed=False):
             h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
             await trio.sleep(20)
             h.feed(STOP)
@@ -596,10 +596,8 @@ async def test_an_outage_is_announced_at_once_and_its_end_too_and_late_subscribe
                 late.append(json.loads(message))
 
     audio = [bytes([n]) * 160 for n in range(50)]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
-        h.feed(twilio_start(["inbound"]), *[twilio_media("inbound", 20 * n, c) for n, c in enumerate(audio)])
+    async with h.running() as nursery:
+        h.feed(twilio_start(["inbound"]), *inbound(audio))
         await deepgram.connected.wait()
         await trio.sleep(0.1)
         nursery.start_soon(subscribe_late)
@@ -639,9 +637,7 @@ async def test_after_stop_a_call_that_cannot_reach_deepgram_ends_within_the_fina
         raise ConnectFailed("dg.example:443", "[Errno 113] No route to host")
 
     h = Harness(connect=unreachable, finalize_timeout_s=5.0, max_reconnects=8)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 50, 1))
         await trio.sleep(2)
         stopped_at = trio.current_time()
@@ -668,9 +664,7 @@ async def test_a_connection_attempt_under_way_when_the_audio_ends_is_cut_at_the_
 
     h = Harness(connect=never_answers, finalize_timeout_s=3.0)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.subscribe_when_live)
-            nursery.start_soon(h.call.run)
+        async with h.running():
             h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
             await trio.sleep(1)
             h.feed(STOP)
@@ -685,8 +679,7 @@ async def test_a_connection_attempt_under_way_when_the_audio_ends_is_cut_at_the_
 
 async def test_a_call_adds_its_counters_to_the_metrics_once_at_its_end(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         good = frames("inbound", 10, 1)
         h.feed(twilio_start(["inbound"]), *good, good[-1])  # the last 20 ms again: dropped as overlapping
         h.feed(twilio_media("inbound", 60_000, b"\x02" * 160))  # a jump of almost a minute: a clock jump
@@ -727,9 +720,7 @@ async def test_a_failure_in_a_task_of_the_websocket_library_ends_the_attempt_wit
         return await deepgram.connect(nursery, url, headers)
 
     h = Harness(deepgram, connect=handshake_fails_in_the_background, max_reconnects=0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.subscribe_when_live)
-        nursery.start_soon(h.call.run)
+    async with h.running():
         h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
         await trio.sleep(1)
         h.feed(STOP)
@@ -743,8 +734,7 @@ async def test_a_failure_in_a_task_of_the_websocket_library_ends_the_attempt_wit
 
 async def test_missing_metadata_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:
     h = Harness(ScriptedDeepgram(channels=1, answer_close_stream=False), finalize_timeout_s=3.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(h.call.run)
+    async with h.running(subscribed=False):
         h.feed(twilio_start(["inbound"]), *frames("inbound", 2, 1), STOP)
     assert trio.current_time() == pytest.approx(3.0, abs=0.1)
     assert h.deepgram.closed

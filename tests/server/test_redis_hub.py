@@ -21,7 +21,7 @@ from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
 from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import API_KEY, Subscriber, noise, start_server, stop_servers, subscribe, wait_until_live
+from conftest import API_KEY, RunningServer, Subscriber, noise, start_server, stop_servers, subscribe, wait_until_live
 from redis_server import RedisServer, needs_redis
 
 pytestmark = needs_redis
@@ -47,6 +47,19 @@ async def until_logged(caplog: pytest.LogCaptureFixture, text: str, within_s: fl
     with trio.fail_after(within_s):
         while text not in caplog.text:
             await trio.sleep(0.02)
+
+
+async def call_being_followed(nursery: trio.Nursery, server: RunningServer, spec: CallSpec) -> Subscriber:
+    """Starts `spec` at 1.5x real time in `nursery` and a subscriber to it once it is live; returns the
+    subscriber once the first message has reached it (the call is then mid-way)."""
+    subscriber = Subscriber()
+    nursery.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.5))
+    await wait_until_live(server, spec.call_sid)
+    nursery.start_soon(subscribe, server, spec.call_sid, subscriber)
+    with trio.fail_after(10):
+        while not subscriber.messages:
+            await trio.sleep(0.01)
+    return subscriber
 
 
 def count_logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
@@ -112,14 +125,8 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
 ) -> None:
     server = await start_server(nursery, fake_deepgram, redis_url=redis_server.url)
     spec = CallSpec(inbound=generate_tone(3.0), outbound=generate_tone(3.0, freq_hz=600), call_sid="CA" + "6" * 32)
-    subscriber = Subscriber()
     async with trio.open_nursery() as inner:
-        inner.start_soon(lambda: run_call(server.url("/twilio"), spec, speed=1.5))
-        await wait_until_live(server, spec.call_sid)
-        inner.start_soon(subscribe, server, spec.call_sid, subscriber)
-        with trio.fail_after(10):
-            while not subscriber.messages:
-                await trio.sleep(0.01)
+        subscriber = await call_being_followed(inner, server, spec)
         await redis_server.kill()  # mid-call: results are still coming
     (session,) = fake_deepgram.sessions
     assert bytes(session.audio_by_channel[0]) == spec.inbound  # the call itself never noticed
@@ -194,14 +201,8 @@ async def test_a_hung_redis_never_delays_a_call(nursery: trio.Nursery, redis_ser
     await nursery.start(fake.serve)
     server = await start_server(nursery, fake, redis_url=redis_server.url)
     first = CallSpec(inbound=noise(3.0, 1), outbound=noise(3.0, 2), call_sid="CA" + "8" * 32)
-    subscriber = Subscriber()
     async with trio.open_nursery() as inner:
-        inner.start_soon(lambda: run_call(server.url("/twilio"), first, speed=1.5))
-        await wait_until_live(server, first.call_sid)
-        inner.start_soon(subscribe, server, first.call_sid, subscriber)
-        with trio.fail_after(10):
-            while not subscriber.messages:
-                await trio.sleep(0.01)
+        subscriber = await call_being_followed(inner, server, first)
         redis_server.pause()  # mid-call: every later publish, and the call's end, meet a hung Redis
     second = CallSpec(inbound=noise(2.0, 3), call_sid="CA" + "9" * 32)
     began = trio.current_time()

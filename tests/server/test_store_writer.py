@@ -60,16 +60,21 @@ def flaky(recorder: StoreRecorder) -> FlakyEngine:
     return recorder.engine
 
 
+def record_call(recorder: StoreRecorder, texts: list[str]) -> None:
+    """Hands over a whole call CA1: its start, a final of each text (the nth at n s), its end."""
+    recorder.call_started(start("CA1").start)
+    for n, text in enumerate(texts):
+        recorder.final("CA1", final_text(text, at=n))
+    recorder.call_ended("CA1", ENDED)
+
+
 async def settled(recorder: StoreRecorder) -> None:
     with trio.fail_after(10):
         await recorder.flush()
 
 
 async def test_a_call_is_written_in_few_batches(recorder: StoreRecorder) -> None:
-    recorder.call_started(start("CA1").start)
-    for n in range(20):
-        recorder.final("CA1", final_text(f"words {n}", at=n))
-    recorder.call_ended("CA1", ENDED)
+    record_call(recorder, [f"words {n}" for n in range(20)])
     await settled(recorder)
     assert flaky(recorder).batches == [22]  # handed over at once: one transaction
     assert [u.text for u in recorder.engine.utterances("CA1")] == [f"words {n}" for n in range(20)]
@@ -120,10 +125,7 @@ async def test_a_full_queue_drops_finals_but_never_a_start_or_end(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="callscribe.server.store_writer")
     flaky(recorder).down = True
-    recorder.call_started(start("CA1").start)
-    for n in range(60):
-        recorder.final("CA1", final_text(f"f{n}", at=n))
-    recorder.call_ended("CA1", ENDED)
+    record_call(recorder, [f"f{n}" for n in range(60)])
     assert recorder.dropped == 11 and recorder.queued == 51  # 50 queued, then the end anyway
     assert sum("dropping transcript finals" in r.getMessage() for r in caplog.records) == 1
     flaky(recorder).down = False
@@ -168,10 +170,7 @@ async def test_opening_a_store_closes_the_calls_a_crashed_process_left_open(tmp_
 
 
 async def test_history_of_a_reused_call_sid_is_the_new_calls_alone(recorder: StoreRecorder) -> None:
-    recorder.call_started(start("CA1").start)
-    for n in range(3):
-        recorder.final("CA1", final_text(f"the old call {n}", at=n))
-    recorder.call_ended("CA1", ENDED)
+    record_call(recorder, [f"the old call {n}" for n in range(3)])
     await settled(recorder)
     flaky(recorder).held.clear()  # the new call's start has not reached the store yet
     recorder.call_started(start("CA1").start)

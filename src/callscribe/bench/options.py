@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 API_KEY = "bench-key"
 """The Deepgram key the server under test and the fake Deepgram share."""
@@ -107,3 +108,9 @@ class Settings:
     """Calls of the store on/off rounds (None: the ramp's largest sustained count, else 40)."""
     store_rounds: int = 3
     ramp_budget_s: float = 15 * 60
+
+    def plan(self, calls: int, **fields: Any) -> StepPlan:
+        """A step of `calls` calls with these settings' subscribers, measuring and warm-up times;
+        `fields` sets StepPlan's other fields, or overrides those."""
+        defaults = {"subscribers": self.subscribers, "measure_s": self.step_seconds, "warmup_s": self.warmup_seconds}
+        return StepPlan(calls=calls, **(defaults | fields))

@@ -85,6 +85,11 @@ def _stamp(section: dict[str, Any]) -> str:
     return "Run: " + ", ".join(parts) if parts else ""
 
 
+def _heading(title: str, section: dict[str, Any]) -> list[str]:
+    """A section's title and the line saying which run it comes from."""
+    return [f"## {title}", "", _stamp(section), ""]
+
+
 def _picows_line(floor: dict[str, Any]) -> str:
     """The ratio to the picows+uvloop floor (:mod:`callscribe.bench.floor_picows`), or why it is missing."""
     if "floor-picows-receive" in floor["steps"]:
@@ -116,10 +121,7 @@ def markdown(results: dict[str, Any]) -> str:
     ramp = results.get("ramp")
     if ramp:
         out += [
-            "## Ramp",
-            "",
-            _stamp(ramp),
-            "",
+            *_heading("Ramp", ramp),
             f"Max sustained calls per core: **{ramp['max_sustained_calls']}** (first unsustained: {_fmt(ramp.get('first_unsustained_calls'))}).",
             "",
             step_table(ramp["steps"]),
@@ -129,10 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
     floor = results.get("floor")
     if floor:
         out += [
-            "## Floor",
-            "",
-            _stamp(floor),
-            "",
+            *_heading("Floor", floor),
             f"The same load ({floor['calls']} calls) against the stack's floor servers (`callscribe.bench.floor`): "
             f"callscribe / receive-only = **{_fmt(floor.get('ratio_to_floor_receive'))}x**, "
             f"callscribe / parse+forward = **{_fmt(floor.get('ratio_to_floor_forward'))}x** CPU per frame "
@@ -147,10 +146,7 @@ def markdown(results: dict[str, Any]) -> str:
     if fanout:
         step = fanout["step"]
         out += [
-            "## Fan-out",
-            "",
-            _stamp(fanout),
-            "",
+            *_heading("Fan-out", fanout),
             f"1 call, {fanout['subscribers']} subscribers: {step['fanout_deliveries']} deliveries of {step['results_sent_in_window']} "
             f"messages in {step['measure_s']} s; per delivery p50 {step['fanout_p50_ms']} ms, p99 {step['fanout_p99_ms']} ms, "
             f"max {step['fanout_max_ms']} ms; to the **last** subscriber p50 {step['fanout_last_p50_ms']} ms, "
@@ -167,10 +163,7 @@ def markdown(results: dict[str, Any]) -> str:
             else "calls lasting the whole soak"
         )
         out += [
-            "## Soak",
-            "",
-            _stamp(soak),
-            "",
+            *_heading("Soak", soak),
             f"{soak['calls']} concurrent calls for {soak['minutes']:g} min, {churn} ({step['calls_total']} calls in all). "
             f"Audio p50/p99 {step['audio_p50_ms']}/{step['audio_p99_ms']} ms, frames {step['frames_received']}/{step['frames_sent']}, "
             f"server CPU {step['server_cpu_pct']}%.",
@@ -190,15 +183,15 @@ def markdown(results: dict[str, Any]) -> str:
     if store:
         from callscribe.bench.store_ab import store_markdown
 
-        out += ["## Call store", "", _stamp(store), "", *store_markdown(store), ""]
+        out += [*_heading("Call store", store), *store_markdown(store), ""]
     viewers = results.get("viewers")
     if viewers:
         from callscribe.bench.viewers import viewers_markdown
 
-        out += ["## Viewers", "", _stamp(viewers), "", *viewers_markdown(viewers)]
+        out += [*_heading("Viewers", viewers), *viewers_markdown(viewers)]
     profile = results.get("profile")
     if profile:
-        out += ["## Profile", "", _stamp(profile), "", profile_markdown(profile), ""]
+        out += [*_heading("Profile", profile), profile_markdown(profile), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -28,15 +28,7 @@ def scenario_ramp(opts: Options, settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
 
     def step(calls: int) -> dict[str, Any]:
-        result = run_step(
-            opts,
-            StepPlan(
-                calls=calls,
-                subscribers=settings.subscribers,
-                measure_s=settings.step_seconds,
-                warmup_s=settings.warmup_seconds,
-            ),
-        )
+        result = run_step(opts, settings.plan(calls))
         opts.say(describe(result))
         steps.append(result)
         return result
@@ -108,16 +100,7 @@ def scenario_floor(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
             results[kind] = reuse[0]
             continue
         subscribers = settings.subscribers if kind == "callscribe" else 0
-        result = run_step(
-            opts,
-            StepPlan(
-                kind=kind,
-                calls=calls,
-                subscribers=subscribers,
-                measure_s=settings.step_seconds,
-                warmup_s=settings.warmup_seconds,
-            ),
-        )
+        result = run_step(opts, settings.plan(calls, kind=kind, subscribers=subscribers))
         opts.say(describe(result))
         results[kind] = result
     out: dict[str, Any] = {"calls": calls, "steps": results}
@@ -219,13 +202,7 @@ def scenario_profile(opts: Options, settings: Settings, path: Path) -> dict[str,
     """One step under py-spy (slower than unprofiled), its folded stacks in ``path`` and their summary."""
     step = run_step(
         opts,
-        StepPlan(
-            calls=settings.profile_calls,
-            subscribers=settings.subscribers,
-            measure_s=settings.step_seconds,
-            warmup_s=settings.warmup_seconds,
-            profile_path=path,
-        ),
+        settings.plan(settings.profile_calls, profile_path=path),
         retries=0,
     )  # where the time goes does not need an undisturbed core
     opts.say(describe(step) + " (under py-spy: slower than unprofiled)")

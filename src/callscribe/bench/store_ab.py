@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from callscribe.bench.options import Options, Settings, StepPlan
+from callscribe.bench.options import Options, Settings
 from callscribe.bench.step import describe, run_step
 
 VARIANTS = ("none", "sqlite")
@@ -86,16 +86,7 @@ def scenario_store(opts: Options, settings: Settings, ramp: dict[str, Any] | Non
         order = VARIANTS if number % 2 == 0 else tuple(reversed(VARIANTS))
         steps: dict[str, dict[str, Any]] = {}
         for store in order:
-            step = run_step(
-                opts,
-                StepPlan(
-                    calls=calls,
-                    subscribers=settings.subscribers,
-                    measure_s=settings.step_seconds,
-                    warmup_s=settings.warmup_seconds,
-                    store=store,
-                ),
-            )
+            step = run_step(opts, settings.plan(calls, store=store))
             opts.say(f"round {number + 1}, store {store}: {describe(step)}")
             steps[store] = step
         rounds.append(steps)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from callscribe.bench.options import Options, Settings, StepPlan
+from callscribe.bench.options import Options, Settings
 from callscribe.bench.step import describe, run_step
 
 VIEWERS = 50
@@ -49,12 +49,7 @@ def scenario_viewers(opts: Options, settings: Settings) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     for _ in range(settings.viewer_rounds):
         for viewers in (1, VIEWERS):
-            result = run_step(
-                opts,
-                StepPlan(
-                    calls=1, subscribers=viewers, measure_s=settings.step_seconds, warmup_s=settings.warmup_seconds
-                ),
-            )
+            result = run_step(opts, settings.plan(1, subscribers=viewers))
             opts.say(f"{describe(result)} [{viewers} viewer{'s' if viewers > 1 else ''}]")
             steps.append(result)
             rounds.append({"viewers": viewers, **{key: result.get(key) for key in KEYS}})

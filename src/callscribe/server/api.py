@@ -22,7 +22,8 @@ from werkzeug.exceptions import HTTPException
 
 from callscribe.core.access import Access, Verdict
 from callscribe.core.call_query import BadQuery, encode_cursor, parse_query
-from callscribe.core.transcript import FORMATS, export
+from callscribe.core.call_record import StoredCall
+from callscribe.core.transcript import FORMATS, Utterance, export
 from callscribe.server.store import Deleted, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -86,10 +87,8 @@ class CallsApi:
             return error(403, "this token is not valid for that call")
         return None
 
-    async def get_call(self, http_request: Request, call_sid: str) -> Response:
-        refused = self._call_for(http_request, call_sid)
-        if refused is not None:
-            return refused
+    async def _read_call(self, call_sid: str) -> tuple[StoredCall, list[Utterance]] | Response:
+        """The call and its utterances, else the error to answer (404 unknown, 503 unavailable)."""
         store = self._store()
         try:
             call = await store.in_thread(store.engine.get_call, call_sid)
@@ -98,6 +97,16 @@ class CallsApi:
             return self._unavailable(failure)
         if call is None:
             return error(404, f"unknown call: {call_sid[:64]!r}")
+        return call, utterances
+
+    async def get_call(self, http_request: Request, call_sid: str) -> Response:
+        refused = self._call_for(http_request, call_sid)
+        if refused is not None:
+            return refused
+        found = await self._read_call(call_sid)
+        if isinstance(found, Response):
+            return found
+        call, utterances = found
         details = call.json()
         details["utterances"] = [u.json() for u in utterances if u.text]
         return jsonify(details)
@@ -108,14 +117,10 @@ class CallsApi:
             return refused
         if kind not in FORMATS:
             return error(404, f"no transcript format {kind[:16]!r}: one of {', '.join(FORMATS)}")
-        store = self._store()
-        try:
-            call = await store.in_thread(store.engine.get_call, call_sid)
-            utterances = [] if call is None else await store.in_thread(store.engine.utterances, call_sid)
-        except StoreUnavailable as failure:
-            return self._unavailable(failure)
-        if call is None:
-            return error(404, f"unknown call: {call_sid[:64]!r}")
+        found = await self._read_call(call_sid)
+        if isinstance(found, Response):
+            return found
+        _, utterances = found
         response = Response(export(utterances, kind), content_type=FORMATS[kind])
         response.headers["Content-Disposition"] = f'inline; filename="{call_sid}.{kind}"'
         return response

@@ -36,40 +36,26 @@ class Metrics:
         ):
             gauge = Gauge(f"callscribe_{name}", help_text, registry=self.registry)
             gauge.set_function(functools.partial(_live_count, live, name))
-        self.calls = Counter("callscribe_calls", "Calls ended", ["outcome"], registry=self.registry)
-        self.frames = Counter("callscribe_twilio_frames", "Twilio media frames received", registry=self.registry)
-        self.rejected = Counter(
-            "callscribe_twilio_frames_rejected", "Twilio frames skipped as unusable", registry=self.registry
-        )
-        self.audio = Counter(
-            "callscribe_audio_seconds_sent", "Seconds of call audio sent to Deepgram", registry=self.registry
-        )
-        self.lost = Counter(
-            "callscribe_audio_seconds_lost", "Seconds of call audio that never reached Deepgram", registry=self.registry
-        )
-        self.results = Counter(
-            "callscribe_deepgram_results", "Deepgram Results messages received", registry=self.registry
-        )
-        self.connections = Counter(
-            "callscribe_deepgram_connections", "Deepgram connections opened", registry=self.registry
-        )
-        self.dropped = Counter(
-            "callscribe_subscribers_dropped", "Subscribers disconnected for lagging or stalling", registry=self.registry
-        )
-        self.overlapping = Counter(
+        counter = functools.partial(Counter, registry=self.registry)
+        self.calls = counter("callscribe_calls", "Calls ended", ["outcome"])
+        self.frames = counter("callscribe_twilio_frames", "Twilio media frames received")
+        self.rejected = counter("callscribe_twilio_frames_rejected", "Twilio frames skipped as unusable")
+        self.audio = counter("callscribe_audio_seconds_sent", "Seconds of call audio sent to Deepgram")
+        self.lost = counter("callscribe_audio_seconds_lost", "Seconds of call audio that never reached Deepgram")
+        self.results = counter("callscribe_deepgram_results", "Deepgram Results messages received")
+        self.connections = counter("callscribe_deepgram_connections", "Deepgram connections opened")
+        self.dropped = counter("callscribe_subscribers_dropped", "Subscribers disconnected for lagging or stalling")
+        self.overlapping = counter(
             "callscribe_twilio_audio_seconds_overlapping",
             "Seconds of Twilio audio skipped because their timestamps repeated audio already placed",
-            registry=self.registry,
         )
-        self.clock_jumps = Counter(
+        self.clock_jumps = counter(
             "callscribe_twilio_timestamp_jumps",
             "Twilio timestamps far ahead of the track (over 10 s), taken as clock jumps and not padded",
-            registry=self.registry,
         )
-        self.unparsable = Counter(
+        self.unparsable = counter(
             "callscribe_deepgram_messages_unparsable",
             "Deepgram messages not of the expected shape (passed on unchanged)",
-            registry=self.registry,
         )
         self.store = _StoreCollector()
         self.registry.register(self.store)

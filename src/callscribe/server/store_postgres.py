@@ -28,7 +28,7 @@ import psycopg_pool
 from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
 from callscribe.server.store import StoreError, StoreUnavailable
 from callscribe.server.store_reads import Db
-from callscribe.server.store_sql import SqlEngine
+from callscribe.server.store_sql import SqlEngine, calls_table, outbox_table
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
@@ -47,32 +47,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE instances (
             id TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL
         )""",
-        """CREATE TABLE calls (
-            call_sid TEXT PRIMARY KEY,
-            stream_sid TEXT NOT NULL,
-            account_sid TEXT NOT NULL,
-            from_number TEXT,
-            to_number TEXT,
-            from_digits TEXT NOT NULL DEFAULT '',
-            to_digits TEXT NOT NULL DEFAULT '',
-            direction TEXT,
-            tracks TEXT NOT NULL,
-            parameters TEXT NOT NULL DEFAULT '{}',
-            started_at DOUBLE PRECISION NOT NULL,
-            ended_at DOUBLE PRECISION,
-            outcome TEXT,
-            reason TEXT,
-            audio_s DOUBLE PRECISION,
-            padding_s DOUBLE PRECISION,
-            deepgram_connections INTEGER,
-            request_ids TEXT NOT NULL DEFAULT '[]',
-            game_code TEXT,
-            instance TEXT NOT NULL
-        )""",
-        "CREATE INDEX calls_by_start ON calls (started_at, call_sid)",
-        "CREATE INDEX calls_open ON calls (instance) WHERE ended_at IS NULL",
-        "CREATE INDEX calls_from ON calls (from_digits)",
-        "CREATE INDEX calls_to ON calls (to_digits)",
+        *calls_table("DOUBLE PRECISION"),
         """CREATE TABLE finals (
             id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             call_sid TEXT NOT NULL,
@@ -90,22 +65,7 @@ MIGRATIONS: list[list[str]] = [
             UNIQUE (call_sid, seq)
         )""",
         "CREATE INDEX finals_search ON finals USING GIN (text_search)",
-        """CREATE TABLE outbox (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            receiver TEXT NOT NULL,
-            instance TEXT NOT NULL,
-            call_sid TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            event_id TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            body TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_at DOUBLE PRECISION NOT NULL,
-            last_error TEXT
-        )""",
-        "CREATE INDEX outbox_by_call ON outbox (receiver, call_sid, id)",
-        "CREATE INDEX outbox_by_instance ON outbox (instance, receiver, next_at)",
+        *outbox_table("DOUBLE PRECISION", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     ],
 ]
 """Schema versions 1, 2, ...: the statements that bring the previous version to each."""

@@ -1,7 +1,8 @@
 """The SQL both engines share: migrations, writing calls, finals and their webhook events, erasing,
 retention, process leases (reads in store_reads.py, the outbox in store_outbox.py).
 
-Tables (the same in SQLite and PostgreSQL, migrations in each engine's module):
+Tables (the same in SQLite and PostgreSQL; `calls` and `outbox` are created by `calls_table` and
+`outbox_table` below, the rest by each engine's migrations):
 
 - `calls`      one row per callSid; `ended_at` NULL while the call is live; `instance` is the process
                that records it
@@ -31,6 +32,62 @@ from callscribe.server.store_outbox import SqlOutbox
 from callscribe.server.store_reads import FINAL_COLUMNS, Db
 
 INTERRUPTED_REASON = "the process handling the call stopped (crash or kill) before the call ended"
+
+
+def calls_table(real: str) -> list[str]:
+    """The `calls` table and its indexes as schema version 1 creates them; `real` is the engine's
+    floating-point type."""
+    return [
+        f"""CREATE TABLE calls (
+            call_sid TEXT PRIMARY KEY,
+            stream_sid TEXT NOT NULL,
+            account_sid TEXT NOT NULL,
+            from_number TEXT,
+            to_number TEXT,
+            from_digits TEXT NOT NULL DEFAULT '',
+            to_digits TEXT NOT NULL DEFAULT '',
+            direction TEXT,
+            tracks TEXT NOT NULL,
+            parameters TEXT NOT NULL DEFAULT '{{}}',
+            started_at {real} NOT NULL,
+            ended_at {real},
+            outcome TEXT,
+            reason TEXT,
+            audio_s {real},
+            padding_s {real},
+            deepgram_connections INTEGER,
+            request_ids TEXT NOT NULL DEFAULT '[]',
+            game_code TEXT,
+            instance TEXT NOT NULL
+        )""",
+        "CREATE INDEX calls_by_start ON calls (started_at, call_sid)",
+        "CREATE INDEX calls_open ON calls (instance) WHERE ended_at IS NULL",
+        "CREATE INDEX calls_from ON calls (from_digits)",
+        "CREATE INDEX calls_to ON calls (to_digits)",
+    ]
+
+
+def outbox_table(real: str, key: str) -> list[str]:
+    """The `outbox` table and its indexes as schema version 1 creates them; `real` is the engine's
+    floating-point type, `key` its integer primary key that numbers rows in insertion order."""
+    return [
+        f"""CREATE TABLE outbox (
+            id {key},
+            receiver TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            call_sid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at {real} NOT NULL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX outbox_by_call ON outbox (receiver, call_sid, id)",
+        "CREATE INDEX outbox_by_instance ON outbox (instance, receiver, next_at)",
+    ]
 
 
 class SqlEngine(SqlOutbox):
