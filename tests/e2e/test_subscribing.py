@@ -11,7 +11,7 @@ import trio
 import trio_websocket
 
 from callscribe.core import audio
-from callscribe.server import app
+from callscribe.server import subscribers
 from callscribe.server.games import NO_PHONE_NUMBER
 from callscribe.testing.call_plan import CallSpec
 from callscribe.testing.call_runner import run_call
@@ -74,7 +74,7 @@ async def test_a_bad_wait_is_an_error_and_1008(server: RunningServer, value: str
 async def test_a_subscriber_that_names_no_call_is_told_why_before_the_close(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app, "SUBSCRIBE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(subscribers, "SUBSCRIBE_TIMEOUT_S", 0.2)
     async with trio_websocket.open_websocket_url(server.url("/client")) as ws:
         assert json.loads(await ws.get_message()) == []
         with trio.fail_after(5):
