@@ -56,7 +56,7 @@ def test_the_server_loads_neither_the_fakes_nor_the_benchmark() -> None:
 def test_the_serve_command_loads_neither_the_fakes_nor_the_benchmark() -> None:
     code = "from callscribe import cli\ntry:\n    cli.main(['serve', '--help'])\nexcept SystemExit:\n    pass"
     loaded = modules_after(code)
-    assert "callscribe.server.config" in loaded
+    assert "callscribe.server.options" in loaded
     assert not [m for m in loaded if m.startswith(("callscribe.testing", "callscribe.bench"))]
 
 

@@ -130,7 +130,8 @@ def _healthcheck(args: argparse.Namespace) -> int:
     (1, not 2: Docker reserves 2). The certificate is not checked: it is for the public name."""
     import httpx
 
-    from callscribe.server.config import ConfigError, health_url
+    from callscribe.server.config import ConfigError
+    from callscribe.server.run_file import health_url
 
     try:
         url = health_url(args)
@@ -156,7 +157,7 @@ def _fake_deepgram(args: argparse.Namespace) -> int:
     return fake_deepgram.run_from_cli(args)
 
 
-_SERVER_OPTIONS = _lazy("callscribe.server.config", "add_arguments")
+_SERVER_OPTIONS = _lazy("callscribe.server.options", "add_arguments")
 
 COMMANDS = (
     Command(

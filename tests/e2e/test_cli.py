@@ -22,8 +22,9 @@ import trustme
 
 from callscribe.server import listener
 from callscribe.server.call import CallSettings
-from callscribe.server.config import OPTIONS, ServerSettings
+from callscribe.server.config import ServerSettings
 from callscribe.server.hub import InMemoryHub
+from callscribe.server.options import OPTIONS
 from callscribe.server.serve import StartupError, leaves, serve
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from conftest import free_port, start_server

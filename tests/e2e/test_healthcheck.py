@@ -17,7 +17,7 @@ import pytest
 import trio
 import trustme
 
-from callscribe.server.config import OPTIONS
+from callscribe.server.options import OPTIONS
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

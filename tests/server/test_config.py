@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from callscribe.server.config import (
-    ConfigError,
-    add_arguments,
-    health_url,
-    read_run_file,
-    remove_run_file,
-    settings_from,
-    write_run_file,
-)
+from callscribe.server.config import ConfigError, settings_from
+from callscribe.server.options import add_arguments
+from callscribe.server.run_file import health_url, read_run_file, remove_run_file, write_run_file
 
 LOCAL_DEEPGRAM = "ws://127.0.0.1:9/v1/listen"
 

@@ -1,15 +1,12 @@
-"""Server settings: command-line flags, each with an environment variable as its default.
+"""Server settings: the values of `callscribe serve`'s options (options.py), checked and parsed
+into `ServerSettings`.
 
-The unprefixed names (`PROXY_URL`, `DEEPGRAM_URL`, `DEEPGRAM_API_KEY`, `CERT_PEM`, `KEY_PEM`) are
-kept for the set-ups that already use them.
 Every problem is reported as one `ConfigError` line; the CLI prints it and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
 import ssl
@@ -28,238 +25,12 @@ from callscribe.core.twiml import stream_url
 from callscribe.core.webhooks import RetryPolicy, check_receiver_url
 from callscribe.server.call import CallSettings
 from callscribe.server.games import NO_PHONE_NUMBER, GameSettings
+from callscribe.server.options import option_values
 from callscribe.server.store import DEFAULT_DATA_DIR, NO_STORE, SCHEME_POSTGRES, STORE_FILE, StoreSettings
 
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message is one line meant for the person starting the server."""
-
-
-@dataclass(frozen=True)
-class Option:
-    flag: str
-    env: str
-    help: str
-    default: str | None = None
-    secret: bool = False
-    many: bool = False
-    """The flag may be given several times (the variable separates values with commas)."""
-
-
-OPTIONS = [
-    Option("--listen", "PROXY_URL", "host:port to listen on", "127.0.0.1:5000"),
-    Option(
-        "--deepgram-url",
-        "DEEPGRAM_URL",
-        "Deepgram live endpoint and options; encoding, sample_rate, channels and"
-        " multichannel are always set from the call's audio",
-        deepgram.DEFAULT_URL,
-    ),
-    Option("--deepgram-api-key", "DEEPGRAM_API_KEY", "Deepgram API key (required)", secret=True),
-    Option("--deepgram-ca-file", "DEEPGRAM_CA_FILE", "extra CA certificates (PEM) to trust for wss:// to Deepgram"),
-    Option("--cert", "CERT_PEM", "TLS certificate chain (PEM); with --key the server speaks https/wss"),
-    Option("--key", "KEY_PEM", "TLS private key (PEM); with --cert"),
-    Option(
-        "--window-ms", "CALLSCRIBE_WINDOW_MS", f"audio per Deepgram message, {MIN_WINDOW_MS}-{MAX_WINDOW_MS} ms", "100"
-    ),
-    Option(
-        "--jitter-ms", "CALLSCRIBE_JITTER_MS", "how far one track may run ahead before a silent track is padded", "40"
-    ),
-    Option(
-        "--deepgram-backlog",
-        "CALLSCRIBE_DEEPGRAM_BACKLOG",
-        "seconds of audio kept while Deepgram is unreachable, replayed on reconnect",
-        "60",
-    ),
-    Option(
-        "--deepgram-retries",
-        "CALLSCRIBE_DEEPGRAM_RETRIES",
-        "retries in a row after a failed or lost Deepgram connection before a call gives up on transcription",
-        "8",
-    ),
-    Option(
-        "--finalize-timeout",
-        "CALLSCRIBE_FINALIZE_TIMEOUT",
-        "seconds to wait for Deepgram's final results at call end",
-        "5",
-    ),
-    Option("--shutdown-grace", "CALLSCRIBE_SHUTDOWN_GRACE", "seconds live calls get to finish on SIGTERM/SIGINT", "10"),
-    Option(
-        "--stall-timeout",
-        "CALLSCRIBE_STALL_TIMEOUT",
-        "seconds a client may leave our data untaken before it is disconnected",
-        "20",
-    ),
-    Option(
-        "--read-tick-ms",
-        "CALLSCRIBE_READ_TICK_MS",
-        "0 (off) or 1-100: read every Twilio socket on one shared tick of this many ms, trading up to"
-        " that much latency for less CPU per frame",
-        "0",
-    ),
-    Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
-    Option(
-        "--public-url",
-        "PUBLIC_URL",
-        "the server's public https:// (or wss://) address, used in the TwiML it"
-        " serves; default: taken from each request's Host and X-Forwarded-* headers",
-    ),
-    Option(
-        "--forward-number",
-        "FORWARD_NUMBER",
-        "number the transcription TwiML (POST /twiml) dials after starting the stream",
-    ),
-    Option("--phone-number", "TWILIO_PHONE_NUMBER", "phone number /game shows to games", NO_PHONE_NUMBER),
-    Option(
-        "--game-codes", "CALLSCRIBE_GAME_CODES", 'JSON file {"game_codes": [...]} of the codes games get (default 0-99)'
-    ),
-    Option(
-        "--route",
-        "CALLSCRIBE_ROUTE",
-        "transcribe, or game to route every call to games (calls with the stream"
-        " parameter route=game always go to games)",
-        "transcribe",
-    ),
-    Option(
-        "--speech",
-        "CALLSCRIBE_SPEECH",
-        "speech engine for talking back: aura, espeak, or auto (Aura when"
-        " Deepgram is api.deepgram.com or DEEPGRAM_SPEAK_URL is set, else espeak-ng)",
-        "auto",
-    ),
-    Option(
-        "--twilio-auth-token",
-        "TWILIO_AUTH_TOKEN",
-        "check X-Twilio-Signature on /twilio and the TwiML routes with this Twilio auth token",
-        secret=True,
-    ),
-    Option("--tokens", "CALLSCRIBE_TOKENS", "comma-separated bearer tokens accepted on /client and /game", secret=True),
-    Option(
-        "--token-secret",
-        "CALLSCRIBE_TOKEN_SECRET",
-        "secret for signed bearer tokens (callscribe token mints them; they expire and may be limited to one call)",
-        secret=True,
-    ),
-    Option(
-        "--allowed-origins",
-        "CALLSCRIBE_ALLOWED_ORIGINS",
-        "comma-separated Origins browsers may connect from (default: any)",
-    ),
-    Option(
-        "--redis-url",
-        "CALLSCRIBE_REDIS_URL",
-        "redis:// URL of a Redis shared by several callscribe processes"
-        " (calls streaming into one can be followed from any); default: this process only",
-    ),
-    Option(
-        "--speak-url",
-        "DEEPGRAM_SPEAK_URL",
-        "Deepgram Aura text-to-speech endpoint",
-        "https://api.deepgram.com/v1/speak",
-    ),
-    # Operations: where `serve` says where it listens, for `healthcheck` (Docker's HEALTHCHECK).
-    Option(
-        "--run-file",
-        "CALLSCRIBE_RUN_FILE",
-        "file where serve writes the addresses it listens on (JSON) while it runs; healthcheck"
-        " reads it, so the check follows --listen and --cert given as flags",
-    ),
-]
-
-# -- the call store and webhooks -------------------------------------------------------------------
-
-OPTIONS += [
-    Option(
-        "--data-dir",
-        "CALLSCRIBE_DATA_DIR",
-        f"directory of the default store file ({STORE_FILE}); /data in the Docker image",
-        DEFAULT_DATA_DIR,
-    ),
-    Option(
-        "--store",
-        "CALLSCRIBE_STORE",
-        "where calls and transcripts are kept: a SQLite file, a postgresql:// URL (shared by several"
-        f" processes), or none (default: {STORE_FILE} in the data directory)",
-    ),
-    Option(
-        "--store-queue",
-        "CALLSCRIBE_STORE_QUEUE",
-        "records that may wait for a slow or unreachable store before transcript finals are dropped",
-        "10000",
-    ),
-    Option(
-        "--retention-days",
-        "CALLSCRIBE_RETENTION_DAYS",
-        "delete calls that started longer ago than this many days (0 keeps them)",
-        "0",
-    ),
-    Option(
-        "--speaker-labels",
-        "CALLSCRIBE_SPEAKER_LABELS",
-        "names of channel 0 (the caller) and channel 1 (the other party) in transcripts",
-        "Caller,Other party",
-    ),
-    Option(
-        "--webhook-url",
-        "CALLSCRIBE_WEBHOOK_URL",
-        "URL that call events are POSTed to (repeat the flag, or separate URLs with commas, for several)",
-        many=True,
-    ),
-    Option(
-        "--webhook-secret",
-        "CALLSCRIBE_WEBHOOK_SECRET",
-        "key of the HMAC-SHA256 signature of webhook events",
-        secret=True,
-    ),
-    Option(
-        "--webhook-retry-first",
-        "CALLSCRIBE_WEBHOOK_RETRY_FIRST",
-        "seconds before a failed webhook delivery is retried the first time; the wait then doubles",
-        "1",
-    ),
-    Option(
-        "--webhook-retry-max",
-        "CALLSCRIBE_WEBHOOK_RETRY_MAX",
-        "longest wait between two retries of a webhook delivery, seconds",
-        "600",
-    ),
-    Option(
-        "--webhook-retry-for",
-        "CALLSCRIBE_WEBHOOK_RETRY_FOR",
-        "hours a webhook event is retried before it is dropped",
-        "24",
-    ),
-]
-
-# -- several processes ---------------------------------------------------------------------------
-
-OPTIONS += [
-    Option(
-        "--workers",
-        "CALLSCRIBE_WORKERS",
-        "server processes sharing the port (SO_REUSEPORT), supervised; auto = one per CPU core;"
-        " more than 1 needs CALLSCRIBE_REDIS_URL",
-        "1",
-    ),
-    Option(
-        "--redis-lease",
-        "CALLSCRIBE_REDIS_LEASE",
-        "seconds within which the death of a process sharing Redis or the call store is noticed: its"
-        " calls end for subscribers elsewhere (1011) and in the store (interrupted), its game codes are freed",
-        "30",
-    ),
-]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for option in OPTIONS:
-        shown = "" if option.secret or option.default is None else f" (default {option.default})"
-        parser.add_argument(
-            option.flag,
-            metavar=option.env,
-            action="append" if option.many else "store",
-            help=f"{option.help}{shown}; env {option.env}",
-        )
 
 
 @dataclass(frozen=True)
@@ -296,18 +67,6 @@ class ServerSettings:
         return self.certfile is not None
 
 
-def _raw(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str | None]:
-    values: dict[str, str | None] = {}
-    for option in OPTIONS:
-        value = getattr(args, option.flag[2:].replace("-", "_"), None)
-        if isinstance(value, list):
-            value = ",".join(value)
-        if value is None:
-            value = environ.get(option.env) or option.default
-        values[option.env] = value
-    return values
-
-
 def parse_host_port(text: str, name: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
@@ -340,7 +99,7 @@ def _readable(path: str, env: str) -> None:
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerSettings:
     """The settings of `callscribe serve`: its flags, then `environ` (None: the process environment)."""
     env = os.environ if environ is None else environ
-    values = _raw(args, env)
+    values = option_values(args, env)
     host, port = parse_host_port(values["PROXY_URL"] or "", "PROXY_URL")
 
     api_key = values["DEEPGRAM_API_KEY"]
@@ -514,67 +273,6 @@ def _store_settings(values: dict[str, str | None]) -> StoreSettings:
 
 def _list_in_order(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
-
-
-def health_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
-    """Where this machine reaches the `/healthz` of the server these settings describe.
-
-    `--listen`/`--cert` given to the health check itself win; then the run file of a running
-    server (`CALLSCRIBE_RUN_FILE`: what it really listens on, whatever flags it was given); then
-    `PROXY_URL` and `CERT_PEM`. https when a certificate is configured; a wildcard address
-    (`0.0.0.0`, `[::]`) is reached at 127.0.0.1, which a dual-stack `[::]` also accepts."""
-    values = _raw(args, os.environ if environ is None else environ)
-    run_file = values["CALLSCRIBE_RUN_FILE"]
-    if run_file and getattr(args, "listen", None) is None and getattr(args, "cert", None) is None:
-        listening = read_run_file(run_file)
-        if listening:
-            scheme, _, address = listening[0].partition("://")
-            return _health_url("https" if scheme == "https" else "http", address)
-    return _health_url("https" if values["CERT_PEM"] else "http", values["PROXY_URL"] or "")
-
-
-def _health_url(scheme: str, address: str) -> str:
-    host, port = parse_host_port(address, "PROXY_URL")
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{port}/healthz"
-
-
-def write_run_file(path: str, urls: list[str]) -> None:
-    """Say where this server listens (`{"urls": [...], "pid": N}`), atomically; OSError if it cannot."""
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump({"urls": urls, "pid": os.getpid()}, f)
-    os.replace(temporary, path)
-
-
-def read_run_file(path: str) -> list[str]:
-    """The URLs a running server wrote to `path`; none if there is no such file or it is not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return []
-    urls = data.get("urls") if isinstance(data, dict) else None
-    return [url for url in urls if isinstance(url, str) and "://" in url] if isinstance(urls, list) else []
-
-
-def remove_run_file(path: str) -> None:
-    """The server stops: its run file goes (unless another server has written its own since)."""
-    if _run_file_pid(path) == os.getpid():
-        with contextlib.suppress(OSError):
-            os.remove(path)
-
-
-def _run_file_pid(path: str) -> int | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            pid = json.load(f).get("pid")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return pid if isinstance(pid, int) else None
 
 
 def _workers(text: str) -> int:
