@@ -221,7 +221,7 @@ async def test_workers_share_the_port_and_every_call(
     log = supervisor.log
     call_pid = {sid: pid for pid, sid in re.findall(r"\[(\d+)\] callscribe\.server\.call: call (CA\w+) started", log)}
     assert len(call_pid) == 16 and len(set(call_pid.values())) == 2, log  # the kernel spread the calls
-    joined = re.findall(r"\[(\d+)\] callscribe\.server\.app: call (CA\w+): subscriber", log)
+    joined = re.findall(r"\[(\d+)\] callscribe\.server\.subscribers: call (CA\w+): subscriber", log)
     assert any(call_pid[sid] != pid for pid, sid in joined)  # followed from the other worker
     # Both workers keep their calls in the one SQLite file (the default store), each API lists all.
     async with httpx.AsyncClient() as http:

@@ -12,9 +12,7 @@ from quart import Websocket
 from callscribe.server.hub import CLOSE_POLICY, Subscription
 from callscribe.server.hypercorn_fixes import connection_fate
 
-log = logging.getLogger("callscribe.server.app")
-"""The logger these lines had before they left app.py: log filters and readers (the README, the
-scale-out test) name it."""
+log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
 """Sending a close frame to a peer that stopped reading gives up after this."""

@@ -30,9 +30,7 @@ from callscribe.server.store import StoreUnavailable
 from callscribe.server.subscriber_socket import StallWatch, close, peer_of
 from callscribe.server.supervisor import Supervisor
 
-log = logging.getLogger("callscribe.server.app")
-"""The logger these lines had before they left app.py: log filters and readers (the README, the
-scale-out test) name it."""
+log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
