@@ -278,7 +278,15 @@ async def test_a_subscriber_cut_off_by_the_kernel_timeout_is_reported_as_stalled
     ],
     # Named, not shown: the frames carry random masks, and test ids must not change between
     # collections (pytest-xdist's workers each collect).
-    ids=["unmasked", "reserved bits", "unknown opcode", "long ping", "fragmented ping", "stray continuation", "bad UTF-8"],
+    ids=[
+        "unmasked",
+        "reserved bits",
+        "unknown opcode",
+        "long ping",
+        "fragmented ping",
+        "stray continuation",
+        "bad UTF-8",
+    ],
 )
 async def test_broken_framing_closes_the_connection_at_once(server: RunningServer, frame: bytes, code: int) -> None:
     for path in ("/twilio", "/client", "/game"):

@@ -249,6 +249,9 @@ async def test_workers_share_the_port_and_every_call(
             inner.start_soon(lambda spec=spec: run_call(server.url("/twilio"), spec, speed=1.0))
             await wait_until_live(server, spec.call_sid)
             await inner.start(subscribe, server, spec.call_sid, follower)
+        with trio.fail_after(10):  # every follower subscribed (not only its callSid sent) before SIGTERM
+            while not all(follower.messages for follower in followers):
+                await trio.sleep(0.05)
         assert await supervisor.terminate() == 0
     for follower in followers:
         assert follower.types[-1] == "Metadata", follower.types

@@ -99,23 +99,21 @@ class Subscribers:
             if wait_s > 0 and not await self._wait_for_call(ws, peer, call_sid, wait_s):
                 return
             # A subscriber with ids resumes from the hub's history of the call (?after=0-0 for all
-            # of it), whose messages carry the ids; the store's history is for the others.
-            await self._subscribe(ws, peer, call_sid, resume, with_history and not resume.ids)
+            # of it), whose messages carry the ids; the store's history is for the others. (A call
+            # waited for is live now; the list was read at connect time: no Redis round trip here,
+            # which would leave a subscriber unregistered while a shutdown ends the others.)
+            listed = call_sid in calls or wait_s > 0
+            await self._subscribe(ws, peer, call_sid, resume, with_history and not resume.ids, listed)
         if scope.cancelled_caught:
             await close(ws, CLOSE_GOING_AWAY, "server shutting down")
 
     async def _subscribe(
-        self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool
+        self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool, listed: bool
     ) -> None:
         try:
-            # A call on another process: its finals published since its store last committed are
-            # in no store yet, so the hub's history from the start fills that in (core/catch_up.py).
-            catch_up = (
-                with_history
-                and not resume.ids
-                and self.live_call(call_sid) is None
-                and call_sid in await self.hub.active_calls()
-            )
+            # A live call on another process: its finals published since its store last committed
+            # are in no store yet, so the hub's history from the start fills that in (core/catch_up.py).
+            catch_up = with_history and not resume.ids and listed and self.live_call(call_sid) is None
             ids, after = (True, "0-0") if catch_up else (resume.ids, resume.after)
             async with self.hub.subscribe(call_sid, ids=ids, after=after) as subscription:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
