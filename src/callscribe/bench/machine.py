@@ -3,10 +3,12 @@ time of a core, and a description of the machine and software stored with the re
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,25 +59,23 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its live descendants, seconds (a worker that ended is not counted)."""
+def _tree_sum(pid: int, measure: Callable[[int], float]) -> float:
+    """`measure` summed over a process and its live descendants (one that ended meanwhile counts 0)."""
     total = 0.0
     for member in process_tree(pid):
-        try:
-            total += cpu_seconds(member)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            total += measure(member)
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants, seconds (a worker that ended is not counted)."""
+    return _tree_sum(pid, cpu_seconds)
 
 
 def tree_rss_kb(pid: int) -> int:
-    total = 0
-    for member in process_tree(pid):
-        try:
-            total += rss_kb(member)
-        except OSError:
-            pass
-    return total
+    """Resident memory of a process and its live descendants, KiB."""
+    return int(_tree_sum(pid, rss_kb))
 
 
 def cpu_busy_seconds(cpu: int) -> float | None:
