@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import inspect
+import struct
+from typing import Any
 
 import pytest
 import trio
@@ -13,9 +15,11 @@ from hypercorn.config import Config
 from hypercorn.protocol import ws_stream
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
 from wsproto.events import BytesMessage, TextMessage
 
 from callscribe.server import hypercorn_fixes as fixes
+from rawws import close_frame
 
 
 def test_hypercorn_still_keeps_its_buffer_after_an_oversized_message() -> None:
@@ -85,3 +89,69 @@ def test_a_timed_out_connection_is_told_from_one_that_was_reset() -> None:
     assert fate.timed_out
     assert fixes.connection_fate({"state": {fixes.CONNECTION_KEY: fate}}) is fate
     assert fixes.connection_fate({}) is None
+
+
+# -- the closing handshake: TCP ends after the peer's answer -------------------------------------
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def closing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accepts a WebSocket and closes it at once with 1000, as the app does when a call ends."""
+    assert scope["type"] == "websocket"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1000, "reason": "call ended"})
+
+
+async def read_until(stream: trio.abc.Stream, marker: bytes, data: bytes = b"") -> bytes:
+    with trio.fail_after(5):
+        while marker not in data:
+            chunk = await stream.receive_some()
+            assert chunk, f"the connection ended before {marker!r}: {data!r}"
+            data += chunk
+    return data
+
+
+@pytest.fixture
+async def closed_by_server(nursery: trio.Nursery) -> trio.SocketStream:
+    """A client whose WebSocket the server (GuardedTCPServer) has just closed: the close frame is read."""
+    client, server = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    config = Config()
+    app = wrap_app(closing_app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    served = fixes.GuardedTCPServer(app, config, WorkerContext(None), {}, server)
+    nursery.start_soon(served.run)
+    await client.send_all(UPGRADE)
+    data = await read_until(client, b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 101")
+    await read_until(client, struct.pack("!BBH", 0x88, 12, 1000) + b"call ended", data)
+    return client
+
+
+async def test_a_websocket_closed_by_the_app_ends_its_connection_once_the_peer_answers(
+    closed_by_server: trio.SocketStream, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.move_on_after(fixes.CLOSE_LINGER_S / 2):
+        assert await closed_by_server.receive_some() == b"", "nothing after the close frame"
+        pytest.fail("the connection ended before the peer answered the close frame")
+    await closed_by_server.send_all(close_frame(1000))
+    with trio.fail_after(fixes.CLOSE_LINGER_S / 4):
+        assert await closed_by_server.receive_some() == b""
+
+
+async def test_a_peer_that_never_answers_the_close_is_let_go_after_the_linger(
+    closed_by_server: trio.SocketStream, autojump_clock: trio.testing.MockClock
+) -> None:
+    began = trio.current_time()
+    with trio.fail_after(fixes.CLOSE_LINGER_S * 2):
+        assert await closed_by_server.receive_some() == b""
+    assert trio.current_time() - began >= fixes.CLOSE_LINGER_S / 2
+
+
+def test_hypercorn_still_ends_the_connection_right_after_its_close_frame() -> None:
+    # The defect the linger is for. If this fails, Hypercorn waits itself: drop the linger.
+    source = inspect.getsource(TCPServer.protocol_send)
+    assert "elif isinstance(event, Closed):\n            await self._close()" in source
