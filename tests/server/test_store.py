@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,16 @@ from callscribe.core.call_record import Outcome
 from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.webhooks import RetryPolicy
 from callscribe.server import store_sqlite
-from callscribe.server.store import Deleted, Engine, EventSettings, OutboxEvent, Settlement, StoreError, open_engine
+from callscribe.server.store import (
+    Deleted,
+    Engine,
+    EventSettings,
+    OutboxEvent,
+    Settlement,
+    StoreError,
+    StoreUnavailable,
+    open_engine,
+)
 from store_records import end, final, start
 
 RECEIVERS = EventSettings(("http://a.example/hook", "http://b.example/hook"), RetryPolicy())
@@ -340,6 +350,37 @@ def test_one_server_process_per_sqlite_file(tmp_path: Path) -> None:
     second = open_engine(str(tmp_path / "callscribe.db"))
     second.open()
     second.close()
+
+
+def test_closing_while_a_thread_still_reads_waits_for_it_not_under_it(tmp_path: Path) -> None:
+    # A read abandoned by a cancelled task goes on in its worker thread; closing its connection
+    # under it crashed the process (a segfault in sqlite3). The busy connection is closed after.
+    engine = open_engine(str(tmp_path / "callscribe.db"))
+    engine.open()
+    assert isinstance(engine, store_sqlite.SqliteEngine)
+    reading, closed = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def slow_reader() -> None:
+        with engine._reading() as db:
+            reading.set()
+            closed.wait(5)
+            seen.append(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+    thread = threading.Thread(target=slow_reader)
+    thread.start()
+    assert reading.wait(5)
+    engine.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        engine.history("CA1")
+    with pytest.raises(StoreError, match="in use by another callscribe server"):
+        open_engine(str(tmp_path / "callscribe.db")).open()  # the lock is held while the read runs
+    closed.set()
+    thread.join(5)
+    assert seen == [0]
+    other = open_engine(str(tmp_path / "callscribe.db"))
+    other.open()  # the last connection took the lock with it
+    other.close()
 
 
 def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import fcntl
 import os
 import queue
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -77,6 +78,9 @@ class SqliteEngine(SqlEngine):
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._all: list[sqlite3.Connection] = []
         self._lock: IO[str] | None = None
+        self._guard = threading.Lock()
+        """Guards `_all`, `_closed` and the file lock between the worker threads and `close`."""
+        self._closed = False
 
     def open(self, *, migrate: bool = True) -> None:
         """`migrate` (a server): create the file if need be, take the lock, upgrade the schema.
@@ -120,10 +124,21 @@ class SqliteEngine(SqlEngine):
         self._lock = lock
 
     def close(self) -> None:
-        for connection in self._all:
-            connection.close()
-        self._all.clear()
-        if self._lock is not None:
+        """Close the idle connections now and each busy one when its thread is done with it: a read
+        abandoned by a cancelled task may still run in a worker thread, and closing a connection
+        under it crashes the process. The file lock goes with the last connection."""
+        with self._guard:
+            self._closed = True
+            while not self._idle.empty():
+                self._drop(self._idle.get_nowait())
+            self._release_if_unused()
+
+    def _drop(self, connection: sqlite3.Connection) -> None:  # with _guard held
+        connection.close()
+        self._all.remove(connection)
+
+    def _release_if_unused(self) -> None:  # with _guard held
+        if self._closed and not self._all and self._lock is not None:
             self._lock.close()
             self._lock = None
 
@@ -132,22 +147,30 @@ class SqliteEngine(SqlEngine):
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        self._all.append(connection)
         return connection
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        try:
-            connection = self._idle.get_nowait()
-        except queue.Empty:
+        with self._guard:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            connection = None if self._idle.empty() else self._idle.get_nowait()
+        if connection is None:
             try:
                 connection = self._connect()
             except sqlite3.OperationalError as error:
                 raise StoreUnavailable(str(error)) from None
+            with self._guard:
+                self._all.append(connection)
         try:
             yield connection
         finally:
-            self._idle.put(connection)
+            with self._guard:
+                if self._closed:
+                    self._drop(connection)
+                    self._release_if_unused()
+                else:
+                    self._idle.put(connection)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Db]:
