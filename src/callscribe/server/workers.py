@@ -155,9 +155,13 @@ class Supervisor:
             os.close(write_fd)
         worker.started_at = trio.current_time()
         ready = False
-        with trio.move_on_after(READY_TIMEOUT_S):
-            ready = await trio.to_thread.run_sync(_read_ready, read_fd, abandon_on_cancel=True)
-        os.close(read_fd)
+        try:
+            with trio.move_on_after(READY_TIMEOUT_S):
+                # The worker writes "ready" once it listens, or its end closes as it dies (EOF).
+                await trio.lowlevel.wait_readable(read_fd)
+                ready = os.read(read_fd, 16).startswith(b"ready")
+        finally:
+            os.close(read_fd)
         if not ready:
             if worker.process.returncode is None:
                 worker.process.terminate()
@@ -209,11 +213,6 @@ class Supervisor:
         for worker in self.workers:
             if worker.process is not None and worker.process.returncode is not None and not worker.exits:
                 worker.exits.append(worker.process.returncode)
-
-
-def _read_ready(fd: int) -> bool:
-    """Block until the worker writes to its readiness pipe (True) or closes it (False)."""
-    return os.read(fd, 16).startswith(b"ready")
 
 
 def _describe_status(status: int) -> str:
