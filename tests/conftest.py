@@ -37,6 +37,19 @@ hypothesis.settings.register_profile(
 )
 hypothesis.settings.load_profile("callscribe")
 
+FIRST = ("e2e", "server")
+"""Test folders run first: they hold the long end-to-end tests. With a worker per core taking a file
+at a time (scripts/test), the long files start at once and the short ones fill in at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        folder = item.path.parent.name
+        return FIRST.index(folder) if folder in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order within a folder stays
+
+
 API_KEY = "test-key"
 
 
