@@ -90,7 +90,7 @@ async def test_a_call_in_one_process_is_followed_from_another(
 
 
 async def test_notices_and_unknown_calls_across_processes(
-    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_deepgram.behaviour.reject_status = 401
     a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
@@ -100,7 +100,9 @@ async def test_notices_and_unknown_calls_across_processes(
     async with trio.open_nursery() as inner:
         inner.start_soon(lambda: run_call(a.url("/twilio"), spec, speed=2.0))
         await wait_until_live(b, spec.call_sid)
-        await trio.sleep(0.3)  # the refusal has happened: the subscriber joins after it
+        with trio.fail_after(10):  # the call has given up on Deepgram: the subscriber joins after that
+            while not any("audio abandoned" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.02)
         inner.start_soon(subscribe, b, spec.call_sid, late)
     (error,) = [json.loads(m) for m in late.messages]
     assert "HTTP 401" in error["message"] and late.close_code == 1000

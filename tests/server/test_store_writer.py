@@ -28,12 +28,15 @@ class FlakyEngine(SqliteEngine):
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.down = False
+        self.refused = 0
+        """Writes refused while `down`."""
         self.held = threading.Event()
         self.held.set()
         self.batches: list[int] = []
 
     def write(self, batch: Sequence[Write], events: EventSettings) -> int:
         if self.down:
+            self.refused += 1
             raise StoreUnavailable("connection refused")
         self.held.wait(10)
         self.batches.append(len(batch))
@@ -110,7 +113,10 @@ async def test_an_outage_is_ridden_out_and_logged_once(
             await trio.sleep(0.01)
     for n in range(5):  # the calls go on handing over, nothing waits
         recorder.final("CA1", final_text(f"more {n}", at=n + 1))
-    await trio.sleep(0.2)  # several retries fail meanwhile
+    retried = flaky(recorder).refused + 3
+    with trio.fail_after(5):
+        while flaky(recorder).refused < retried:  # several retries fail meanwhile
+            await trio.sleep(0.01)
     assert recorder.engine.get_call("CA1") is None and recorder.queued == 7
     flaky(recorder).down = False
     await settled(recorder)
