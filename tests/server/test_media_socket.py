@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 import rawws
 from callscribe.server.media_socket import MediaSocket, ReadTick, accept_media_socket
@@ -149,6 +150,23 @@ async def test_an_abrupt_disconnect_ends_reading() -> None:
         with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
             await ws.receive_batch()
         nursery.cancel_scope.cancel()
+
+
+async def test_closing_the_socket_under_a_waiting_reader_ends_its_reading() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        ended = trio.Event()
+
+        async def reader() -> None:
+            with pytest.raises(trio.EndOfChannel):
+                await ws.receive_batch()
+            ended.set()
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits for the socket to be readable
+        await ws.aclose()
+        with trio.fail_after(5):
+            await ended.wait()
 
 
 async def test_sends_arrive_in_order_and_close_waits_for_the_peers_answer() -> None:

@@ -133,7 +133,10 @@ class MediaSocket:
                 return b""
         while True:
             if self._read_tick is None:
-                await trio.lowlevel.wait_readable(sock)
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:  # closed under us (aclose)
+                    return b""
             else:
                 await self._read_tick.wait()
             try:
@@ -242,6 +245,8 @@ class MediaSocket:
 
     async def aclose(self) -> None:
         if self._fast_socket is not None:
+            # A reader still waiting on it wakes with ClosedResourceError instead of waiting forever.
+            trio.lowlevel.notify_closing(self._fast_socket)
             self._fast_socket.close()
         await trio.aclose_forcefully(self._stream)
 
