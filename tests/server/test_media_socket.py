@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 import rawws
-from callscribe.server.media_socket import MediaSocket, ReadTick, accept_media_socket
+from callscribe.server.media_socket import WRITE_QUEUE, MediaSocket, ReadTick, accept_media_socket
 from conftest import local_tls
 
 MAX = 64 * 1024
@@ -199,6 +199,35 @@ async def test_a_peer_that_takes_nothing_is_given_up_on(autojump_clock: trio.abc
                 await trio.sleep(0.5)
         await ws.send("dropped")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_sender_and_a_reader_waiting_when_the_writer_gives_up_just_see_the_peer_gone(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A peer that takes nothing: the queue fills, a talk-back sender waits, the writer gives up
+    # after the stall timeout; then the peer leaves while the call's reader waits on it. Neither
+    # the sender nor the reader may fail (an exception there ends the whole call).
+    client, server = trio.testing.lockstep_stream_pair()
+    ws = MediaSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
+    sent = trio.Event()
+
+    async def talk_back() -> None:
+        for n in range(WRITE_QUEUE + 2):  # the writer holds one, the queue the rest: the last one waits
+            await ws.send(f"chunk {n}")
+        sent.set()
+
+    async def read_to_the_end() -> None:
+        with pytest.raises(trio.EndOfChannel):
+            await ws.receive_batch()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.writer)
+        nursery.start_soon(talk_back)
+        nursery.start_soon(read_to_the_end)
+        with trio.fail_after(10):
+            await sent.wait()
+        assert ws.gone
+        await client.aclose()  # the reader, still waiting on the socket, gets its end
 
 
 async def test_readers_on_a_shared_tick_wake_together() -> None:

@@ -181,7 +181,11 @@ class MediaSocket:
             return
         self._protocol.send_text(text.encode())
         for data in self._protocol.data_to_send():
-            await self._outbox_send.send(data)
+            try:
+                await self._outbox_send.send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
+                self.gone = True
+                return
 
     def _flush_protocol(self) -> None:
         """Queue what the protocol has to send (pongs, close frames, EOF) without waiting."""
@@ -191,7 +195,8 @@ class MediaSocket:
             except trio.WouldBlock:
                 self._give_up("the write queue is full")
                 return
-            except trio.ClosedResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
+                self.gone = True
                 return
 
     async def writer(self) -> None:
