@@ -4,6 +4,7 @@ late subscriber's history is whole while writes are still queued."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -186,3 +187,47 @@ async def test_history_of_a_reused_call_sid_is_the_new_calls_alone(recorder: Sto
     flaky(recorder).held.set()
     await settled(recorder)
     assert await recorder.history("CA1") == [new]
+
+
+class StrainedEngine(SqliteEngine):
+    """Its first heartbeat fails in a way the engine does not turn into StoreUnavailable; its reads
+    of history wait until `released` (a slow API query holding a reader thread)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.beats = 0
+        self.released = threading.Event()
+
+    def heartbeat(self, instance: str, now: float) -> None:
+        self.beats += 1
+        if self.beats == 1:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        super().heartbeat(instance, now)
+
+    def history(self, call_sid: str) -> list[tuple[int, str]]:
+        self.released.wait(10)
+        return super().history(call_sid)
+
+
+@pytest.mark.logged_exceptions_expected
+async def test_the_heartbeat_outlives_an_unexpected_error_and_readers_holding_every_thread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = StrainedEngine(str(tmp_path / "callscribe.db"))
+    engine.open()
+    engine.register("me", time.time())
+    recorder = StoreRecorder(engine, instance="me", lease_s=0.3)  # a heartbeat every 50 ms
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            for n in range(store_writer.READERS):  # every reader thread busy with a slow query
+                nursery.start_soon(recorder.history, f"CA{n}")
+            with trio.fail_after(5):
+                while engine.beats < 4:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.released.set()
+        engine.close()
+    (failed,) = [r for r in caplog.records if "heartbeat failed unexpectedly" in r.getMessage()]
+    assert failed.exc_info is not None and "malformed" in str(failed.exc_info[1])

@@ -3,10 +3,12 @@ surviving a restart; real HTTP receivers on loopback."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -109,3 +111,26 @@ async def test_events_survive_a_restart(nursery: trio.Nursery, tmp_path: Path) -
     async with running_store(tmp_path / "store.db", [receiver.url]) as _:
         await receiver.wait_for(4)
     assert [e["sequence"] for e in receiver.accepted] == [0, 1, 2, 3]
+
+
+@pytest.mark.logged_exceptions_expected
+async def test_an_unexpected_store_error_is_logged_and_delivery_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    async with running_store(tmp_path / "store.db", [receiver.url]) as (recorder, _delivery):
+        heads = recorder.engine.outbox_heads
+        failures = [sqlite3.DatabaseError("database disk image is malformed")]
+
+        def failing_once(*args: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return heads(*args)
+
+        recorder.engine.outbox_heads = failing_once  # type: ignore[method-assign]
+        a_call(recorder, "CA1", 1)
+        await receiver.wait_for(3)
+    assert [e["type"] for e in receiver.accepted] == ["call.started", "transcript.final", "call.ended"]
+    (failed,) = [r for r in caplog.records if "delivery round failed unexpectedly" in r.getMessage()]
+    assert failed.exc_info is not None and "malformed" in str(failed.exc_info[1])

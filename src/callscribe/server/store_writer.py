@@ -259,18 +259,34 @@ class StoreRecorder:
             )
 
     async def _heartbeat_loop(self) -> None:
+        # Its own thread slot: readers (API queries, histories, webhooks) may hold all of theirs for
+        # longer than the lease, and a process whose heartbeat waits that long has its calls reaped.
+        lease_thread = trio.CapacityLimiter(1)
         while True:
             await trio.sleep(min(HEARTBEAT_S, self.lease_s / 6))
             try:
-                await self.in_thread(self.engine.heartbeat, self.instance, time.time())
+                await trio.to_thread.run_sync(
+                    self.engine.heartbeat, self.instance, time.time(), limiter=lease_thread, abandon_on_cancel=True
+                )
                 if not self.engine.exclusive:
-                    await self.reap()
+                    await self.reap(lease_thread)
             except StoreUnavailable as error:
                 log.debug("store: heartbeat failed: %s", error)
+            except Exception:  # e.g. a read-only standby after a failover: logged, and the loop goes on
+                log.exception("store: heartbeat failed unexpectedly; trying again")
 
-    async def reap(self) -> list[str]:
-        """Close the calls of processes that are gone (interrupted); returns their callSids."""
-        closed = await self.in_thread(self.engine.reap, self.instance, time.time(), self.lease_s, self.events)
+    async def reap(self, limiter: trio.CapacityLimiter | None = None) -> list[str]:
+        """Close the calls of processes that are gone (interrupted); returns their callSids. (In a
+        thread of `limiter`'s, by default one of the readers'.)"""
+        closed = await trio.to_thread.run_sync(
+            self.engine.reap,
+            self.instance,
+            time.time(),
+            self.lease_s,
+            self.events,
+            limiter=limiter or self._readers,
+            abandon_on_cancel=True,
+        )
         if closed:
             log.warning(
                 "store: %d call(s) left open by a process that stopped are closed as interrupted: %s",
@@ -288,6 +304,8 @@ class StoreRecorder:
                 deleted = await self.in_thread(self.engine.delete_ended_before, cutoff)
             except StoreUnavailable as error:
                 log.debug("store: retention postponed: %s", error)
+            except Exception:  # logged; the next round tries again
+                log.exception("store: retention failed unexpectedly")
             else:
                 if deleted:
                     log.info("store: deleted %d call(s) older than %g days", deleted, self.retention_days)

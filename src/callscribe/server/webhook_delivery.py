@@ -104,6 +104,8 @@ class WebhookDelivery:
                         wait_s = min(wait_s, max(0.0, state.next_due_at - time.time()))
                 except StoreUnavailable as error:
                     log.debug("webhook %s: the store cannot answer: %s", self.names[receiver], error)
+                except Exception:  # logged; this receiver's next round tries again, the others go on
+                    log.exception("webhook %s: delivery round failed unexpectedly", self.names[receiver])
                 with trio.move_on_after(wait_s):
                     await self._wake[receiver].wait()
 
