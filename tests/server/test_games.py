@@ -19,8 +19,10 @@ import trio_websocket
 from callscribe.core.audio import generate_tone
 from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import DeepgramStream
+from callscribe.core.game_link import CallEnd, Envelope
 from callscribe.server.games import Game, GamePatch, GameRegistry, GameSettings
 from callscribe.server.hub import Subscription
+from callscribe.server.remote_games import RemoteGames
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
@@ -142,6 +144,22 @@ async def test_a_game_that_leaves_is_reported_as_disconnected_unless_the_server_
     registry.leave(kept)
     assert (kept.outbox.close_code, kept.outbox.close_reason) == (1001, "server shutting down")
     assert registry.games == {} and registry.pool.free_count == 2
+
+
+async def test_a_game_that_leaves_keeps_nothing_of_its_patches_from_other_processes() -> None:
+    registry = GameRegistry(GameSettings(), None, CodePool(["1"]))
+    sent: list[tuple[str, Envelope]] = []
+    links = RemoteGames(registry, "game-process", lambda origin, envelope: sent.append((origin, envelope)))
+    game = await registry.join("a")
+    assert game is not None
+    call = CallEnd("CA1", "call-process", game.code, game.game_id, "game-process")
+    links.receive(call.patch())
+    unpatch = call.unpatch()
+    assert unpatch is not None
+    links.receive(unpatch)  # the call ended: the game is free again, still connected
+    assert game.patch is None and list(links.ends) == [game.game_id]
+    registry.leave(game)
+    assert links.ends == {}
 
 
 # --- end to end ----------------------------------------------------------------------------------

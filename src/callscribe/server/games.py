@@ -175,6 +175,9 @@ class GameLinks(Protocol):
     def connect(self, patch: GamePatch, holder: CodeHolder, code: str) -> PatchedGame:
         """`patch`'s caller said `code`, which `holder` holds: the stand-in for that game."""
 
+    def forget_game(self, game_id: str) -> None:
+        """This process's game `game_id` left: nothing of its patches is kept any longer."""
+
 
 class GameRegistry:
     """The codes and the games holding them: this process's, and through `codes` and `links`, others'."""
@@ -222,6 +225,8 @@ class GameRegistry:
             self.codes.release(game.code, game.game_id)
         if game.patch is not None:
             game.patch.game_left()
+        if self.links is not None:
+            self.links.forget_game(game.game_id)
 
     def wants(self, custom_parameters: dict[str, str]) -> bool:
         return self.settings.route_all_calls or custom_parameters.get("route") == "game"

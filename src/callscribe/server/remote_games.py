@@ -97,6 +97,10 @@ class RemoteGames:
         self.send(holder.origin, remote.end.patch())
         return remote
 
+    def forget_game(self, game_id: str) -> None:
+        """A game of this process left (also one whose patch was refused, ended or lost)."""
+        self.ends.pop(game_id, None)
+
     def forget(self, remote: RemoteGame) -> None:
         if self.calls.get(remote.end.call_sid) is remote:
             del self.calls[remote.end.call_sid]
