@@ -169,6 +169,14 @@ async def test_closing_the_socket_under_a_waiting_reader_ends_its_reading() -> N
             await ended.wait()
 
 
+async def test_reading_a_socket_already_closed_ends_reading() -> None:
+    async with tcp_pair() as (client, server):
+        ws = await accepted(client, server)
+        await ws.aclose()
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await ws.receive_batch()
+
+
 async def test_sends_arrive_in_order_and_close_waits_for_the_peers_answer() -> None:
     async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
         ws = await accepted(client, server)

@@ -132,6 +132,8 @@ class MediaSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
         while True:
+            if sock.fileno() < 0:  # closed (aclose) before this read
+                return b""
             if self._read_tick is None:
                 try:
                     await trio.lowlevel.wait_readable(sock)
