@@ -170,6 +170,10 @@ def test_messages_after_stop_are_rejected() -> None:
         start(tracks=[]),
         start(tracks=["inbound", "inbound"]),
         start(sampleRate=2**80),
+        {**start(), "start": {**start()["start"], "callSid": "CA" + "f" * 63}},
+        {**start(), "start": {**start()["start"], "callSid": "CA\u0000"}},
+        {**start(), "start": {**start()["start"], "streamSid": "MZ\n1"}},
+        {**start(), "start": {**start()["start"], "accountSid": "AC" + "x" * 100}},
     ],
 )
 def test_an_unusable_start_is_fatal(bad_start: dict) -> None:

@@ -42,6 +42,10 @@ MAX_TIMESTAMP_LEAD_MS = 3_600_000
 
 MAX_PAYLOAD_BYTES = 8000
 """Largest media payload accepted: one second of audio. Twilio sends 20 ms (160 bytes)."""
+MAX_SID_LENGTH = 64
+"""Longest callSid, streamSid and accountSid accepted (Twilio's are 34 characters). The ids go
+into the store's keys and indexes, logs and Redis keys: a longer one, or one with control
+characters (a NUL cannot be stored in PostgreSQL), ends the stream at its start."""
 
 
 class _Message(msgspec.Struct, tag_field="event", rename="camel", frozen=True):
@@ -268,6 +272,11 @@ class TwilioStream:
             return self._reject(f"unsupported tracks {info.tracks!r}", fatal=True)
         if not info.call_sid or not info.stream_sid:
             return self._reject("start without callSid or streamSid", fatal=True)
+        for name, sid in (("callSid", info.call_sid), ("streamSid", info.stream_sid), ("accountSid", info.account_sid)):
+            if len(sid) > MAX_SID_LENGTH or not sid.isprintable():
+                return self._reject(
+                    f"{name} is not an id: up to {MAX_SID_LENGTH} printable characters (Twilio's are 34)", fatal=True
+                )
         if rejected := self._check_sequence(message.sequence_number):
             return rejected
         self.state = TwilioState.STREAMING
