@@ -61,6 +61,21 @@ def test_every_parameter() -> None:
         ({"cursor": "%%%"}, "cursor is not one this server gave out"),
         ({"cursor": "WyJhIiwxXQ"}, "cursor is not one"),  # ["a",1]
         ({"cursor": "e30"}, "cursor is not one"),  # {}
+        ({"limit": "\u00b2"}, "limit must be"),  # a digit to isdigit(), not to int()
+        ({"limit": "9" * 5000}, "limit must be"),  # beyond int()'s 4,300 digits
+        (
+            {
+                "cursor": "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwLCAiQ0ExIl0"
+            },
+            "cursor is not one",
+        ),  # [1e400, "CA1"]: not a float
+        ({"cursor": "WzEsICJcdWQ4MDAiXQ"}, "cursor is not one"),  # [1, "\ud800"]: cannot be encoded
+        (
+            {
+                "cursor": "WzEsICJDQWZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmYiXQ"
+            },
+            "cursor is not one",
+        ),  # a callSid no call can have
     ],
 )
 def test_bad_parameters_say_which_and_why(params: dict[str, str], message: str) -> None:
@@ -68,7 +83,10 @@ def test_bad_parameters_say_which_and_why(params: dict[str, str], message: str) 
         parse_query(params)
 
 
-@given(st.floats(0, 4e9, allow_nan=False), st.text(max_size=40))
+@given(
+    st.floats(0, 4e9, allow_nan=False),
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF).filter(str.isprintable), max_size=40),
+)
 def test_cursors_round_trip(started_at: float, call_sid: str) -> None:
     assert decode_cursor(encode_cursor(Cursor(started_at, call_sid))) == Cursor(started_at, call_sid)
 

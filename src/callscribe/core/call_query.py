@@ -21,11 +21,13 @@ import base64
 import binascii
 import datetime
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from callscribe.core.call_record import digits
+from callscribe.core.twilio import MAX_SID_LENGTH
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -88,7 +90,13 @@ def decode_cursor(text: str) -> Cursor:
         raise BadQuery("cursor is not one this server gave out") from None
     if not isinstance(started_at, (int, float)) or isinstance(started_at, bool) or not isinstance(call_sid, str):
         raise BadQuery("cursor is not one this server gave out")
-    return Cursor(float(started_at), call_sid)
+    try:
+        at = float(started_at)
+    except OverflowError:  # an integer too large for a float
+        at = math.inf
+    if not math.isfinite(at) or len(call_sid) > MAX_SID_LENGTH or not call_sid.isprintable():
+        raise BadQuery("cursor is not one this server gave out")
+    return Cursor(at, call_sid)
 
 
 def parse_query(params: Mapping[str, str], *, call_sid: str | None = None) -> CallQuery:
@@ -96,7 +104,9 @@ def parse_query(params: Mapping[str, str], *, call_sid: str | None = None) -> Ca
     Unknown parameters are ignored (`token` among them)."""
     limit_text = params.get("limit", "").strip()
     if limit_text:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6) or not (
+            1 <= int(limit_text) <= MAX_LIMIT
+        ):
             raise BadQuery(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit_text[:20]!r}")
         limit = int(limit_text)
     else:
