@@ -261,6 +261,8 @@ async def test_api_access_is_that_of_client_and_errors_are_json(
             "unknown call"
         )
         assert (await get_json(http, base + "/api/calls/CAnone/transcript.txt", 404, headers=everyone))["error"]
+        for no_call in ("CA%00", "CA" + "f" * 70):  # ids no call can have (a NUL: PostgreSQL refuses it)
+            assert (await get_json(http, f"{base}/api/calls/{no_call}", 404, headers=everyone))["error"]
         assert (await get_json(http, f"{base}/api/calls/{first.call_sid}/transcript.doc", 404, headers=everyone))[
             "error"
         ].startswith("no transcript format")

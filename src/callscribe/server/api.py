@@ -24,6 +24,7 @@ from callscribe.core.access import Access, Verdict
 from callscribe.core.call_query import BadQuery, encode_cursor, parse_query
 from callscribe.core.call_record import StoredCall
 from callscribe.core.transcript import FORMATS, Utterance, export
+from callscribe.core.twilio import MAX_SID_LENGTH
 from callscribe.server.store import Deleted, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class CallsApi:
             return verdict
         if verdict.call_sid is not None and verdict.call_sid != call_sid:
             return error(403, "this token is not valid for that call")
+        if len(call_sid) > MAX_SID_LENGTH or not call_sid.isprintable():  # no call has such an id
+            return error(404, f"unknown call: {call_sid[:64]!r}")
         return None
 
     async def _read_call(self, call_sid: str) -> tuple[StoredCall, list[Utterance]] | Response:
