@@ -380,6 +380,10 @@ async def test_twiml_for_transcription_and_for_games(nursery: trio.Nursery, fake
         parameter = stream.find("./Parameter")
         assert parameter is not None and (parameter.get("name"), parameter.get("value")) == ("route", "game")
         assert xml.find("./Say") is not None
+
+        for headers in ({"X-Forwarded-Proto": "ftp"}, {"X-Forwarded-Host": "[::1"}, {"Host": "example.com:99999"}):
+            refused = await http.post(server.http_url + "/twiml", headers=headers)
+            assert refused.status_code == 400 and "set PUBLIC_URL" in refused.text, headers
     server.stop.set()
 
 

@@ -217,7 +217,12 @@ class Server:
         )
         if not verdict.ok:
             return _refuse(verdict, 403, "a TwiML request", http_request.remote_addr or "unknown")
-        return Response(build(self.base_url(http_request), call_parameters(form)), mimetype="text/xml")
+        try:
+            twiml = build(self.base_url(http_request), call_parameters(form))
+        except ValueError as error:  # the request's Host or X-Forwarded-* make no stream URL
+            reason = f"cannot tell this server's address from the request ({error}); set PUBLIC_URL"
+            return _refuse(Verdict(False, reason), 400, "a TwiML request", http_request.remote_addr or "unknown")
+        return Response(twiml, mimetype="text/xml")
 
     def base_url(self, http_request: Request) -> str:
         """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
