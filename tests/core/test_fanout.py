@@ -56,6 +56,11 @@ def test_what_is_malformed() -> None:
     assert parse_wire("e123456781-0 [1000]") is MALFORMED
     assert parse_wire('e123456781-0 {"code": 1000, "reason": "x"}').kind == END
     assert parse_end(end_text(1011, "gone")) == (1011, "gone")
+    # Codes and reasons no close frame can carry (from anyone who can write to the Redis):
+    for code in (99999, 999, 1005, 1006, 2000, 5000):
+        assert parse_wire(f'e123456781-0 {{"code": {code}, "reason": "x"}}') is MALFORMED, code
+    assert parse_wire('e123456781-0 {"code": 1000, "reason": "\\ud800"}') is MALFORMED
+    assert parse_end(end_text(4001, "custom")) == (4001, "custom")
 
 
 def test_ids_order_as_numbers_not_strings() -> None:

@@ -116,9 +116,18 @@ def parse_end(text: str) -> tuple[int, str] | None:
     if not isinstance(end, dict):
         return None
     code, reason = end.get("code"), end.get("reason")
-    if isinstance(code, int) and not isinstance(code, bool) and isinstance(reason, str):
+    if isinstance(code, int) and not isinstance(code, bool) and _sendable(code) and isinstance(reason, str):
+        try:
+            reason.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no close frame can carry it
+            return None
         return code, reason
     return None
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry `code` (RFC 6455 7.4: 1000-4999, not the reserved ones)."""
+    return 1000 <= code <= 4999 and code not in (1004, 1005, 1006, 1015) and not 1016 <= code <= 2999
 
 
 def with_id(text: str, message_id: str) -> str:

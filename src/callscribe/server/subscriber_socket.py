@@ -56,7 +56,7 @@ def _drop_stalled(subscription: Subscription, peer: str, reason: str) -> None:
 
 async def close(ws: Websocket, code: int, reason: str) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        await ws.close(code, reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore"))
+        await ws.close(code, reason.encode(errors="replace")[:MAX_CLOSE_REASON].decode(errors="ignore"))
 
 
 def peer_of(ws: Websocket) -> str:
