@@ -27,6 +27,7 @@ from callscribe.core.audio import generate_tone
 from callscribe.core.webhooks import RetryPolicy
 from callscribe.server import store_writer
 from callscribe.server.store import StoreSettings, open_engine
+from callscribe.server.store_sqlite import SqliteEngine
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, Subscriber, free_port, start_server, subscribe
@@ -410,3 +411,18 @@ def _accepting(cluster: pg.Cluster) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", cluster.port)) == 0
+
+
+@pytest.mark.logged_exceptions_expected
+async def test_a_bug_behind_the_api_is_a_json_500_and_logged(
+    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object, query: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SqliteEngine, "list_calls", broken)
+    server = await start_server(nursery, deepgram, store=StoreSettings(location=str(tmp_path / "calls.db")))
+    async with httpx.AsyncClient() as http:
+        answer = await get_json(http, server.http_url + "/api/calls", 500)
+    assert answer == {"error": "Internal Server Error: GET /api/calls"}
+    server.stop.set()

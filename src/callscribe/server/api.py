@@ -167,10 +167,12 @@ def add_routes(app: Quart, api: CallsApi) -> None:
         return await api.delete_call(request, call_sid)
 
     async def json_for_api(failure: HTTPException) -> Response | HTTPException:
-        """An unknown path or method under /api/ is answered in JSON too; elsewhere as before."""
+        """An unknown path or method under /api/, or a bug (500, its traceback logged), is answered
+        in JSON too; elsewhere as before."""
         if request.path.startswith("/api/"):
             return error(failure.code or 500, f"{failure.name}: {request.method} {request.path[:100]}")
         return failure
 
     app.register_error_handler(404, json_for_api)
     app.register_error_handler(405, json_for_api)
+    app.register_error_handler(500, json_for_api)
