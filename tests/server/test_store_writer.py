@@ -231,3 +231,39 @@ async def test_the_heartbeat_outlives_an_unexpected_error_and_readers_holding_ev
         engine.close()
     (failed,) = [r for r in caplog.records if "heartbeat failed unexpectedly" in r.getMessage()]
     assert failed.exc_info is not None and "malformed" in str(failed.exc_info[1])
+
+
+class OneBadWrite(SqliteEngine):
+    """Refuses (with an error it does not call "unavailable") any batch with a final of CA-bad."""
+
+    def write(self, batch: Sequence[Write], events: EventSettings) -> int:
+        if any(getattr(write, "call_sid", "") == "CA-bad" and hasattr(write, "seq") for write in batch):
+            raise ValueError("a write the database refuses")
+        return super().write(batch, events)
+
+
+@pytest.mark.logged_exceptions_expected
+async def test_a_write_the_database_refuses_costs_only_that_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = OneBadWrite(str(tmp_path / "callscribe.db"))
+    engine.open()
+    engine.register("me", time.time())
+    recorder = StoreRecorder(engine, instance="me")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            for call_sid in ("CA-good", "CA-bad"):  # in one batch
+                recorder.call_started(start(call_sid).start)
+                recorder.final(call_sid, final_text(f"{call_sid} speaks"))
+                recorder.call_ended(call_sid, ENDED)
+            await settled(recorder)
+            nursery.cancel_scope.cancel()
+        assert [u.text for u in engine.utterances("CA-good")] == ["CA-good speaks"]
+        bad = engine.get_call("CA-bad")
+        assert bad is not None and not bad.live and engine.utterances("CA-bad") == []
+        assert recorder.dropped == 1
+    finally:
+        engine.close()
+    (dropped,) = [r for r in caplog.records if "was dropped" in r.getMessage()]
+    assert "final 1 of call CA-bad" in dropped.getMessage() and dropped.exc_info is not None

@@ -229,8 +229,15 @@ class StoreRecorder:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             except Exception:
-                log.exception("store: a batch of %d writes failed and was dropped", len(batch))
-                self.dropped += len(batch)
+                if len(batch) == 1:
+                    log.exception("store: a write failed and was dropped: %s", _describe(batch[0]))
+                    self.dropped += 1
+                    return
+                # A bug or a write the database refuses: one by one, so that only that write is lost
+                # (a batch holds up to BATCH_MAX writes of every live call).
+                log.warning("store: a batch of %d writes failed; writing them one by one", len(batch))
+                for write in batch:
+                    await self._write([write])
                 return
             break
         self.written += len(batch)
@@ -334,3 +341,11 @@ async def open_store(settings: StoreSettings, *, shared: bool = False, lease_s: 
         await trio.to_thread.run_sync(engine.close)
         raise StoreError(f"cannot use the store at {engine.where}: {error}") from None
     return recorder
+
+
+def _describe(write: Write) -> str:
+    if isinstance(write, StartWrite):
+        return f"the start of call {write.start.call_sid}"
+    if isinstance(write, FinalWrite):
+        return f"final {write.seq} of call {write.call_sid}"
+    return f"the end of call {write.call_sid}"
