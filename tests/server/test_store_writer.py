@@ -8,7 +8,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -44,19 +46,30 @@ class FlakyEngine(SqliteEngine):
         return super().write(batch, events)
 
 
+@asynccontextmanager
+async def running(engine: SqliteEngine, **options: Any) -> AsyncIterator[StoreRecorder]:
+    """`engine` opened and registered as "me", its recorder running until the block ends; then closed."""
+    engine.open()
+    engine.register("me", time.time())
+    recorder = StoreRecorder(engine, instance="me", **options)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            yield recorder
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.close()
+
+
 @pytest.fixture
 async def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StoreRecorder]:
     monkeypatch.setattr(store_writer, "RETRY_FIRST_S", 0.02)
     engine = FlakyEngine(str(tmp_path / "callscribe.db"))
-    engine.open()
-    engine.register("me", time.time())
-    recorder = StoreRecorder(engine, instance="me", queue_size=50)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(recorder.run)
-        yield recorder
-        nursery.cancel_scope.cancel()
-    engine.held.set()
-    engine.close()
+    async with running(engine, queue_size=50) as recorder:
+        try:
+            yield recorder
+        finally:
+            engine.held.set()
 
 
 def flaky(recorder: StoreRecorder) -> FlakyEngine:
@@ -214,21 +227,15 @@ async def test_the_heartbeat_outlives_an_unexpected_error_and_readers_holding_ev
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = StrainedEngine(str(tmp_path / "callscribe.db"))
-    engine.open()
-    engine.register("me", time.time())
-    recorder = StoreRecorder(engine, instance="me", lease_s=0.3)  # a heartbeat every 50 ms
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(recorder.run)
+    async with running(engine, lease_s=0.3) as recorder, trio.open_nursery() as readers:  # a heartbeat every 50 ms
+        try:
             for n in range(store_writer.READERS):  # every reader thread busy with a slow query
-                nursery.start_soon(recorder.history, f"CA{n}")
+                readers.start_soon(recorder.history, f"CA{n}")
             with trio.fail_after(5):
                 while engine.beats < 4:
                     await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    finally:
-        engine.released.set()
-        engine.close()
+        finally:
+            engine.released.set()
     (failed,) = [r for r in caplog.records if "heartbeat failed unexpectedly" in r.getMessage()]
     assert failed.exc_info is not None and "malformed" in str(failed.exc_info[1])
 
@@ -247,23 +254,15 @@ async def test_a_write_the_database_refuses_costs_only_that_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = OneBadWrite(str(tmp_path / "callscribe.db"))
-    engine.open()
-    engine.register("me", time.time())
-    recorder = StoreRecorder(engine, instance="me")
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(recorder.run)
-            for call_sid in ("CA-good", "CA-bad"):  # in one batch
-                recorder.call_started(start(call_sid).start)
-                recorder.final(call_sid, final_text(f"{call_sid} speaks"))
-                recorder.call_ended(call_sid, ENDED)
-            await settled(recorder)
-            nursery.cancel_scope.cancel()
+    async with running(engine) as recorder:
+        for call_sid in ("CA-good", "CA-bad"):  # in one batch
+            recorder.call_started(start(call_sid).start)
+            recorder.final(call_sid, final_text(f"{call_sid} speaks"))
+            recorder.call_ended(call_sid, ENDED)
+        await settled(recorder)
         assert [u.text for u in engine.utterances("CA-good")] == ["CA-good speaks"]
         bad = engine.get_call("CA-bad")
         assert bad is not None and not bad.live and engine.utterances("CA-bad") == []
         assert recorder.dropped == 1
-    finally:
-        engine.close()
     (dropped,) = [r for r in caplog.records if "was dropped" in r.getMessage()]
     assert "final 1 of call CA-bad" in dropped.getMessage() and dropped.exc_info is not None
