@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 
 import pytest
 import trio
 import trio_websocket
 
+import rawws
 from callscribe.core import audio
 from callscribe.server import subscribers
 from callscribe.server.games import NO_PHONE_NUMBER
@@ -115,3 +117,47 @@ async def test_a_game_is_never_sent_an_empty_phone_number(server: RunningServer)
     async with trio_websocket.open_websocket_url(server.url("/game")) as ws:
         assert await ws.get_message() == NO_PHONE_NUMBER == "(no TWILIO_PHONE_NUMBER set)"
         assert (await ws.get_message()).isdigit()
+
+
+async def _ask_for_an_unknown_call(stream: trio.SocketStream, port: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """Upgrade to /client on `stream`, name a call that does not exist; (status, frames received)."""
+    await stream.send_all(rawws.upgrade_request("/client", f"127.0.0.1:{port}"))
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        while not rawws.server_frames(rest):
+            rest += await stream.receive_some(65536)
+        await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAnone"))
+        while not any(opcode == rawws.OP_CLOSE for opcode, _ in rawws.server_frames(rest)):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return int(head.split(b" ", 2)[1]), rawws.server_frames(rest)
+
+
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["callscribe's own", "Quart's after a request"])
+async def test_a_subscriber_gets_the_same_answers_from_either_server(
+    server: RunningServer, after_a_request: bool
+) -> None:
+    # A subscriber's first request on a connection is served by callscribe's own code; after
+    # another request on the same connection (or over HTTP/2) it reaches Hypercorn and Quart.
+    port = int(server.http_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        if after_a_request:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            response = b""
+            with trio.fail_after(5):
+                while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+                    response += await stream.receive_some(65536)
+            assert response.startswith(b"HTTP/1.1 200")
+        status, frames = await _ask_for_an_unknown_call(stream, port)
+    finally:
+        await stream.aclose()
+    assert status == 101
+    assert frames[0] == (rawws.OP_TEXT, b"[]")
+    assert json.loads(frames[1][1]) == {"type": "Error", "source": "callscribe", "message": "unknown callSid: 'CAnone'"}
+    assert frames[2] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"unknown callSid")

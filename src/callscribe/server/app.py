@@ -2,9 +2,11 @@
 
 Routes:
 - `/twilio`      (WebSocket) Twilio Media Streams, served by callscribe's own code (listener.py,
-                 media_socket.py); each stream is a call run by the supervisor (supervisor.py).
+                 websocket.py); each stream is a call run by the supervisor (supervisor.py).
 - `/client`      (WebSocket) subscribers: sent the live callSids, reply with one, receive its messages;
                  `?wait=SECONDS` lets them name a call that has not started yet; see subscribers.py.
+                 Served by callscribe's own code too (one write per message), and by Quart for a
+                 connection that reaches Hypercorn (HTTP/2, or after another request on it).
 - `/game`        (WebSocket) games: sent the phone number and a code; see games.py.
 - `/twiml`       (POST) TwiML that streams a call here and dials FORWARD_NUMBER.
 - `/twiml/game`  (POST) TwiML that asks for a game code and streams the call here, both ways.
@@ -34,14 +36,21 @@ from callscribe.server.call_feed import CallFeed, ObservedHub
 from callscribe.server.dashboard import Dashboard
 from callscribe.server.dashboard import add_routes as add_dashboard_routes
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
-from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER, Hub, HubUnavailable, InMemoryHub
+from callscribe.server.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
+    Hub,
+    HubUnavailable,
+    InMemoryHub,
+)
 from callscribe.server.listener import Route
-from callscribe.server.media_socket import ReadTick, Refusal, accept_media_socket
 from callscribe.server.metrics import CONTENT_TYPE
 from callscribe.server.store import NO_RECORDER
-from callscribe.server.subscriber_socket import CLOSE_TIMEOUT_S, StallWatch, close, peer_of
+from callscribe.server.subscriber_socket import QuartSocket, ReaderSocket, StallWatch
 from callscribe.server.subscribers import Subscribers
 from callscribe.server.supervisor import Supervisor
+from callscribe.server.websocket import Admission, ReadTick, ServedWebSocket, accept_websocket
 
 if TYPE_CHECKING:
     from callscribe.server.store_writer import StoreRecorder
@@ -80,7 +89,7 @@ class Server:
         self.store = store
         """The call store (None: --store none)."""
         self.read_tick = read_tick
-        self.routes: dict[str, Route] = {"/twilio": self.handle_twilio}
+        self.routes: dict[str, Route] = {"/twilio": self.handle_twilio, "/client": self.handle_client_socket}
         """WebSocket routes served by callscribe's own code rather than Quart (see listener.py)."""
         self.subscriber_send_timeout_s = subscriber_send_timeout_s
         self.games = games if games is not None else GameRegistry(GameSettings(), speech=None)
@@ -107,42 +116,85 @@ class Server:
     async def shutdown(self, grace_s: float) -> None:
         await self.supervisor.shutdown(grace_s)
 
-    # -- /twilio -------------------------------------------------------------------------------
+    # -- /twilio and /client on callscribe's own sockets ----------------------------------------
 
-    async def handle_twilio(self, stream: trio.abc.Stream, head: bytes, peer: str) -> None:
-        """A Twilio Media Stream, served outside Quart and Hypercorn (see listener.py and
-        media_socket.py). The call runs in the supervisor's nursery and reads the socket in its own
-        reader task; this waits for it, then closes the socket with the call's close code."""
-        scheme = "wss" if isinstance(stream, trio.SSLStream) else "ws"
-
-        def check(request: UpgradeRequest) -> Refusal | None:
-            path, _, query = request.path.partition("?")
-            verdict = self.access.check_twilio(request.headers, scheme, path, query, {})
-            return None if verdict.ok else (403, verdict.reason)
-
-        ws = await accept_media_socket(
+    async def _accept(
+        self,
+        stream: trio.abc.Stream,
+        head: bytes,
+        peer: str,
+        check: Callable[[UpgradeRequest], Admission],
+        what: str,
+        read_tick: ReadTick | None = None,
+    ) -> ServedWebSocket | None:
+        return await accept_websocket(
             stream,
             head,
             peer,
             check=check,
             max_message=MAX_WEBSOCKET_MESSAGE,
             stall_timeout_s=self.subscriber_send_timeout_s,
-            read_tick=self.read_tick,
+            read_tick=read_tick,
+            what=what,
         )
+
+    async def handle_twilio(self, stream: trio.abc.Stream, head: bytes, peer: str) -> None:
+        """A Twilio Media Stream, served outside Quart and Hypercorn (see listener.py and
+        websocket.py). The call runs in the supervisor's nursery and reads the socket in its own
+        reader task; this waits for it, then closes the socket with the call's close code."""
+        scheme = "wss" if isinstance(stream, trio.SSLStream) else "ws"
+
+        def check(request: UpgradeRequest) -> Admission:
+            path, _, query = request.path.partition("?")
+            verdict = self.access.check_twilio(request.headers, scheme, path, query, {})
+            return Admission() if verdict.ok else Admission(403, verdict.reason)
+
+        ws = await self._accept(stream, head, peer, check, "Twilio socket", self.read_tick)
         if ws is None:
             return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ws.writer)
                 if not self.supervisor.accepting:
-                    await ws.close(CLOSE_GOING_AWAY, "server shutting down", CLOSE_TIMEOUT_S)
+                    await ws.close(CLOSE_GOING_AWAY, "server shutting down")
                     return
                 call = self.supervisor.start_call(ws.receive_batch, ws.send)
                 try:
                     await call.finished.wait()
                 finally:
                     call.end_input()
-                await ws.close(call.close_code, call.close_reason, CLOSE_TIMEOUT_S)
+                await ws.close(call.close_code, call.close_reason)
+        finally:
+            await ws.aclose()
+
+    async def handle_client_socket(self, stream: trio.abc.Stream, head: bytes, peer: str) -> None:
+        """A subscriber whose connection's first request is the upgrade: served outside Quart and
+        Hypercorn, so that each message costs one write (listener.py, websocket.py)."""
+        verdict = Verdict(False, "")
+
+        def check(request: UpgradeRequest) -> Admission:
+            nonlocal verdict
+            verdict, as_subprotocol = self.access.check_client(request.headers, request.path.partition("?")[2])
+            if not verdict.ok:
+                log.warning("refused a subscriber from %s: %s", peer, verdict.reason)
+                return Admission(401 if "token" in verdict.reason else 403, verdict.reason)
+            return Admission(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
+
+        ws = await self._accept(stream, head, peer, check, "subscriber")
+        if ws is None:
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ws.writer)
+                if self.supervisor.closing:
+                    await ws.close(CLOSE_GOING_AWAY, "server shutting down")
+                else:
+                    try:
+                        await self.subscribers.serve(ws, verdict)  # closes it, unless the peer left
+                    finally:
+                        # Ends the writer in every case; a close frame goes only if serve failed.
+                        with trio.CancelScope(shield=True):
+                            await ws.close(CLOSE_INTERNAL_ERROR, "server error")
         finally:
             await ws.aclose()
 
@@ -153,38 +205,40 @@ class Server:
         None means the socket was accepted and closed again (shutting down); a Verdict, go on."""
         verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
         if not verdict.ok:
-            return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, peer_of(ws))
+            return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, QuartSocket(ws).peer)
         await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
         if self.supervisor.closing:
-            await close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            await QuartSocket(ws).close(CLOSE_GOING_AWAY, "server shutting down")
             return None
         return verdict
 
     async def handle_client(self, ws: Websocket) -> Response | None:
+        """A subscriber that reached Quart (see `handle_client_socket` for the others)."""
         verdict = await self._admit(ws, "a subscriber")
         if not isinstance(verdict, Verdict):
             return verdict
-        await self.subscribers.serve(ws, verdict)
+        await self.subscribers.serve(QuartSocket(ws), verdict)
         return None
 
     # -- /game ---------------------------------------------------------------------------------
 
-    async def handle_game(self, ws: Websocket) -> Response | None:
-        peer = peer_of(ws)
-        admitted = await self._admit(ws, "a game")
+    async def handle_game(self, quart_ws: Websocket) -> Response | None:
+        admitted = await self._admit(quart_ws, "a game")
         if not isinstance(admitted, Verdict):
             return admitted
+        ws: ReaderSocket = QuartSocket(quart_ws)
+        peer = ws.peer
         try:
             game = await self.games.join(peer)
         except HubUnavailable as error:
             log.warning("game %s turned away: %s", peer, error)
             await ws.send(error_message(f"game codes are unavailable: {error}"))
-            await close(ws, CLOSE_TRY_AGAIN_LATER, "game codes unavailable, try again later")
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "game codes unavailable, try again later")
             return None
         if game is None:
             log.warning("game %s refused: all %d codes are in use", peer, len(self.games.pool))
             await ws.send(error_message(f"all {len(self.games.pool)} game codes are in use; try again later"))
-            await close(ws, CLOSE_TRY_AGAIN_LATER, "no game code free")
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "no game code free")
             return None
         log.info("game %s joined with code %s", peer, game.code)
         try:
@@ -195,13 +249,13 @@ class Server:
                     nursery.start_soon(_game_commands, ws, game)
                     with game.outbox.cancel_scope:
                         async for message in game.outbox:
-                            await self.stall.send(ws, game.outbox, message, peer)
+                            await self.stall.send(ws, game.outbox, message)
                     nursery.cancel_scope.cancel()
         finally:
-            self.stall.check_cut_off(ws, game.outbox, peer)
+            self.stall.check_cut_off(ws, game.outbox)
             self.games.leave(game)
             log.info("game %s with code %s left (%s)", peer, game.code, game.outbox.close_reason)
-        await close(ws, game.outbox.close_code, game.outbox.close_reason)
+        await ws.close(game.outbox.close_code, game.outbox.close_reason)
         return None
 
     # -- TwiML -----------------------------------------------------------------------------------
@@ -233,7 +287,7 @@ class Server:
         return f"{scheme}://{host}"
 
 
-async def _game_commands(ws: Websocket, game: Game) -> None:
+async def _game_commands(ws: ReaderSocket, game: Game) -> None:
     while True:
         game.command(await ws.receive())
 

@@ -38,10 +38,10 @@ from callscribe.server.app import Server, create_app
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
-from callscribe.server.media_socket import ReadTick
 from callscribe.server.run_file import remove_run_file, write_run_file
 from callscribe.server.speech import engine_from_settings
 from callscribe.server.store import StoreError, StoreSettings
+from callscribe.server.websocket import ReadTick
 
 if TYPE_CHECKING:
     from callscribe.server.store_writer import StoreRecorder

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import trio
-from quart import Websocket
 
 from callscribe.core.access import Verdict
 from callscribe.core.catch_up import CatchUp
@@ -27,7 +26,7 @@ from callscribe.server.hub import (
     UnknownCall,
 )
 from callscribe.server.store import StoreUnavailable
-from callscribe.server.subscriber_socket import StallWatch, close, peer_of
+from callscribe.server.subscriber_socket import ReaderSocket, StallWatch
 from callscribe.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -54,15 +53,15 @@ class Subscribers:
         """The call of a callSid if it streams into this process, else None."""
         self.stall = stall
 
-    async def serve(self, ws: Websocket, verdict: Verdict) -> None:
+    async def serve(self, ws: ReaderSocket, verdict: Verdict) -> None:
         """One admitted subscriber (`verdict` says whether its token is for one call only)."""
-        peer = peer_of(ws)
-        with_history = parse_qs(ws.query_string.decode("latin-1")).get("history", ["1"])[0] != "0"
-        wait_s = _wait_seconds(ws.query_string.decode("latin-1"))
+        peer = ws.peer
+        with_history = parse_qs(ws.query).get("history", ["1"])[0] != "0"
+        wait_s = _wait_seconds(ws.query)
         if isinstance(wait_s, str):
             log.info("subscriber %s refused: %s", peer, wait_s)
             await ws.send(_error_json(wait_s))
-            await close(ws, CLOSE_POLICY, "bad wait parameter")
+            await ws.close(CLOSE_POLICY, "bad wait parameter")
             return
         with self.supervisor.connection() as scope:
             try:
@@ -75,12 +74,16 @@ class Subscribers:
             await ws.send(json.dumps(calls))
             reply: str | bytes | None = None
             with trio.move_on_after(SUBSCRIBE_TIMEOUT_S) as waiting:
-                reply = await ws.receive()
+                try:
+                    reply = await ws.receive()
+                except trio.EndOfChannel:
+                    log.info("subscriber %s left before naming a call", peer)
+                    return
             if waiting.cancelled_caught:
                 reason = f"no callSid received within {SUBSCRIBE_TIMEOUT_S:g} s"
                 log.info("subscriber %s closed: %s", peer, reason)
                 await ws.send(_error_json(f"{reason}; send one of the listed callSids after connecting"))
-                await close(ws, CLOSE_POLICY, reason)
+                await ws.close(CLOSE_POLICY, reason)
                 return
             call_sid = _text(reply).strip()
             if verdict.call_sid is not None and call_sid != verdict.call_sid:
@@ -90,9 +93,9 @@ class Subscribers:
                         {"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}
                     )
                 )
-                await close(ws, CLOSE_POLICY, "token not valid for this call")
+                await ws.close(CLOSE_POLICY, "token not valid for this call")
                 return
-            resume = resume_request(ws.query_string.decode("latin-1"))
+            resume = resume_request(ws.query)
             if resume.error:
                 await _refuse_resume(ws, peer, resume.error)
                 return
@@ -105,10 +108,10 @@ class Subscribers:
             listed = call_sid in calls or wait_s > 0
             await self._subscribe(ws, peer, call_sid, resume, with_history and not resume.ids, listed)
         if scope.cancelled_caught:
-            await close(ws, CLOSE_GOING_AWAY, "server shutting down")
+            await ws.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _subscribe(
-        self, ws: Websocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool, listed: bool
+        self, ws: ReaderSocket, peer: str, call_sid: str, resume: ResumeRequest, with_history: bool, listed: bool
     ) -> None:
         try:
             # A live call on another process: its finals published since its store last committed
@@ -119,22 +122,22 @@ class Subscribers:
                 log.info("call %s: subscriber %s joined", call_sid, peer)
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_discard_incoming, ws)
+                        nursery.start_soon(_drain_then_stop, ws, nursery.cancel_scope)
                         with subscription.cancel_scope:
                             # Subscribed first, so the live messages queue while the history is read;
                             # finals in both are sent once (the history's copy, in its place).
                             history = await self._history(call_sid, peer) if with_history else []
                             for message in history:
-                                await self.stall.send(ws, subscription, message, peer)
+                                await self.stall.send(ws, subscription, message)
                             follow = CatchUp(history)
                             async for message in subscription:
                                 text = follow.offer(message) if catch_up else message
                                 if text is None or (not catch_up and follow.sent_already(text)):
                                     continue
-                                await self.stall.send(ws, subscription, text, peer)
+                                await self.stall.send(ws, subscription, text)
                         nursery.cancel_scope.cancel()
                 finally:
-                    self.stall.check_cut_off(ws, subscription, peer)
+                    self.stall.check_cut_off(ws, subscription)
                     if subscription.close_code == CLOSE_POLICY:
                         self.supervisor.metrics.dropped.inc()
                     log.info(
@@ -142,18 +145,18 @@ class Subscribers:
                         call_sid,
                         peer,
                         subscription.delivered,
-                        # Not ended by the call, the hub or a drop: Quart cancelled us as the peer went away.
+                        # Not ended by the call, the hub or a drop: the peer went away.
                         subscription.close_reason if subscription.ended else "subscriber disconnected",
                     )
         except UnknownCall:
             log.info("subscriber %s asked for unknown call %r", peer, call_sid[:64])
             await ws.send(_error_json(f"unknown callSid: {call_sid[:64]!r}"))
-            await close(ws, CLOSE_POLICY, "unknown callSid")
+            await ws.close(CLOSE_POLICY, "unknown callSid")
             return
         except HubUnavailable as error:
             await _hub_unavailable(ws, peer, error)
             return
-        await close(ws, subscription.close_code, subscription.close_reason)
+        await ws.close(subscription.close_code, subscription.close_reason)
 
     async def _history(self, call_sid: str, peer: str) -> list[str]:
         """The call's finals so far, for a subscriber who joins it now ([] when nothing is kept)."""
@@ -173,7 +176,7 @@ class Subscribers:
 
     # -- /client?wait=SECONDS: naming a call before it starts -------------------------------------
 
-    async def _wait_for_call(self, ws: Websocket, peer: str, call_sid: str, wait_s: float) -> bool:
+    async def _wait_for_call(self, ws: ReaderSocket, peer: str, call_sid: str, wait_s: float) -> bool:
         """Wait until `call_sid` is live (True), or up to `wait_s` seconds: then tell the subscriber
         and close (False). An app learns a CallSid from Twilio's voice webhook before the stream
         starts, so it may subscribe first. The hub is asked every WAIT_POLL_S; Quart cancels this
@@ -192,27 +195,28 @@ class Subscribers:
             return False
         log.info("subscriber %s waited %g s for call %r, which did not start", peer, wait_s, call_sid[:64])
         await ws.send(_error_json(f"call {call_sid[:64]!r} did not start within {wait_s:g} s"))
-        await close(ws, CLOSE_POLICY, "unknown callSid")
+        await ws.close(CLOSE_POLICY, "unknown callSid")
         return False
 
 
-async def _discard_incoming(ws: Websocket) -> None:
-    """Subscribers have nothing more to say; reading keeps Quart's inbox from filling up."""
-    while True:
-        await ws.receive()
+async def _drain_then_stop(ws: ReaderSocket, subscription_loop: trio.CancelScope) -> None:
+    """Subscribers have nothing more to say: what they send is read (so that no inbox fills up)
+    and dropped. Once the peer is gone, its subscription loop stops."""
+    await ws.drain()
+    subscription_loop.cancel()
 
 
-async def _refuse_resume(ws: Websocket, peer: str, reason: str) -> None:
+async def _refuse_resume(ws: ReaderSocket, peer: str, reason: str) -> None:
     """A subscriber's `ids`/`after` do not parse (see callscribe.core.fanout.resume_request)."""
     log.info("subscriber %s refused: %s", peer, reason)
     await ws.send(json.dumps({"type": "Error", "source": "callscribe", "message": reason}))
-    await close(ws, CLOSE_POLICY, "bad ids or after")
+    await ws.close(CLOSE_POLICY, "bad ids or after")
 
 
-async def _hub_unavailable(ws: Websocket, peer: str, error: HubUnavailable) -> None:
+async def _hub_unavailable(ws: ReaderSocket, peer: str, error: HubUnavailable) -> None:
     log.warning("subscriber %s turned away: %s", peer, error)
     await ws.send(_error_json(f"subscriptions are unavailable: {error}"))
-    await close(ws, CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
+    await ws.close(CLOSE_TRY_AGAIN_LATER, "hub unavailable, try again later")
 
 
 def _error_json(message: str) -> str:

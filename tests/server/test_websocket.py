@@ -3,6 +3,7 @@ and over TLS (read through trio's SSLStream)."""
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 
 import rawws
-from callscribe.server.media_socket import WRITE_QUEUE, MediaSocket, ReadTick, accept_media_socket
+from callscribe.server.websocket import WRITE_QUEUE, Admission, ReadTick, ServedWebSocket, accept_websocket
 from conftest import local_tls
 
 MAX = 64 * 1024
@@ -48,7 +49,7 @@ async def read_frames(client: trio.abc.Stream, want: int, timeout_s: float = 5.0
     return rawws.server_frames(data)
 
 
-async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: object) -> MediaSocket:
+async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: object) -> ServedWebSocket:
     head = rawws.upgrade_request("/twilio")
 
     async def send_head() -> None:
@@ -59,8 +60,8 @@ async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: 
         received = b""
         while b"\r\n\r\n" not in received:
             received += await server.receive_some(65536)
-    ws = await accept_media_socket(
-        server, received, "peer", check=lambda request: None, max_message=MAX, stall_timeout_s=2.0, **options
+    ws = await accept_websocket(
+        server, received, "peer", check=lambda request: Admission(), max_message=MAX, stall_timeout_s=2.0, **options
     )
     assert ws is not None
     response = b""
@@ -195,16 +196,61 @@ async def test_sends_arrive_in_order_and_close_waits_for_the_peers_answer() -> N
         nursery.cancel_scope.cancel()
 
 
+async def test_on_plain_tcp_a_message_goes_out_without_the_writer() -> None:
+    # Nothing queued: the sending task writes it itself (no writer task is even running).
+    async with tcp_pair() as (client, server):
+        ws = await accepted(client, server)
+        await ws.send("straight out")
+        assert [p for _, p in await read_frames(client, 1)] == [b"straight out"]
+
+
+async def test_what_the_socket_cannot_take_at_once_is_queued_and_order_is_kept() -> None:
+    # The peer reads nothing at first: the first writes fill the kernel's buffers, the rest wait
+    # for the writer; once the peer reads, every message arrives once, in order.
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        assert isinstance(server, trio.SocketStream)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        nursery.start_soon(ws.writer)
+        texts = [f"{n:05d} " + "x" * 2000 for n in range(WRITE_QUEUE)]
+        for text in texts:
+            await ws.send(text)
+        assert ws._unwritten > 0  # some went through the writer
+        frames = await read_frames(client, len(texts), timeout_s=10)
+        assert [p.decode() for _, p in frames] == texts
+        await ws.close(1000, "done", timeout_s=0.5)
+
+
+async def test_drain_reads_until_the_peer_leaves() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"ignored") + rawws.frame(rawws.OP_PING, b"hi"))
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await ws.drain()
+            drained.set()
+
+        nursery.start_soon(drain)
+        assert (await read_frames(client, 1))[0] == (rawws.OP_PONG, b"hi")
+        assert not drained.is_set()
+        await client.send_all(rawws.close_frame(1000))
+        with trio.fail_after(5):
+            await drained.wait()
+        await ws.close(1000, "bye", timeout_s=0.5)
+
+
 async def test_a_peer_that_takes_nothing_is_given_up_on(autojump_clock: trio.abc.Clock) -> None:
     # A memory stream whose reader never reads: writes block until the stall timeout.
     _client, server = trio.testing.lockstep_stream_pair()
-    ws = MediaSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
+    ws = ServedWebSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ws.writer)
         await ws.send("never read")
         with trio.fail_after(10):
-            while not ws.gone:
-                await trio.sleep(0.5)
+            await ws.drain()  # returns once the writer gives up
+        assert ws.gone and ws.stalled
         await ws.send("dropped")
         nursery.cancel_scope.cancel()
 
@@ -216,7 +262,7 @@ async def test_a_sender_and_a_reader_waiting_when_the_writer_gives_up_just_see_t
     # after the stall timeout; then the peer leaves while the call's reader waits on it. Neither
     # the sender nor the reader may fail (an exception there ends the whole call).
     client, server = trio.testing.lockstep_stream_pair()
-    ws = MediaSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
+    ws = ServedWebSocket(server, _open_protocol(), "peer", stall_timeout_s=2.0)
     sent = trio.Event()
 
     async def talk_back() -> None:
@@ -261,8 +307,13 @@ async def test_a_refused_upgrade_gets_the_status_and_reason() -> None:
         received = b""
         while b"\r\n\r\n" not in received:
             received += await server.receive_some(65536)
-        ws = await accept_media_socket(
-            server, received, "peer", check=lambda request: (403, "bad signature"), max_message=MAX, stall_timeout_s=2
+        ws = await accept_websocket(
+            server,
+            received,
+            "peer",
+            check=lambda request: Admission(403, "bad signature"),
+            max_message=MAX,
+            stall_timeout_s=2,
         )
         assert ws is None
         response = await client.receive_some(65536)

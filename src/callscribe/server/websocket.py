@@ -1,10 +1,12 @@
-"""The `/twilio` WebSocket on callscribe's own Trio code: websockets' sans-IO protocol over a socket.
+"""The WebSockets of the two hot paths on callscribe's own Trio code: websockets' sans-IO protocol
+over a socket. `/twilio` (media in: 50 frames a second per track) and `/client` (transcripts out:
+every result to every subscriber of the call).
 
-Twilio sends 50 frames a second per track, so the cost of each frame's path decides how many calls
-a core carries. Through Hypercorn a frame is read by its connection task, parsed by wsproto, put on
-a queue and picked up by the app's task: two task wakes and a pure-Python parser per frame. Here the
-call's own reader task reads the socket and parses with `websockets`' C-accelerated framing, and
-everything one read produced is handed on at once (`receive_batch`).
+Through Hypercorn a frame is read by its connection task, parsed by wsproto, put on a queue and
+picked up by the app's task: two task wakes and a pure-Python parser per frame, and as much again
+for each message sent. Here the call's own reader task reads the socket and parses with
+`websockets`' C-accelerated framing, and everything one read produced is handed on at once
+(`receive_batch`); a message sent goes straight to the socket when nothing waits before it.
 
 Reading: a small buffer allocated once per connection; on plain TCP the reader waits with
 `trio.lowlevel.wait_readable` and reads with a non-blocking `recv_into` on a duplicate of the
@@ -13,9 +15,11 @@ reads through the `trio.SSLStream`. Optionally the wait is replaced by a shared 
 (`ReadTick`): every reader wakes on the same tick and takes what arrived, trading up to one tick of
 latency for fewer wakes.
 
-Writing: every write (replies to pings, close frames, talk-back audio, marks) goes through one
-writer task per connection and a bounded queue, so two tasks never write at once; a peer that
-takes nothing for `stall_timeout_s` is disconnected.
+Writing: on plain TCP, a message sent while nothing is queued or being written is written at once
+with a non-blocking `send` by the sending task (a subscriber's message costs one system call, no
+wake of another task). Everything else (what did not fit, replies to pings, close frames, writes
+on TLS) goes through one writer task per connection and a bounded queue, in order, so two tasks
+never write at once. A peer that takes nothing for `stall_timeout_s` is disconnected (`stalled`).
 
 Messages (text or binary, reassembled from fragments) are limited to `max_message` bytes; a bigger
 one fails the connection with 1009. Broken framing fails it with 1002 (invalid UTF-8 in a text
@@ -25,9 +29,11 @@ message: 1007). After the connection fails or the peer leaves, `receive*` raise
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 from websockets.exceptions import InvalidState
@@ -46,6 +52,15 @@ READ_BUFFER = 4096
 """Bytes read at a time: a few Twilio frames (each ~300 bytes on the wire)."""
 WRITE_QUEUE = 64
 """Writes that may wait for the writer (talk-back audio is sent in chunks of ~100 ms)."""
+CLOSE_TIMEOUT_S = 2.0
+"""Closing (our close frame, the peer's answer) gives up after this."""
+MAX_CLOSE_REASON = 120
+"""Close reasons must fit a control frame (125 bytes, 2 of them the code)."""
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to what a close frame carries, on a character boundary."""
+    return reason.encode(errors="replace")[:MAX_CLOSE_REASON].decode(errors="ignore")
 
 
 class ReadTick:
@@ -65,11 +80,11 @@ class ReadTick:
         await self._tick.wait()
 
 
-class MediaSocket:
+class ServedWebSocket:
     """One accepted WebSocket: `receive_batch`/`receive` for the reader, `send` for everyone else.
 
-    Construct it after the handshake (see `serve_handshake`); run `writer()` in a task that lives
-    as long as the connection; call `close()` once, at the end.
+    Construct it with `accept_websocket`; run `writer()` in a task that lives as long as the
+    connection; call `close()` once, at the end, then `aclose()`.
     """
 
     def __init__(
@@ -80,8 +95,13 @@ class MediaSocket:
         *,
         stall_timeout_s: float,
         read_tick: ReadTick | None = None,
+        query: str = "",
+        what: str = "Twilio socket",
     ) -> None:
         self.peer = peer
+        self.query = query
+        """The request's query string (after `?`)."""
+        self._what = what
         self._stream = stream
         self._protocol = protocol
         self._stall_timeout_s = stall_timeout_s
@@ -93,8 +113,13 @@ class MediaSocket:
         self._pending: list[str | bytes] = []
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
+        self._unwritten = 0
+        """Writes handed to the writer and not finished: a message may go straight out only at 0."""
         self.gone = False
         """The peer has left, failed the protocol, or stopped taking data."""
+        self.stalled = False
+        """It was disconnected for taking no data for `stall_timeout_s` (by us or the kernel)."""
+        self._gone = trio.Event()
         self._eof = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -109,12 +134,13 @@ class MediaSocket:
                 self._eof = True
                 self._protocol.receive_eof()
                 self._flush_protocol()
+                self._gone.set()
                 raise trio.EndOfChannel
             self._protocol.receive_data(data)
             messages = self._messages()
             self._flush_protocol()
             if self._protocol.state is not State.OPEN:
-                self.gone = True
+                self._set_gone()
             if messages:
                 return messages
 
@@ -145,7 +171,8 @@ class MediaSocket:
                 count = sock.recv_into(self._buffer)
             except BlockingIOError:
                 continue
-            except OSError:
+            except OSError as error:  # ETIMEDOUT: the kernel cut off a peer that took no data
+                self.stalled = self.stalled or error.errno == errno.ETIMEDOUT
                 return b""
             return bytes(self._view[:count])
 
@@ -176,18 +203,54 @@ class MediaSocket:
 
     # -- writing ---------------------------------------------------------------------------
 
+    async def drain(self) -> None:
+        """Read and drop what the peer sends (answering its pings and close) until it leaves or
+        the connection fails, for a peer that has nothing more to say (a subscriber)."""
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                try:
+                    while True:
+                        await self.receive_batch()
+                except trio.EndOfChannel:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            await self._gone.wait()
+            nursery.cancel_scope.cancel()
+
     async def send(self, text: str) -> None:
-        """Queue a text message. Once the peer is gone it is dropped, with a checkpoint."""
+        """Send a text message: at once if nothing waits before it (plain TCP), else queued for the
+        writer. Once the peer is gone it is dropped, with a checkpoint."""
         if self.gone or self._protocol.state is not State.OPEN:
             await trio.lowlevel.checkpoint()
             return
         self._protocol.send_text(text.encode())
         for data in self._protocol.data_to_send():
+            if self._fast_socket is not None and self._unwritten == 0:
+                data = self._send_now(self._fast_socket, data)
+                if not data:
+                    await trio.lowlevel.checkpoint()
+                    continue
+            self._unwritten += 1
             try:
                 await self._outbox_send.send(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-                self.gone = True
+                self._unwritten -= 1
+                self._set_gone()
                 return
+
+    def _send_now(self, sock: socket.socket, data: bytes) -> bytes:
+        """Write what the socket takes without waiting; what is left for the writer (b"": all of it
+        went, or the connection broke)."""
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            return data
+        except OSError as error:
+            self._give_up("the connection broke", stalled=error.errno == errno.ETIMEDOUT)
+            return b""
+        return data[sent:]
 
     def _flush_protocol(self) -> None:
         """Queue what the protocol has to send (pongs, close frames, EOF) without waiting."""
@@ -198,8 +261,9 @@ class MediaSocket:
                 self._give_up("the write queue is full")
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-                self.gone = True
+                self._set_gone()
                 return
+            self._unwritten += 1
 
     async def writer(self) -> None:
         """Write queued data in order until the queue is closed (by `close`) or the peer stalls."""
@@ -207,15 +271,19 @@ class MediaSocket:
             async for data in self._outbox:
                 if not data:  # the protocol's end of stream
                     await self._send_eof()
+                    self._unwritten -= 1
                     continue
                 with trio.move_on_after(self._stall_timeout_s) as stalled:
                     try:
                         await self._stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self._give_up("the connection broke")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                        timed_out = isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ETIMEDOUT
+                        self._give_up("the connection broke", stalled=timed_out)
                         return
+                    finally:
+                        self._unwritten -= 1
                 if stalled.cancelled_caught:
-                    self._give_up(f"it took no data for {self._stall_timeout_s:g} s")
+                    self._give_up(f"it took no data for {self._stall_timeout_s:g} s", stalled=True)
                     return
 
     async def _send_eof(self) -> None:
@@ -224,20 +292,25 @@ class MediaSocket:
         except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass  # TLS streams have no half-close; the close below ends them
 
-    def _give_up(self, why: str) -> None:
+    def _give_up(self, why: str, *, stalled: bool = False) -> None:
         if not self.gone:
-            log.info("Twilio socket %s: disconnecting, %s", self.peer, why)
+            log.info("%s %s: disconnecting, %s", self._what, self.peer, why)
+        self.stalled = self.stalled or stalled
+        self._set_gone()
+
+    def _set_gone(self) -> None:
         self.gone = True
+        self._gone.set()
 
     # -- closing ---------------------------------------------------------------------------
 
-    async def close(self, code: int, reason: str, timeout_s: float) -> None:
+    async def close(self, code: int, reason: str, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Send a close frame (unless the connection already ended) and wait, bounded, for the
         peer's, discarding whatever it still sends; then end the writer and the socket."""
         with trio.move_on_after(timeout_s):
             if not self.gone and self._protocol.state is State.OPEN:
                 try:
-                    self._protocol.send_close(code, reason)
+                    self._protocol.send_close(code, close_reason(reason))
                 except InvalidState:
                     pass
                 self._flush_protocol()
@@ -278,20 +351,27 @@ def _duplicate_plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return duplicate
 
 
-Refusal = tuple[int, str]
-"""An HTTP status and a reason, to refuse a WebSocket upgrade before accepting it."""
+@dataclass(frozen=True)
+class Admission:
+    """The answer to an upgrade request: refused with an HTTP status and a reason, or accepted
+    (with the subprotocol to echo, if any)."""
+
+    status: int = 101
+    reason: str = ""
+    subprotocol: str | None = None
 
 
-async def accept_media_socket(
+async def accept_websocket(
     stream: trio.abc.Stream,
     head: bytes,
     peer: str,
     *,
-    check: Callable[[Request], Refusal | None],
+    check: Callable[[Request], Admission],
     max_message: int,
     stall_timeout_s: float,
     read_tick: ReadTick | None = None,
-) -> MediaSocket | None:
+    what: str = "Twilio socket",
+) -> ServedWebSocket | None:
     """Answer the upgrade request in `head` (read by the listener, up to its blank line): refuse it
     with `check`'s status and reason, or accept it. None when the connection is refused or is not
     a valid WebSocket upgrade (it has then been answered, e.g. 400, and should be closed)."""
@@ -300,8 +380,13 @@ async def accept_media_socket(
     events = protocol.events_received()
     request = events[0] if events and isinstance(events[0], Request) else None
     if request is not None:
-        refusal = check(request)
-        response = protocol.reject(refusal[0], refusal[1] + "\n") if refusal else protocol.accept(request)
+        admission = check(request)
+        if admission.status != 101:
+            response = protocol.reject(admission.status, admission.reason + "\n")
+        else:
+            response = protocol.accept(request)
+            if admission.subprotocol and response.status_code == 101:
+                response.headers["Sec-WebSocket-Protocol"] = admission.subprotocol
         protocol.send_response(response)
         if response.status_code != 101:
             log.warning(
@@ -319,4 +404,12 @@ async def accept_media_socket(
             return None
     if request is None or protocol.state is not State.OPEN:
         return None
-    return MediaSocket(stream, protocol, peer, stall_timeout_s=stall_timeout_s, read_tick=read_tick)
+    return ServedWebSocket(
+        stream,
+        protocol,
+        peer,
+        stall_timeout_s=stall_timeout_s,
+        read_tick=read_tick,
+        query=request.path.partition("?")[2],
+        what=what,
+    )
