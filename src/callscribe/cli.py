@@ -93,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"callscribe: {error}", file=sys.stderr)
             return 2
     failure: BaseException | None = None
+    from callscribe.server.gc_tuning import tune_for_serving
+
+    tune_for_serving()
     try:
         worker = worker_of()
         if worker is None:
