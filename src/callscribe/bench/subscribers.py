@@ -45,7 +45,7 @@ class SimSubscriber:
             deadline = trio.current_time() + give_up_s
             while True:
                 async with limiter:
-                    conn = await bench_ws.connect(host, port, "/client", nursery)
+                    conn = await bench_ws.connect(host, port, "/client", nursery, stamped=True)
                 listed = json.loads(await conn.receive_text(10.0))
                 if self.call.call_sid in listed:
                     break

@@ -19,6 +19,7 @@ import base64
 import os
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -47,8 +48,11 @@ class ClientConnection:
     ``time.monotonic()`` at which their bytes were read.
     """
 
-    def __init__(self, sock: socket.socket, nursery: trio.Nursery, leftover: bytes = b"") -> None:
+    def __init__(
+        self, sock: socket.socket, nursery: trio.Nursery, leftover: bytes = b"", *, stamped: bool = False
+    ) -> None:
         self.sock = sock
+        self._stamped = stamped and _enable_arrival_stamps(sock)
         self.key = os.urandom(4)
         self.reader = FrameReader()
         self._nursery = nursery
@@ -120,14 +124,19 @@ class ClientConnection:
             if frames:
                 return time.monotonic(), self._answer(frames)
         while True:
+            stamp = None
             try:
-                data = self.sock.recv(RECV_SIZE)
+                if self._stamped:
+                    data, ancillary, _flags, _address = self.sock.recvmsg(RECV_SIZE, STAMP_SPACE)
+                    stamp = _arrival(ancillary)
+                else:
+                    data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
                 continue
             except OSError:
                 data = b""
-            now = time.monotonic()
+            now = time.monotonic() if stamp is None else stamp
             if not data:
                 self._lost()
                 raise EOFError("connection closed by peer")
@@ -196,6 +205,31 @@ class ClientConnection:
                 pass
 
 
+SO_TIMESTAMPNS = 35
+"""Linux's socket option (and control message type) for receive timestamps in nanoseconds; the
+socket module does not name it."""
+STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def _enable_arrival_stamps(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """When the kernel received the data just read, on ``time.monotonic()``'s clock (the stamp is
+    on the real-time clock), or None without a stamp."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            real: float = seconds + nanoseconds / 1e9
+            return real - (time.time() - time.monotonic())
+    return None
+
+
 async def connect(
     host: str,
     port: int,
@@ -204,8 +238,11 @@ async def connect(
     *,
     timeout: float = 10.0,
     headers: Iterable[tuple[str, str]] = (),
+    stamped: bool = False,
 ) -> ClientConnection:
-    """Open ``ws://host:port/path``; raises ``WebSocketError``/``OSError``/``trio.TooSlowError``."""
+    """Open ``ws://host:port/path``; raises ``WebSocketError``/``OSError``/``trio.TooSlowError``.
+    ``stamped``: `receive` times each read by the kernel's arrival stamp (Linux), not by when this
+    process got round to reading it, so that the load process's own delays do not count."""
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     raw.setblocking(False)
@@ -237,7 +274,7 @@ async def connect(
     except BaseException:
         raw.close()
         raise
-    return ClientConnection(raw, nursery, leftover)
+    return ClientConnection(raw, nursery, leftover, stamped=stamped)
 
 
 async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
