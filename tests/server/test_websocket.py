@@ -204,6 +204,31 @@ async def test_on_plain_tcp_a_message_goes_out_without_the_writer() -> None:
         assert [p for _, p in await read_frames(client, 1)] == [b"straight out"]
 
 
+@pytest.mark.parametrize("size", [5, 200, 70_000])
+async def test_a_message_sent_to_several_peers_is_framed_as_websockets_frames_it(size: int) -> None:
+    text = "é" * size  # one object for every peer, as the hub hands a result to each subscriber
+    reference = _open_protocol()
+    reference.send_text(text.encode())
+    expected = b"".join(reference.data_to_send())
+    async with tcp_pair() as (client_a, server_a), tcp_pair() as (client_b, server_b):
+        first, second = await accepted(client_a, server_a), await accepted(client_b, server_b)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first.writer)
+            nursery.start_soon(second.writer)
+            await first.send(text)
+            await second.send(text)
+            await first.send("other")
+            for client, then in ((client_a, [b"other"]), (client_b, [])):
+                received = b""
+                with trio.fail_after(5):
+                    while len(received) < len(expected) or len(rawws.server_frames(received)) < 1 + len(then):
+                        received += await client.receive_some(65536)
+                assert received[: len(expected)] == expected
+                assert [p for _, p in rawws.server_frames(received)[1:]] == then
+            await first.close(1000, "", timeout_s=0.2)
+            await second.close(1000, "", timeout_s=0.2)
+
+
 async def test_what_the_socket_cannot_take_at_once_is_queued_and_order_is_kept() -> None:
     # The peer reads nothing at first: the first writes fill the kernel's buffers, the rest wait
     # for the writer; once the peer reads, every message arrives once, in order.

@@ -225,8 +225,12 @@ class ServedWebSocket:
         if self.gone or self._protocol.state is not State.OPEN:
             await trio.lowlevel.checkpoint()
             return
-        self._protocol.send_text(text.encode())
-        for data in self._protocol.data_to_send():
+        if self._protocol.extensions:  # none is ever negotiated today; they would change the framing
+            self._protocol.send_text(text.encode())
+            frames = self._protocol.data_to_send()
+        else:
+            frames = [_text_frame(text)]
+        for data in frames:
             if self._fast_socket is not None and self._unwritten == 0:
                 data = self._send_now(self._fast_socket, data)
                 if not data:
@@ -329,6 +333,20 @@ class ServedWebSocket:
             trio.lowlevel.notify_closing(self._fast_socket)
             self._fast_socket.close()
         await trio.aclose_forcefully(self._stream)
+
+
+class _LastFrame:
+    text: str | None = None
+    frame = b""
+
+
+def _text_frame(text: str) -> bytes:
+    """A server's frame of the text message `text` (no extensions: the same bytes for every peer).
+    A result fanned out to a call's subscribers is one `str` object: it is framed once."""
+    if text is not _LastFrame.text:
+        _LastFrame.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+        _LastFrame.text = text
+    return _LastFrame.frame
 
 
 def _decoded(protocol: ServerProtocol, opcode: Opcode, data: bytes) -> str | bytes | None:
