@@ -112,8 +112,14 @@ async def connect(
     await sock.connect(("127.0.0.1", port))
     stream = trio.SocketStream(sock)
     await stream.send_all(upgrade_request(path, f"127.0.0.1:{port}", headers))
+    status, head, rest = await read_response_head(stream)
+    return RawWebSocket(stream, status, head, rest)
+
+
+async def read_response_head(stream: trio.abc.Stream, timeout_s: float = 5.0) -> tuple[int, bytes, bytes]:
+    """(status, head, the bytes after it) of the next response (status 0: none came)."""
     data = b""
-    with trio.fail_after(5):
+    with trio.fail_after(timeout_s):
         while b"\r\n\r\n" not in data:
             chunk = await stream.receive_some(65536)
             if not chunk:
@@ -121,4 +127,4 @@ async def connect(
             data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
-    return RawWebSocket(stream, status, head, rest)
+    return status, head, rest

@@ -17,7 +17,8 @@ from callscribe.server import subscribers
 from callscribe.server.games import NO_PHONE_NUMBER
 from callscribe.testing.call_plan import CallSpec
 from callscribe.testing.call_runner import run_call
-from conftest import RunningServer, Subscriber, subscribe, wait_until_live
+from callscribe.testing.fake_deepgram import FakeDeepgram
+from conftest import RunningServer, Subscriber, start_server, subscribe, wait_until_live
 
 
 async def named_before_the_start(server: RunningServer, query: str, call_sid: str, into: Subscriber) -> Subscriber:
@@ -119,45 +120,123 @@ async def test_a_game_is_never_sent_an_empty_phone_number(server: RunningServer)
         assert (await ws.get_message()).isdigit()
 
 
-async def _ask_for_an_unknown_call(stream: trio.SocketStream, port: int) -> tuple[int, list[tuple[int, bytes]]]:
-    """Upgrade to /client on `stream`, name a call that does not exist; (status, frames received)."""
-    await stream.send_all(rawws.upgrade_request("/client", f"127.0.0.1:{port}"))
-    data = b""
-    with trio.fail_after(5):
-        while b"\r\n\r\n" not in data:
-            data += await stream.receive_some(65536)
-        head, _, rest = data.partition(b"\r\n\r\n")
-        while not rawws.server_frames(rest):
-            rest += await stream.receive_some(65536)
-        await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAnone"))
-        while not any(opcode == rawws.OP_CLOSE for opcode, _ in rawws.server_frames(rest)):
+BOTH = pytest.mark.parametrize("after_a_request", [False, True], ids=["callscribe's own", "Quart's after a request"])
+"""A subscriber's first request on a connection is served by callscribe's own code; after another
+request on the same connection (or over HTTP/2) it reaches Hypercorn and Quart. Both must behave alike."""
+
+
+async def open_client(
+    server: RunningServer, after_a_request: bool, path: str = "/client", extra: tuple[str, ...] = ()
+) -> tuple[trio.SocketStream, int, bytes]:
+    """A raw /client connection (after a `GET /healthz` on it if asked): (stream, status, bytes after the head)."""
+    port = int(server.http_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if after_a_request:
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        response = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+                response += await stream.receive_some(65536)
+    headers = dict(line.split(": ", 1) for line in extra)
+    await stream.send_all(rawws.upgrade_request(path, f"127.0.0.1:{port}", headers))
+    status, _head, rest = await rawws.read_response_head(stream)
+    return stream, status, rest
+
+
+async def frames_until(stream: trio.SocketStream, rest: bytes, want: int, timeout_s: float) -> list[tuple[int, bytes]]:
+    with trio.move_on_after(timeout_s):
+        while len(rawws.server_frames(rest)) < want:
             chunk = await stream.receive_some(65536)
             if not chunk:
                 break
             rest += chunk
-    return int(head.split(b" ", 2)[1]), rawws.server_frames(rest)
+    return rawws.server_frames(rest)
 
 
-@pytest.mark.parametrize("after_a_request", [False, True], ids=["callscribe's own", "Quart's after a request"])
+async def logged(caplog: pytest.LogCaptureFixture, text: str, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not any(text in record.getMessage() for record in caplog.records):
+            await trio.sleep(0.01)
+
+
+@BOTH
 async def test_a_subscriber_gets_the_same_answers_from_either_server(
     server: RunningServer, after_a_request: bool
 ) -> None:
-    # A subscriber's first request on a connection is served by callscribe's own code; after
-    # another request on the same connection (or over HTTP/2) it reaches Hypercorn and Quart.
+    stream, status, rest = await open_client(server, after_a_request)
+    try:
+        assert status == 101
+        await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAnone"))
+        frames = await frames_until(stream, rest, 3, 5)
+    finally:
+        await stream.aclose()
+    assert frames[0] == (rawws.OP_TEXT, b"[]")
+    assert json.loads(frames[1][1]) == {"type": "Error", "source": "callscribe", "message": "unknown callSid: 'CAnone'"}
+    assert frames[2] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"unknown callSid")
+
+
+@BOTH
+async def test_a_ping_is_answered_while_waiting_for_a_call(
+    server: RunningServer, after_a_request: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "callscribe")
+    stream, status, rest = await open_client(server, after_a_request, "/client?wait=30")
+    try:
+        assert status == 101
+        assert (await frames_until(stream, rest, 1, 5))[0] == (rawws.OP_TEXT, b"[]")
+        await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAlater"))
+        await logged(caplog, "waits up to 30 s for call 'CAlater'")
+        await stream.send_all(rawws.frame(rawws.OP_PING, b"alive?"))
+        assert (rawws.OP_PONG, b"alive?") in await frames_until(stream, rest, 2, 5)
+    finally:
+        await stream.aclose()
+
+
+async def test_a_subscriber_leaving_while_waiting_is_let_go_at_once(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "callscribe")
+    stream, status, rest = await open_client(server, False, "/client?wait=30")
+    assert status == 101
+    await frames_until(stream, rest, 1, 5)
+    await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAgone"))
+    await logged(caplog, "waits up to 30 s for call 'CAgone'")
+    await stream.aclose()
+    await logged(caplog, "left while waiting for call 'CAgone'")
+
+
+@BOTH
+async def test_a_header_on_two_lines_gets_an_answer(server: RunningServer, after_a_request: bool) -> None:
+    # RFC 6455 allows Sec-WebSocket-Protocol on several lines; websockets' `get` raised on it.
     port = int(server.http_url.rsplit(":", 1)[1])
+    request = rawws.upgrade_request("/client", f"127.0.0.1:{port}", {"Sec-WebSocket-Protocol": "chat"})
+    request = request.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: superchat\r\n\r\n")
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
         if after_a_request:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            response = b""
-            with trio.fail_after(5):
-                while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
-                    response += await stream.receive_some(65536)
-            assert response.startswith(b"HTTP/1.1 200")
-        status, frames = await _ask_for_an_unknown_call(stream, port)
+        await stream.send_all(request)
+        data = b""
+        with trio.fail_after(5):
+            while data.count(b"\r\n\r\n") < (2 if after_a_request else 1):
+                data += await stream.receive_some(65536)
     finally:
         await stream.aclose()
-    assert status == 101
-    assert frames[0] == (rawws.OP_TEXT, b"[]")
-    assert json.loads(frames[1][1]) == {"type": "Error", "source": "callscribe", "message": "unknown callSid: 'CAnone'"}
-    assert frames[2] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"unknown callSid")
+    assert data.rsplit(b"HTTP/1.1 ", 1)[1].startswith(b"101")
+
+
+@BOTH
+async def test_a_static_token_that_is_no_http_token_works_as_subprotocol(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, after_a_request: bool
+) -> None:
+    server = await start_server(nursery, fake_deepgram, tokens=frozenset({"c2VjcmV0/dG9rZW4="}))
+    try:
+        stream, status, _ = await open_client(
+            server, after_a_request, extra=("Sec-WebSocket-Protocol: bearer, c2VjcmV0/dG9rZW4=",)
+        )
+        await stream.aclose()
+        assert status == 101
+    finally:
+        server.stop.set()
+        with trio.fail_after(10):
+            await server.done.wait()

@@ -352,3 +352,55 @@ def _open_protocol():  # type: ignore[no-untyped-def]
     protocol = ServerProtocol(max_size=MAX)
     protocol.state = State.OPEN
     return protocol
+
+
+async def read_all(client: trio.abc.Stream, timeout_s: float) -> bytes:
+    data = b""
+    with trio.move_on_after(timeout_s):
+        while chunk := await client.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def test_a_close_after_the_queue_filled_still_sends_the_close_frame() -> None:
+    # A slow subscriber: the outbox fills and the subscription loop is cancelled (hub: "too slow"),
+    # then the subscriber is closed with 1008. The peer then reads everything.
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        nursery.start_soon(ws.writer)
+        sent = 0
+        with trio.move_on_after(0.5):
+            while True:
+                await ws.send(f"{sent:05d} " + "x" * 2000)
+                sent += 1
+        await ws.close(1008, "subscriber too slow", timeout_s=0.2)
+        frames = rawws.server_frames(await read_all(client, 3))
+        assert frames and frames[-1] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"subscriber too slow"), (
+            sent,
+            len(frames),
+            frames[-1][0] if frames else None,
+        )
+
+
+async def test_a_send_cancelled_after_a_partial_direct_write_leaves_a_valid_stream() -> None:
+    # The sending task was woken with a message and its scope cancelled before it ran (e.g. the
+    # supervisor cancels the connection scopes at shutdown): the send writes part of the frame
+    # directly, then `await _outbox_send.send(rest)` raises Cancelled before queueing the rest.
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        nursery.start_soon(ws.writer)
+        big = "x" * 300_000
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await ws.send(big)
+        unwritten_after_cancel = ws._unwritten
+        await ws.close(1001, "server shutting down", timeout_s=0.2)
+        data = await read_all(client, 3)
+        frames = rawws.server_frames(data)
+        assert [op for op, _ in frames] in ([rawws.OP_TEXT, rawws.OP_CLOSE], [rawws.OP_CLOSE]), (
+            len(data),
+            [(op, len(p)) for op, p in frames],
+            unwritten_after_cancel,
+        )

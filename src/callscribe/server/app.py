@@ -50,7 +50,7 @@ from callscribe.server.store import NO_RECORDER
 from callscribe.server.subscriber_socket import QuartSocket, ReaderSocket, StallWatch
 from callscribe.server.subscribers import Subscribers
 from callscribe.server.supervisor import Supervisor
-from callscribe.server.websocket import Admission, ReadTick, ServedWebSocket, accept_websocket
+from callscribe.server.websocket import Admission, FirstValues, ReadTick, ServedWebSocket, accept_websocket
 
 if TYPE_CHECKING:
     from callscribe.server.store_writer import StoreRecorder
@@ -146,7 +146,7 @@ class Server:
 
         def check(request: UpgradeRequest) -> Admission:
             path, _, query = request.path.partition("?")
-            verdict = self.access.check_twilio(request.headers, scheme, path, query, {})
+            verdict = self.access.check_twilio(FirstValues(request.headers), scheme, path, query, {})
             return Admission() if verdict.ok else Admission(403, verdict.reason)
 
         ws = await self._accept(stream, head, peer, check, "Twilio socket", self.read_tick)
@@ -174,9 +174,10 @@ class Server:
 
         def check(request: UpgradeRequest) -> Admission:
             nonlocal verdict
-            verdict, as_subprotocol = self.access.check_client(request.headers, request.path.partition("?")[2])
+            verdict, as_subprotocol = self.access.check_client(
+                FirstValues(request.headers), request.path.partition("?")[2]
+            )
             if not verdict.ok:
-                log.warning("refused a subscriber from %s: %s", peer, verdict.reason)
                 return Admission(401 if "token" in verdict.reason else 403, verdict.reason)
             return Admission(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
 

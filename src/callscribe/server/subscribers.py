@@ -179,19 +179,43 @@ class Subscribers:
     async def _wait_for_call(self, ws: ReaderSocket, peer: str, call_sid: str, wait_s: float) -> bool:
         """Wait until `call_sid` is live (True), or up to `wait_s` seconds: then tell the subscriber
         and close (False). An app learns a CallSid from Twilio's voice webhook before the stream
-        starts, so it may subscribe first. The hub is asked every WAIT_POLL_S; Quart cancels this
-        when the subscriber goes away, the supervisor at shutdown."""
-        delay, most = WAIT_POLL_S
-        try:
-            if call_sid not in await self.hub.active_calls():
-                log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
-            with trio.move_on_after(wait_s):
-                while call_sid not in await self.hub.active_calls():
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, most)
-                return True
-        except HubUnavailable as error:
-            await _hub_unavailable(ws, peer, error)
+        starts, so it may subscribe first. The hub is asked every WAIT_POLL_S; meanwhile the socket
+        is read (pings answered), and a subscriber that leaves ends the wait (False); the
+        supervisor cancels it at shutdown."""
+        started = left = False
+        hub_error: HubUnavailable | None = None
+
+        async def poll() -> None:
+            nonlocal started, hub_error
+            delay, most = WAIT_POLL_S
+            try:
+                if call_sid not in await self.hub.active_calls():
+                    log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
+                with trio.move_on_after(wait_s):
+                    while call_sid not in await self.hub.active_calls():
+                        await trio.sleep(delay)
+                        delay = min(delay * 2, most)
+                    started = True
+            except HubUnavailable as error:
+                hub_error = error
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            nonlocal left
+            await ws.drain()
+            left = True
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            nursery.start_soon(watch)
+        if started:
+            return True
+        if left:
+            log.info("subscriber %s left while waiting for call %r", peer, call_sid[:64])
+            return False
+        if hub_error is not None:
+            await _hub_unavailable(ws, peer, hub_error)
             return False
         log.info("subscriber %s waited %g s for call %r, which did not start", peer, wait_s, call_sid[:64])
         await ws.send(_error_json(f"call {call_sid[:64]!r} did not start within {wait_s:g} s"))

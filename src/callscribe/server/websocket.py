@@ -36,11 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 log = logging.getLogger(__name__)
 _protocol_log = logging.getLogger(__name__ + ".websockets")
@@ -114,6 +116,7 @@ class ServedWebSocket:
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
         self._unwritten = 0
+        self._last_words: list[bytes] = []
         """Writes handed to the writer and not finished: a message may go straight out only at 0."""
         self.gone = False
         """The peer has left, failed the protocol, or stopped taking data."""
@@ -232,17 +235,45 @@ class ServedWebSocket:
             frames = [_text_frame(text)]
         for data in frames:
             if self._fast_socket is not None and self._unwritten == 0:
-                data = self._send_now(self._fast_socket, data)
-                if not data:
+                rest = self._send_now(self._fast_socket, data)
+                if rest is not data:  # all or part of it went (or the connection broke)
+                    if rest:  # the rest of a frame begun on the wire: queued at once, never cancelled
+                        self._queue_nowait(rest)
                     await trio.lowlevel.checkpoint()
                     continue
+            await self._queue(data)
+
+    async def _queue(self, data: bytes) -> None:
+        """Hand `data` to the writer, waiting for room (a cancelled wait queues nothing)."""
+        self._unwritten += 1
+        try:
+            await self._outbox_send.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
+            self._unwritten -= 1
+            self._set_gone()
+        except BaseException:
+            self._unwritten -= 1
+            raise
+
+    def _queue_last(self, data: bytes) -> None:
+        """Queue a close frame behind everything queued, even when the queue is full: the writer
+        then writes it after the rest (a slow peer that catches up still learns why it was closed)."""
+        if self._outbox_send.statistics().current_buffer_used < WRITE_QUEUE:
+            self._queue_nowait(data)
+        else:
             self._unwritten += 1
-            try:
-                await self._outbox_send.send(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-                self._unwritten -= 1
-                self._set_gone()
-                return
+            self._last_words.append(data)
+
+    def _queue_nowait(self, data: bytes) -> None:
+        self._unwritten += 1
+        try:
+            self._outbox_send.send_nowait(data)
+        except trio.WouldBlock:
+            self._unwritten -= 1
+            self._give_up("the write queue is full")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
+            self._unwritten -= 1
+            self._set_gone()
 
     def _send_now(self, sock: socket.socket, data: bytes) -> bytes:
         """Write what the socket takes without waiting; what is left for the writer (b"": all of it
@@ -257,38 +288,43 @@ class ServedWebSocket:
         return data[sent:]
 
     def _flush_protocol(self) -> None:
-        """Queue what the protocol has to send (pongs, close frames, EOF) without waiting."""
+        """Queue what the protocol has to send (pongs, close frames, EOF) without waiting; a peer
+        that makes us answer more than the queue holds is given up on."""
         for data in self._protocol.data_to_send():
-            try:
-                self._outbox_send.send_nowait(data)
-            except trio.WouldBlock:
-                self._give_up("the write queue is full")
+            self._queue_nowait(data)
+            if self.gone:
                 return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-                self._set_gone()
-                return
-            self._unwritten += 1
 
     async def writer(self) -> None:
-        """Write queued data in order until the queue is closed (by `close`) or the peer stalls."""
+        """Write queued data in order until the queue is closed (by `close`) or the peer stalls;
+        then the close frame if it found the queue full (`_last_words`)."""
         async with self._outbox:
             async for data in self._outbox:
-                if not data:  # the protocol's end of stream
-                    await self._send_eof()
-                    self._unwritten -= 1
-                    continue
-                with trio.move_on_after(self._stall_timeout_s) as stalled:
-                    try:
-                        await self._stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                        timed_out = isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ETIMEDOUT
-                        self._give_up("the connection broke", stalled=timed_out)
-                        return
-                    finally:
-                        self._unwritten -= 1
-                if stalled.cancelled_caught:
-                    self._give_up(f"it took no data for {self._stall_timeout_s:g} s", stalled=True)
+                if not await self._write(data):
                     return
+        for data in self._last_words:
+            if not await self._write(data):
+                return
+
+    async def _write(self, data: bytes) -> bool:
+        """Write one queued piece (b"": the protocol's end of stream); False once the peer is given up on."""
+        try:
+            if not data:
+                await self._send_eof()
+                return True
+            with trio.move_on_after(self._stall_timeout_s) as stalled:
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    timed_out = isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ETIMEDOUT
+                    self._give_up("the connection broke", stalled=timed_out)
+                    return False
+        finally:
+            self._unwritten -= 1
+        if stalled.cancelled_caught:
+            self._give_up(f"it took no data for {self._stall_timeout_s:g} s", stalled=True)
+            return False
+        return True
 
     async def _send_eof(self) -> None:
         try:
@@ -317,7 +353,8 @@ class ServedWebSocket:
                     self._protocol.send_close(code, close_reason(reason))
                 except InvalidState:
                     pass
-                self._flush_protocol()
+                for data in self._protocol.data_to_send():
+                    self._queue_last(data)
                 while not self._eof and self._protocol.close_rcvd is None:
                     data = await self._read()
                     if not data:
@@ -369,6 +406,25 @@ def _duplicate_plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return duplicate
 
 
+class _ServerProtocol(ServerProtocol):
+    def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
+        """Subprotocols are the route's business (`Admission.subprotocol`): websockets would refuse
+        an offer that is not an RFC 7230 token, such as a bearer token with `/` or `=` in it."""
+        return None
+
+
+class FirstValues:
+    """Request headers as the access policy reads them: a header given on several lines is their
+    values joined with ", " (as RFC 9110 allows), where websockets' `get` would raise."""
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def get(self, key: str, /) -> str | None:
+        values = self._headers.get_all(key)
+        return ", ".join(values) if values else None
+
+
 @dataclass(frozen=True)
 class Admission:
     """The answer to an upgrade request: refused with an HTTP status and a reason, or accepted
@@ -393,7 +449,7 @@ async def accept_websocket(
     """Answer the upgrade request in `head` (read by the listener, up to its blank line): refuse it
     with `check`'s status and reason, or accept it. None when the connection is refused or is not
     a valid WebSocket upgrade (it has then been answered, e.g. 400, and should be closed)."""
-    protocol = ServerProtocol(max_size=max_message, logger=_protocol_log)
+    protocol = _ServerProtocol(max_size=max_message, logger=_protocol_log)
     protocol.receive_data(head)
     events = protocol.events_received()
     request = events[0] if events and isinstance(events[0], Request) else None
@@ -408,7 +464,8 @@ async def accept_websocket(
         protocol.send_response(response)
         if response.status_code != 101:
             log.warning(
-                "refused a WebSocket upgrade from %s: %s %s",
+                "refused %s from %s: %s %s",
+                "a subscriber" if what == "subscriber" else "a WebSocket upgrade",
                 peer,
                 response.status_code,
                 response.body.decode(errors="replace").strip(),
