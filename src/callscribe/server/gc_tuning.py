@@ -12,7 +12,9 @@ seconds under a fan-out, and every call's audio and every subscriber waited that
 - A young-generation threshold of `YOUNG_THRESHOLD` allocations instead of CPython's 700: the
   messages, frames and timers of the traffic mostly die between two collections instead of being
   promoted to the old generations, whose growth is what brings on full collections. The cost is
-  cyclic garbage living a little longer (bounded by the threshold: a few MB at most).
+  cyclic garbage living longer: up to that many container objects between collections (what they
+  hold, e.g. a traceback's frames and their buffers, too). In the benchmark RSS did not move: 111 MB
+  with 1,000 subscribers either way, the same memory per call at 40 calls.
 
 Only the process that serves sets these (`callscribe serve` and its workers): a program that runs
 `serve` itself, or a test, keeps its own collector settings.
