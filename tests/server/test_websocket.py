@@ -404,3 +404,35 @@ async def test_a_send_cancelled_after_a_partial_direct_write_leaves_a_valid_stre
             [(op, len(p)) for op, p in frames],
             unwritten_after_cancel,
         )
+
+
+async def test_the_peers_close_meanwhile_does_not_overtake_our_close_frame() -> None:
+    # The queue is full, so our close frame waits behind it; the peer (healthy, just behind)
+    # catches up and sends its own close meanwhile: the end of stream that answers it must not
+    # overtake our close frame.
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        nursery.start_soon(ws.writer)
+        with trio.move_on_after(0.5):
+            while True:
+                await ws.send("x" * 2000)
+        assert ws._outbox_send.statistics().current_buffer_used == WRITE_QUEUE
+        got = bytearray()
+        done = trio.Event()
+
+        async def peer() -> None:
+            with trio.move_on_after(0.2):  # catches up a little: the queue gets room
+                while chunk := await client.receive_some(65536):
+                    got.extend(chunk)
+            await client.send_all(rawws.close_frame(1000))
+            with trio.move_on_after(3):
+                while chunk := await client.receive_some(65536):
+                    got.extend(chunk)
+            done.set()
+
+        nursery.start_soon(peer)
+        await ws.close(1008, "subscriber too slow", timeout_s=1.0)
+        with trio.fail_after(5):
+            await done.wait()
+    assert rawws.server_frames(bytes(got))[-1] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"subscriber too slow")

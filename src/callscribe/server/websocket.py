@@ -265,6 +265,10 @@ class ServedWebSocket:
             self._last_words.append(data)
 
     def _queue_nowait(self, data: bytes) -> None:
+        if self._last_words:  # behind a close frame that found the queue full (the protocol's EOF, say)
+            self._unwritten += 1
+            self._last_words.append(data)
+            return
         self._unwritten += 1
         try:
             self._outbox_send.send_nowait(data)
