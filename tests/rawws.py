@@ -116,6 +116,21 @@ async def connect(
     return RawWebSocket(stream, status, head, rest)
 
 
+async def read_frames(
+    stream: trio.abc.Stream, want: int, *, already: bytes = b"", timeout_s: float = 5.0
+) -> list[tuple[int, bytes]]:
+    """The server's frames in `already` and what the stream brings next, once there are `want` of
+    them (or the stream ended); TooSlowError after `timeout_s`."""
+    data = already
+    with trio.fail_after(timeout_s):
+        while len(server_frames(data)) < want:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return server_frames(data)
+
+
 async def read_response_head(stream: trio.abc.Stream, timeout_s: float = 5.0) -> tuple[int, bytes, bytes]:
     """(status, head, the bytes after it) of the next response (status 0: none came)."""
     data = b""

@@ -143,16 +143,6 @@ async def open_client(
     return stream, status, rest
 
 
-async def frames_until(stream: trio.SocketStream, rest: bytes, want: int, timeout_s: float) -> list[tuple[int, bytes]]:
-    with trio.move_on_after(timeout_s):
-        while len(rawws.server_frames(rest)) < want:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                break
-            rest += chunk
-    return rawws.server_frames(rest)
-
-
 async def logged(caplog: pytest.LogCaptureFixture, text: str, timeout_s: float = 5.0) -> None:
     with trio.fail_after(timeout_s):
         while not any(text in record.getMessage() for record in caplog.records):
@@ -167,7 +157,7 @@ async def test_a_subscriber_gets_the_same_answers_from_either_server(
     try:
         assert status == 101
         await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAnone"))
-        frames = await frames_until(stream, rest, 3, 5)
+        frames = await rawws.read_frames(stream, 3, already=rest, timeout_s=5)
     finally:
         await stream.aclose()
     assert frames[0] == (rawws.OP_TEXT, b"[]")
@@ -183,11 +173,11 @@ async def test_a_ping_is_answered_while_waiting_for_a_call(
     stream, status, rest = await open_client(server, after_a_request, "/client?wait=30")
     try:
         assert status == 101
-        assert (await frames_until(stream, rest, 1, 5))[0] == (rawws.OP_TEXT, b"[]")
         await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAlater"))
         await logged(caplog, "waits up to 30 s for call 'CAlater'")
         await stream.send_all(rawws.frame(rawws.OP_PING, b"alive?"))
-        assert (rawws.OP_PONG, b"alive?") in await frames_until(stream, rest, 2, 5)
+        frames = await rawws.read_frames(stream, 2, already=rest, timeout_s=5)
+        assert frames == [(rawws.OP_TEXT, b"[]"), (rawws.OP_PONG, b"alive?")]
     finally:
         await stream.aclose()
 
@@ -198,7 +188,7 @@ async def test_a_subscriber_leaving_while_waiting_is_let_go_at_once(
     caplog.set_level(logging.INFO, "callscribe")
     stream, status, rest = await open_client(server, False, "/client?wait=30")
     assert status == 101
-    await frames_until(stream, rest, 1, 5)
+    await rawws.read_frames(stream, 1, already=rest, timeout_s=5)
     await stream.send_all(rawws.frame(rawws.OP_TEXT, b"CAgone"))
     await logged(caplog, "waits up to 30 s for call 'CAgone'")
     await stream.aclose()

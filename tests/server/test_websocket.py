@@ -38,17 +38,6 @@ async def tcp_pair(tls: bool = False) -> AsyncIterator[tuple[trio.abc.Stream, tr
         await trio.aclose_forcefully(server)
 
 
-async def read_frames(client: trio.abc.Stream, want: int, timeout_s: float = 5.0) -> list[tuple[int, bytes]]:
-    data = b""
-    with trio.fail_after(timeout_s):
-        while len(rawws.server_frames(data)) < want:
-            chunk = await client.receive_some(65536)
-            if not chunk:
-                break
-            data += chunk
-    return rawws.server_frames(data)
-
-
 async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: object) -> ServedWebSocket:
     head = rawws.upgrade_request("/twilio")
 
@@ -101,7 +90,7 @@ async def test_fragments_are_joined_and_pings_answered() -> None:
         )
         with trio.fail_after(5):
             assert await ws.receive() == "hello!"
-        assert await read_frames(client, 1) == [(rawws.OP_PONG, b"are you there")]
+        assert await rawws.read_frames(client, 1) == [(rawws.OP_PONG, b"are you there")]
         nursery.cancel_scope.cancel()
 
 
@@ -124,7 +113,7 @@ async def test_bad_input_fails_the_connection_with_its_close_code(frames: list[b
         with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
             while True:
                 await ws.receive_batch()
-        ((opcode, payload),) = await read_frames(client, 1)
+        ((opcode, payload),) = await rawws.read_frames(client, 1)
         assert opcode == rawws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == code
         await ws.send("dropped")  # the peer is gone: nothing is queued, nothing blocks
         nursery.cancel_scope.cancel()
@@ -139,7 +128,7 @@ async def test_the_peer_closing_ends_reading_and_is_answered() -> None:
             assert await ws.receive() == "last"
             with pytest.raises(trio.EndOfChannel):
                 await ws.receive()
-        assert await read_frames(client, 1) == [(rawws.OP_CLOSE, struct.pack("!H", 1000) + b"bye")]
+        assert await rawws.read_frames(client, 1) == [(rawws.OP_CLOSE, struct.pack("!H", 1000) + b"bye")]
         nursery.cancel_scope.cancel()
 
 
@@ -184,10 +173,10 @@ async def test_sends_arrive_in_order_and_close_waits_for_the_peers_answer() -> N
         nursery.start_soon(ws.writer)
         for n in range(5):
             await ws.send(f"message {n}")
-        assert [p for _, p in await read_frames(client, 5)] == [f"message {n}".encode() for n in range(5)]
+        assert [p for _, p in await rawws.read_frames(client, 5)] == [f"message {n}".encode() for n in range(5)]
 
         async def answer_close() -> None:
-            await read_frames(client, 1)
+            await rawws.read_frames(client, 1)
             await client.send_all(rawws.close_frame(1000))
 
         nursery.start_soon(answer_close)
@@ -201,7 +190,7 @@ async def test_on_plain_tcp_a_message_goes_out_without_the_writer() -> None:
     async with tcp_pair() as (client, server):
         ws = await accepted(client, server)
         await ws.send("straight out")
-        assert [p for _, p in await read_frames(client, 1)] == [b"straight out"]
+        assert [p for _, p in await rawws.read_frames(client, 1)] == [b"straight out"]
 
 
 @pytest.mark.parametrize("size", [5, 200, 70_000])
@@ -241,7 +230,7 @@ async def test_what_the_socket_cannot_take_at_once_is_queued_and_order_is_kept()
         for text in texts:
             await ws.send(text)
         assert ws._unwritten > 0  # some went through the writer
-        frames = await read_frames(client, len(texts), timeout_s=10)
+        frames = await rawws.read_frames(client, len(texts), timeout_s=10)
         assert [p.decode() for _, p in frames] == texts
         await ws.close(1000, "done", timeout_s=0.5)
 
@@ -258,7 +247,7 @@ async def test_drain_reads_until_the_peer_leaves() -> None:
             drained.set()
 
         nursery.start_soon(drain)
-        assert (await read_frames(client, 1))[0] == (rawws.OP_PONG, b"hi")
+        assert (await rawws.read_frames(client, 1))[0] == (rawws.OP_PONG, b"hi")
         assert not drained.is_set()
         await client.send_all(rawws.close_frame(1000))
         with trio.fail_after(5):
