@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,12 @@ hypothesis.settings.register_profile(
     "callscribe", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
 )
 hypothesis.settings.load_profile("callscribe")
+
+# Tests press Ctrl-C in the programs they start (SIGINT). A shell starts a background job
+# (`scripts/test &`) with SIGINT ignored, and the children of an ignoring process ignore it too:
+# those programs would never see the Ctrl-C. The tests' programs get it as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 FIRST = ("e2e", "server")
 """Test folders run first: they hold the long end-to-end tests. With a worker per core taking a file

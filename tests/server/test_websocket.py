@@ -403,10 +403,13 @@ async def test_the_peers_close_meanwhile_does_not_overtake_our_close_frame() -> 
         ws = await accepted(client, server)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         nursery.start_soon(ws.writer)
-        with trio.move_on_after(0.5):
-            while True:
-                await ws.send("x" * 2000)
-        assert ws._outbox_send.statistics().current_buffer_used == WRITE_QUEUE
+        # Fill the queue; the kernel may still take a little after a first pause (the peer's
+        # window grows), so fill again until the queue is full when `close` is called.
+        with trio.fail_after(5):
+            while ws._outbox_send.statistics().current_buffer_used < WRITE_QUEUE:
+                with trio.move_on_after(0.2):
+                    while True:
+                        await ws.send("x" * 2000)
         got = bytearray()
         done = trio.Event()
 
