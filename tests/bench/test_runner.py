@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import pytest
 
-from callscribe.bench.options import DEFAULT_STEPS, Settings
-from callscribe.bench.runner import add_cli_arguments, settings_from_args
+from callscribe.bench.options import DEFAULT_STEPS, Settings, server_cpus
+from callscribe.bench.runner import _options_from_args, add_cli_arguments, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -41,3 +43,12 @@ def test_store_options() -> None:
     assert (settings.store_calls, settings.store_rounds) == (30, 5)
     assert (Settings().store_calls, Settings().store_rounds) == (None, 3)
     assert parse().server_store == "sqlite" and parse("--server-store", "none").server_store == "none"
+
+
+def test_the_servers_cpus_follow_the_pinning_options(tmp_path: Path) -> None:
+    one = _options_from_args(parse("--server-cpu", "1", "--load-cpu", "0"), tmp_path)
+    assert server_cpus(one) == "1"
+    spread = _options_from_args(parse("--workers", "2"), tmp_path)
+    assert server_cpus(spread) == f"0-{(os.cpu_count() or 1) - 1}"  # the load's CPU too
+    kept_apart = _options_from_args(parse("--workers", "2", "--workers-cpus", "0"), tmp_path)
+    assert server_cpus(kept_apart) == "0"

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from callscribe.bench.options import Options
+from callscribe.bench.options import Options, server_cpus
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PACKAGES = ("hypercorn", "quart", "quart-trio", "trio", "trio-websocket", "wsproto", "msgspec", "h11")
@@ -133,9 +133,15 @@ def machine_info(opts: Options) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "git": _git_revision(),
-        "pinned": f"server on CPU {opts.server_cpu}, load on CPU {opts.load_cpu}" if opts.pin else "not pinned",
+        "pinned": _pinning(opts),
         "window_ms": opts.window_ms,
         "server_pythonpath": opts.server_pythonpath,
         "frames_per_send": 2 if opts.coalesce_tracks else 1,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _pinning(opts: Options) -> str:
+    if not opts.pin:
+        return "not pinned"
+    return f"server on CPU {server_cpus(opts)}, load on CPU {opts.load_cpu}"

@@ -3,6 +3,7 @@ step, :class:`Settings` for the scenarios (all from ``callscribe bench``'s comma
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ class Options:
     quiet: bool = False
     # -- several processes (bench/scale.py)
     workers: int = 1
-    """``callscribe serve --workers N``: N > 1 runs with a Redis of the step's own, the server on every CPU."""
+    """``callscribe serve --workers N``: N > 1 runs with a Redis of the step's own, the server on
+    `workers_cpus`."""
+    workers_cpus: str | None = None
+    """taskset's CPU list for the supervisor and its workers (None: every CPU, the load's too)."""
     redis: bool = False
     """Serve with a Redis of the step's own even with one worker (what the Redis hub itself costs)."""
     split: bool = False
@@ -51,6 +55,14 @@ class Options:
     def say(self, text: str) -> None:
         if not self.quiet:
             print(text, flush=True)
+
+
+def server_cpus(opts: Options) -> str:
+    """taskset's CPU list for the server: its own CPU for one process; with --workers, the
+    `workers_cpus` asked for, else every CPU."""
+    if opts.workers == 1:
+        return str(opts.server_cpu)
+    return opts.workers_cpus or f"0-{(os.cpu_count() or 1) - 1}"
 
 
 @dataclass

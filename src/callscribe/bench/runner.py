@@ -134,6 +134,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="ramp, floor and fanout against `serve --workers N` (N > 1: with Redis)"
     )
     parser.add_argument(
+        "--workers-cpus",
+        default=None,
+        metavar="LIST",
+        help="with --workers N > 1: taskset's CPU list for the server's processes, e.g. 0 to keep them"
+        " off the load's CPU (default: every CPU)",
+    )
+    parser.add_argument(
         "--redis", action="store_true", help="serve with a Redis of each step's own, even with 1 worker"
     )
     parser.add_argument("--scale-rounds", type=int, help="interleaved rounds of workers and streams (default 2)")
@@ -216,6 +223,7 @@ def _options_from_args(args: argparse.Namespace, out: Path) -> Options:
         coalesce_tracks=args.coalesce_tracks,
         store=args.server_store,
         workers=max(1, args.workers),
+        workers_cpus=args.workers_cpus,
         redis=args.redis,
     )
     cpus = os.sched_getaffinity(0)

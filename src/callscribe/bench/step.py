@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any
 
 import trio
 
 from callscribe.bench.machine import cpu_busy_seconds, cpu_seconds
-from callscribe.bench.options import API_KEY, RECEIVE_ONLY_KINDS, Options, StepPlan
+from callscribe.bench.options import API_KEY, RECEIVE_ONLY_KINDS, Options, StepPlan, server_cpus
 from callscribe.bench.processes import RedisProcess, ServerProcess
 from callscribe.bench.profiling import finish_profiler, start_profiler
 from callscribe.bench.sender import RealTimeSender
@@ -81,14 +80,13 @@ async def _run_step(opts: Options, plan: StepPlan) -> dict[str, Any]:
         followers: ServerProcess | None = None
         if redis is not None:
             await redis.wait_ready()
-        everywhere = f"0-{(os.cpu_count() or 1) - 1}"
         server = ServerProcess(
             opts,
             plan.kind,
             fake.url + "?interim_results=true",
             plan.store,
             redis_url=redis.url if redis else None,
-            cpus=everywhere if opts.workers > 1 else None,
+            cpus=server_cpus(opts),
         )
         result["server_command"] = " ".join(server.command)
         if plan.kind == "callscribe":
