@@ -156,7 +156,9 @@ async def test_a_stalled_subscriber_is_dropped_and_never_holds_up_the_others(nur
     # sent in the last moments before the drop may still have been on their way.
     arrived = dict(zip(healthy.messages, healthy.arrived_at, strict=True))
     during_the_stall = [m for m, t in sent_at.items() if t < dropped.at - 0.2]
-    assert len(during_the_stall) >= 10
+    # About ten (1 s of stall timeout, a result every 0.1 s); fewer when a loaded machine slows
+    # this process, which runs the fake Deepgram too: enough that the stall was under way.
+    assert len(during_the_stall) >= 5
     assert all(m in arrived and arrived[m] < dropped.at for m in during_the_stall)
     assert all(m in arrived for m in sent_at)  # and nothing was lost afterwards
     assert healthy.types[-1] == "Metadata" and healthy.close_code == 1000
