@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -89,6 +91,12 @@ def test_bad_parameters_say_which_and_why(params: dict[str, str], message: str) 
 )
 def test_cursors_round_trip(started_at: float, call_sid: str) -> None:
     assert decode_cursor(encode_cursor(Cursor(started_at, call_sid))) == Cursor(started_at, call_sid)
+
+
+def test_a_cursor_of_deeply_nested_json_is_a_bad_query_not_a_recursion_error() -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 5000).decode()
+    with pytest.raises(BadQuery, match="cursor is not one this server gave out"):
+        decode_cursor(cursor)
 
 
 @given(st.text())

@@ -165,9 +165,22 @@ def test_every_final_with_words_is_one_cue_in_every_caption_format(
         utterance(n, text, round(start, 3), round(start + length, 3), ch)
         for n, (text, start, length, ch) in enumerate(rows, 1)
     ]
-    spoken = [u for u in lines if u.text]
+    spoken = sorted((u for u in lines if u.text), key=lambda u: u.start)  # cues by start, ties as they came
     cues = list(webvtt.WebVTT.from_buffer(io.StringIO(to_webvtt(lines))))
     assert [(c.voice, " ".join(html.unescape(c.text).split())) for c in cues] == [(u.speaker, u.text) for u in spoken]
     subtitles = list(srt.parse(to_srt(lines)))
     assert [s.content for s in subtitles] == [f"{u.speaker}: {u.text}" for u in spoken]
     assert len(to_text(lines).splitlines()) == len(spoken)
+
+
+def test_caption_cues_follow_start_time_when_a_short_reply_arrives_first() -> None:
+    # Each channel's finals arrive on their own: the caller's short reply (5-6 s) came back before
+    # the other party's longer turn that began at 3 s. WebVTT wants cues in start order.
+    finals = [
+        utterance(1, "yes", 5.0, 6.0, 0),
+        utterance(2, "so as I was saying about your order", 3.0, 8.0, 1),
+    ]
+    cues = list(webvtt.WebVTT.from_buffer(io.StringIO(to_webvtt(finals))))
+    assert [c.start_in_seconds for c in cues] == [3, 5]
+    subtitles = list(srt.parse(to_srt(finals)))
+    assert [(s.index, s.start.total_seconds()) for s in subtitles] == [(1, 3.0), (2, 5.0)]

@@ -3,6 +3,7 @@ late subscribers, webhooks, a killed server and a database that goes away."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -258,6 +259,10 @@ async def test_api_access_is_that_of_client_and_errors_are_json(
         assert [c["callSid"] for c in rest["calls"]] == [first.call_sid] and rest["next"] is None
         bad = await get_json(http, base + "/api/calls", 400, headers=everyone, params={"since": "last week"})
         assert "since must be an ISO 8601 time" in bad["error"]
+        nested = base64.urlsafe_b64encode(b"[" * 5000).decode()  # json.loads: RecursionError, not ValueError
+        assert await get_json(http, base + "/api/calls", 400, headers=everyone, params={"cursor": nested}) == {
+            "error": "cursor is not one this server gave out"
+        }
         assert (await get_json(http, base + "/api/calls/CAnone", 404, headers=everyone))["error"].startswith(
             "unknown call"
         )
@@ -269,6 +274,8 @@ async def test_api_access_is_that_of_client_and_errors_are_json(
         ].startswith("no transcript format")
         assert (await get_json(http, base + "/api/nothing", 404, headers=everyone))["error"]
 
+        viewer = await http.delete(f"{base}/api/calls/{first.call_sid}", params=one)  # its own call, but a viewer's
+        assert viewer.status_code == 403 and viewer.json() == {"error": "a token limited to one call cannot erase it"}
         live = await http.delete(f"{base}/api/calls/{second.call_sid}", headers=everyone)
         assert live.status_code == 409 and live.json()["error"].startswith("the call is live")
         erased = await http.delete(f"{base}/api/calls/{first.call_sid}", headers=everyone)

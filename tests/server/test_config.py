@@ -135,6 +135,10 @@ def test_store_and_webhook_settings() -> None:
     [
         ({"CALLSCRIBE_STORE": "mysql://db/calls"}, "CALLSCRIBE_STORE must be a file path, a postgresql:// URL or none"),
         ({"CALLSCRIBE_WEBHOOK_URL": "ftp://x/y"}, "CALLSCRIBE_WEBHOOK_URL: webhook URL 'ftp://x/y' must be an http"),
+        (  # urlsplit takes it, the HTTP client does not
+            {"CALLSCRIBE_WEBHOOK_URL": "https://hooks.ex\u00e4mple..com/calls"},
+            "CALLSCRIBE_WEBHOOK_URL: webhook URL 'https://hooks.ex\u00e4mple..com/calls' is not a valid URL",
+        ),
         (
             {"CALLSCRIBE_WEBHOOK_URL": "http://x/y", "CALLSCRIBE_STORE": "none"},
             "CALLSCRIBE_WEBHOOK_URL needs a store",

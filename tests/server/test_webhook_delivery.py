@@ -100,6 +100,22 @@ async def test_a_receiver_that_is_down_holds_up_nobody_else(
     assert sum("gave up" in m for m in messages) == 6
 
 
+async def test_a_receiver_url_the_http_client_refuses_is_a_failed_delivery_given_up_in_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistyped international host passes urlsplit (start-up refuses it now, see test_config) but
+    # not httpx, whose InvalidURL is no HTTPError: each event is a failure and dropped in time.
+    unusable = "https://hooks.ex\u00e4mple..com/calls"
+    policy = RetryPolicy(first_s=0.05, max_delay_s=0.1, give_up_after_s=0.5)
+    async with running_store(tmp_path / "store.db", [unusable], policy) as (recorder, delivery):
+        a_call(recorder, "CA1", 1)
+        with trio.fail_after(10):
+            while delivery.stats[unusable].dropped < 3:
+                await trio.sleep(0.05)
+    assert delivery.stats[unusable].failed >= 3 and delivery.stats[unusable].pending == 0
+    assert not any("failed unexpectedly" in r.getMessage() for r in caplog.records)
+
+
 async def test_events_survive_a_restart(nursery: trio.Nursery, tmp_path: Path) -> None:
     receiver = Receiver()
     await nursery.start(receiver.serve)

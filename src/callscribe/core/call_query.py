@@ -86,7 +86,7 @@ def decode_cursor(text: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         started_at, call_sid = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):  # RecursionError: "[[[[..." nested deep
         raise BadQuery("cursor is not one this server gave out") from None
     if not isinstance(started_at, (int, float)) or isinstance(started_at, bool) or not isinstance(call_sid, str):
         raise BadQuery("cursor is not one this server gave out")

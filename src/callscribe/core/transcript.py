@@ -188,6 +188,13 @@ def _cue_times(utterance: Utterance) -> tuple[float, float]:
     return utterance.start, max(utterance.end, utterance.start + MIN_CUE_S)
 
 
+def _cues(utterances: Iterable[Utterance]) -> list[tuple[float, float, Utterance]]:
+    """The spoken finals as cues, by start time (ties in arrival order): each channel's finals
+    arrive on their own, so a short reply can arrive before a longer turn that began earlier, and
+    WebVTT (and SRT players) want cues in start order."""
+    return sorted(((*_cue_times(u), u) for u in spoken(utterances)), key=lambda cue: cue[0])
+
+
 def _vtt_time(seconds: float) -> str:
     millis = round(seconds * 1000)
     hours, millis = divmod(millis, 3_600_000)
@@ -202,8 +209,7 @@ def _vtt_escape(text: str) -> str:
 
 def to_webvtt(utterances: Iterable[Utterance]) -> str:
     document = webvtt.WebVTT()
-    for utterance in spoken(utterances):
-        start, end = _cue_times(utterance)
+    for start, end, utterance in _cues(utterances):
         document.captions.append(
             webvtt.Caption(
                 start=_vtt_time(start),
@@ -217,8 +223,7 @@ def to_webvtt(utterances: Iterable[Utterance]) -> str:
 
 def to_srt(utterances: Iterable[Utterance]) -> str:
     subtitles = []
-    for index, utterance in enumerate(spoken(utterances), 1):
-        start, end = _cue_times(utterance)
+    for index, (start, end, utterance) in enumerate(_cues(utterances), 1):
         subtitles.append(
             srt.Subtitle(
                 index,

@@ -79,13 +79,16 @@ class CallsApi:
             {"calls": [call.summary() for call in calls], "next": encode_cursor(after) if after is not None else None}
         )
 
-    def _call_for(self, http_request: Request, call_sid: str) -> Response | None:
-        """None if the request may see `call_sid`, else the error to answer."""
+    def _call_for(self, http_request: Request, call_sid: str, *, erase: bool = False) -> Response | None:
+        """None if the request may see (or `erase`) `call_sid`, else the error to answer. A token
+        limited to one call is a viewer's: it may read that call, not erase it."""
         verdict = self._admit(http_request)
         if isinstance(verdict, Response):
             return verdict
         if verdict.call_sid is not None and verdict.call_sid != call_sid:
             return error(403, "this token is not valid for that call")
+        if erase and verdict.call_sid is not None:
+            return error(403, "a token limited to one call cannot erase it")
         if len(call_sid) > MAX_SID_LENGTH or not call_sid.isprintable():  # no call has such an id
             return error(404, f"unknown call: {call_sid[:64]!r}")
         return None
@@ -129,7 +132,7 @@ class CallsApi:
         return response
 
     async def delete_call(self, http_request: Request, call_sid: str) -> Response:
-        refused = self._call_for(http_request, call_sid)
+        refused = self._call_for(http_request, call_sid, erase=True)
         if refused is not None:
             return refused
         store = self._store()

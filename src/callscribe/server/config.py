@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import httpx
+
 from callscribe.core import deepgram
 from callscribe.core.access import MIN_SECRET_BYTES
 from callscribe.core.codes import CodePool
@@ -248,9 +250,7 @@ def _store_settings(values: dict[str, str | None]) -> StoreSettings:
     except ValueError as error:
         raise ConfigError(f"CALLSCRIBE_SPEAKER_LABELS: {error}") from None
     try:
-        receivers = tuple(
-            dict.fromkeys(check_receiver_url(url) for url in _list_in_order(values["CALLSCRIBE_WEBHOOK_URL"]))
-        )
+        receivers = tuple(dict.fromkeys(_webhook_url(url) for url in _list_in_order(values["CALLSCRIBE_WEBHOOK_URL"])))
     except ValueError as error:
         raise ConfigError(f"CALLSCRIBE_WEBHOOK_URL: {error}") from None
     if receivers and store_at is None:
@@ -286,3 +286,13 @@ def _workers(text: str) -> int:
 
 def _list(text: str | None) -> frozenset[str]:
     return frozenset(item.strip() for item in (text or "").split(",") if item.strip())
+
+
+def _webhook_url(url: str) -> str:
+    """A receiver's URL as `check_receiver_url` and the HTTP client (httpx) both take it."""
+    checked = check_receiver_url(url)
+    try:
+        httpx.URL(checked)
+    except httpx.InvalidURL as error:
+        raise ValueError(f"webhook URL {url!r} is not a valid URL: {error}") from None
+    return checked

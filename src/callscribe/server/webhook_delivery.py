@@ -179,7 +179,7 @@ class WebhookDelivery:
             headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(self.secret, int(time.time()), body)
         try:
             response = await client.post(receiver, content=body, headers=headers)
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, httpx.InvalidURL) as error:  # InvalidURL: not an HTTPError
             return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if 200 <= response.status_code < 300:
             return None
