@@ -21,6 +21,10 @@ def test_server_messages_are_exact() -> None:
     assert gm.error_message("x") == '{"type": "Error", "source": "callscribe", "message": "x"}'
 
 
+SAY_NEEDS_TEXT = 'Say needs "text", a string: {"type":"Say","text":"..."}'
+LONE_SURROGATE = "Say text has a lone surrogate at character 6: send whole characters"
+
+
 @pytest.mark.parametrize(
     ("frame", "command"),
     [
@@ -35,7 +39,11 @@ def test_server_messages_are_exact() -> None:
         ("", None),
         (" \n", None),
         ('{"type": "Say", "text": "  "}', None),
-        ('{"type": "Say", "text": 5}', BadCommand("unknown command 'Say': use Say or Clear")),
+        ('{"type": "Say", "text": 5}', BadCommand(SAY_NEEDS_TEXT)),
+        ('{"type": "Say"}', BadCommand(SAY_NEEDS_TEXT)),
+        ('{"type": "Say", "message": "hi"}', BadCommand(SAY_NEEDS_TEXT)),
+        # JSON.stringify of a string cut in the middle of an emoji: half a surrogate pair
+        ('{"type": "Say", "text": "Hello \\ud83d"}', BadCommand(LONE_SURROGATE)),
         ('{"type": "Dance"}', BadCommand("unknown command 'Dance': use Say or Clear")),
         ("{}", BadCommand("unknown command 'None': use Say or Clear")),
         ('{"type": [1, 2]}', BadCommand("unknown command 'list': use Say or Clear")),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import DeepgramStream
 from callscribe.core.patch import (
+    KEYPAD_PAUSE_S,
     CodeHeard,
     Output,
     PatchMachine,
@@ -150,7 +151,8 @@ INPUTS: dict[str, Callable[[PatchMachine], list[Output]]] = {
     "speech_started_other_party": lambda m: deepgram(m, speech_started(1)),
     "utterance_end": lambda m: deepgram(m, '{"type":"UtteranceEnd","channel":[0,1],"last_word_end":1.0}'),
     "not_json": lambda m: deepgram(m, "forty two"),
-    "dtmf_code": lambda m: m.dtmf("7"),
+    "dtmf_code": lambda m: m.dtmf("7", 0.0),
+    "keypad_pause": lambda m: m.keypad_pause(1e9),  # nothing keyed and waiting
     "mark_pending": lambda m: m.mark("say-1"),
     "mark_unknown": lambda m: m.mark("say-99"),
     "connect": lambda m: m.connect(CodeHeard("7", "keyed 7")),
@@ -184,6 +186,7 @@ PATCHED: dict[str, Expected] = {
     "utterance_end": (["game:UtteranceEnd"], P, [], None),
     "not_json": (["game:?"], P, [], None),  # whatever Deepgram sends, unchanged
     "dtmf_code": (["game:Dtmf"], P, [], None),
+    "keypad_pause": NOTHING,
     "mark_pending": NOTHING,
     "mark_unknown": NOTHING,
     "connect": NOTHING,
@@ -213,6 +216,7 @@ TABLE: dict[str, dict[str, Expected]] = {
         "utterance_end": ([], W, [], None),
         "not_json": ([], W, [], None),
         "dtmf_code": (["heard:7"], W, [], None),
+        "keypad_pause": ([], W, [], None),
         "mark_pending": ([], W, [], None),
         "mark_unknown": ([], W, [], None),
         "connect": (["game:CallConnected"], P, [], None),
@@ -239,6 +243,7 @@ TABLE: dict[str, dict[str, Expected]] = {
         "utterance_end": (["game:UtteranceEnd"], S, [], None),
         "not_json": (["game:?"], S, [], None),
         "dtmf_code": (["game:Dtmf"], S, [], None),
+        "keypad_pause": ([], S, [], None),
         "mark_pending": ([], S, [], None),  # say-1 was not sent yet
         "mark_unknown": ([], S, [], None),
         "connect": ([], S, [], None),
@@ -264,6 +269,7 @@ TABLE: dict[str, dict[str, Expected]] = {
         "utterance_end": (["game:UtteranceEnd"], S, [], None),
         "not_json": (["game:?"], S, [], None),
         "dtmf_code": (["game:Dtmf"], S, [], None),
+        "keypad_pause": ([], S, [], None),
         "mark_pending": (["game:SpeechDone"], P, [], None),
         "mark_unknown": ([], S, [], None),
         "connect": ([], S, [], None),
@@ -318,11 +324,36 @@ def test_the_game_gets_call_connected_then_the_result_that_carried_the_code() ->
 
 def test_a_keyed_code_connects_without_forwarding_its_digits() -> None:
     machine = PatchMachine(CALL, STREAM, active_pool("42", "4"))
-    assert machine.dtmf("4") == []  # 42 may follow
-    (heard,) = machine.dtmf("2")
+    assert machine.dtmf("4", 0.0) == []  # 42 may follow
+    (heard,) = machine.dtmf("2", 0.0)
     assert heard == CodeHeard("42", "keyed 42")
     assert describe(machine.connect(heard)) == ["game:CallConnected"]
-    assert machine.dtmf("2") == [ToGame('{"type": "Dtmf", "digit": "2"}')]
+    assert machine.dtmf("2", 0.0) == [ToGame('{"type": "Dtmf", "digit": "2"}')]
+
+
+def test_after_a_pause_the_keys_are_submitted_as_with_hash() -> None:
+    machine = PatchMachine(CALL, STREAM, active_pool("42", "4", "421"))
+    assert machine.keypad_due() is None
+    assert machine.dtmf("4", 10.0) == []  # 42 or 421 may follow
+    assert machine.keypad_due() == 10.0 + KEYPAD_PAUSE_S
+    assert machine.dtmf("2", 12.0) == []  # 421 may follow: a key starts the pause again
+    assert machine.keypad_pause(14.9) == [] and machine.keypad_due() == 15.0
+    assert machine.keypad_pause(15.0) == [CodeHeard("42", "keyed 42")]
+    assert machine.keypad_due() is None
+
+
+def test_a_mistyped_entry_is_forgotten_after_a_pause() -> None:
+    machine = PatchMachine(CALL, STREAM, active_pool("42"))
+    assert machine.dtmf("4", 0.0) == machine.dtmf("3", 0.5) == []  # no such code
+    assert machine.keypad_pause(0.5 + KEYPAD_PAUSE_S) == []  # submitted: nothing matched, forgotten
+    assert machine.dtmf("4", 9.0) == []
+    assert machine.dtmf("2", 9.5) == [CodeHeard("42", "keyed 42")]
+
+
+def test_once_patched_a_pause_submits_nothing() -> None:
+    machine = patched()
+    machine.dtmf("4", 0.0)  # forwarded to the game
+    assert machine.keypad_due() is None and machine.keypad_pause(100.0) == []
 
 
 def test_a_busy_game_is_not_connected_and_the_caller_may_try_again() -> None:
@@ -337,7 +368,7 @@ def test_codes_no_game_holds_are_not_heard() -> None:
     pool.release("42")
     machine = PatchMachine(CALL, STREAM, pool)
     assert deepgram(machine, results("forty two")) == []
-    assert machine.dtmf("4") == machine.dtmf("2") == machine.dtmf("#") == []
+    assert machine.dtmf("4", 0.0) == machine.dtmf("2", 0.0) == machine.dtmf("#", 0.0) == []
 
 
 def test_speaking_and_the_mark_round_trip() -> None:
@@ -519,7 +550,7 @@ class Harness:
         elif action == "final_with_code_7":
             outputs = deepgram(m, results("seven"))
         elif action.startswith("key_"):
-            outputs = m.dtmf({"key_4": "4", "key_2": "2", "key_hash": "#"}[action])
+            outputs = m.dtmf({"key_4": "4", "key_2": "2", "key_hash": "#"}[action], 0.0)
         elif action == "take_twilio":
             self.take_one()
             outputs = []

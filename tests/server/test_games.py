@@ -15,11 +15,13 @@ import httpx
 import pytest
 import trio
 import trio_websocket
+from trio.testing import wait_all_tasks_blocked
 
 from callscribe.core.audio import generate_tone
 from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import DeepgramStream
 from callscribe.core.game_link import CallEnd, Envelope
+from callscribe.core.patch import KEYPAD_PAUSE_S
 from callscribe.server.games import Game, GamePatch, GameRegistry, GameSettings
 from callscribe.server.hub import Subscription
 from callscribe.server.remote_games import RemoteGames
@@ -119,6 +121,69 @@ async def test_the_speaker_carries_out_barge_in_and_stops_the_synthesis(nursery:
     assert [m["type"] for m in messages] == ["CallConnected", "Results", "SpeechStarted", "Interrupted", "CallEnded"]
     assert messages[1]["channel"]["alternatives"][0]["transcript"] == "forty two please"
     assert engine.texts == ["Welcome!"] and game.patch is None
+
+
+class SteppedEngine:
+    """Yields one chunk, then a second once `more` is set, then ends."""
+
+    def __init__(self) -> None:
+        self.more = trio.Event()
+
+    @asynccontextmanager
+    async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        yield self._audio()
+
+    async def _audio(self) -> AsyncIterator[bytes]:
+        yield b"\x01" * 160
+        await self.more.wait()
+        yield b"\x02" * 160
+
+
+async def test_a_clear_is_sent_even_when_a_chunk_arrives_in_the_same_tick(nursery: trio.Nursery) -> None:
+    # The Twilio socket's queued path (a backlog, TLS) is a memory channel, whose `send` raises
+    # in a cancelled scope before queueing: the `clear` must not be sent from the sentence's
+    # cancelled scope, or the caller keeps hearing the audio already sent.
+    engine = SteppedEngine()
+    registry = GameRegistry(GameSettings(), engine, CodePool(["42"]))  # type: ignore[arg-type]
+    game = await registry.join("peer")
+    assert game is not None
+    wire_send, wire_receive = trio.open_memory_channel[str](100)
+    patch = registry.patch_for("CA1", "MZ1", wire_send.send)
+    nursery.start_soon(patch.run_speaker)
+    feed(patch, final("forty two"))
+    game.command("Hello there, a long sentence")
+    with trio.fail_after(5):
+        assert json.loads(await wire_receive.receive())["event"] == "media"
+        await wait_all_tasks_blocked()  # the speaker waits for the second chunk
+    engine.more.set()  # the chunk arrives, and the game's Clear is handled before the speaker runs
+    game.command('{"type": "Clear"}')
+    with trio.fail_after(5):
+        events = [json.loads(await wire_receive.receive())["event"]]
+        while events[-1] != "clear":
+            events.append(json.loads(await wire_receive.receive())["event"])
+    assert events in (["clear"], ["media", "clear"])
+    patch.twilio_gone()
+
+
+async def test_a_keyed_code_that_begins_a_longer_held_one_is_patched_after_a_pause(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # 4 and 42 both held (the default pool 0-99 holds such pairs): keying 4 and waiting patches to 4.
+    registry = GameRegistry(GameSettings(), None, CodePool(["4", "42"]))
+    first, second = await registry.join("a"), await registry.join("b")
+    four = first if first is not None and first.code == "4" else second
+    assert four is not None and four.code == "4"
+    twilio = FakeTwilio()
+    patch = registry.patch_for("CA1", "MZ1", twilio.send)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(patch.run_speaker)
+        began = trio.current_time()
+        patch.on_dtmf("4")
+        with trio.fail_after(10):
+            while four.patch is not patch:
+                await trio.sleep(0.1)
+        assert trio.current_time() - began == pytest.approx(KEYPAD_PAUSE_S, abs=0.11)
+        nursery.cancel_scope.cancel()
 
 
 async def test_game_commands_before_a_call_is_patched() -> None:
@@ -222,6 +287,25 @@ async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
         "8000",
         "none",
     )
+    server.stop.set()
+
+
+async def test_a_say_with_half_a_surrogate_pair_is_an_error_and_the_call_goes_on(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
+) -> None:
+    # Valid JSON that no speech engine can encode (JSON.stringify of a string cut mid-emoji): it
+    # used to raise out of the call's speaker task and end the call.
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected('{"type": "Say", "text": "Hello \\ud83d"}'))
+        await run_call(server.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
+    errors = [m for m in game.messages if m["type"] == "Error"]
+    assert [e["message"] for e in errors] == ["Say text has a lone surrogate at character 6: send whole characters"]
+    assert game.types.count("Results") == fake_deepgram.sessions[0].results_sent >= 8  # the call went on
+    assert game.messages[-1]["type"] == "CallEnded" and game.messages[-1]["reason"] == "call ended"
     server.stop.set()
 
 

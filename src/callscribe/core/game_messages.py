@@ -93,7 +93,9 @@ def parse_command(frame: str | bytes | None) -> Say | Clear | BadCommand | None:
         except (ValueError, RecursionError):
             return BadCommand('not valid JSON: send plain text to speak, or {"type":"Say","text":...}')
         kind = command.get("type")  # JSON that starts with "{" is an object
-        if kind == "Say" and isinstance(command.get("text"), str):
+        if kind == "Say":
+            if not isinstance(command.get("text"), str):
+                return BadCommand('Say needs "text", a string: {"type":"Say","text":"..."}')
             text = command["text"]
         elif kind == "Clear":
             return Clear()
@@ -102,4 +104,8 @@ def parse_command(frame: str | bytes | None) -> Say | Clear | BadCommand | None:
             return BadCommand(f"unknown command {shown!r}: use Say or Clear")
     if not text.strip():
         return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON's escapes allow half a surrogate pair ("\ud83d")
+        return BadCommand(f"Say text has a lone surrogate at character {error.start}: send whole characters")
     return Say(text)

@@ -1,7 +1,8 @@
 """Game codes keyed in on the phone's keypad (Twilio ``dtmf`` events).
 
-Pure and synchronous. Digits accumulate; ``#`` submits them, ``*`` clears them. A pause is the
-shell's to handle, by calling :meth:`DtmfCollector.submit` or :meth:`DtmfCollector.reset`. The
+Pure and synchronous. Digits accumulate; ``#`` submits them, ``*`` clears them. A pause is its
+user's to handle, by calling :meth:`DtmfCollector.submit` (the patch machine, ``core/patch.py``,
+does after ``KEYPAD_PAUSE_S``) or :meth:`DtmfCollector.reset`. The
 collector also submits on its own as soon as the digits equal the digit form of an active code
 and no longer active code starts with them (``4`` with codes ``4`` and ``42`` active waits;
 ``42`` then submits at once). Only codes whose normalized form (:func:`callscribe.core.numbers.code_key`)

@@ -59,6 +59,9 @@ from callscribe.core.twilio import clear_message, mark_message, media_message
 __all__ = ["SAY_QUEUE", "CodeHeard", "Output", "PatchMachine", "PatchState", "Speak", "StopSpeaking", "ToGame"]
 
 SAY_QUEUE: Final = 8
+KEYPAD_PAUSE_S: Final = 3.0
+"""Keys followed by this long a pause are submitted, as with ``#``: a code that also begins a
+longer active one (``4`` with ``42`` held), or a mistyped entry, which is then forgotten."""
 """Sentences a game may have waiting to be spoken (besides the one being spoken)."""
 
 
@@ -121,6 +124,7 @@ class PatchMachine:
         """The code of the patched game (PATCHED and SPEAKING)."""
         self.twilio_open = True
         self._dtmf = DtmfCollector()
+        self._keyed_at = 0.0
         self._sentences: deque[str] = deque()
         self._sentence_numbers = itertools.count(1)
         self._synthesizing: int | None = None  # the sentence the shell synthesizes, wanted or not
@@ -160,17 +164,31 @@ class PatchMachine:
             outputs.append(ToGame(game_messages.interrupted()))
         return outputs
 
-    def dtmf(self, digit: str) -> list[Output]:
-        """A key the caller pressed (Twilio's ``dtmf.digit``)."""
+    def dtmf(self, digit: str, now: float) -> list[Output]:
+        """A key the caller pressed (Twilio's ``dtmf.digit``) at time ``now`` (seconds)."""
         if self.patched:
             return [ToGame(game_messages.dtmf(digit))]
         if self.state is PatchState.WAITING:
-            active = self.pool.active
-            entered = self._dtmf.press(digit, active)
-            code = find_code(entered, active) if entered else None
-            if code is not None:
-                return [CodeHeard(code, f"keyed {entered}")]
+            self._keyed_at = now
+            return self._submitted(self._dtmf.press(digit, self.pool.active))
         return []
+
+    def keypad_due(self) -> float | None:
+        """When to call `keypad_pause`: a pause's end after keys not yet submitted, else None."""
+        if self.state is PatchState.WAITING and self._dtmf.pending:
+            return self._keyed_at + KEYPAD_PAUSE_S
+        return None
+
+    def keypad_pause(self, now: float) -> list[Output]:
+        """Time passed: after a pause of `KEYPAD_PAUSE_S`, what was keyed is submitted as with ``#``."""
+        due = self.keypad_due()
+        if due is None or now < due:
+            return []
+        return self._submitted(self._dtmf.submit())
+
+    def _submitted(self, entered: str | None) -> list[Output]:
+        code = find_code(entered, self.pool.active) if entered else None
+        return [CodeHeard(code, f"keyed {entered}")] if code is not None else []
 
     def mark(self, name: str) -> list[Output]:
         """Twilio echoed a mark: the audio before it has played (or was cleared)."""

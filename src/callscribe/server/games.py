@@ -28,6 +28,7 @@ that writes the machine's Twilio messages in order and synthesizes its sentences
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -263,7 +264,8 @@ class GamePatch:
         self._perform(self.machine.deepgram(kind, text, interim))
 
     def on_dtmf(self, digit: str) -> None:
-        self._perform(self.machine.dtmf(digit))
+        self._perform(self.machine.dtmf(digit, trio.current_time()))
+        self._ring()  # the speaker waits for the keypad's pause from now on
 
     def on_mark(self, name: str) -> None:
         self._perform(self.machine.mark(name))
@@ -303,10 +305,13 @@ class GamePatch:
             else:
                 self._connect(output)
         if self.machine.speaker_has_work:
-            try:
-                self._wake_send.send_nowait(None)
-            except trio.WouldBlock:
-                pass  # already rung
+            self._ring()
+
+    def _ring(self) -> None:
+        try:
+            self._wake_send.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # already rung
 
     def _connect(self, heard: CodeHeard) -> None:
         holder = self.registry.codes.holder(heard.code)
@@ -348,8 +353,11 @@ class GamePatch:
                 speak = self.machine.next_speech()
                 if speak is not None:
                     await self._speak(speak)
-                else:
+                    continue
+                due = self.machine.keypad_due()  # keys not yet submitted: after a pause they are
+                with trio.move_on_at(math.inf if due is None else due):
                     await self._wake_receive.receive()
+                self._perform(self.machine.keypad_pause(trio.current_time()))
 
     async def _speak(self, speak: Speak) -> None:
         engine = self.registry.speech
@@ -361,7 +369,12 @@ class GamePatch:
                 async with engine.synthesize(speak.text) as audio:
                     async for chunk in audio:
                         self._perform(self.machine.speech_audio(speak.number, chunk))
-                        while (message := self.machine.next_for_twilio()) is not None:
+                        # Once this sentence is stopped, what waits for Twilio (its `clear`) is
+                        # sent by run_speaker, outside the cancelled scope, never lost in it.
+                        while (
+                            not self._synthesis.cancel_called
+                            and (message := self.machine.next_for_twilio()) is not None
+                        ):
                             await self._send_to_twilio(message)
         except SpeechError as failure:
             log.warning("call %s: speech failed: %s", self.call_sid, failure)
