@@ -25,6 +25,7 @@ from callscribe.core.patch import KEYPAD_PAUSE_S
 from callscribe.server.games import Game, GamePatch, GameRegistry, GameSettings
 from callscribe.server.hub import Subscription
 from callscribe.server.remote_games import RemoteGames
+from callscribe.testing.call_runner import SimulationReport
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
@@ -256,17 +257,34 @@ async def game_server(
     )
 
 
+async def game_says_in_a_call(
+    nursery: trio.Nursery, deepgram: FakeDeepgram, aura: FakeAura, codes_file: str, heard: str, say: str, spec: CallSpec
+) -> tuple[RunningServer, GameClient, SimulationReport]:
+    """A call whose caller is heard saying `heard` every 0.5 s, and a game that sends `say` once
+    the call is patched to it: the server, the game's side and the call's report."""
+    deepgram.behaviour.transcript = heard
+    deepgram.behaviour.result_every_s = 0.5
+    server = await game_server(nursery, deepgram, aura, codes_file)
+    game = GameClient()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game, say_when_connected(say))
+        report = await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+    return server, game, report
+
+
 async def test_caller_says_the_code_is_patched_and_the_game_talks_back(
     nursery: trio.Nursery, fake_deepgram: FakeDeepgram, fake_aura: FakeAura, codes_file: str
 ) -> None:
-    fake_deepgram.behaviour.transcript = "hi my code is forty two thanks"
-    fake_deepgram.behaviour.result_every_s = 0.5
-    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
     spec = game_call()
-    game = GameClient()
-    async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, say_when_connected("Hello caller, welcome to the game."))
-        report = await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
+    server, game, report = await game_says_in_a_call(
+        nursery,
+        fake_deepgram,
+        fake_aura,
+        codes_file,
+        "hi my code is forty two thanks",
+        "Hello caller, welcome to the game.",
+        spec,
+    )
 
     assert (game.number, game.code) == (PHONE, "42")
     assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
@@ -295,13 +313,10 @@ async def test_a_say_with_half_a_surrogate_pair_is_an_error_and_the_call_goes_on
 ) -> None:
     # Valid JSON that no speech engine can encode (JSON.stringify of a string cut mid-emoji): it
     # used to raise out of the call's speaker task and end the call.
-    fake_deepgram.behaviour.transcript = "forty two"
-    fake_deepgram.behaviour.result_every_s = 0.5
-    server = await game_server(nursery, fake_deepgram, fake_aura, codes_file)
-    game = GameClient()
-    async with trio.open_nursery() as inner:
-        await inner.start(play, server, game, say_when_connected('{"type": "Say", "text": "Hello \\ud83d"}'))
-        await run_call(server.url("/twilio"), game_call(4.0), speed=2.0, bidirectional=True)
+    say = '{"type": "Say", "text": "Hello \\ud83d"}'
+    server, game, _ = await game_says_in_a_call(
+        nursery, fake_deepgram, fake_aura, codes_file, "forty two", say, game_call(4.0)
+    )
     errors = [m for m in game.messages if m["type"] == "Error"]
     assert [e["message"] for e in errors] == ["Say text has a lone surrogate at character 6: send whole characters"]
     assert game.types.count("Results") == fake_deepgram.sessions[0].results_sent >= 8  # the call went on
