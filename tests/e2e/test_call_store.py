@@ -284,6 +284,26 @@ async def test_api_access_is_that_of_client_and_errors_are_json(
     server.stop.set()
 
 
+async def test_a_call_whose_sid_holds_a_slash_or_quote_can_be_read_exported_and_erased(
+    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path
+) -> None:
+    # Twilio's callSids never do, but the server keeps any printable one: every call it lists
+    # can be addressed (%2F), and its export's file name stays one quoted header value.
+    server = await start_server(nursery, deepgram, store=StoreSettings(location=str(tmp_path / "calls.db")))
+    odd = 'CA/1"x'
+    async with httpx.AsyncClient() as http:
+        await run_call(server.url("/twilio"), CallSpec(inbound=generate_tone(1.0), call_sid=odd), speed=0)
+        await wait_for_call(http, server.http_url, odd, live=False)
+        path = f"{server.http_url}/api/calls/CA%2F1%22x"
+        assert (await get_json(http, path))["callSid"] == odd
+        export = await http.get(path + "/transcript.srt")
+        assert export.status_code == 200
+        assert export.headers["content-disposition"] == 'inline; filename="CA_1_x.srt"'
+        assert (await http.delete(path)).status_code == 204
+        assert (await http.get(path)).status_code == 404
+    server.stop.set()
+
+
 async def test_without_a_store_the_api_says_so(nursery: trio.Nursery, deepgram: RecordingDeepgram) -> None:
     server = await start_server(nursery, deepgram)
     async with httpx.AsyncClient() as http:

@@ -15,6 +15,7 @@ erasing a live call, 503 the database cannot answer now.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from quart import Quart, Request, Response, jsonify, request
@@ -128,7 +129,7 @@ class CallsApi:
             return found
         _, utterances = found
         response = Response(export(utterances, kind), content_type=FORMATS[kind])
-        response.headers["Content-Disposition"] = f'inline; filename="{call_sid}.{kind}"'
+        response.headers["Content-Disposition"] = f'inline; filename="{_file_name(call_sid)}.{kind}"'
         return response
 
     async def delete_call(self, http_request: Request, call_sid: str) -> Response:
@@ -157,15 +158,16 @@ def add_routes(app: Quart, api: CallsApi) -> None:
     async def calls() -> Response:
         return await api.list_calls(request)
 
-    @app.get("/api/calls/<call_sid>")
+    # `path`: a callSid may hold a "/" (Twilio's never do; the server keeps any printable one), sent as %2F.
+    @app.get("/api/calls/<path:call_sid>")
     async def call(call_sid: str) -> Response:
         return await api.get_call(request, call_sid)
 
-    @app.get("/api/calls/<call_sid>/transcript.<kind>")
+    @app.get("/api/calls/<path:call_sid>/transcript.<kind>")
     async def transcript(call_sid: str, kind: str) -> Response:
         return await api.transcript(request, call_sid, kind)
 
-    @app.delete("/api/calls/<call_sid>")
+    @app.delete("/api/calls/<path:call_sid>")
     async def delete(call_sid: str) -> Response:
         return await api.delete_call(request, call_sid)
 
@@ -179,3 +181,8 @@ def add_routes(app: Quart, api: CallsApi) -> None:
     app.register_error_handler(404, json_for_api)
     app.register_error_handler(405, json_for_api)
     app.register_error_handler(500, json_for_api)
+
+
+def _file_name(call_sid: str) -> str:
+    """`call_sid` as a file name in a header: letters, digits, '.', '-' and '_' kept, others '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", call_sid)
