@@ -33,6 +33,7 @@ from callscribe import argtypes
 from callscribe.client.outputs import HumanOutput, JsonOutput, Output
 from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import close_description
+from callscribe.core.fanout import MAX_WAIT_S
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket
 
 __all__ = [
@@ -145,10 +146,18 @@ async def live_calls(server: Server) -> list[str]:
             first = await ws.get_message()
         except trio_websocket.ConnectionClosed as closed:
             raise ListenError(f"the server closed the connection: {_described(closed)}") from None
+    return _call_list(server, first)
+
+
+def _call_list(server: Server, first: str | bytes) -> list[str]:
+    """The list of live calls a /client connection begins with; an Error from callscribe instead
+    (the hub unavailable, a bad parameter) is raised as what it says."""
     try:
         calls = json.loads(first)
     except ValueError:
         calls = None
+    if isinstance(calls, dict) and calls.get("type") == "Error" and isinstance(calls.get("message"), str):
+        raise ListenError(f"{server.client_url()}: {calls['message'][:300]}")
     if not isinstance(calls, list) or not all(isinstance(sid, str) for sid in calls):
         raise ListenError(f"{server.client_url()} is not a callscribe /client: it sent {str(first)[:80]!r}")
     return calls
@@ -167,7 +176,7 @@ async def follow(
     `connected` is set once the call is named (with `wait_s`, the server now waits for it)."""
     async with _subscriber(server, wait_s) as ws:
         try:
-            await ws.get_message()  # the list of live calls
+            _call_list(server, await ws.get_message())  # the list of live calls
             await ws.send_message(call_sid)
             if connected is not None:
                 connected.set()
@@ -271,12 +280,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the messages themselves, one JSON object a line")
     parser.add_argument(
         "--wait",
-        type=argtypes.non_negative_float,
+        type=_wait_seconds,
         default=DEFAULT_WAIT_S,
         metavar="SECONDS",
-        help="how long CALLSID may take to start (default %(default)g)",
+        help=f"how long CALLSID may take to start, at most {MAX_WAIT_S:g} (default %(default)g)",
     )
     parser.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate for wss:// URLs")
+
+
+def _wait_seconds(text: str) -> float:
+    seconds = argtypes.non_negative_float(text)
+    if seconds > MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WAIT_S:g} seconds (the server's limit), not {text}")
+    return seconds
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
@@ -305,7 +321,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         if rest is None:
             return 0 if args.all else 130
         return _failure(rest)
-    except (ListenError, _Usage) as error:
+    except (ListenError, _Usage, BrokenPipeError) as error:  # BrokenPipeError: `| head` went away
         return _failure(error)
     finally:
         _finish(output)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import unicodedata
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -61,7 +62,7 @@ class Terminal:
     def _line(self, line: Line) -> None:
         if self._drawn:
             self.out.write(_ERASE_LINE)
-        self.out.write(self._paint(line.text, COLOURS[line.kind]) + "\n")
+        self.out.write(self._paint(visible(line.text), COLOURS[line.kind]) + "\n")
         self._drawn = False
         if self._interims:
             self._redraw()
@@ -75,12 +76,40 @@ class Terminal:
             return
         # A line that wraps cannot be taken back with a carriage return: cut it to the width.
         width = max(10, shutil.get_terminal_size().columns - 1)
-        text = latest.text if len(latest.text) <= width else latest.text[: width - 3] + "..."
+        text = fitted(visible(latest.text), width)
         self.out.write(_ERASE_LINE + self._paint(text, "2;" + COLOURS[latest.kind]))
         self._drawn = True
 
     def _paint(self, text: str, sgr: str) -> str:
         return f"\x1b[{sgr}m{text}\x1b[0m" if self.colour else text
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters (escape sequences, C1 codes, bells...) made visible as
+    U+FFFD: what the server or Deepgram says must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join("\ufffd" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
+def columns(ch: str) -> int:
+    """The terminal columns `ch` takes: 2 for East Asian wide ones, 0 for combining marks."""
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def fitted(text: str, width: int) -> str:
+    """`text` cut to `width` terminal columns, ending in "..." when cut."""
+    if len(text) <= width // 2 or sum(map(columns, text)) <= width:
+        return text
+    kept, used = [], 0
+    for ch in text:
+        used += columns(ch)
+        if used > width - 3:
+            break
+        kept.append(ch)
+    return "".join(kept) + "..."
 
 
 def stdout_gone() -> None:

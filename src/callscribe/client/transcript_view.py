@@ -18,6 +18,7 @@ Messages that are not JSON objects, results without words, and Deepgram's other 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -142,4 +143,8 @@ def _transcript(message: dict[str, Any]) -> tuple[str, int | None, float]:
     transcript = alternatives[0].get("transcript")
     if not isinstance(transcript, str) or not isinstance(start, int | float) or isinstance(start, bool):
         return "", None, 0.0
-    return " ".join(transcript.split()), index[0], float(start)
+    try:
+        at = float(start)
+    except OverflowError:  # an integer of hundreds of digits
+        at = 0.0
+    return " ".join(transcript.split()), index[0], at if math.isfinite(at) else 0.0

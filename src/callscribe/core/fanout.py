@@ -31,6 +31,7 @@ __all__ = [
     "END",
     "GAP_NOTICE",
     "MALFORMED",
+    "MAX_WAIT_S",
     "MESSAGE",
     "ORIGIN_LENGTH",
     "IdClock",
@@ -47,6 +48,8 @@ __all__ = [
     "with_id",
 ]
 
+MAX_WAIT_S: Final = 3600.0
+"""`/client?wait=SECONDS`: the longest a subscriber may wait for its call to start."""
 GAP_NOTICE: Final = "cannot resume right after"
 """How the message of the hub's notice to a subscriber resuming from before its history begins."""
 MESSAGE: Final = "m"

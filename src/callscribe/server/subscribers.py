@@ -15,7 +15,7 @@ import trio
 
 from callscribe.core.access import Verdict
 from callscribe.core.catch_up import CatchUp
-from callscribe.core.fanout import ResumeRequest, resume_request
+from callscribe.core.fanout import MAX_WAIT_S, ResumeRequest, resume_request
 from callscribe.server.call import Call
 from callscribe.server.hub import (
     CLOSE_GOING_AWAY,
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
-MAX_WAIT_S = 3600.0
-"""`/client?wait=SECONDS`: the longest a subscriber may wait for its call to start."""
 WAIT_POLL_S = (0.05, 0.25)
 """While a subscriber waits for its call, the hub is asked this often (first, then at most)."""
 HISTORY_TIMEOUT_S = 5.0
@@ -99,13 +97,16 @@ class Subscribers:
             if resume.error:
                 await _refuse_resume(ws, peer, resume.error)
                 return
-            if wait_s > 0 and not await self._wait_for_call(ws, peer, call_sid, wait_s):
+            # A resume (after=) names a call that has begun: it may have ended since, and the hub
+            # still resumes it for a while, so there is nothing to wait for.
+            waited = wait_s > 0 and resume.after is None
+            if waited and not await self._wait_for_call(ws, peer, call_sid, wait_s):
                 return
             # A subscriber with ids resumes from the hub's history of the call (?after=0-0 for all
             # of it), whose messages carry the ids; the store's history is for the others. (A call
             # waited for is live now; the list was read at connect time: no Redis round trip here,
             # which would leave a subscriber unregistered while a shutdown ends the others.)
-            listed = call_sid in calls or wait_s > 0
+            listed = call_sid in calls or waited
             await self._subscribe(ws, peer, call_sid, resume, with_history and not resume.ids, listed)
         if scope.cancelled_caught:
             await ws.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -267,7 +267,11 @@ export class CallView {
         if (Array.isArray(data) && data.includes(callSid)) {
           socket.send(callSid);
           this.transcript.live = true;
-          if (byId("call-status").dataset.state === "") this.state("streaming", STATE_TEXT.streaming);
+          if (byId("call-status").dataset.state === "" || this.linkLost) {
+            this.state("streaming", STATE_TEXT.streaming); // (a Reconnecting notice kept by the call comes next)
+          }
+          this.linkLost = false;
+          this.reconnects = 0; // subscribed again: the next break starts a fresh count
         } else {
           this.socket = null;
           socket.close(1000, "not live");
@@ -309,6 +313,7 @@ export class CallView {
       this.message(`The server closed the transcript: ${reason || code}`);
     } else {
       this.reconnects += 1; // the connection broke: subscribe again (the call's history fills any gap)
+      this.linkLost = true;
       this.state("reconnecting", "reconnecting");
       setTimeout(() => this.callSid === callSid && this.subscribe(callSid), 500 * this.reconnects);
     }
