@@ -65,6 +65,22 @@ def test_a_full_backlog_drops_the_oldest_and_counts_the_loss() -> None:
     assert backlog.unsent_seconds == 0
 
 
+def test_a_window_being_sent_when_a_full_backlog_drops_it_goes_out_and_the_next_follows() -> None:
+    # After an outage that filled the backlog, the replay starts at the oldest window kept; a live
+    # window appended while it is on its way pushes it out of the backlog. It still goes out (not
+    # lost), and the next window is the one after it: the connection's audio stays contiguous,
+    # which its times' offset assumes.
+    backlog = AudioBacklog(channels=1, max_seconds=0.3)
+    for n in range(3):
+        backlog.append(window(n))
+    in_flight = backlog.next_unsent()
+    assert in_flight == window(0)
+    backlog.append(window(3))  # full: window 0, being sent, leaves the backlog
+    backlog.mark_sent(in_flight)
+    assert backlog.lost == 0
+    assert send_all(backlog) == [window(1), window(2), window(3)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 5), st.booleans(), st.floats(0, 1)), max_size=40))
 def test_sent_audio_over_reconnects_covers_everything_in_order(steps: list[tuple[int, bool, float]]) -> None:

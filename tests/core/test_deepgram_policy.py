@@ -178,10 +178,26 @@ def test_a_productive_connection_starts_the_count_again() -> None:
     reconnect(p.connect_failed(0.0, "x"))
     reconnect(p.connect_failed(1.0, "x"))
     p.opened(0.0)
-    p.received(results(0.0, 0.1, final=False))  # it produced results
+    p.received(results(0.0, 0.1))  # a final covering audio: progress
     assert reconnect(p.lost(5.0, "closed with 1011")).retry == 1
     assert reconnect(p.connect_failed(6.0, "x")).retry == 2
     give_up(p.connect_failed(7.0, "x"))
+
+
+def test_interims_or_replayed_finals_alone_do_not_start_the_count_again() -> None:
+    # A connection that always fails after an interim (or after finals of audio already covered)
+    # would otherwise be retried forever at the shortest backoff, replaying the same audio.
+    p = policy(max_retries=2)
+    p.opened(0.0)
+    p.received(results(0.0, 1.0))  # covers 0-1 s
+    assert reconnect(p.lost(1.0, "closed with 1011")).retry == 1
+    p.opened(0.0)
+    p.received(results(0.0, 0.5, final=False))
+    p.received(results(0.0, 1.0))  # the same second again: dropped, no progress
+    assert reconnect(p.lost(2.0, "closed with 1011")).retry == 2
+    p.opened(0.0)
+    p.received(results(0.0, 0.5, final=False))
+    give_up(p.lost(3.0, "closed with 1011"))
 
 
 def test_a_connection_that_produced_nothing_does_not_start_the_count_again() -> None:
@@ -335,6 +351,7 @@ def test_decisions_keep_to_the_settings_whatever_happens(
     )
     now = 0.0
     failed_in_a_row = 0  # attempts (or a lost unproductive connection) that failed since the last productive one
+    progress = 0.0
     announced = False
     notices: list[str] = []
     for kind, value in steps:
@@ -364,8 +381,9 @@ def test_decisions_keep_to_the_settings_whatever_happens(
                 notices.append("Resumed")
             else:
                 assert not announced
-            if value:
-                p.received(results(0.0, 0.1, final=False))
+            if value:  # a final of audio no earlier one covered
+                progress += 1.0
+                p.received(results(progress, 0.1))
             productive = bool(value)
             decision = p.lost(now, "closed with 1011")
             failed_in_a_row = 1 if productive else failed_in_a_row + 1

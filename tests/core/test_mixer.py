@@ -280,3 +280,46 @@ def test_handing_chunks_over_only_when_the_gate_says_delays_no_window(
     for ch, ts, payload in held:
         gated.add(ch, ts, payload)
     assert list(gated.flush()) == list(every_read.flush())
+
+
+def _feed_mono(mixer: Mixer, timestamps: list[int]) -> bytes:
+    out = bytearray()
+    for ts in timestamps:
+        mixer.add(0, ts, bytes([ts // 20 % 251]) * 160)
+        for w in mixer.windows():
+            out += w
+    for w in mixer.flush():
+        out += w
+    return bytes(out)
+
+
+def test_mixer_one_clock_jump_is_counted_once() -> None:
+    """One jump of Twilio's clock (60 s) followed by 1 s of ordinary frames: `resyncs` (the metric
+    callscribe_twilio_timestamp_jumps_total) should be 1; every frame after the jump is counted."""
+    mixer = Mixer(1)
+    _feed_mono(mixer, [20 * n for n in range(50)] + [60_000 + 20 * n for n in range(50)])
+    assert mixer.resyncs == 1
+
+
+def test_mixer_after_a_clock_jump_a_later_gap_is_still_padded() -> None:
+    """After the jump the timeline must go on from the new anchor: a later 400 ms gap in the
+    timestamps (frames lost) is padded with silence as it is without the jump. After a jump,
+    every frame's gap stays > max_gap, so placement is off for the rest of the call: gaps are not
+    padded (the rest of the call's times shift), overlaps are not dropped."""
+    before = [20 * n for n in range(50)]
+    after = [20 * n for n in range(50, 100) if not 60 <= n < 80]  # 400 ms of frames lost
+    without_jump = Mixer(1)
+    _feed_mono(without_jump, before + after)
+    assert without_jump.padded[0] == 400 * 8
+    with_jump = Mixer(1)
+    _feed_mono(with_jump, before + [60_000 + ts for ts in after])
+    assert with_jump.padded[0] == 400 * 8
+
+
+def test_a_clock_jump_back_is_taken_as_one_and_the_audio_goes_on() -> None:
+    # 20 s of frames, then Twilio's clock back at 0: not 1 s of "overlap" to drop (it would drop
+    # everything after), but a jump: the audio goes on where it was.
+    mixer = Mixer(1)
+    out = _feed_mono(mixer, [20 * n for n in range(1000)] + [20 * n for n in range(50)])
+    assert mixer.resyncs == 1 and mixer.dropped[0] == 0
+    assert len(out) == 1050 * 160

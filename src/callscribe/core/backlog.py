@@ -35,6 +35,8 @@ class AudioBacklog:
         """Bytes that never went to Deepgram: dropped from a full backlog, or abandoned."""
         self.abandoned = False
         self._final_end = [0.0] * channels
+        self._in_flight: int | None = None
+        """The offset of the window `next_unsent` handed out and `mark_sent` has not confirmed."""
 
     def append(self, window: bytes) -> None:
         if self.abandoned:
@@ -49,18 +51,23 @@ class AudioBacklog:
             offset, oldest = self._windows.popleft()
             self._held -= len(oldest)
             if offset + len(oldest) > self.sent_until:
-                self.lost += offset + len(oldest) - max(offset, self.sent_until)
+                if offset != self._in_flight:  # (the window being sent goes out all the same)
+                    self.lost += offset + len(oldest) - max(offset, self.sent_until)
                 self.sent_until = offset + len(oldest)
 
     def next_unsent(self) -> bytes | None:
         """The next window to send on the current connection (call `mark_sent` once it went out)."""
         for offset, window in self._windows:
             if offset >= self.sent_until:
+                self._in_flight = offset
                 return window
         return None
 
     def mark_sent(self, window: bytes) -> None:
-        self.sent_until += len(window)
+        """The window `next_unsent` gave went out (it may have left a full backlog meanwhile)."""
+        if self._in_flight is not None:
+            self.sent_until = max(self.sent_until, self._in_flight + len(window))
+            self._in_flight = None
 
     @property
     def unsent_seconds(self) -> float:
@@ -86,6 +93,7 @@ class AudioBacklog:
         self.sent_until = self.end
         self._windows.clear()
         self._held = 0
+        self._in_flight = None
         self.abandoned = True
         return unsent / self.bytes_per_second
 
@@ -93,6 +101,7 @@ class AudioBacklog:
         """A new connection starts: resend from the first uncovered window. Returns its call time (s)."""
         start = self._windows[0][0] if self._windows else self.sent_until
         self.sent_until = start
+        self._in_flight = None
         return start / self.bytes_per_second
 
 

@@ -17,8 +17,9 @@ States: CONNECTING --opened--> STREAMING --lost--> CONNECTING; any failure may l
 
 Retries. `max_retries` (CALLSCRIBE_DEEPGRAM_RETRIES) is how many times a failure is retried in a row:
 the first failed attempt (or a connection lost) is followed by at most `max_retries` more attempts,
-so a call gives up after 1 + `max_retries` failed attempts in a row. A connection that produced
-Results before it was lost was productive: its loss starts the count again at 1. Retry n waits
+so a call gives up after 1 + `max_retries` failed attempts in a row. A connection whose finals
+covered audio no earlier final had before it was lost was productive: its loss starts the count
+again at 1 (interim results alone are not progress). Retry n waits
 min(`backoff_max_s`, `backoff_initial_s` * 2^(n-1)) times a random factor between 0.5 and 1. A handshake
 refused with a 4xx other than 408 and 429 (bad key, bad options, no credit) is not retried.
 
@@ -185,7 +186,6 @@ class DeepgramPolicy:
         offset = self.offset_s
         if kind.type != "Results":
             return Delivery(True, False, offset)
-        self._productive = True
         if not kind.is_final:
             return Delivery(True, True, offset)
         end = offset + kind.start + kind.duration
@@ -195,6 +195,9 @@ class DeepgramPolicy:
             return Delivery(False, False, offset, covered)  # subscribers already have this stretch
         if end > previous:
             self._published_end[kind.channel] = end
+            # Progress: a final covering audio no earlier final had. Interims are not (a connection
+            # that always fails after one would reset the count forever and replay the same audio).
+            self._productive = self._productive or kind.duration > 0
         return Delivery(True, False, offset, covered)
 
     def input_finished(self, now: float) -> float:

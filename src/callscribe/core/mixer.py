@@ -68,7 +68,9 @@ class Mixer:
         self.dropped = [0] * channels
         """Payload bytes dropped per channel because they overlapped audio already placed."""
         self.resyncs = 0
-        """Timestamp jumps beyond `max_gap_ms`, taken as clock jumps: the chunk was appended unpadded."""
+        """Timestamp jumps beyond `max_gap_ms` (either way), taken as clock jumps: the chunk was
+        appended unpadded and its channel's later timestamps are read from there."""
+        self._shift = [0] * channels  # per channel: samples to take off timestamps (clock jumps)
 
     def buffered(self, channel: int) -> int:
         """Samples of `channel` waiting to be emitted."""
@@ -78,13 +80,14 @@ class Mixer:
         """Place one chunk of `channel`'s audio at `timestamp_ms` on the call's timeline."""
         buffer = self._buffers[channel]
         self.received[channel] += len(payload)
-        gap = timestamp_ms * SAMPLES_PER_MS - (self.head + len(buffer))
+        gap = timestamp_ms * SAMPLES_PER_MS - self._shift[channel] - (self.head + len(buffer))
         if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
             buffer += payload
             return
         pad, drop = _placement(gap, len(payload), self.max_gap)
-        if gap > self.max_gap:
+        if abs(gap) > self.max_gap:
             self.resyncs += 1
+            self._shift[channel] += gap
         self.padded[channel] += pad
         self.dropped[channel] += drop
         if pad:
@@ -154,8 +157,10 @@ class Mixer:
 def _placement(gap: int, size: int, max_gap: int) -> tuple[int, int]:
     """Where a chunk of `size` samples lands when it starts `gap` samples after its channel's end:
     (silence to insert before it, samples to drop from its start). Shared by `Mixer` and `WindowGate`."""
+    if abs(gap) > max_gap:  # a clock jump: the chunk goes on where its channel is, unpadded
+        return 0, 0
     if gap > ROUNDING_SAMPLES:
-        return (0 if gap > max_gap else gap), 0
+        return gap, 0
     if gap < -ROUNDING_SAMPLES:
         return 0, min(-gap, size)
     return 0, 0
@@ -181,15 +186,18 @@ class WindowGate:
         self.max_gap = max_gap_ms * SAMPLES_PER_MS
         self.head = 0
         self._lengths = [0] * channels
+        self._shift = [0] * channels
 
     def add(self, channel: int, timestamp_ms: int, size: int) -> None:
         """The mixer will be given a chunk of `size` samples of `channel` at `timestamp_ms`."""
         length = self._lengths[channel]
-        gap = timestamp_ms * SAMPLES_PER_MS - (self.head + length)
+        gap = timestamp_ms * SAMPLES_PER_MS - self._shift[channel] - (self.head + length)
         if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
             self._lengths[channel] = length + size
             return
         pad, drop = _placement(gap, size, self.max_gap)
+        if abs(gap) > self.max_gap:
+            self._shift[channel] += gap
         self._lengths[channel] = length + pad + max(0, size - drop)
 
     def due(self) -> bool:

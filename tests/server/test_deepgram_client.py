@@ -1,0 +1,148 @@
+"""The Deepgram client's shell with connections of the test's own (no sockets): what it sends
+across an outage and reconnects, under trio's MockClock."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+import trio_websocket
+
+from callscribe.core.backlog import AudioBacklog
+from callscribe.server.call import CallSettings
+from callscribe.server.deepgram_client import DeepgramClient
+from callscribe.server.hub import InMemoryHub
+from callscribe.server.websocket_client import ConnectFailed
+
+WINDOW = 800  # 100 ms of one channel
+
+
+def window(n: int) -> bytes:
+    return bytes([n % 256]) * WINDOW
+
+
+class SlowFirstSendConnection:
+    """Accepts everything; the first audio send completes only once the next live window has been
+    appended to `backlog` (a congested link: one send taking a little over 100 ms), the rest are instant."""
+
+    def __init__(self, backlog: AudioBacklog) -> None:
+        self.audio: list[bytes] = []
+        self.backlog = backlog
+        self._first = True
+        self._send, self._receive = trio.open_memory_channel[str](100)
+
+    async def send_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            if self._first:
+                self._first = False
+                end = self.backlog.end
+                while self.backlog.end == end:
+                    await trio.sleep(0.01)
+            self.audio.append(message)
+        elif "CloseStream" in message:
+            self._send.send_nowait('{"type":"Metadata","request_id":"r"}')
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, None)) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_a_window_being_sent_when_a_full_backlog_drops_it_leaves_no_hole_in_the_replay(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """After an outage that filled the backlog, the replay's first window is the oldest one kept; a
+    live window appended while it is being sent pushes it out (counted lost although it went out),
+    and mark_sent then moves sent_until one window further: the window after it is never sent, never
+    counted lost, and every later time of the connection is 100 ms off."""
+    connections: list[SlowFirstSendConnection] = []
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SlowFirstSendConnection:
+        if trio.current_time() < 1.0:  # Deepgram unreachable for the first second
+            raise ConnectFailed("dg.example:443", "[Errno 111] Connection refused")
+        connections.append(SlowFirstSendConnection(client.backlog))
+        return connections[-1]
+
+    client = DeepgramClient(
+        "CA1",
+        1,
+        settings=CallSettings(deepgram_api_key="k", backlog_s=0.5, backoff_initial_s=0.5, backoff_max_s=0.5),
+        hub=InMemoryHub(),
+        connect=connect,
+    )
+    client.policy._rng = random.Random(0)  # the same backoff jitter every run
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run, receive)
+        for n in range(40):  # 4 s of live audio, a window every 100 ms
+            await send.send(window(n))
+            await trio.sleep(0.1)
+        await send.aclose()
+
+    assert len(connections) == 1
+    sent = [w[0] for w in connections[0].audio]
+    # The connection's times are rebased by its rewind point, which holds only if the audio it got is
+    # contiguous from there (anything dropped before it was sent belongs before the rewind point).
+    assert sent == list(range(sent[0], 40)), f"sent {sent}; counted lost {client.backlog.lost / WINDOW:g} windows"
+
+
+INTERIM = '{"type":"Results","channel_index":[0,1],"is_final":false,"start":0.0,"duration":0.5,"channel":{"alternatives":[{"transcript":"hel"}]}}'
+
+
+class InterimThenDropConnection:
+    """Answers the first audio with an interim result, then fails with 1011 (no final ever comes)."""
+
+    def __init__(self) -> None:
+        self.audio = 0
+        self._send, self._receive = trio.open_memory_channel[str](10)
+
+    async def send_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            if self.audio == 0:
+                self._send.send_nowait(INTERIM)
+                self._send.close()
+            self.audio += len(message)
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1011, "NET-0000")) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_connections_that_only_ever_give_interims_are_not_retried_forever(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Every connection fails the same way before any final: nothing is ever covered, the same
+    backlog is replayed each time. An interim counts as 'productive', so the retry count is reset
+    to 1 at every loss: the client never gives up and never backs off (a retry every ~0.25-0.5 s)."""
+    connections: list[InterimThenDropConnection] = []
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> InterimThenDropConnection:
+        connections.append(InterimThenDropConnection())
+        return connections[-1]
+
+    client = DeepgramClient(
+        "CA1", 1, settings=CallSettings(deepgram_api_key="k", max_reconnects=8), hub=InMemoryHub(), connect=connect
+    )
+    client.policy._rng = random.Random(0)
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run, receive)
+        for n in range(600):  # 60 s of live audio
+            await send.send(window(n))
+            await trio.sleep(0.1)
+        await send.aclose()
+
+    replayed_s = sum(c.audio for c in connections) / 8000
+    assert len(connections) <= 9, (
+        f"{len(connections)} connections in 60 s without a single final, {replayed_s:.0f} s of audio streamed"
+        f" for 60 s of call; error={client.error!r}"
+    )
