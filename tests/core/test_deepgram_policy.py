@@ -213,6 +213,14 @@ def test_a_connection_that_produced_nothing_does_not_start_the_count_again() -> 
     )
 
 
+def test_a_silent_connection_is_a_lost_connection() -> None:
+    p = policy(max_retries=2)
+    p.opened(0.0)
+    decision = reconnect(p.silent(30.0, 30.0))
+    assert decision.retry == 1
+    assert p.cause == "Deepgram connection lost: no message for 30 s while audio was sent"
+
+
 def test_a_stalled_send_is_a_lost_connection() -> None:
     p = policy()
     p.opened(0.0)

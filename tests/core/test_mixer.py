@@ -295,7 +295,7 @@ def _feed_mono(mixer: Mixer, timestamps: list[int]) -> bytes:
 
 def test_mixer_one_clock_jump_is_counted_once() -> None:
     """One jump of Twilio's clock (60 s) followed by 1 s of ordinary frames: `resyncs` (the metric
-    callscribe_twilio_timestamp_jumps_total) should be 1; every frame after the jump is counted."""
+    callscribe_twilio_timestamp_jumps_total) is 1 (every frame after the jump used to count)."""
     mixer = Mixer(1)
     _feed_mono(mixer, [20 * n for n in range(50)] + [60_000 + 20 * n for n in range(50)])
     assert mixer.resyncs == 1
@@ -303,9 +303,8 @@ def test_mixer_one_clock_jump_is_counted_once() -> None:
 
 def test_mixer_after_a_clock_jump_a_later_gap_is_still_padded() -> None:
     """After the jump the timeline must go on from the new anchor: a later 400 ms gap in the
-    timestamps (frames lost) is padded with silence as it is without the jump. After a jump,
-    every frame's gap stays > max_gap, so placement is off for the rest of the call: gaps are not
-    padded (the rest of the call's times shift), overlaps are not dropped."""
+    timestamps (frames lost) is padded with silence as it is without the jump. (Without the new
+    anchor every later frame's gap stayed > max_gap: gaps were not padded, overlaps not dropped.)"""
     before = [20 * n for n in range(50)]
     after = [20 * n for n in range(50, 100) if not 60 <= n < 80]  # 400 ms of frames lost
     without_jump = Mixer(1)

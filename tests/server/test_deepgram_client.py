@@ -56,9 +56,9 @@ async def test_a_window_being_sent_when_a_full_backlog_drops_it_leaves_no_hole_i
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """After an outage that filled the backlog, the replay's first window is the oldest one kept; a
-    live window appended while it is being sent pushes it out (counted lost although it went out),
-    and mark_sent then moves sent_until one window further: the window after it is never sent, never
-    counted lost, and every later time of the connection is 100 ms off."""
+    live window appended while it is being sent pushes it out of the backlog. It used to be counted
+    lost although it went out, and the window after it was skipped: never sent, never counted lost,
+    every later time of the connection 100 ms off."""
     connections: list[SlowFirstSendConnection] = []
 
     async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SlowFirstSendConnection:
@@ -121,8 +121,8 @@ async def test_connections_that_only_ever_give_interims_are_not_retried_forever(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     """Every connection fails the same way before any final: nothing is ever covered, the same
-    backlog is replayed each time. An interim counts as 'productive', so the retry count is reset
-    to 1 at every loss: the client never gives up and never backs off (a retry every ~0.25-0.5 s)."""
+    backlog is replayed each time. When an interim counted as progress, the retry count went back
+    to 1 at every loss: the client never gave up and never backed off (a retry every ~0.25-0.5 s)."""
     connections: list[InterimThenDropConnection] = []
 
     async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> InterimThenDropConnection:
@@ -146,3 +146,84 @@ async def test_connections_that_only_ever_give_interims_are_not_retried_forever(
         f"{len(connections)} connections in 60 s without a single final, {replayed_s:.0f} s of audio streamed"
         f" for 60 s of call; error={client.error!r}"
     )
+
+
+class SilentConnection:
+    """Accepts the handshake and every message, and never says anything (a hung Deepgram)."""
+
+    def __init__(self) -> None:
+        self.audio = 0
+        self.control: list[str] = []
+
+    async def send_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self.audio += len(message)
+        else:
+            self.control.append(message)
+
+    async def get_message(self) -> str:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_a_deepgram_that_accepts_and_never_answers_is_lost_and_reconnected(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """90 s of call audio go to connections that accept it and never send a single message. It used
+    to go unnoticed: one connection, no notice, no error, nothing counted lost, while the backlog
+    (60 s) quietly let go of audio that was never transcribed."""
+    connections: list[SilentConnection] = []
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SilentConnection:
+        connections.append(SilentConnection())
+        return connections[-1]
+
+    hub = InMemoryHub()
+    await hub.register_call("CA1")
+    notices: list[str] = []
+    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=hub, connect=connect)
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with hub.subscribe("CA1") as subscription, trio.open_nursery() as nursery:
+
+        async def collect() -> None:
+            async for message in subscription:
+                notices.append(message)
+
+        nursery.start_soon(collect)
+        nursery.start_soon(client.run, receive)
+        for n in range(900):  # 90 s of live audio
+            await send.send(window(n))
+            await trio.sleep(0.1)
+        await send.aclose()
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+
+    # After 30 s of audio without a word the connection is taken as lost: subscribers are told,
+    # and the audio it never transcribed is replayed on the next one (the backlog still holds it).
+    assert len(connections) >= 2
+    assert 290 * WINDOW <= connections[0].audio <= 310 * WINDOW
+    assert connections[1].audio > connections[0].audio - 10 * WINDOW  # replayed from the start
+    assert any('"Reconnecting"' in notice for notice in notices), notices
+
+
+async def test_a_quiet_deepgram_while_no_audio_flows_is_kept(autojump_clock: trio.abc.Clock) -> None:
+    # Twilio sent nothing for a minute (the call is live): Deepgram has nothing to say either, and
+    # KeepAlive keeps the connection; only silence while audio goes to it counts as lost.
+    connections: list[SilentConnection] = []
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SilentConnection:
+        connections.append(SilentConnection())
+        return connections[-1]
+
+    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=InMemoryHub(), connect=connect)
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run, receive)
+        await send.send(window(0))
+        await trio.sleep(60)
+        assert len(connections) == 1 and client.error == ""
+        assert connections[0].control.count('{"type":"KeepAlive"}') >= 10
+        nursery.cancel_scope.cancel()

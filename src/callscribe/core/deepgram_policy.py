@@ -212,6 +212,10 @@ class DeepgramPolicy:
         """The open connection ended before the call did (`cause`: e.g. "closed with 1011 NET-0000")."""
         return self._failed(now, f"Deepgram connection lost: {cause}")
 
+    def silent(self, now: float, quiet_s: float) -> Decision:
+        """The open connection said nothing for `quiet_s` while audio went to it (accepted, then hung)."""
+        return self._failed(now, f"Deepgram connection lost: no message for {quiet_s:g} s while audio was sent")
+
     def send_stalled(self, now: float, stalled_s: float) -> Decision:
         """A send on the open connection did not complete within `stalled_s`."""
         return self._failed(now, f"Deepgram connection lost: a send stalled for {stalled_s:g} s")

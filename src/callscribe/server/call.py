@@ -67,6 +67,9 @@ class CallSettings:
     finalize_timeout_s: float = 5.0
     start_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
+    answer_timeout_s: float = 30.0
+    """A Deepgram connection that says nothing at all for this long while audio goes to it is taken
+    as lost (Deepgram sends results, empty ones for silence, every few seconds of audio)."""
     backlog_s: float = 60.0
     max_reconnects: int = 8
     """Retries in a row after a failure (CALLSCRIBE_DEEPGRAM_RETRIES): a call gives up on Deepgram after

@@ -17,6 +17,7 @@ Giving up abandons the backlog: the audio Deepgram never got is counted as lost.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,7 +55,18 @@ class SendStalled(Exception):
     """A send to Deepgram did not complete within `send_timeout_s`."""
 
 
-_FAILURES = (trio_websocket.ConnectionRejected, ConnectFailed, SendStalled, DeepgramLost, trio_websocket.HandshakeError)
+class DeepgramSilent(Exception):
+    """The open connection said nothing for `answer_timeout_s` while audio went to it."""
+
+
+_FAILURES = (
+    trio_websocket.ConnectionRejected,
+    ConnectFailed,
+    SendStalled,
+    DeepgramSilent,
+    DeepgramLost,
+    trio_websocket.HandshakeError,
+)
 """What ends an attempt, most telling first: when several of a connection's tasks fail, the kind listed first is
 reported (a refusal rather than the reader's HandshakeError, a stalled send rather than the close that followed)."""
 
@@ -92,6 +104,8 @@ class DeepgramClient:
         self.error = ""
         """Why transcription was given up, if it was."""
         self._all_audio_in = False
+        self._audio_sent_at = -math.inf
+        """When audio last went to Deepgram (trio's clock)."""
         """The mixer's last window is in the backlog: after it, only CloseStream is left to send."""
         self._audio_ready = trio.Event()
         self._waiting: trio.CancelScope | None = None
@@ -195,6 +209,8 @@ class DeepgramClient:
             return policy.connect_failed(now, str(failure))
         if isinstance(failure, SendStalled):
             return policy.send_stalled(now, self.settings.send_timeout_s)
+        if isinstance(failure, DeepgramSilent):
+            return policy.silent(now, self.settings.answer_timeout_s)
         if isinstance(failure, DeepgramLost):
             return policy.lost(now, str(failure))
         return policy.connect_failed(now, f"WebSocket handshake failed: {describe_failure(failure)}")
@@ -254,7 +270,7 @@ class DeepgramClient:
                 await trio.sleep(wait)
             await self._send(connection, stream.send_audio(window))
             backlog.mark_sent(window)
-            last_sent = trio.current_time()
+            last_sent = self._audio_sent_at = trio.current_time()
         await self._send(connection, stream.send_close_stream())
 
     async def _send(self, connection: DeepgramConnection, message: str | bytes) -> None:
@@ -275,8 +291,18 @@ class DeepgramClient:
         policy = self.policy
         try:
             while stream.state is not DeepgramState.FINISHED:
+                # While audio goes to it, a Deepgram that accepted the connection and then says
+                # nothing (not even an empty result) is lost; after CloseStream, the finalize
+                # timeout bounds the wait instead.
+                quiet_s = self.settings.answer_timeout_s if stream.state is DeepgramState.STREAMING else math.inf
+                since = trio.current_time()
                 try:
-                    message = await connection.get_message()
+                    with trio.move_on_after(quiet_s) as quiet:
+                        message = await connection.get_message()
+                    if quiet.cancelled_caught:
+                        if self._audio_sent_at > since:
+                            raise DeepgramSilent()
+                        continue  # no audio either (Twilio sent none): KeepAlive keeps it open
                 except trio_websocket.ConnectionClosed as closed:
                     if stream.state is DeepgramState.STREAMING or not _normal_closure(closed):
                         raise DeepgramLost(_close_text(closed)) from None
