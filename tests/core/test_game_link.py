@@ -135,6 +135,22 @@ def test_lost_envelopes_are_told_to_the_game_and_the_patch_goes_on() -> None:
     assert out[1] == ForGame("arrived")
 
 
+def test_lost_commands_of_the_game_are_told_to_the_game_by_the_calls_end() -> None:
+    # A Say lost on the way would leave the game waiting for its SpeechDone for ever.
+    call, game = linked()
+    game.command(SAY, "lost")  # never delivered
+    second = game.command(SAY, "arrived")
+    assert second is not None
+    assert call.receive(second) == (SAY, "arrived")
+    notice = call.lost_notice()
+    assert notice is not None and notice.kind == TO_GAME
+    out = game.receive(notice, busy=False)[0]
+    assert json.loads(out[0].message)["message"].startswith("1 message(s) of the game were lost between servers")
+    assert call.lost_notice() is None  # said once
+    third = game.command(CLEAR)
+    assert third is not None and call.receive(third) == (CLEAR, "") and call.lost_notice() is None
+
+
 def test_a_game_that_leaves_frees_the_call_and_nothing_more_comes_from_it() -> None:
     call, game = linked()
     left = game.left()

@@ -21,8 +21,8 @@ from callscribe.core.audio import generate_tone
 from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import DeepgramStream
 from callscribe.core.game_link import CallEnd, Envelope
-from callscribe.core.patch import KEYPAD_PAUSE_S
-from callscribe.server.games import Game, GamePatch, GameRegistry, GameSettings
+from callscribe.core.patch import KEYPAD_PAUSE_S, CodeHeard
+from callscribe.server.games import CodeHolder, Game, GamePatch, GameRegistry, GameSettings
 from callscribe.server.hub import Subscription
 from callscribe.server.remote_games import RemoteGames
 from callscribe.testing.call_runner import SimulationReport
@@ -501,3 +501,59 @@ async def test_route_game_sends_every_call_to_games(
         await run_call(server.url("/twilio"), spec, speed=2.0, bidirectional=True)
     assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
     server.stop.set()
+
+
+async def test_a_say_lost_between_processes_is_reported_to_the_game() -> None:
+    """Game on B, call on A. B's first Say envelope is lost (outbox full / Redis down); the next
+    arrives with a gap in its numbering: the game is told, as it is of the call's lost messages
+    (it used to wait for the lost Say's SpeechDone for ever)."""
+
+    class Held:
+        def __init__(self, holder: CodeHolder) -> None:
+            self.pool, self._holder = CodePool(["42"]), holder
+
+        async def claim(self, game_id: str) -> str | None:
+            return None
+
+        def release(self, code: str, game_id: str) -> None:
+            pass
+
+        def holder(self, code: str) -> CodeHolder | None:
+            return self._holder
+
+    registry_b = GameRegistry(GameSettings(), None, CodePool(["42"]))
+    game = await registry_b.join("peer")
+    assert game is not None
+    registry_a = GameRegistry(GameSettings(), object(), codes=Held(CodeHolder("bbbbbbbb", game.game_id)))  # type: ignore[arg-type]
+    lose_next = False
+
+    def a_sends(origin: str, envelope: Envelope) -> None:
+        links_b.receive(envelope)
+
+    def b_sends(origin: str, envelope: Envelope) -> None:
+        nonlocal lose_next
+        if lose_next:
+            lose_next = False
+            return  # lost between the processes
+        links_a.receive(envelope)
+
+    links_a = RemoteGames(registry_a, "aaaaaaaa", a_sends)
+    links_b = RemoteGames(registry_b, "bbbbbbbb", b_sends)
+
+    async def to_twilio(message: str) -> None:
+        pass
+
+    patch = registry_a.patch_for("CA1", "MZ1", to_twilio)
+    patch._connect(CodeHeard("42", "spoken"))
+    assert game.patch is not None  # patched across the two processes
+    lose_next = True
+    game.command(json.dumps({"type": "Say", "text": "first sentence"}))
+    game.command(json.dumps({"type": "Say", "text": "second sentence"}))
+    assert list(patch.machine._sentences) == ["second sentence"]  # the first is gone
+    received = []
+    while True:
+        try:
+            received.append(json.loads(game.outbox._receive.receive_nowait()))
+        except trio.WouldBlock:
+            break
+    assert any(m.get("type") == "Error" for m in received), f"the game got only {[m['type'] for m in received]}"

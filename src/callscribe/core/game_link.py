@@ -130,6 +130,7 @@ class CallEnd:
         self.game_id, self.game_origin = game_id, game_origin
         self.open = True
         self._numbers = _Numbering()
+        self._lost_from_game = 0
 
     def _envelope(self, kind: str, text: str = "", droppable: bool = False) -> Envelope:
         return Envelope(kind, self.call_sid, self.game_id, self.origin, self._numbers.next(), text, droppable)
@@ -156,12 +157,23 @@ class CallEnd:
             return None
         if (envelope.call_sid, envelope.game_id, envelope.origin) != (self.call_sid, self.game_id, self.game_origin):
             return None
-        if self._numbers.check(envelope.seq) is None:
+        lost = self._numbers.check(envelope.seq)
+        if lost is None:
             return None
+        self._lost_from_game += lost
         if envelope.kind in (LEFT, REFUSED):
             self.open = False
             return (LEFT, envelope.text)
         return (envelope.kind, envelope.text)
+
+    def lost_notice(self) -> Envelope | None:
+        """After `receive`: an Error for the game when envelopes it sent were lost on the way (a Say
+        or Clear that never reached the call, so no SpeechDone will come for it); None otherwise."""
+        lost, self._lost_from_game = self._lost_from_game, 0
+        if not lost:
+            return None
+        text = f"{lost} message(s) of the game were lost between servers: a Say or Clear did not reach the call"
+        return self.to_game(game_messages.error_message(text), False)
 
     def peer_gone(self) -> tuple[str, str] | None:
         """The game's process died: the patch is let go (like the game leaving)."""

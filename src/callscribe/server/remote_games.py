@@ -110,6 +110,9 @@ class RemoteGames:
         action = remote.end.receive(envelope) if remote is not None else None
         if remote is None or action is None:
             return
+        notice = remote.end.lost_notice()
+        if notice is not None:
+            self.send(remote.origin, notice)
         kind, text = action
         if kind == SAY:
             remote.patch.say(text)
