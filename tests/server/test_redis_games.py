@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
+import coredis
 import pytest
 import trio
 import trio_websocket
 
-from callscribe.server.games import GameSettings
+from callscribe.core.codes import CodePool
+from callscribe.server.games import GameRegistry, GameSettings
+from callscribe.server.redis_games import RedisGames
+from callscribe.server.redis_hub import RedisHub
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import run_call
 from conftest import API_KEY, RunningServer, start_server, stop_servers
 from game_client import GameClient, game_call, play, say_when_connected
-from redis_server import needs_redis
+from redis_server import RedisServer, needs_redis
 
 pytestmark = needs_redis
 PHONE = "+15550002222"
@@ -112,3 +118,66 @@ async def test_barge_in_across_processes(
     assert 0 < len(report.playback.audio) < len(aura.expected_audio("A very long story " * 20))
     assert game.messages[-1]["type"] == "CallEnded"
     await stop_servers(a, c)
+
+
+@asynccontextmanager
+async def hub_with_games(url: str, codes: list[str], **options: float) -> AsyncIterator[tuple[RedisHub, GameRegistry]]:
+    """A RedisHub and a Redis-backed game registry of the test's own, running until the block ends."""
+    async with trio.open_nursery() as nursery:
+        hub = RedisHub(url, **options)  # type: ignore[arg-type]
+        registry = GameRegistry(GameSettings(), None, CodePool(codes))
+        RedisGames(hub, registry)
+        await nursery.start(hub.run)
+        yield hub, registry
+        nursery.cancel_scope.cancel()
+
+
+async def until(predicate: Callable[[], bool], within_s: float) -> None:
+    with trio.fail_after(within_s):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def until_held_in_redis(url: str, code: str, held: bool, within_s: float) -> None:
+    """Wait until Redis says `code` is (or is not) held by someone."""
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        with trio.fail_after(within_s):
+            while (await client.hget("callscribe:codes", code) is not None) != held:
+                await trio.sleep(0.05)
+
+
+async def test_a_game_code_whose_release_was_dropped_is_released_later(
+    redis_server: RedisServer,
+) -> None:
+    """The game left during an outage: its release through the outbox was dropped. It is sent
+    again with the lease (it used to stay held, in this live process's name, for ever)."""
+    async with hub_with_games(redis_server.url, ["42"], lease_s=3.0) as (a, games_a):
+        game = await games_a.join("peer")
+        assert game is not None and game.code == "42"
+        redis_server.pause()
+        await a.publish("CA-x", "{}")  # any write: Redis is found hung
+        await until(lambda: a.link.down, 5)
+        games_a.leave(game)  # its code's release is dropped
+        redis_server.resume()
+        await until(lambda: not a.link.down, 10)
+        await until_held_in_redis(redis_server.url, "42", held=False, within_s=10)  # the lease's renewal
+        async with hub_with_games(redis_server.url, ["42"], lease_s=3.0) as (_, games_b):
+            again = await games_b.join("other peer")
+        assert again is not None, "the only code is still held by a game that left long ago"
+
+
+async def test_after_redis_restarts_empty_a_held_code_is_held_again(redis_server: RedisServer) -> None:
+    """Redis restarted (empty): the codes of live games are held again on its return, as the calls
+    are vouched for (another process used to claim the code a live game still held)."""
+    async with hub_with_games(redis_server.url, ["42"]) as (a, games_a):
+        first = await games_a.join("peer")
+        assert first is not None and first.code == "42"
+        await redis_server.kill()
+        await redis_server.start()
+        await a.publish("CA-x", "{}")  # any write: the restart is noticed
+        await until(lambda: a.link.down, 5)
+        await until(lambda: not a.link.down, 10)
+        await until_held_in_redis(redis_server.url, "42", held=True, within_s=10)  # held again by A's game
+        async with hub_with_games(redis_server.url, ["42"]) as (_, games_b):
+            second = await games_b.join("other peer")
+        assert second is None, f"code {second.code if second else ''} given to a second game while A's game holds it"

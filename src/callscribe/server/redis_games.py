@@ -3,7 +3,9 @@
 - `{prefix}:codes`           hash: code -> "origin game-id" of the game holding it. A claim (one
                              script) takes the first of the claimer's shuffled codes that nobody
                              holds, or whose holder's process is dead (not vouched for within the
-                             lease, redis_link.py): a process that dies frees its codes.
+                             lease, redis_link.py): a process that dies frees its codes. With
+                             the lease, a process holds its games' codes again where Redis lost
+                             them (it restarted empty) and re-sends releases an outage dropped.
 - `{prefix}:codes:changed`   pub/sub: a code was claimed or released; every process then reloads
                              the held codes into its replica, the `CodePool` its patch machines
                              match against (also every watch interval, which drops the codes of
@@ -71,10 +73,16 @@ class RedisCodes:
         self._hub, self._link = hub, hub.link
         self._rng = rng or random.Random()
         self._held: dict[str, CodeHolder] = {}
+        self._mine: dict[str, str] = {}
+        """The codes this process's games hold (code -> game id), whatever Redis says."""
+        self._claiming: set[str] = set()  # game ids whose claim is on its way
+        self._unreleased: dict[str, str] = {}
+        """Releases that never reached Redis (code -> "origin game-id"), sent again at the next renewal."""
         self.changes = trio.Event()
         """Set when another process claimed or released a code."""
         for script in (CLAIM, RELEASE):
             self._link.register_script(script)
+        self._link.renewals.append(self.renew)
 
     async def claim(self, game_id: str) -> str | None:
         link = self._link
@@ -83,6 +91,7 @@ class RedisCodes:
         candidates = list(self.pool.codes)
         self._rng.shuffle(candidates)
         keys = [link.key("codes"), link.key("processes"), link.key("codes", "changed")]
+        self._claiming.add(game_id)
         try:
             with link.deadline():
                 code = await link.client.evalsha(
@@ -90,24 +99,53 @@ class RedisCodes:
                 )
         except REDIS_ERRORS as error:
             raise link.unavailable("claiming a game code", error) from error
+        finally:
+            self._claiming.discard(game_id)
         if code is None:
             return None
         self._held[str(code)] = CodeHolder(link.origin, game_id)
+        self._mine[str(code)] = game_id
         self.pool.hold_exactly(self._held)
         return str(code)
 
     def release(self, code: str, game_id: str) -> None:
         link = self._link
-        owner = f"{link.origin} {game_id}"
         if self._held.get(code) == CodeHolder(link.origin, game_id):
             del self._held[code]
             self.pool.hold_exactly(self._held)
-        keys = [link.key("codes"), link.key("codes", "changed")]
+        if self._mine.get(code) == game_id:
+            del self._mine[code]
+        self._send_release(code, f"{link.origin} {game_id}")
+
+    def _send_release(self, code: str, owner: str) -> None:
+        keys = [self._link.key("codes"), self._link.key("codes", "changed")]
 
         def stage(pipe: Pipeline) -> None:
-            pipe.evalsha(link.script(RELEASE), keys, [code, owner])
+            pipe.evalsha(self._link.script(RELEASE), keys, [code, owner])
 
-        self._hub.outbox.put(Write(stage))
+        def dropped() -> None:  # (an outage, a full outbox): or the code would stay held for ever
+            self._unreleased[code] = owner
+
+        self._hub.outbox.put(Write(stage, None, dropped))
+
+    async def renew(self) -> None:
+        """With the lease (and when Redis is back): send again the releases that never reached
+        Redis, and hold again the codes of this process's games that nobody holds in Redis (it
+        restarted empty), so that no other process gives them to a second game."""
+        pending, self._unreleased = self._unreleased, {}
+        for code, owner in pending.items():
+            self._send_release(code, owner)
+        if not self._mine:
+            return
+        link = self._link
+        owners = {code: f"{link.origin} {game_id}" for code, game_id in self._mine.items()}
+        try:
+            with link.deadline():
+                async with link.client.pipeline(transaction=False) as pipe:
+                    for code, owner in owners.items():
+                        pipe.hsetnx(link.key("codes"), code, owner)
+        except REDIS_ERRORS as error:
+            link.failed("renewing the game codes", error)
 
     def holder(self, code: str) -> CodeHolder | None:
         holder = self._held.get(code)
@@ -129,8 +167,12 @@ class RedisCodes:
         replica = {}
         for code, owner in held.items():
             origin, _, game_id = owner.partition(" ")
-            if origin in live:
+            if origin == link.origin and self._mine.get(code) != game_id and game_id not in self._claiming:
+                self._send_release(code, owner)  # held in this process's name by no game of it
+            elif origin in live:
                 replica[code] = CodeHolder(origin, game_id)
+        for code, game_id in self._mine.items():  # this process's games hold them, whatever Redis says
+            replica[code] = CodeHolder(link.origin, game_id)
         self._held = replica
         self.pool.hold_exactly(replica)
         return {str(origin) for origin in live}
