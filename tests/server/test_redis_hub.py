@@ -17,7 +17,7 @@ import trio
 import trio_websocket
 
 from callscribe.core.audio import generate_tone
-from callscribe.server import redis_hub
+from callscribe.server import redis_hub, redis_link
 from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
 from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
@@ -192,6 +192,29 @@ async def test_publish_register_and_unregister_never_wait_for_a_hung_redis(
         assert count_logged(caplog, "Redis is unavailable") == 1
         redis_server.resume()
         await until_logged(caplog, "Redis is back", PROBE_INTERVAL_S + COMMAND_TIMEOUT_S + 1)
+
+
+async def test_a_dead_processs_unfollowed_calls_and_the_process_leave_the_registry(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nobody followed the dead process's call, so nobody buried it: the live processes' lease
+    # renewals forget it (and the process) once its history could no longer be resumed.
+    monkeypatch.setattr(redis_link, "FORGOTTEN_AFTER_S", 0.0)  # from a lease after the last vouch
+    async with running_hub(redis_server.url, lease_s=1.0) as a:
+        await a.register_call("CA-dead")
+        await a.written()
+        dead = a.link.origin
+    async with (
+        running_hub(redis_server.url, lease_s=1.0) as b,
+        coredis.Redis.from_url(redis_server.url, decode_responses=True) as client,
+    ):
+        with trio.fail_after(10):
+            while (
+                await client.zscore("callscribe:calls", "CA-dead") is not None
+                or await client.zscore("callscribe:processes", dead) is not None
+            ):
+                await trio.sleep(0.1)
+        assert await client.zscore("callscribe:processes", b.link.origin) is not None  # the living stay
 
 
 async def test_a_hung_redis_never_delays_a_call(

@@ -29,7 +29,7 @@ import coredis.retry
 import trio
 
 from callscribe.core.fanout import ORIGIN_LENGTH
-from callscribe.server.hub import HubUnavailable
+from callscribe.server.hub import RESUME_WINDOW_S, HubUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 """Deadline to connect when serve.py checks Redis at start-up."""
 LEASE_S = 30.0
+FORGOTTEN_AFTER_S = RESUME_WINDOW_S
+"""Calls and processes not vouched for in this long (plus the lease) leave the registry: the
+history of a dead process's call has expired by then, and nobody can resume it."""
 """A process that dies is noticed within this long (its calls end, its codes are freed)."""
 REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)
 """What a failed or unanswered command raises (TimeoutError is an OSError)."""
@@ -200,9 +203,15 @@ class RedisLink:
         """Say this process is alive, and renew what it holds."""
         if self.down:
             return
+        now = time.time()
+        forgotten = now - (FORGOTTEN_AFTER_S + self.lease_s)
         try:
             with self.deadline():
-                await self.client.zadd(self.key("processes"), {self.origin: time.time()})
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self.key("processes"), {self.origin: now})
+                    # Dead processes, and calls nobody buried (none followed them), would stay for ever.
+                    pipe.zremrangebyscore(self.key("processes"), -math.inf, forgotten)
+                    pipe.zremrangebyscore(self.key("calls"), -math.inf, forgotten)
         except REDIS_ERRORS as error:
             self.failed("renewing the lease", error)
             return
