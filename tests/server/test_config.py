@@ -153,3 +153,9 @@ def test_store_and_webhook_settings() -> None:
 def test_bad_store_settings_are_one_line(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         settings_from(flags(), {"DEEPGRAM_API_KEY": "k"} | environ)
+
+
+@pytest.mark.parametrize("environ", [{"CALLSCRIBE_WORKERS": "²"}, {"PROXY_URL": "127.0.0.1:50²"}])
+def test_a_superscript_digit_is_a_config_error(environ: dict[str, str]) -> None:  # str.isdigit takes it, int does not
+    with pytest.raises(ConfigError):
+        settings_from(argparse.Namespace(), {"DEEPGRAM_API_KEY": "k", **environ})

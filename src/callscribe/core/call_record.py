@@ -85,7 +85,8 @@ def call_start(
     """The record of a call that starts now, from its `start` message."""
 
     def parameter(name: str) -> str | None:
-        value = parameters.get(name, "").strip()
+        # NUL as U+FFFD: PostgreSQL keeps no NUL in text, and would refuse the whole call.
+        value = parameters.get(name, "").strip().replace("\0", "\ufffd")
         return value[:64] or None
 
     return CallStart(

@@ -144,7 +144,7 @@ def parse_final(raw: str | bytes, seq: int, labels: SpeakerLabels = DEFAULT_LABE
     timed = [word for word in best.words if word.start is not None and word.end is not None]
     if timed:
         start, end = timed[0].start, timed[-1].end  # type: ignore[assignment]
-    text = " ".join(best.transcript.split())
+    text = " ".join(best.transcript.split()).replace("\0", "\ufffd")  # PostgreSQL keeps no NUL in text
     return Utterance(
         seq=seq,
         channel=max(0, channel),

@@ -72,7 +72,7 @@ class ServerSettings:
 def parse_host_port(text: str, name: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not host or not _digits(port_text) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{name} must be host:port (like 127.0.0.1:5000 or 0.0.0.0:443), not {text!r}")
     return host, int(port_text)
 
@@ -279,7 +279,7 @@ def _workers(text: str) -> int:
     """`CALLSCRIBE_WORKERS`: a count from 1 to 64, or auto (the CPU cores this process may use)."""
     if text.strip().lower() == "auto":
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+    if not _digits(text.strip()) or not 1 <= int(text) <= 64:
         raise ConfigError(f"CALLSCRIBE_WORKERS must be a number from 1 to 64, or auto, not {text!r}")
     return int(text)
 
@@ -296,3 +296,8 @@ def _webhook_url(url: str) -> str:
     except httpx.InvalidURL as error:
         raise ValueError(f"webhook URL {url!r} is not a valid URL: {error}") from None
     return checked
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` takes "²", which `int` refuses."""
+    return text.isascii() and text.isdigit()

@@ -129,6 +129,9 @@ class PostgresEngine(SqlEngine):
         except StoreError:
             self.close()
             raise
+        except psycopg.Error as error:  # e.g. no CREATE on schema public (PostgreSQL 15), a read-only standby
+            self.close()
+            raise StoreError(f"cannot open the store at {self.where}: {_first_line(error)}") from None
 
     def close(self) -> None:
         if self._pool is not None:

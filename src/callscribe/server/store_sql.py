@@ -142,7 +142,11 @@ class SqlEngine(SqlOutbox):
 
     def heartbeat(self, instance: str, now: float) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, instance))
+            updated = db.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, instance))
+            if not updated.rowcount:  # declared gone once (a missed lease): it lives on, so are its new calls
+                db.execute(
+                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, ?, ?)", (instance, now, now)
+                )
 
     def reap(self, instance: str, now: float, lease_s: float, events: EventSettings) -> list[str]:
         closed: list[str] = []

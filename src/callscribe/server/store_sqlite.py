@@ -102,7 +102,8 @@ class SqliteEngine(SqlEngine):
             raise StoreError(f"{self.path} is not a callscribe store: {error}") from None
 
     def _take_lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        real = self.path.resolve()  # one lock for the file, whatever link it is opened through
+        lock_path = real.with_name(real.name + ".lock")
         try:
             lock = open(lock_path, "a+")  # held open while the server runs
         except OSError as error:
