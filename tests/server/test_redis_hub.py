@@ -217,6 +217,44 @@ async def test_a_dead_processs_unfollowed_calls_and_the_process_leave_the_regist
         assert await client.zscore("callscribe:processes", b.link.origin) is not None  # the living stay
 
 
+async def test_messages_that_never_reached_redis_are_told_to_subscribers_elsewhere(
+    redis_server: RedisServer,
+) -> None:
+    # The call's process drops its writes while Redis hangs; a subscriber on another process used
+    # to see the call end normally with a hole in it. Once Redis is back it is told.
+    async with running_hub(redis_server.url) as a, running_hub(redis_server.url) as b:
+        await a.register_call("CA1")
+        await a.written()
+        got: list[str] = []
+        async with b.subscribe("CA1", ids=True) as subscription:
+            messages = aiter(subscription)
+            await a.publish("CA1", json.dumps({"type": "Results", "n": 0}))
+            with trio.fail_after(5):
+                got.append(await anext(messages))
+            redis_server.pause()
+            await a.publish("CA1", json.dumps({"type": "Results", "n": 1}))  # its write times out
+            await until_logged_down(a)
+            await a.publish("CA1", json.dumps({"type": "Results", "n": 2}))  # Redis down: dropped
+            redis_server.resume()
+            with trio.fail_after(10):
+                while a.link.down or b.link.down:
+                    await trio.sleep(0.02)
+            await a.publish("CA1", json.dumps({"type": "Results", "n": 3}))
+            await a.unregister_call("CA1")
+            with trio.fail_after(10):
+                got += [message async for message in messages]
+    parsed = [json.loads(m) for m in got]
+    errors = [m["message"] for m in parsed if m.get("type") == "Error"]
+    assert [m.get("n") for m in parsed if m.get("type") == "Results"][-1] == 3
+    assert errors and "did not reach Redis while it was unavailable" in errors[0], parsed
+
+
+async def until_logged_down(hub: RedisHub) -> None:
+    with trio.fail_after(COMMAND_TIMEOUT_S + 5):
+        while not hub.link.down:
+            await trio.sleep(0.02)
+
+
 async def test_a_hung_redis_never_delays_a_call(
     nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,6 +35,7 @@ served to the end, and new subscribers are refused (`HubUnavailable`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,6 +91,18 @@ log = logging.getLogger(__name__)
 NOTICE_TTL_S = 24 * 3600
 
 
+def unkept_notice(call_sid: str, count: int) -> str:
+    return json.dumps(
+        {
+            "type": "Error",
+            "source": "callscribe",
+            "callSid": call_sid,
+            "message": f"{count} message(s) of the call did not reach Redis while it was unavailable:"
+            " subscribers on other servers, and resumed subscriptions, miss them",
+        }
+    )
+
+
 class RedisHub:
     def __init__(
         self,
@@ -120,6 +133,8 @@ class RedisHub:
         self.listener = self._listener
         """The pub/sub connection, which the Redis games share."""
         self._local_streams: dict[str, int] = {}
+        self._unkept: dict[str, int] = {}
+        """Per call: kept messages whose write never reached Redis (an outage, a full outbox)."""
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._listening: dict[str, trio.Event] = {}
         """Per followed call: set once the pub/sub connection is subscribed to its channel."""
@@ -201,14 +216,22 @@ class RedisHub:
         def stage_kept(pipe: Pipeline) -> None:
             pipe.evalsha(self.link.script(KEEP), keys, args)
 
-        self._outbox.put(Write(stage_kept))
+        def dropped() -> None:
+            self._unkept[call_sid] = self._unkept.get(call_sid, 0) + 1
+
+        self._outbox.put(Write(stage_kept, None, dropped))
 
     async def written(self) -> None:
         """Wait until every write queued so far has been sent to Redis (or dropped)."""
         await self._outbox.empty.wait()
 
     async def _renew(self) -> None:
-        """Keep this process's live calls listed, and their histories."""
+        """Keep this process's live calls listed, and their histories; tell the calls' subscribers
+        of the messages that never reached Redis (an outage): those elsewhere, and resumes, lack them."""
+        unkept, self._unkept = self._unkept, {}
+        for call_sid, count in unkept.items():
+            notice = unkept_notice(call_sid, count)
+            await self.publish(call_sid, notice)  # (dropped again: counted again, told next time)
         if not self._local_streams:
             return
         now = time.time()
