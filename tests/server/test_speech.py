@@ -291,3 +291,44 @@ async def test_espeak_cancellation_kills_the_process() -> None:
 async def test_espeak_blank_text_is_no_audio() -> None:
     with trio.fail_after(5):
         assert await speak(EspeakEngine(executable="no-such-espeak-program"), " ") == []
+
+
+async def test_an_aura_error_body_of_nested_json_is_a_speech_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, content=b"[" * 4096, headers={"content-type": "application/json"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        engine = AuraEngine("key", url="http://aura.test/v1/speak", client=client)
+        with pytest.raises(SpeechError, match="502"):
+            async with engine.synthesize("hello") as audio:
+                async for _ in audio:
+                    pass
+
+
+# -- 4. Each Say with Aura (as serve.py builds it) constructs an httpx.AsyncClient: synchronous SSL
+#       set-up that blocks the event loop of every call on the process
+
+
+async def test_aura_makes_its_http_client_once_not_per_say(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Making a client loads the CA bundle (30-60 ms on the event loop, holding up every call of the
+    # process): the engine makes one, when it is made, and every Say uses it.
+    aura = FakeAura(FakeAuraBehaviour(api_key="key"))
+    await nursery.start(aura.serve)
+    engine = engine_from_settings("key", prefer="aura", aura_url=aura.url)  # as serve.py makes it
+    made = 0
+    real = httpx.AsyncClient
+
+    def counting(*args: object, **kwargs: object) -> httpx.AsyncClient:
+        nonlocal made
+        made += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "AsyncClient", counting)
+    for _ in range(3):
+        async with engine.synthesize("Welcome to the game.") as audio:
+            assert [chunk async for chunk in audio]
+    assert made == 0 and len(aura.requests) == 3
+    assert isinstance(engine, AuraEngine)
+    await engine.aclose()

@@ -71,9 +71,15 @@ def public_url(headers: Headers, scheme: str, path: str, query: str, configured:
     WebSocket requests get ws/wss, HTTP requests http/https, matching what Twilio signs."""
     websocket = scheme in ("ws", "wss")
     if configured:
-        parts = urlsplit(configured)
+        parts = urlsplit(configured.strip())
         secure = parts.scheme in ("https", "wss")
-        base = f"{('wss' if secure else 'ws') if websocket else ('https' if secure else 'http')}://{parts.netloc}"
+        netloc = parts.netloc
+        if websocket:  # Twilio opens (and signs) the stream URL of our TwiML: its host in lower case
+            host = parts.hostname or ""
+            netloc = f"[{host}]" if ":" in host else host
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+        base = f"{('wss' if secure else 'ws') if websocket else ('https' if secure else 'http')}://{netloc}"
         base += parts.path.rstrip("/")
     else:
         proto = (headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()

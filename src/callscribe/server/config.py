@@ -152,7 +152,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
             f"CALLSCRIBE_LOG_LEVEL must be debug, info, warning or error, not {values['CALLSCRIBE_LOG_LEVEL']!r}"
         )
 
-    public_url = values["PUBLIC_URL"] or None
+    public_url = (values["PUBLIC_URL"] or "").strip() or None
     if public_url:
         try:
             stream_url(public_url)

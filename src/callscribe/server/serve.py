@@ -39,7 +39,7 @@ from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import Hub
 from callscribe.server.run_file import remove_run_file, write_run_file
-from callscribe.server.speech import engine_from_settings
+from callscribe.server.speech import AuraEngine, engine_from_settings
 from callscribe.server.store import StoreError, StoreSettings
 from callscribe.server.websocket import ReadTick
 
@@ -154,9 +154,11 @@ async def serve(
         )
         await _run(app, config, settings, trio.Event() if stop is None else stop, task_status)
     finally:
-        if store is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if store is not None:
                 await trio.to_thread.run_sync(store.engine.close)
+            if isinstance(speech, AuraEngine):
+                await speech.aclose()
     log.info("callscribe stopped")
 
 
