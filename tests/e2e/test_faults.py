@@ -153,9 +153,11 @@ async def test_a_stalled_subscriber_is_dropped_and_never_holds_up_the_others(nur
     assert dropped.at is not None
     # While the stalled subscriber held its connection (until it was dropped), every result
     # Deepgram sent reached the healthy one: nothing waited for the stalled peer. Only results
-    # sent in the last moments before the drop may still have been on their way.
+    # sent in the last half second before the drop may still have been on their way (this process
+    # runs the fake Deepgram, the server and both clients: a loaded machine delays its reads; a
+    # subscriber held up by the stalled one would get nothing for the whole second of the stall).
     arrived = dict(zip(healthy.messages, healthy.arrived_at, strict=True))
-    during_the_stall = [m for m, t in sent_at.items() if t < dropped.at - 0.2]
+    during_the_stall = [m for m, t in sent_at.items() if t < dropped.at - 0.5]
     # About ten (1 s of stall timeout, a result every 0.1 s); fewer when a loaded machine slows
     # this process, which runs the fake Deepgram too: enough that the stall was under way.
     assert len(during_the_stall) >= 5

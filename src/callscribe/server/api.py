@@ -18,7 +18,7 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from quart import Quart, Request, Response, jsonify, request
+from quart import Quart, Request, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from callscribe.core.access import Access, Verdict
@@ -173,8 +173,9 @@ def add_routes(app: Quart, api: CallsApi) -> None:
 
     async def json_for_api(failure: HTTPException) -> Response | HTTPException:
         """An unknown path or method under /api/, or a bug (500, its traceback logged), is answered
-        in JSON too; elsewhere as before."""
-        if request.path.startswith("/api/"):
+        in JSON too; elsewhere (a WebSocket upgrade to a path without a WebSocket route included:
+        there is no `request` then) as before."""
+        if has_request_context() and request.path.startswith("/api/"):
             return error(failure.code or 500, f"{failure.name}: {request.method} {request.path[:100]}")
         return failure
 

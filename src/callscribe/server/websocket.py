@@ -99,8 +99,11 @@ class ServedWebSocket:
         read_tick: ReadTick | None = None,
         query: str = "",
         what: str = "Twilio socket",
+        early: bytes = b"",
     ) -> None:
         self.peer = peer
+        self._early = early
+        """Bytes that came with the upgrade request, after its head: read before the socket."""
         self.query = query
         """The request's query string (after `?`)."""
         self._what = what
@@ -154,6 +157,9 @@ class ServedWebSocket:
         return self._pending.pop(0)
 
     async def _read(self) -> bytes:
+        if self._early:
+            data, self._early = self._early, b""
+            return data
         sock = self._fast_socket
         if sock is None:
             try:
@@ -454,6 +460,12 @@ async def accept_websocket(
     with `check`'s status and reason, or accept it. None when the connection is refused or is not
     a valid WebSocket upgrade (it has then been answered, e.g. 400, and should be closed)."""
     protocol = _ServerProtocol(max_size=max_message, logger=_protocol_log)
+    # Frames sent with the request (not RFC 6455's way, but seen) are read once the 101 is sent:
+    # given to the protocol now, a ping's pong would go out before the 101 and messages be lost.
+    end = head.find(b"\r\n\r\n")
+    early = b""
+    if end >= 0:
+        head, early = head[: end + 4], head[end + 4 :]
     protocol.receive_data(head)
     events = protocol.events_received()
     request = events[0] if events and isinstance(events[0], Request) else None
@@ -491,4 +503,5 @@ async def accept_websocket(
         read_tick=read_tick,
         query=request.path.partition("?")[2],
         what=what,
+        early=early,
     )
