@@ -249,6 +249,6 @@ class FakeAura:
             record.chunks_sent += 1  # counted first: the client may read it before send_all returns
             record.bytes_sent += len(chunk)
             await stream.send_all(conn.send(h11.Data(data=chunk)))
+        record.completed = True  # set first: the client may read the end before send_all returns
         await stream.send_all(conn.send(h11.EndOfMessage()))
-        record.completed = True
         return True
