@@ -142,7 +142,8 @@ def _healthcheck(args: argparse.Namespace) -> int:
         print(f"callscribe: {error}", file=sys.stderr)
         return 1
     try:
-        response = httpx.get(url, verify=False, timeout=HEALTHCHECK_TIMEOUT_S)
+        # trust_env=False: a proxy set for outgoing traffic (HTTP_PROXY...) must not carry this one.
+        response = httpx.get(url, verify=False, timeout=HEALTHCHECK_TIMEOUT_S, trust_env=False)
     except httpx.HTTPError as error:
         print(f"callscribe: {url}: {error or type(error).__name__}", file=sys.stderr)
         return 1

@@ -96,3 +96,12 @@ def test_receiver_urls() -> None:
     for bad in ("ftp://x/y", "hooks.example/in", "http:///nohost", "http://x:99999/"):
         with pytest.raises(ValueError, match="webhook URL"):
             check_receiver_url(bad)
+
+
+def test_receivers_alike_but_for_what_their_names_leave_out_get_distinct_names() -> None:
+    urls = ["https://hooks.example.com/calls?tenant=a", "https://u:p@hooks.example.com/calls", "https://b.example/x"]
+    assert webhooks.receiver_names(urls) == {
+        urls[0]: "https://hooks.example.com/calls",
+        urls[1]: "https://hooks.example.com/calls#2",
+        urls[2]: "https://b.example/x",
+    }

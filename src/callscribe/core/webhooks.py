@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -118,6 +118,22 @@ def receiver_name(url: str) -> str:
         host = f"[{host}]"
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def receiver_names(urls: Iterable[str]) -> dict[str, str]:
+    """`receiver_name` of each URL, made distinct: two receivers that differ only in what the name
+    leaves out get `#2`, `#3`... (one metric series each; Prometheus keeps one sample per label set)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for url in urls:
+        name = base = receiver_name(url)
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base}#{n}"
+        names[url] = name
+        taken.add(name)
+    return names
 
 
 def check_receiver_url(url: str) -> str:

@@ -18,6 +18,7 @@ Routes:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -355,7 +356,16 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(server.metrics.render(), mimetype=CONTENT_TYPE)
+        # With tokens required, so are they here (labels name webhook receivers, whose paths may
+        # hold their secrets); a token limited to one call is a viewer's, not a scraper's.
+        verdict, _ = server.access.check_client(request.headers, request.query_string.decode("latin-1"))
+        if not verdict.ok:
+            refusal, status = verdict.reason, 401 if "token" in verdict.reason else 403
+        elif verdict.call_sid is not None:
+            refusal, status = "a token limited to one call cannot read the metrics", 403
+        else:
+            return Response(server.metrics.render(), content_type=CONTENT_TYPE)
+        return Response(json.dumps({"error": refusal}), status=status, mimetype="application/json")
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, object], int]:

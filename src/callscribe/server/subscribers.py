@@ -139,7 +139,9 @@ class Subscribers:
                         nursery.cancel_scope.cancel()
                 finally:
                     self.stall.check_cut_off(ws, subscription)
-                    if subscription.close_code == CLOSE_POLICY:
+                    if subscription.close_code == CLOSE_POLICY and (subscription.close_reason or "").startswith(
+                        ("subscriber too slow", "subscriber stalled")
+                    ):  # (not the call's own 1008, e.g. Twilio's invalid frames, passed on)
                         self.supervisor.metrics.dropped.inc()
                     log.info(
                         "call %s: subscriber %s left after %d messages (%s)",

@@ -66,7 +66,7 @@ class WebhookDelivery:
         self.policy = store.events.policy
         self.secret = secret.encode() if secret else None
         self.stats = {receiver: ReceiverStats() for receiver in self.receivers}
-        self.names = {receiver: webhooks.receiver_name(receiver) for receiver in self.receivers}
+        self.names = webhooks.receiver_names(self.receivers)
         """Receivers as logs and metrics show them (no credentials, no query)."""
         self._transport = transport
         self._poll_s = poll_s
