@@ -16,8 +16,10 @@ import trio_websocket
 
 from callscribe.core.deepgram import CLOSE_STREAM, KEEPALIVE
 from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.games import GameRegistry, GameSettings
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.metrics import Metrics
+from callscribe.server.supervisor import Supervisor
 from callscribe.server.websocket_client import ConnectFailed
 
 CALL_SID = "CA00000000000000000000000000000001"
@@ -315,6 +317,37 @@ async def test_keepalive_every_5_seconds_without_audio(autojump_clock: trio.abc.
         assert h.deepgram.control == [KEEPALIVE, KEEPALIVE, KEEPALIVE]
         h.feed(STOP)
     assert h.deepgram.control[-1] == CLOSE_STREAM
+
+
+async def test_a_twilio_socket_silent_after_its_start_ends_its_call(autojump_clock: trio.abc.Clock) -> None:
+    # A connection dropped with no FIN or RST reads nothing for ever; Twilio sends every 20 ms.
+    # The call used to stay live (its Deepgram connection kept open by KeepAlive) until shutdown.
+    h = Harness(ScriptedDeepgram(channels=1))
+    async with h.running():
+        h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+        with trio.fail_after(CallSettings().media_timeout_s + 15):
+            await h.call.finished.wait()
+    why = (1008, f"no media for {CallSettings().media_timeout_s:g} s")
+    assert (h.call.close_code, h.call.close_reason) == why and h.close == why  # subscribers are told why
+    assert h.deepgram.control[-1] == CLOSE_STREAM and len(b"".join(h.deepgram.audio)) == 10 * 160
+
+
+async def test_a_call_started_just_before_a_shutdown_is_ended_with_1001_not_cut_off(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Live from when it is started, not from when its task first runs: a shutdown in between used
+    # to see no call, and cancel it with the calls' nursery (Twilio told 1000 "call ended").
+    h = Harness(ScriptedDeepgram(channels=1))
+    supervisor = Supervisor(h.call.settings, h.hub, GameRegistry(GameSettings(), speech=None), h.deepgram.connect)
+    h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        call = supervisor.start_call(h._read, None)  # what the /twilio handler does once accepting
+        await supervisor.shutdown(grace_s=10.0)  # SIGTERM's step, before the call's task has run
+        with trio.fail_after(30):
+            await call.finished.wait()
+    assert supervisor.calls == set()
+    assert (call.close_code, call.close_reason) == (1001, "server shutting down")
 
 
 async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(

@@ -24,7 +24,6 @@ end whatever Deepgram does. Reconnecting, replaying and giving up are the Deepgr
 from __future__ import annotations
 
 import logging
-import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +66,10 @@ class CallSettings:
     finalize_timeout_s: float = 5.0
     start_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
+    media_timeout_s: float = 60.0
+    """Twilio sends a frame every 20 ms per track: a stream silent this long after its start has
+    gone (a connection dropped with no FIN or RST), and its call ends. (Generous: KeepAlive
+    covers shorter gaps.)"""
     answer_timeout_s: float = 30.0
     """A Deepgram connection that says nothing at all for this long while audio goes to it is taken
     as lost (Deepgram sends results, empty ones for silence, every few seconds of audio)."""
@@ -177,7 +180,7 @@ class Call:
                             held.append(media)
                             gate.add(self._channel_of[media.track], media.timestamp, len(media.payload))  # type: ignore[union-attr]  # media comes after start
                         elif type(event) is Start:
-                            scope.deadline = math.inf
+                            scope.deadline = trio.current_time() + self.settings.media_timeout_s
                             media_send, gate = await self._begin(nursery)
                         elif not self._on_event(event):
                             go_on = False
@@ -185,9 +188,14 @@ class Call:
                     if held and (not go_on or len(held) >= MAX_HELD_FRAMES or gate.due()):  # type: ignore[union-attr]
                         await media_send.send(held)  # type: ignore[union-attr]
                         held = []
-            if scope.cancelled_caught and not self._end_requested:
+                        scope.deadline = trio.current_time() + self.settings.media_timeout_s  # once a window
+            if scope.cancelled_caught and not self._end_requested and media_send is None:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")
+            elif scope.cancelled_caught and not self._end_requested:
+                timeout_s = self.settings.media_timeout_s
+                log.warning("call %s: no media from Twilio for %g s; ending the call", self.call_sid, timeout_s)
+                self._set_close(1008, f"no media for {timeout_s:g} s")
             if held and media_send is not None:
                 await media_send.send(held)  # the socket ended: the mixer flushes what is left
         finally:

@@ -88,11 +88,13 @@ class Supervisor:
             games=self.games,
             recorder=self.recorder,
         )
+        # Live from now, not from when its task first runs: a shutdown in between must see it
+        # (and end it with 1001) rather than cut it off when the calls' nursery is cancelled.
+        self.calls.add(call)
         self._nursery.start_soon(self._run_call, call)
         return call
 
     async def _run_call(self, call: Call) -> None:
-        self.calls.add(call)
         outcome = "failed"
         try:
             await call.run()
