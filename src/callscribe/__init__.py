@@ -8,7 +8,9 @@ The public face::
     settings = Settings(host="127.0.0.1", port=5000, call=CallSettings(deepgram_api_key="..."))
     trio.run(serve, settings)
 
-`create_app` builds the Quart-Trio app alone (for tests or another server); `callscribe.testing`
+`create_app` builds the Quart-Trio app alone, for tests or another server: it serves every route
+but `/twilio`, which `serve` answers on its own listener (the media path, off Hypercorn: give the
+app's `Server.routes` to `callscribe.server.listener.serve`, as `serve` does); `callscribe.testing`
 has a fake Deepgram and a Twilio call simulator for your own tests; `callscribe.core` holds the
 protocol logic without IO. The names below are imported when first used, so `import callscribe`
 stays cheap.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -303,3 +304,20 @@ def test_parse_dtmf_keys_with_and_without_times() -> None:
 def test_parse_dtmf_refuses_what_twilio_would_never_send(text: str) -> None:
     with pytest.raises(ValueError, match="DTMF"):
         plan.parse_dtmf(text)
+
+
+@pytest.mark.parametrize(
+    ("dtmf", "outbound", "message"),
+    [
+        ([(1.0, "12")], None, "DTMF keys are one of"),  # one key a press
+        ([(1.0, "x")], None, "DTMF keys are one of"),
+        ([(math.inf, "1")], None, "a DTMF time is seconds since the stream started"),  # run_call would sleep for ever
+        ([(-1.0, "1")], None, "a DTMF time is seconds since the stream started"),
+        ([(1.0, "4")], bytes(800), "bidirectional streams, which carry the inbound track only"),
+    ],
+)
+def test_dtmf_is_checked_as_the_command_line_checks_it(
+    dtmf: list[tuple[float, str]], outbound: bytes | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan.CallSpec(inbound=bytes(800), outbound=outbound, dtmf=dtmf)

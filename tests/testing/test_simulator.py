@@ -225,6 +225,7 @@ async def test_cli_one_way_never_answers_the_server(
     [
         (["--dtmf", "4,x"], "--dtmf: DTMF keys are one of 0123456789*# each"),
         (["--dtmf", "4@soon"], "--dtmf: a DTMF time is seconds since the stream started, not 'soon'"),
+        (["--dtmf", "4", "--tracks", "both"], "--dtmf: Twilio sends dtmf on bidirectional streams"),
         (["--save-heard", "/no/such/dir/heard.wav", "--tracks", "inbound"], "--save-heard: no such directory"),
         (["--save-heard", "heard.wav", "--tracks", "both"], "--save-heard needs a two-way stream"),
     ],

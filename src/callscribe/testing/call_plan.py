@@ -97,6 +97,13 @@ class CallSpec:
             raise ValueError(f"outbound_start_ms must be >= 0, got {self.outbound_start_ms}")
         if isinstance(self.frame_ms, bool) or not isinstance(self.frame_ms, int) or self.frame_ms < 1:
             raise ValueError(f"frame_ms must be a positive int, got {self.frame_ms!r}")
+        for at, key in self.dtmf:
+            if not isinstance(key, str) or len(key) != 1 or key not in DTMF_DIGITS:
+                raise ValueError(f"DTMF keys are one of {DTMF_DIGITS}, not {key!r}")
+            if isinstance(at, bool) or not isinstance(at, int | float) or not (math.isfinite(at) and at >= 0):
+                raise ValueError(f"a DTMF time is seconds since the stream started (finite, >= 0), not {at!r}")
+        if self.dtmf and self.outbound is not None:  # both tracks: <Start><Stream>, one-way
+            raise ValueError("Twilio sends dtmf on bidirectional streams, which carry the inbound track only")
         for name in ("loss", "off_size"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -243,6 +243,8 @@ def _spec_from_args(args: argparse.Namespace) -> CallSpec:
     if args.call_sid:
         extra["call_sid"] = args.call_sid
     if args.dtmf:
+        if outbound is not None:
+            raise _UsageError("--dtmf: Twilio sends dtmf on bidirectional streams, which carry the inbound track only")
         try:
             extra["dtmf"] = parse_dtmf(args.dtmf)
         except ValueError as exc:
