@@ -194,3 +194,38 @@ async def test_wss(start_recorder: Callable[..., Awaitable[Any]], tls: LocalTls)
     assert report.close_code == 1000 and len(report.frames) == len(plan_frames(spec))
     with trio.fail_after(5), pytest.raises(CallConnectionError, match="TLS error: CERTIFICATE_VERIFY_FAILED"):
         await run_call(url, spec, speed=0)
+
+
+async def test_echoed_marks_carry_sequence_numbers_like_twilio(nursery: trio.Nursery) -> None:
+    seen: list[dict] = []
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        stream_sid = None
+        try:
+            while True:
+                message = json.loads(await ws.get_message())
+                seen.append(message)
+                if message["event"] == "start":
+                    stream_sid = message["streamSid"]
+                    await ws.send_message(
+                        json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": "m1"}})
+                    )
+                if message["event"] == "stop":
+                    await ws.aclose()
+                    return
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+    url = f"ws://127.0.0.1:{server.port}/twilio"
+    with trio.fail_after(20):
+        report = await run_call(url, CallSpec(inbound=mulaw.generate_tone(0.5, 440.0)), speed=4, bidirectional=True)
+    assert report.playback is not None and report.playback.marks == ["m1"]
+    marks = [m for m in seen if m["event"] == "mark"]
+    assert marks and "sequenceNumber" in marks[0], marks  # Twilio: {event, sequenceNumber, streamSid, mark}
+    numbers = [int(m["sequenceNumber"]) for m in seen if m["event"] != "connected"]
+    assert numbers == list(range(1, len(numbers) + 1))  # counts up from 1 across all messages
+
+
+# -- 3. Twilio sends dtmf only on bidirectional streams (<Connect><Stream>, inbound only) ---------

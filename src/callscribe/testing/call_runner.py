@@ -8,6 +8,7 @@ socket, as a :class:`SimulationReport`. With ``bidirectional=True`` a
 
 from __future__ import annotations
 
+import json
 import math
 import ssl
 import urllib.parse
@@ -18,7 +19,7 @@ import trio
 import trio_websocket
 
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket, describe_failure
-from callscribe.testing.call_plan import CallSpec, PlannedFrame, ScriptedMessage, call_script
+from callscribe.testing.call_plan import CallSpec, PlannedFrame, ScriptedMessage, call_script, compact_json
 from callscribe.testing.twilio_playback import Playback
 
 __all__ = ["CallConnectionError", "SimulationReport", "check_call_url", "run_call"]
@@ -175,6 +176,14 @@ def _reraise(exc: BaseException) -> NoReturn:
         del exc, context
 
 
+def _numbered(text: str, number: int) -> str:
+    """A Twilio message with its `sequenceNumber` (placed after `event`, as Twilio places it)."""
+    message = json.loads(text)
+    message.pop("sequenceNumber", None)
+    event = message.pop("event")
+    return compact_json({"event": event, "sequenceNumber": str(number), **message})
+
+
 async def _play(
     ws: trio_websocket.WebSocketConnection,
     script: list[ScriptedMessage],
@@ -198,6 +207,10 @@ async def _play(
 
     playback = report.playback
     wake = trio.Event()
+    # Twilio numbers every message after `connected`, the marks it echoes included: the script's
+    # numbers are moved up by the marks sent before them.
+    numbered = 0  # messages sent after `connected`
+    marks_sent = 0
 
     async def receive() -> None:
         nonlocal wake
@@ -216,7 +229,7 @@ async def _play(
             receiver_done.set()
 
     async def echo_marks() -> None:
-        nonlocal wake
+        nonlocal wake, numbered, marks_sent
         assert playback is not None
         while True:
             due = playback.next_due()
@@ -224,8 +237,9 @@ async def _play(
             with trio.move_on_at(due if due is not None else math.inf):
                 await wake.wait()
             for echo in playback.due(trio.current_time()):
+                numbered, marks_sent = numbered + 1, marks_sent + 1
                 try:
-                    await ws.send_message(echo)
+                    await ws.send_message(_numbered(echo, numbered))
                 except trio_websocket.ConnectionClosed:
                     return
 
@@ -242,8 +256,12 @@ async def _play(
                     await trio.sleep_until(start + item.send_at / speed)
                 else:
                     await trio.lowlevel.checkpoint()
+                text = item.text
+                if item.event != "connected":
+                    numbered += 1
+                    text = _numbered(text, numbered) if marks_sent else text
                 try:
-                    await ws.send_message(item.text)
+                    await ws.send_message(text)
                 except trio_websocket.ConnectionClosed as exc:
                     note_server_close(exc.reason)  # we have not closed: the server did
                     break
