@@ -173,6 +173,8 @@ class RedisHub:
         self._outbox.put(Write(stage))
 
     async def unregister_call(self, call_sid: str, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
+        if self._unkept and self._writing():
+            await self._tell_unkept(call_sid)  # before the end
         left = self._local_streams.get(call_sid, 0) - 1
         if left > 0:
             self._local_streams[call_sid] = left
@@ -198,6 +200,8 @@ class RedisHub:
         self._outbox.put(Write(stage, done, lambda: self._end_here(call_sid, code, reason)))
 
     async def publish(self, call_sid: str, message: str, *, sticky: bool = False, droppable: bool = False) -> None:
+        if self._unkept and self._writing():
+            await self._tell_unkept(call_sid)  # before what comes after the gap
         for subscription in list(self._subscriptions.get(call_sid, ())):
             if not subscription.ids:
                 self._deliver(subscription, message, droppable)
@@ -225,13 +229,22 @@ class RedisHub:
         """Wait until every write queued so far has been sent to Redis (or dropped)."""
         await self._outbox.empty.wait()
 
+    def _writing(self) -> bool:
+        """Redis takes this process's writes again (not down, the outbox not dropping them)."""
+        return not self.link.down and not self._outbox.congested
+
+    async def _tell_unkept(self, call_sid: str) -> None:
+        """The call's subscribers learn how many of its messages never reached Redis (once; a
+        notice dropped in turn is counted and told again)."""
+        count = self._unkept.pop(call_sid, 0)
+        if count:
+            await self.publish(call_sid, unkept_notice(call_sid, count))
+
     async def _renew(self) -> None:
         """Keep this process's live calls listed, and their histories; tell the calls' subscribers
         of the messages that never reached Redis (an outage): those elsewhere, and resumes, lack them."""
-        unkept, self._unkept = self._unkept, {}
-        for call_sid, count in unkept.items():
-            notice = unkept_notice(call_sid, count)
-            await self.publish(call_sid, notice)  # (dropped again: counted again, told next time)
+        for call_sid in list(self._unkept) if self._writing() else ():  # calls with nothing new since
+            await self._tell_unkept(call_sid)
         if not self._local_streams:
             return
         now = time.time()

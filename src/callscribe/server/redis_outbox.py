@@ -50,6 +50,11 @@ class Outbox:
         self.empty.set()
         self._refused = Sparse("Redis refused %d write batch(es), the last: %s")
 
+    @property
+    def congested(self) -> bool:
+        """Writes are being dropped for want of room, until Redis catches up."""
+        return self._congested
+
     def put(self, write: Write) -> None:
         """Queue `write` without waiting (dropped if Redis is down or the outbox is full)."""
         if self._link.down:
