@@ -13,11 +13,12 @@ from callscribe.core.call_record import StoredCall
 from callscribe.core.transcript import Utterance
 
 SNIPPET_CHARS = 160
-CALL_COLUMNS = (
-    "c.call_sid, c.stream_sid, c.account_sid, c.from_number, c.to_number, c.direction, c.tracks, c.started_at,"
-    " c.ended_at, c.outcome, c.reason, c.audio_s, c.padding_s, c.deepgram_connections, c.request_ids,"
-    " c.game_code, c.parameters"
-)
+CALL_FIELDS = (
+    "call_sid stream_sid account_sid from_number to_number direction tracks started_at ended_at outcome reason"
+    " audio_s padding_s deepgram_connections request_ids game_code parameters"
+).split()
+"""The columns of `calls` a `StoredCall` is read from: each is named as the field it fills."""
+CALL_COLUMNS = ", ".join(f"c.{name}" for name in CALL_FIELDS)
 FINAL_COLUMNS = "seq, channel, speaker, start_s, end_s, text, confidence, request_id, raw"
 
 
@@ -126,46 +127,19 @@ class SqlReads:
 
 
 def _stored_call(row: Sequence[Any]) -> StoredCall:
-    (
-        call_sid,
-        stream_sid,
-        account_sid,
-        from_number,
-        to_number,
-        direction,
-        tracks,
-        started_at,
-        ended_at,
-        outcome,
-        reason,
-        audio_s,
-        padding_s,
-        connections,
-        request_ids,
-        game_code,
-        parameters,
-        snippet,
-    ) = row
-    return StoredCall(
-        call_sid=call_sid,
-        stream_sid=stream_sid,
-        account_sid=account_sid,
-        from_number=from_number,
-        to_number=to_number,
-        direction=direction,
-        tracks=tuple(tracks.split(",")) if tracks else (),
-        started_at=float(started_at),
-        ended_at=None if ended_at is None else float(ended_at),
-        outcome=outcome,
-        reason=reason,
-        audio_s=audio_s,
-        padding_s=padding_s,
-        deepgram_connections=connections,
-        request_ids=tuple(json.loads(request_ids or "[]")),
-        game_code=game_code,
-        parameters=json.loads(parameters or "{}"),
-        snippet=_shorten(snippet or ""),
-    )
+    """A row of `CALL_COLUMNS` and then the snippet; the columns kept as text or numbers are decoded."""
+    *columns, snippet = row
+    call = dict(zip(CALL_FIELDS, columns, strict=True))
+    tracks, ended_at = call["tracks"], call["ended_at"]
+    decoded = {
+        "tracks": tuple(tracks.split(",")) if tracks else (),
+        "started_at": float(call["started_at"]),
+        "ended_at": None if ended_at is None else float(ended_at),
+        "request_ids": tuple(json.loads(call["request_ids"] or "[]")),
+        "parameters": json.loads(call["parameters"] or "{}"),
+        "snippet": _shorten(snippet or ""),
+    }
+    return StoredCall(**(call | decoded))
 
 
 def _shorten(text: str) -> str:
