@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -11,7 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
@@ -22,9 +23,7 @@ import trustme
 import pg
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
-from callscribe.server.games import GameSettings
 from callscribe.server.serve import serve
-from callscribe.server.store import StoreSettings
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
@@ -167,51 +166,38 @@ async def stop_servers(*servers: RunningServer) -> None:
             await server.done.wait()
 
 
+TEST_SERVER: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "shutdown_grace_s": 5.0,
+    "stall_timeout_s": 10.0,
+    "speak_url": "http://127.0.0.1:9/v1/speak",
+}
+"""A test server's settings where they are not `ServerSettings`' defaults: a free loopback port, quick
+to stop, and no real Aura (port 9 refuses)."""
+
+SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerSettings))
+
+
+def server_settings(fake: FakeDeepgram, **overrides: Any) -> ServerSettings:
+    """`TEST_SERVER`'s settings with Deepgram at `fake`, changed by `overrides`: fields of `ServerSettings`
+    or, the others, of `CallSettings`. A None is the field's default (`store=None`: no call store)."""
+    call: dict[str, Any] = {"deepgram_url": fake.url, "deepgram_api_key": API_KEY}
+    server = dict(TEST_SERVER)
+    for name, value in overrides.items():
+        if name not in SERVER_FIELDS:
+            call[name] = value
+        elif value is not None:
+            server[name] = value
+    return ServerSettings(call=CallSettings(**call), **server)
+
+
 async def start_server(
-    nursery: trio.Nursery,
-    fake: FakeDeepgram,
-    *,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    client_ssl: ssl.SSLContext | None = None,
-    stall_timeout_s: float = 10.0,
-    games: GameSettings | None = None,
-    speech: str = "espeak",
-    speak_url: str = "http://127.0.0.1:9/v1/speak",
-    public_url: str | None = None,
-    forward_number: str | None = None,
-    twilio_auth_token: str | None = None,
-    tokens: frozenset[str] = frozenset(),
-    token_secret: str | None = None,
-    allowed_origins: frozenset[str] = frozenset(),
-    redis_url: str | None = None,
-    store: StoreSettings | None = None,
-    read_tick_ms: int = 0,
-    lease_s: float = 30.0,
-    **call_settings: object,
+    nursery: trio.Nursery, fake: FakeDeepgram, *, client_ssl: ssl.SSLContext | None = None, **overrides: Any
 ) -> RunningServer:
-    settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        call=CallSettings(**({"deepgram_url": fake.url, "deepgram_api_key": API_KEY} | call_settings)),
-        certfile=certfile,
-        keyfile=keyfile,
-        shutdown_grace_s=5.0,
-        stall_timeout_s=stall_timeout_s,
-        games=games or GameSettings(),
-        speech=speech,
-        speak_url=speak_url,
-        public_url=public_url,
-        forward_number=forward_number,
-        twilio_auth_token=twilio_auth_token,
-        tokens=tokens,
-        token_secret=token_secret,
-        allowed_origins=allowed_origins,
-        redis_url=redis_url,
-        store=store or StoreSettings(),
-        read_tick_ms=read_tick_ms,
-        lease_s=lease_s,
-    )
+    """A callscribe on a free loopback port using `fake`, with `server_settings`' `overrides`; `client_ssl`
+    is what its clients trust (with `certfile`)."""
+    settings = server_settings(fake, **overrides)
     stop, done = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -221,7 +207,7 @@ async def start_server(
             done.set()
 
     (bind,) = await nursery.start(run)
-    scheme = "wss" if certfile else "ws"
+    scheme = "wss" if settings.tls else "ws"
     host_port = bind.split("://", 1)[1]
     return RunningServer(bind, f"{scheme}://{host_port}", stop, done, client_ssl)
 
@@ -230,9 +216,7 @@ async def start_server(
 async def server(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> AsyncIterator[RunningServer]:
     running = await start_server(nursery, fake_deepgram)
     yield running
-    running.stop.set()
-    with trio.fail_after(10):
-        await running.done.wait()
+    await stop_servers(running)
 
 
 async def subscribe(
