@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -10,7 +9,7 @@ import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +175,7 @@ TEST_SERVER: dict[str, Any] = {
 """A test server's settings where they are not `ServerSettings`' defaults: a free loopback port, quick
 to stop, and no real Aura (port 9 refuses)."""
 
-SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerSettings))
+SERVER_FIELDS = frozenset(f.name for f in fields(ServerSettings))
 
 
 def server_settings(fake: FakeDeepgram, **overrides: Any) -> ServerSettings:
