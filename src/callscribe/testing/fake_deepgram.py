@@ -258,6 +258,25 @@ def _error_status(text: str) -> int:
     return value
 
 
+#: The options that set a :class:`FakeDeepgramBehaviour` field (``--api-key`` aside, whose default
+#: comes from the environment), each defaulting to the field's default: flag, field (the option's
+#: ``dest``, so that :func:`behaviour_from_args` reads the same names), type, metavar, help.
+_BEHAVIOUR_OPTIONS: Final[tuple[tuple[str, str, Callable[[str], object], str | None, str], ...]] = (
+    ("--reject-status", "reject_status", _error_status, "STATUS",
+     "refuse every handshake with this HTTP status, e.g. 401 or 429"),
+    ("--drop-after", "drop_after_audio_s", argtypes.non_negative_float, "SECONDS",
+     "close each connection with 1011 NET-0000 after this much audio"),
+    ("--delay", "response_delay_s", argtypes.non_negative_float, "SECONDS",
+     "delay every message by this much (default %(default)s)"),
+    ("--result-every", "result_every_s", argtypes.positive_float, "SECONDS",
+     "one final result per channel per this much audio (default %(default)s)"),
+    ("--transcript", "transcript", str, None,
+     "words to put in every result (default: describe the audio, e.g. 'audio 1.00 to 2.00')"),
+    ("--idle-timeout", "idle_timeout_s", argtypes.positive_float, "SECONDS",
+     "close 1011 NET-0001 after this long without audio or KeepAlive (default %(default)s)"),
+)  # fmt: skip
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``callscribe fake-deepgram``."""
     defaults = FakeDeepgramBehaviour()
@@ -279,59 +298,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="key clients must send as 'Authorization: Token <key>' "
         f"(default: $DEEPGRAM_API_KEY, else {defaults.api_key!r})",
     )
-    parser.add_argument(
-        "--reject-status",
-        type=_error_status,
-        default=None,
-        metavar="STATUS",
-        help="refuse every handshake with this HTTP status, e.g. 401 or 429",
-    )
-    parser.add_argument(
-        "--drop-after",
-        type=argtypes.non_negative_float,
-        default=None,
-        metavar="SECONDS",
-        help="close each connection with 1011 NET-0000 after this much audio",
-    )
-    parser.add_argument(
-        "--delay",
-        type=argtypes.non_negative_float,
-        default=defaults.response_delay_s,
-        metavar="SECONDS",
-        help="delay every message by this much (default %(default)s)",
-    )
-    parser.add_argument(
-        "--result-every",
-        type=argtypes.positive_float,
-        default=defaults.result_every_s,
-        metavar="SECONDS",
-        help="one final result per channel per this much audio (default %(default)s)",
-    )
-    parser.add_argument(
-        "--transcript",
-        default=None,
-        help="words to put in every result (default: describe the audio, e.g. 'audio 1.00 to 2.00')",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=argtypes.positive_float,
-        default=defaults.idle_timeout_s,
-        metavar="SECONDS",
-        help="close 1011 NET-0001 after this long without audio or KeepAlive (default %(default)s)",
-    )
+    for flag, field, type_, metavar, help_ in _BEHAVIOUR_OPTIONS:
+        parser.add_argument(flag, dest=field, type=type_, default=getattr(defaults, field), metavar=metavar, help=help_)
 
 
 def behaviour_from_args(args: argparse.Namespace) -> FakeDeepgramBehaviour:
     """The behaviour the parsed options of :func:`add_cli_arguments` ask for."""
-    return FakeDeepgramBehaviour(
-        api_key=args.api_key,
-        reject_status=args.reject_status,
-        drop_after_audio_s=args.drop_after,
-        response_delay_s=args.delay,
-        result_every_s=args.result_every,
-        transcript=args.transcript,
-        idle_timeout_s=args.idle_timeout,
-    )
+    fields = {field: getattr(args, field) for _, field, *_ in _BEHAVIOUR_OPTIONS}
+    return FakeDeepgramBehaviour(api_key=args.api_key, **fields)
 
 
 def run_from_cli(args: argparse.Namespace, *, announce: Callable[[str], None] | None = None) -> int:

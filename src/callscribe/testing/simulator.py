@@ -15,11 +15,13 @@ What is defined here is the command-line glue (:func:`add_cli_arguments`, :func:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import ssl
 import sys
 import urllib.parse
 import wave
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -66,15 +68,31 @@ __all__ = [
 DEFAULT_URL = "ws://127.0.0.1:5000/twilio"
 
 
-def _key_value(separator: str) -> Any:
-    def parse(text: str) -> tuple[str, str]:
-        key, sep, value = text.partition(separator)
-        key = key.strip()
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"expected KEY{separator}VALUE, got {text!r}")
-        return key, value.strip() if separator == ":" else value
+def _add_pair_option(parser: argparse.ArgumentParser, flag: str, key: str, separator: str, help_: str) -> None:
+    """A repeatable option of ``KEY<separator>VALUE`` pairs, ``key`` naming the KEY; it collects a list
+    of ``(key, value)``. With ``:`` (HTTP headers) the value is stripped too."""
+    metavar = f"{key}{separator}VALUE"
 
-    return parse
+    def pair(text: str) -> tuple[str, str]:
+        name, sep, value = text.partition(separator)
+        name = name.strip()
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected {metavar}, got {text!r}")
+        return name, value.strip() if separator == ":" else value
+
+    parser.add_argument(flag, type=pair, action="append", default=[], metavar=metavar, help=help_)
+
+
+#: The options that set a :class:`CallSpec` field of the same name (``--frame-ms``: ``frame_ms``),
+#: each defaulting to the field's default: field, type, metavar, help.
+_SPEC_OPTIONS: tuple[tuple[str, Callable[[str], object], str | None, str], ...] = (
+    ("outbound_start_ms", argtypes.non_negative_int, "MS", "outbound track starts this late"),
+    ("frame_ms", argtypes.positive_int, "MS", "chunk length (default %(default)s)"),
+    ("jitter_ms", argtypes.non_negative_float, "MS", "random send delay up to MS"),
+    ("loss", argtypes.probability, "P", "probability a chunk is not sent"),
+    ("off_size", argtypes.probability, "P", "probability a chunk is split or merged"),
+    ("seed", int, None, "random seed for loss/off-size/jitter (default %(default)s)"),
+)
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,52 +122,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "'both' with generated audio adds a second tone)",
     )
     parser.add_argument(
-        "--outbound-start-ms",
-        type=argtypes.non_negative_int,
-        default=0,
-        metavar="MS",
-        help="outbound track starts this late",
-    )
-    parser.add_argument(
         "--speed",
         type=argtypes.non_negative_float,
         default=1.0,
         help="1 = real time (default), 0 = as fast as possible",
     )
-    parser.add_argument(
-        "--frame-ms", type=argtypes.positive_int, default=20, metavar="MS", help="chunk length (default 20)"
-    )
-    parser.add_argument(
-        "--jitter-ms", type=argtypes.non_negative_float, default=0.0, metavar="MS", help="random send delay up to MS"
-    )
-    parser.add_argument(
-        "--loss", type=argtypes.probability, default=0.0, metavar="P", help="probability a chunk is not sent"
-    )
-    parser.add_argument(
-        "--off-size",
-        type=argtypes.probability,
-        default=0.0,
-        metavar="P",
-        help="probability a chunk is split or merged",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed for loss/off-size/jitter (default 0)")
+    spec_defaults = {field.name: field.default for field in dataclasses.fields(CallSpec)}
+    for name, type_, metavar, help_ in _SPEC_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=type_, default=spec_defaults[name], metavar=metavar, help=help_)
     parser.add_argument("--call-sid", default=None, help="CallSid to send (default: random)")
-    parser.add_argument(
-        "--param",
-        type=_key_value("="),
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="start.customParameters entry (repeatable)",
-    )
-    parser.add_argument(
-        "--header",
-        type=_key_value(":"),
-        action="append",
-        default=[],
-        metavar="NAME:VALUE",
-        help="extra HTTP header on the WebSocket upgrade (repeatable)",
-    )
+    _add_pair_option(parser, "--param", "KEY", "=", "start.customParameters entry (repeatable)")
+    _add_pair_option(parser, "--header", "NAME", ":", "extra HTTP header on the WebSocket upgrade (repeatable)")
     parser.add_argument("--ca-file", metavar="PEM", help="trust this CA certificate for wss:// URLs")
     parser.add_argument(
         "--connect-timeout", type=argtypes.positive_float, default=5.0, metavar="SECONDS", help="default 5"
@@ -252,13 +236,8 @@ def _spec_from_args(args: argparse.Namespace) -> CallSpec:
     return CallSpec(
         inbound=inbound,
         outbound=outbound,
-        outbound_start_ms=args.outbound_start_ms,
         custom_parameters=dict(args.param),
-        frame_ms=args.frame_ms,
-        loss=args.loss,
-        off_size=args.off_size,
-        jitter_ms=args.jitter_ms,
-        seed=args.seed,
+        **{name: getattr(args, name) for name, *_ in _SPEC_OPTIONS},
         **extra,
     )
 
