@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
@@ -54,6 +54,8 @@ from callscribe.server.supervisor import Supervisor
 from callscribe.server.websocket import Admission, FirstValues, ReadTick, ServedWebSocket, accept_websocket
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.12
+
     from callscribe.server.store_writer import StoreRecorder
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,18 @@ usual library default) would let one client make us buffer a lot."""
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
     log.warning("refused %s from %s: %s", what, peer, verdict.reason)
     return Response(verdict.reason + "\n", status=status, mimetype="text/plain")
+
+
+class ServerOptions(TypedDict, total=False):
+    """What `create_app` passes on to its `Server` as it is (see `Server`'s defaults)."""
+
+    hub: Hub | None
+    connect: Connector | None
+    subscriber_send_timeout_s: float
+    games: GameRegistry | None
+    forward_number: str | None
+    read_tick: ReadTick | None
+    store: StoreRecorder | None
 
 
 class Server:
@@ -303,38 +317,22 @@ def _current(proxy: Websocket) -> Websocket:
 def create_app(
     settings: CallSettings,
     *,
-    hub: Hub | None = None,
-    connect: Connector | None = None,
-    subscriber_send_timeout_s: float = SUBSCRIBER_SEND_TIMEOUT_S,
-    games: GameRegistry | None = None,
     public_url: str | None = None,
-    forward_number: str | None = None,
     access: Access | None = None,
-    read_tick: ReadTick | None = None,
-    store: StoreRecorder | None = None,
+    **options: Unpack[ServerOptions],
 ) -> QuartTrio:
     """The app; `app.extensions["callscribe"]` is its `Server`, whose `routes` go to
-    `listener.serve` alongside it."""
+    `listener.serve` alongside it. Without `access`, the one made for `public_url` is used."""
     app = QuartTrio("callscribe")
-    server = Server(
-        settings,
-        hub,
-        connect,
-        subscriber_send_timeout_s=subscriber_send_timeout_s,
-        games=games,
-        forward_number=forward_number,
-        access=access or Access(public_url=public_url),
-        read_tick=read_tick,
-        store=store,
-    )
+    server = Server(settings, access=access or Access(public_url=public_url), **options)
     app.extensions["callscribe"] = server
     add_routes(app, server.api)
 
     @app.before_serving
     async def start_supervisor() -> None:
         await app.nursery.start(server.supervisor.run)
-        if read_tick is not None:
-            app.nursery.start_soon(read_tick.run)
+        if server.read_tick is not None:
+            app.nursery.start_soon(server.read_tick.run)
 
     @app.websocket("/client")
     async def client() -> Response | None:

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -222,6 +222,26 @@ class Hub(Protocol):
         first get up to `grace_s` to receive their calls' ends."""
 
 
+class _Streamed(Protocol):
+    streams: int
+
+
+_Call = TypeVar("_Call", bound=_Streamed)
+
+
+def last_stream_ended(calls: dict[str, _Call], call_sid: str) -> _Call | None:
+    """A stream of `call_sid` ended (Twilio can fork a call's media twice): the call's entry, taken
+    out of `calls`, if that was its last stream; None while another streams, or for a call not there."""
+    entry = calls.get(call_sid)
+    if entry is None:
+        return None
+    entry.streams -= 1
+    if entry.streams > 0:
+        return None
+    del calls[call_sid]
+    return entry
+
+
 class _CallEntry:
     __slots__ = ("clock", "ended_at", "evicted", "history", "notice", "resumable", "streams", "subscriptions")
 
@@ -264,13 +284,9 @@ class InMemoryHub:
         entry.streams += 1
 
     async def unregister_call(self, call_sid: str, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
-        entry = self._calls.get(call_sid)
+        entry = last_stream_ended(self._calls, call_sid)
         if entry is None:
             return
-        entry.streams -= 1
-        if entry.streams > 0:
-            return
-        del self._calls[call_sid]
         message_id = entry.keep(END, end_text(code, reason))
         for subscription in entry.subscriptions:
             subscription.finish(code, reason, message_id)

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import coredis
 import trio
@@ -74,15 +74,18 @@ from callscribe.server.redis_deaths import DEAD_REASON, bury_dead, dead_notice
 from callscribe.server.redis_link import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
-    LEASE_S,
     PROBE_INTERVAL_S,
     REDIS_ERRORS,
+    LinkOptions,
     RedisLink,
     Sparse,
 )
 from callscribe.server.redis_outbox import OUTBOX_SIZE, Outbox, Pipeline, Write
 from callscribe.server.redis_pubsub import PUBSUB_BACKLOG, PubSubListener
 from callscribe.server.redis_scripts import BURY, END_STREAM, JOIN, KEEP
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.12
 
 __all__ = ["COMMAND_TIMEOUT_S", "CONNECT_TIMEOUT_S", "PROBE_INTERVAL_S", "REDIS_ERRORS", "RedisHub"]
 
@@ -108,14 +111,13 @@ class RedisHub:
         self,
         url: str,
         *,
-        prefix: str = "callscribe",
-        lease_s: float = LEASE_S,
-        command_timeout_s: float = COMMAND_TIMEOUT_S,
         outbox_size: int = OUTBOX_SIZE,
         pubsub_backlog: int = PUBSUB_BACKLOG,
         link: RedisLink | None = None,
+        **link_options: Unpack[LinkOptions],
     ) -> None:
-        self.link = link or RedisLink(url, prefix=prefix, lease_s=lease_s, command_timeout_s=command_timeout_s)
+        """`link_options` go to the `RedisLink` made for `url` (unless `link` is given)."""
+        self.link = link or RedisLink(url, **link_options)
         for script in (KEEP, END_STREAM, BURY, JOIN):
             self.link.register_script(script)
         self.link.renewals.append(self._renew)

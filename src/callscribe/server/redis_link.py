@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypedDict
 
 import anyio
 import coredis
@@ -73,6 +74,14 @@ class Sparse:
 
 
 Renewal = Callable[[], Awaitable[None]]
+
+
+class LinkOptions(TypedDict, total=False):
+    """`RedisLink`'s keyword arguments (what the Redis hub passes on to its link)."""
+
+    prefix: str
+    lease_s: float
+    command_timeout_s: float
 
 
 class RedisLink:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import trio
 
 from callscribe.core.call_record import CallEnd, CallStart
+from callscribe.server.hub import last_stream_ended
 from callscribe.server.store import (
     EndWrite,
     Engine,
@@ -126,14 +127,9 @@ class StoreRecorder:
         self._offer(FinalWrite(call_sid, live.finals, message, time.time()))
 
     def call_ended(self, call_sid: str, end: CallEnd) -> None:
-        live = self._live.get(call_sid)
-        if live is None:
-            return
-        live.streams -= 1
-        if live.streams > 0:
-            return
-        del self._live[call_sid]
-        self._offer(EndWrite(call_sid, end, live.finals), always=True)
+        live = last_stream_ended(self._live, call_sid)
+        if live is not None:
+            self._offer(EndWrite(call_sid, end, live.finals), always=True)
 
     def _offer(self, write: Write, always: bool = False) -> None:
         if len(self._queue) >= self.queue_size and not always:
