@@ -99,6 +99,14 @@ async def read_until_closed(ws: WebSocketConnection) -> tuple[list[dict[str, Any
             return messages, closed.reason
 
 
+async def closed_as_idle(ws: WebSocketConnection) -> float:
+    """Read until the fake closes `ws` for idleness (1011 NET-0001, having said nothing); returns when."""
+    messages, closed = await read_until_closed(ws)
+    assert messages == []
+    assert (closed.code, closed.reason) == (1011, "NET-0001")
+    return trio.current_time()
+
+
 def spans(messages: Iterable[dict[str, Any]]) -> list[tuple[int, float, float, bool]]:
     """(channel, start, duration, is_final) of each Results message."""
     return [
@@ -376,10 +384,7 @@ async def test_idle_timeout_closes_net_0001(fake: FakeDeepgram, virtual_clock: t
         async with connect(fake) as ws:
             await ws.send_message(b"\xff" * CHUNK)
             sent_at = trio.current_time()
-            messages, closed = await read_until_closed(ws)
-            closed_at = trio.current_time()
-    assert messages == []
-    assert (closed.code, closed.reason) == (1011, "NET-0001")
+            closed_at = await closed_as_idle(ws)
     assert closed_at - sent_at == pytest.approx(10.0, abs=0.5)
     assert (fake.sessions[0].close_code, fake.sessions[0].close_reason) == (1011, "NET-0001")
 
@@ -392,10 +397,7 @@ async def test_keepalive_resets_idle_timer(fake: FakeDeepgram, virtual_clock: tr
                 await trio.sleep(1.5)
                 await ws.send_message('{"type":"KeepAlive"}')
             last = trio.current_time()
-            messages, closed = await read_until_closed(ws)
-            closed_at = trio.current_time()
-    assert messages == []
-    assert (closed.code, closed.reason) == (1011, "NET-0001")
+            closed_at = await closed_as_idle(ws)
     assert closed_at - last == pytest.approx(2.0, abs=0.3)
     assert fake.sessions[0].control == ["KeepAlive"] * 5
 

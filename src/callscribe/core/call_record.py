@@ -12,7 +12,7 @@ import datetime
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -188,18 +188,9 @@ class StoredCall:
 
 
 def stored_call_of(start: CallStart) -> StoredCall:
-    """The record of a call that has just started (what `call.started` shows)."""
-    return StoredCall(
-        call_sid=start.call_sid,
-        stream_sid=start.stream_sid,
-        account_sid=start.account_sid,
-        from_number=start.from_number,
-        to_number=start.to_number,
-        direction=start.direction,
-        tracks=start.tracks,
-        started_at=start.started_at,
-        parameters=start.parameters,
-    )
+    """The record of a call that has just started (what `call.started` shows): every field of its
+    start, under the same name, and nothing yet of its end."""
+    return StoredCall(**{f.name: getattr(start, f.name) for f in fields(start)})
 
 
 def iso_time(epoch_s: float) -> str:
