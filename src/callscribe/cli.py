@@ -74,8 +74,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import trio
 
+    from callscribe.exception_groups import leaves
     from callscribe.server.config import ConfigError, settings_from
-    from callscribe.server.serve import StartupError, leaves, serve
+    from callscribe.server.serve import StartupError, serve
 
     try:
         settings = settings_from(args)

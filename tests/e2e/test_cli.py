@@ -20,12 +20,13 @@ import pytest
 import trio
 import trustme
 
+from callscribe.exception_groups import leaves
 from callscribe.server import listener
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.options import OPTIONS
-from callscribe.server.serve import StartupError, leaves, serve
+from callscribe.server.serve import StartupError, serve
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from conftest import free_port, start_server
 from redis_server import RedisServer, needs_redis

@@ -20,7 +20,7 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn
@@ -34,6 +34,7 @@ from callscribe.client.outputs import HumanOutput, JsonOutput, Output
 from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import close_description
 from callscribe.core.fanout import MAX_WAIT_S
+from callscribe.exception_groups import leaves
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket
 
 __all__ = [
@@ -123,20 +124,12 @@ async def _subscriber(server: Server, wait_s: float = 0.0) -> AsyncIterator[trio
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        errors = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
+        errors = [error for error in leaves(group) if not isinstance(error, trio.Cancelled)]
         if len(errors) != 1:
             raise
         if isinstance(errors[0], trio_websocket.ConnectionRejected):
             raise _refused(server, errors[0]) from None
         raise errors[0] from None
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 async def live_calls(server: Server) -> list[str]:

@@ -28,6 +28,7 @@ from callscribe.core import deepgram
 from callscribe.core.backlog import AudioBacklog, Pacer
 from callscribe.core.deepgram import DeepgramState, DeepgramStream, MessageKind, rebase
 from callscribe.core.deepgram_policy import Decision, DeepgramPolicy, GiveUp, Notice
+from callscribe.exception_groups import leaves
 from callscribe.server.hub import Hub
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket, describe_failure
 
@@ -337,15 +338,7 @@ class DeepgramClient:
 
 def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The failure to report from a group of `_FAILURES` (nested as the nurseries were)."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop()
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(reversed(error.exceptions))
-        else:
-            leaves.append(error)
-    return min(leaves, key=lambda error: next(i for i, kind in enumerate(_FAILURES) if isinstance(error, kind)))
+    return min(leaves(group), key=lambda error: next(i for i, kind in enumerate(_FAILURES) if isinstance(error, kind)))
 
 
 def _normal_closure(closed: trio_websocket.ConnectionClosed) -> bool:

@@ -23,7 +23,6 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,7 @@ from hypercorn.utils import LifespanFailureError
 from quart_trio import QuartTrio
 
 from callscribe.core.access import Access, TokenCheck, TwilioSignatureCheck
+from callscribe.exception_groups import leaves
 from callscribe.server import listener
 from callscribe.server.app import Server, create_app
 from callscribe.server.config import ServerSettings
@@ -55,15 +55,6 @@ library default) would let one client make us buffer a lot."""
 
 class StartupError(Exception):
     """The server could not start; the message is one line meant for the person starting it."""
-
-
-def leaves(error: BaseException) -> Iterator[BaseException]:
-    """The exceptions in `error` that are not groups (nurseries nest groups in groups)."""
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from leaves(inner)
-    else:
-        yield error
 
 
 class _Config(Config):

@@ -32,10 +32,11 @@ from callscribe.client.listen import Server, follow
 from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import Line, TranscriptView
 from callscribe.core import audio
+from callscribe.exception_groups import leaves
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
-from callscribe.server.serve import StartupError, leaves, serve
+from callscribe.server.serve import StartupError, serve
 from callscribe.server.store import StoreSettings
 from callscribe.testing.call_plan import CallSpec
 from callscribe.testing.call_runner import run_call
