@@ -22,7 +22,7 @@ import trustme
 import pg
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
-from callscribe.server.serve import serve
+from callscribe.server.serve import start_serving
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
@@ -197,15 +197,8 @@ async def start_server(
     """A callscribe on a free loopback port using `fake`, with `server_settings`' `overrides`; `client_ssl`
     is what its clients trust (with `certfile`)."""
     settings = server_settings(fake, **overrides)
-    stop, done = trio.Event(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-        try:
-            await serve(settings, stop=stop, task_status=task_status)
-        finally:
-            done.set()
-
-    (bind,) = await nursery.start(run)
+    stop = trio.Event()
+    (bind,), done = await start_serving(nursery, settings, stop)
     scheme = "wss" if settings.tls else "ws"
     host_port = bind.split("://", 1)[1]
     return RunningServer(bind, f"{scheme}://{host_port}", stop, done, client_ssl)

@@ -87,6 +87,24 @@ def hypercorn_config(settings: ServerSettings, *, reuse_port: bool = False) -> C
     return config
 
 
+async def start_serving(
+    nursery: trio.Nursery, settings: ServerSettings, stop: trio.Event
+) -> tuple[list[str], trio.Event]:
+    """`serve(settings, stop=stop)` as a task of `nursery`, returned once it listens: the bound URLs,
+    and an event set when it has stopped, however it ended (for a program or a test that runs a
+    server beside other work and must wait for its drain)."""
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await serve(settings, stop=stop, task_status=task_status)
+        finally:
+            done.set()
+
+    binds: list[str] = await nursery.start(run)
+    return binds, done
+
+
 async def serve(
     settings: ServerSettings,
     *,

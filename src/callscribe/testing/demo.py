@@ -36,7 +36,7 @@ from callscribe.exception_groups import leaves
 from callscribe.server.call import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
-from callscribe.server.serve import StartupError, serve
+from callscribe.server.serve import StartupError, start_serving
 from callscribe.server.store import StoreSettings
 from callscribe.testing.call_plan import CallSpec
 from callscribe.testing.call_runner import run_call
@@ -179,15 +179,7 @@ async def _run(
             speak_url=aura.url,
             store=store,
         )
-        server_done = trio.Event()
-
-        async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve(settings, stop=stop, task_status=task_status)
-            finally:
-                server_done.set()
-
-        (bind,) = await nursery.start(run_server)
+        (bind,), server_done = await start_serving(nursery, settings, stop)
         url = "ws://" + bind.split("://", 1)[1]
         show = terminal.show
         page = "http://" + bind.split("://", 1)[1] + "/"
