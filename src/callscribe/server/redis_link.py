@@ -41,10 +41,10 @@ PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 """Deadline to connect when serve.py checks Redis at start-up."""
 LEASE_S = 30.0
+"""A process that dies is noticed within this long (its calls end, its codes are freed)."""
 FORGOTTEN_AFTER_S = RESUME_WINDOW_S
 """Calls and processes not vouched for in this long (plus the lease) leave the registry: the
 history of a dead process's call has expired by then, and nobody can resume it."""
-"""A process that dies is noticed within this long (its calls end, its codes are freed)."""
 REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)
 """What a failed or unanswered command raises (TimeoutError is an OSError)."""
 PUBSUB_ERRORS = (*REDIS_ERRORS, anyio.ClosedResourceError, anyio.BrokenResourceError)
