@@ -204,8 +204,10 @@ class Harness:
         self.close: tuple[int, str] | None = None
         self.sequence_number = 0
 
-    async def _read(self) -> list[str | None]:
-        """Like a socket read: the next frame, and every frame queued behind it."""
+    async def _read(self, not_before: float = 0.0) -> list[str | None]:
+        """Like a socket read: the next frame, and every frame queued behind it (from `not_before` on)."""
+        if not_before > trio.current_time():
+            await trio.sleep_until(not_before)
         frames = [await self._twilio_receive.receive()]
         while True:
             try:
@@ -290,6 +292,43 @@ async def test_both_tracks_reach_deepgram_mixed_and_results_reach_the_subscriber
     assert h.close == (1000, "call ended")
     assert await h.hub.active_calls() == []
     assert h.call.audio_bytes_sent == 2 * 2080
+
+
+async def test_frames_in_real_time_are_read_about_once_a_window_and_no_window_waits_for_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Twilio sends a frame per track every 20 ms and the mixer can only use them a window at a time:
+    # the reader sleeps through the frames in between and takes them in one read, and still hands
+    # over each window as its last frame comes.
+    h = Harness()
+    reads = 0
+    read = h._read
+
+    async def counting_read(not_before: float = 0.0) -> list[str | None]:
+        nonlocal reads
+        reads += 1
+        return await read(not_before)
+
+    h.call._receive = counting_read
+    completed_at: list[float] = []
+    async with h.running(subscribed=False):
+        h.feed(twilio_start(["inbound", "outbound"]))
+        pairs = list(zip(frames("inbound", 50, 0x11), frames("outbound", 50, 0x22), strict=True))
+        for n, (inbound, outbound) in enumerate(pairs):
+            h.feed(inbound, outbound)
+            if n % 5 == 4:  # the pair of frames that completes a 100 ms window
+                completed_at.append(trio.current_time())
+            await trio.sleep(0.02)
+        h.feed(STOP)
+
+    connection = h.deepgram.connections[0]
+    sent_at = [
+        at for message, at in zip(connection.sent, connection.sent_at, strict=True) if isinstance(message, bytes)
+    ]
+    assert len(completed_at) == 10 and sent_at == completed_at
+    # A read a pair would be 52. Here: the start and the first window's pairs as they come (the
+    # stream's delay is not known yet), then two a window (the wake, then the last pair), the stop.
+    assert reads <= 1 + 5 + 2 * 9 + 1
 
 
 async def test_inbound_only_stream_is_mono_and_never_waits(autojump_clock: trio.abc.Clock) -> None:

@@ -78,6 +78,43 @@ async def test_everything_one_read_brings_is_one_batch(tls: bool) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_read_not_before_a_time_takes_all_that_came_until_then_at_once() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        not_before = trio.current_time() + 0.3
+
+        async def send_over_time() -> None:
+            for n in range(3):
+                await client.send_all(rawws.frame(rawws.OP_TEXT, b'{"n":%d}' % n))
+                await trio.sleep(0.05)
+            sent.set()
+
+        sent = trio.Event()
+        nursery.start_soon(send_over_time)
+        with trio.fail_after(5):
+            batch = await ws.receive_batch(not_before)
+        assert trio.current_time() >= not_before and sent.is_set()
+        assert batch == ['{"n":0}', '{"n":1}', '{"n":2}']  # three writes, one read
+        await ws.close(1000, "call ended", timeout_s=2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_reads_that_fill_the_buffer_lose_nothing_of_what_follows() -> None:
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        messages = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 1000) for n in range(12)]  # ~12 KiB: three buffers
+        await client.send_all(b"".join(rawws.frame(rawws.OP_TEXT, m) for m in messages))
+        received: list[str | bytes] = []
+        with trio.fail_after(5):
+            while len(received) < len(messages):
+                received += await ws.receive_batch()
+        assert received == [m.decode() for m in messages]
+        await ws.close(1000, "call ended", timeout_s=2)
+        nursery.cancel_scope.cancel()
+
+
 async def test_fragments_are_joined_and_pings_answered() -> None:
     async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
         ws = await accepted(client, server)

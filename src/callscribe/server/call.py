@@ -3,7 +3,8 @@
 Where a media frame goes:
 
     Call._read_twilio      frames of a read -> TwilioStream.receive -> [Media...] -> media channel,
-                           once a window is due (WindowGate)
+                           once a window is due (WindowGate); then no read until the next window
+                           can be complete (ReadPacer)
     Call._mix              [Media...] -> Mixer.add -> Mixer.windows               -> window channel
     DeepgramClient.run     window -> AudioBacklog -> Deepgram socket; Deepgram's messages -> Hub.publish
                            (and GamePatch.on_deepgram), see deepgram_client.py
@@ -28,12 +29,14 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
 from callscribe.core.call_record import call_start
 from callscribe.core.deepgram import DEFAULT_URL, DeepgramStream, MessageKind
 from callscribe.core.mixer import SAMPLES_PER_MS, Mixer, WindowGate
+from callscribe.core.read_pacing import ReadPacer
 from callscribe.core.twilio import Dtmf, Event, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.server.deepgram_client import Connector, DeepgramClient
 from callscribe.server.games import GamePatch, GameRegistry
@@ -41,6 +44,7 @@ from callscribe.server.hub import CLOSE_NORMAL, Hub
 from callscribe.server.store import NO_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MEDIA_QUEUE = 50
 """Batches of Twilio frames (each about one window of audio) between reader and mixer: the mixer
@@ -51,6 +55,7 @@ WINDOW_QUEUE_SECONDS = 10
 """Audio that may queue for Deepgram, e.g. while its connection is being opened."""
 MAX_REJECTED_FRAMES = 1000
 """A Twilio socket that sends this many unusable frames is not Twilio; it is closed with 1008."""
+SAMPLES_PER_S = SAMPLES_PER_MS * 1000
 LOGGED_REJECTIONS = 5
 """Skipped frames logged one by one per call; after that every 100th."""
 
@@ -92,7 +97,7 @@ class Call:
 
     def __init__(
         self,
-        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
+        receive: Callable[[float], Awaitable[Sequence[str | bytes | None]]],
         *,
         settings: CallSettings,
         hub: Hub,
@@ -159,18 +164,23 @@ class Call:
     async def _read_twilio(self, nursery: trio.Nursery) -> None:
         """Read Twilio's frames a socket read at a time and hand the media to the mixer's task once
         a window is due (the `WindowGate` knows when, from the mixer's own arithmetic): one wake of
-        the mixer per window rather than per frame, and no window later than mixing each frame."""
+        the mixer per window rather than per frame, and no window later than mixing each frame.
+        After each window the reader sleeps until the next one can be complete (`ReadPacer`) and
+        takes the frames in between in one read: about two reads a window instead of one or two
+        a frame, again with no window later."""
         media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
         gate: WindowGate | None = None
         held: list[MediaInfo] = []
+        pacer = ReadPacer(self.settings.window_ms / 1000)
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
         try:
             with scope:
                 go_on = True
+                read_at = 0.0
                 while go_on:
                     try:
-                        frames = await self._receive()
+                        frames = await self._receive(read_at)
                     except trio.EndOfChannel:
                         break
                     for frame in frames:
@@ -186,9 +196,11 @@ class Call:
                             go_on = False
                             break
                     if held and (not go_on or len(held) >= MAX_HELD_FRAMES or gate.due()):  # type: ignore[union-attr]
-                        await media_send.send(held)  # type: ignore[union-attr]
+                        await _hand_over(media_send, held)  # type: ignore[arg-type]
                         held = []
-                        scope.deadline = trio.current_time() + self.settings.media_timeout_s  # once a window
+                        now = trio.current_time()
+                        scope.deadline = now + self.settings.media_timeout_s  # once a window
+                        read_at = pacer.window_done(now, gate.head / SAMPLES_PER_S)  # type: ignore[union-attr]
             if scope.cancelled_caught and not self._end_requested and media_send is None:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")
@@ -287,7 +299,7 @@ class Call:
                 for frame in frames:
                     mixer.add(channel_of[frame.track], frame.timestamp, frame.payload)
                 for window in mixer.windows():
-                    await windows.send(window)
+                    await _hand_over(windows, window)
             for window in mixer.flush():
                 await windows.send(window)
 
@@ -358,3 +370,13 @@ class Call:
 
 
 __all__ = ["Call", "CallSettings", "Connector"]
+
+
+async def _hand_over(channel: trio.MemorySendChannel[T], item: T) -> None:
+    """`channel.send(item)` without its checkpoint when there is room: the tasks that hand over
+    (reader, mixer) checkpoint once a loop anyway, at their read or receive, and a checkpoint is a
+    trip through the scheduler. When the channel is full it waits, as `send` does."""
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        await channel.send(item)

@@ -71,10 +71,11 @@ class Supervisor:
 
     def start_call(
         self,
-        receive: Callable[[], Awaitable[Sequence[str | bytes | None]]],
+        receive: Callable[[float], Awaitable[Sequence[str | bytes | None]]],
         send: Callable[[str], Awaitable[None]] | None,
     ) -> Call:
-        """Start a call reading Twilio frames from `receive` (each call: the frames of one read) and
+        """Start a call reading Twilio frames from `receive` (each call: the frames of one read, made
+        no earlier than the time it is given) and
         talking back with `send`; the caller waits for `call.finished` and calls `call.end_input()`
         when its socket is gone."""
         if self._nursery is None:

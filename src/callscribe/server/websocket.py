@@ -11,7 +11,10 @@ for each message sent. Here the call's own reader task reads the socket and pars
 Reading: a small buffer allocated once per connection; on plain TCP the reader waits with
 `trio.lowlevel.wait_readable` and reads with a non-blocking `recv_into` on a duplicate of the
 socket's descriptor (no failed `recv` before each wait, as `trio.SocketStream` does); on TLS it
-reads through the `trio.SSLStream`. Optionally the wait is replaced by a shared tick
+reads through the `trio.SSLStream`. A reader may ask not to read before a given time
+(`receive_batch(not_before)`: the call does, until its next window can be complete, see
+core/read_pacing.py); it then reads at once, without waiting to be told the socket is readable, as
+it does after a read that filled the buffer. Optionally the wait is replaced by a shared tick
 (`ReadTick`): every reader wakes on the same tick and takes what arrived, trading up to one tick of
 latency for fewer wakes.
 
@@ -127,15 +130,18 @@ class ServedWebSocket:
         """It was disconnected for taking no data for `stall_timeout_s` (by us or the kernel)."""
         self._gone = trio.Event()
         self._eof = False
+        self._more = False
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def receive_batch(self) -> list[str | bytes]:
-        """The messages of the next read that produced any (text as `str`, binary as `bytes`)."""
+    async def receive_batch(self, not_before: float = 0.0) -> list[str | bytes]:
+        """The messages of the next read that produced any (text as `str`, binary as `bytes`),
+        read no earlier than `not_before` (trio time): a reader that knows nothing it can use comes
+        sooner takes everything up to then in one read."""
         while True:
             if self.gone or self._protocol.state is State.CLOSED or self._eof:
                 raise trio.EndOfChannel
-            data = await self._read()
+            data = await self._read(not_before)
             if not data:
                 self._eof = True
                 self._protocol.receive_eof()
@@ -156,10 +162,20 @@ class ServedWebSocket:
             self._pending = await self.receive_batch()
         return self._pending.pop(0)
 
-    async def _read(self) -> bytes:
+    async def _read(self, not_before: float = 0.0) -> bytes:
         if self._early:
             data, self._early = self._early, b""
             return data
+        # Read at once, without waiting to be told the socket is readable, when it most likely is:
+        # after a pause (`not_before`) or after a read that filled the buffer. One wake fewer, and a
+        # `recv` that finds nothing costs a system call, not a wake.
+        read_now = self._more
+        self._more = False
+        if not_before > trio.current_time():
+            await trio.sleep_until(not_before)
+            read_now = True
+        elif read_now:
+            await trio.lowlevel.checkpoint()  # a peer that floods us must not starve the other calls
         sock = self._fast_socket
         if sock is None:
             try:
@@ -169,7 +185,9 @@ class ServedWebSocket:
         while True:
             if sock.fileno() < 0:  # closed (aclose) before this read
                 return b""
-            if self._read_tick is None:
+            if read_now:
+                read_now = False
+            elif self._read_tick is None:
                 try:
                     await trio.lowlevel.wait_readable(sock)
                 except trio.ClosedResourceError:  # closed under us (aclose)
@@ -183,6 +201,7 @@ class ServedWebSocket:
             except OSError as error:  # ETIMEDOUT: the kernel cut off a peer that took no data
                 self.stalled = self.stalled or error.errno == errno.ETIMEDOUT
                 return b""
+            self._more = count == len(self._buffer)
             return bytes(self._view[:count])
 
     def _messages(self) -> list[str | bytes]:
