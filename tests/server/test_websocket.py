@@ -60,11 +60,20 @@ async def accepted(client: trio.abc.Stream, server: trio.abc.Stream, **options: 
     return ws
 
 
-@pytest.mark.parametrize("tls", [False, True])
-async def test_everything_one_read_brings_is_one_batch(tls: bool) -> None:
+@asynccontextmanager
+async def served(tls: bool = False) -> AsyncIterator[tuple[trio.abc.Stream, ServedWebSocket]]:
+    """(client, the server's accepted WebSocket with its writer running), closed with 1000 at the end."""
     async with tcp_pair(tls) as (client, server), trio.open_nursery() as nursery:
         ws = await accepted(client, server)
         nursery.start_soon(ws.writer)
+        yield client, ws
+        await ws.close(1000, "call ended", timeout_s=2)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_everything_one_read_brings_is_one_batch(tls: bool) -> None:
+    async with served(tls) as (client, ws):
         frames = [rawws.frame(rawws.OP_TEXT, b'{"n":%d}' % n) for n in range(3)] + [
             rawws.frame(rawws.OP_BINARY, b"\x00")
         ]
@@ -74,14 +83,10 @@ async def test_everything_one_read_brings_is_one_batch(tls: bool) -> None:
             while len(batch) < 4:  # TLS may split a record read; plain TCP on loopback does not
                 batch += await ws.receive_batch()
         assert batch == ['{"n":0}', '{"n":1}', '{"n":2}', b"\x00"]
-        await ws.close(1000, "call ended", timeout_s=2)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_read_not_before_a_time_takes_all_that_came_until_then_at_once() -> None:
-    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
-        ws = await accepted(client, server)
-        nursery.start_soon(ws.writer)
+    async with served() as (client, ws), trio.open_nursery() as nursery:
         not_before = trio.current_time() + 0.3
 
         async def send_over_time() -> None:
@@ -96,14 +101,10 @@ async def test_a_read_not_before_a_time_takes_all_that_came_until_then_at_once()
             batch = await ws.receive_batch(not_before)
         assert trio.current_time() >= not_before and sent.is_set()
         assert batch == ['{"n":0}', '{"n":1}', '{"n":2}']  # three writes, one read
-        await ws.close(1000, "call ended", timeout_s=2)
-        nursery.cancel_scope.cancel()
 
 
 async def test_reads_that_fill_the_buffer_lose_nothing_of_what_follows() -> None:
-    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
-        ws = await accepted(client, server)
-        nursery.start_soon(ws.writer)
+    async with served() as (client, ws):
         messages = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 1000) for n in range(12)]  # ~12 KiB: three buffers
         await client.send_all(b"".join(rawws.frame(rawws.OP_TEXT, m) for m in messages))
         received: list[str | bytes] = []
@@ -111,8 +112,6 @@ async def test_reads_that_fill_the_buffer_lose_nothing_of_what_follows() -> None
             while len(received) < len(messages):
                 received += await ws.receive_batch()
         assert received == [m.decode() for m in messages]
-        await ws.close(1000, "call ended", timeout_s=2)
-        nursery.cancel_scope.cancel()
 
 
 async def test_fragments_are_joined_and_pings_answered() -> None:
