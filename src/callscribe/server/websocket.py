@@ -13,8 +13,9 @@ Reading: a small buffer allocated once per connection; on plain TCP the reader w
 socket's descriptor (no failed `recv` before each wait, as `trio.SocketStream` does); on TLS it
 reads through the `trio.SSLStream`. A reader may ask not to read before a given time
 (`receive_batch(not_before)`: the call does, until its next window can be complete, see
-core/read_pacing.py); it then reads at once, without waiting to be told the socket is readable, as
-it does after a read that filled the buffer. Optionally the wait is replaced by a shared tick
+core/read_pacing.py); it then reads at once, without waiting to be told the socket is readable. A
+read that filled the buffer is followed by another at once, whatever the reader asked: a peer
+ahead of real time (a burst after a network hiccup) is read as fast as it sends. Optionally the wait is replaced by a shared tick
 (`ReadTick`): every reader wakes on the same tick and takes what arrived, trading up to one tick of
 latency for fewer wakes.
 
@@ -167,21 +168,24 @@ class ServedWebSocket:
             data, self._early = self._early, b""
             return data
         # Read at once, without waiting to be told the socket is readable, when it most likely is:
-        # after a pause (`not_before`) or after a read that filled the buffer. One wake fewer, and a
-        # `recv` that finds nothing costs a system call, not a wake.
+        # after a read that filled the buffer (the peer is ahead of us: read on, whatever
+        # `not_before` says) or after a pause (`not_before`). One wake fewer, and a `recv` that
+        # finds nothing costs a system call, not a wake.
         read_now = self._more
         self._more = False
-        if not_before > trio.current_time():
+        if read_now:
+            await trio.lowlevel.checkpoint()  # a peer that floods us must not starve the other calls
+        elif not_before > trio.current_time():
             await trio.sleep_until(not_before)
             read_now = True
-        elif read_now:
-            await trio.lowlevel.checkpoint()  # a peer that floods us must not starve the other calls
         sock = self._fast_socket
         if sock is None:
             try:
-                return bytes(await self._stream.receive_some(READ_BUFFER))
+                data = bytes(await self._stream.receive_some(READ_BUFFER))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
+            self._more = len(data) == READ_BUFFER
+            return data
         while True:
             if sock.fileno() < 0:  # closed (aclose) before this read
                 return b""
