@@ -322,3 +322,24 @@ def test_a_clock_jump_back_is_taken_as_one_and_the_audio_goes_on() -> None:
     out = _feed_mono(mixer, [20 * n for n in range(1000)] + [20 * n for n in range(50)])
     assert mixer.resyncs == 1 and mixer.dropped[0] == 0
     assert len(out) == 1050 * 160
+
+
+def test_the_gate_says_where_the_latest_audio_is_and_where_the_next_window_will_be_due() -> None:
+    gate = WindowGate(2, window_ms=100, jitter_ms=40)
+    for n in range(5):  # 100 ms of both tracks, the outbound frame of each pair a little behind
+        gate.add(0, 20 * n, 160)
+        gate.add(1, 20 * n, 160)
+    gate.add(0, 100, 160)  # the inbound track is a frame ahead
+    assert gate.due()
+    assert gate.received_to == 120 * SAMPLES_PER_MS
+    # Due again when the outbound track (20 ms behind) has the window: the inbound is then at 220 ms.
+    assert gate.next_due_at == 220 * SAMPLES_PER_MS
+
+
+def test_with_a_silent_track_the_next_window_is_due_a_jitter_allowance_after_its_end() -> None:
+    gate = WindowGate(2, window_ms=100, jitter_ms=40)
+    for n in range(7):  # 140 ms of the inbound track alone: cut by the jitter rule
+        gate.add(0, 20 * n, 160)
+    assert gate.due()
+    assert gate.received_to == 140 * SAMPLES_PER_MS
+    assert gate.next_due_at == 240 * SAMPLES_PER_MS

@@ -200,6 +200,19 @@ class WindowGate:
             self._shift[channel] += gap
         self._lengths[channel] = length + pad + max(0, size - drop)
 
+    @property
+    def received_to(self) -> int:
+        """The timeline position (in samples) of the latest audio added, on any channel."""
+        return self.head + max(self._lengths)
+
+    @property
+    def next_due_at(self) -> int:
+        """Where `received_to` will be when the next window is due, if every channel goes on as it
+        is: when the channel furthest behind has a window, or the one ahead a window plus the jitter
+        allowance (a channel that sends nothing is left further behind every window: the second)."""
+        lengths = self._lengths
+        return self.head + self.window + min(max(lengths) - min(lengths), self.jitter)
+
     def due(self) -> bool:
         """Whether the chunks added so far complete at least one window the mixer has not cut yet
         (those windows are then taken as cut)."""

@@ -3,41 +3,67 @@
 The mixer works a window at a time, so reading a Twilio socket whenever a frame arrives (every
 20 ms, per track) wakes the reader several times a window for nothing the mixer can use yet, and
 on Trio a wake costs more than the work a frame brings. Twilio sends audio in real time, so when a
-call's next window will be complete is predictable: the window that ends at `T` seconds of the
-stream was complete at `offset + T` on our clock, where `offset` is how far the stream runs
-behind our clock (the network and Twilio's own buffering). The pacer learns that offset from each
-window the reader completes and says when to read next: at the earliest moment the next window can
-be complete. The reader sleeps through the frames in between and takes them in one read.
+call's next window will be complete is predictable: audio up to stream time `T` arrives at
+`delay + T` on our clock, where `delay` is how far the stream runs behind our clock (the network
+and Twilio's own buffering). The pacer learns that delay from the windows the reader completes
+(the moment of the read that completed one against the latest audio it brought) and says when to
+read next: when the audio that completes the next window can first be there (the `WindowGate`
+knows where that is). The reader sleeps through the frames in between and takes them in one read.
 
-It never holds a window back: it uses the *smallest* offset among the last `REMEMBERED` windows, so
-a window that comes with that delay or a larger one finds the reader already reading (as without
-the pacer: it reads frames as they come until the window is complete). Only a window that comes
-earlier than every recent one waits, for the difference, and then the smaller offset is learnt.
-What the pacer does delay, by up to a window, is what the reader notices between windows: a `mark`
-or `dtmf` message, `stop`, the socket closing.
+A window that comes with the smallest delay among the last `REMEMBERED` windows, or a larger
+one, finds the reader awake (it wakes `EARLY_S` before, and earlier by `JITTER_SHARE` of the
+spread of those delays, then reads frames as they come until the window is complete), so it
+leaves no later than without the pacer. What can be later:
+
+- a window that comes earlier than all of those: the reader slept through its arrival. It cannot
+  tell when it came, so the next window is read as it comes (unpaced) and measured;
+- after a window that came more than `TOLERANCE_S` earlier than all of those (a faster path, a
+  sender ahead of real time), the next window is read as it comes too, until the delay settles;
+  a sender faster than real time is never paced;
+- a window whose completing audio comes sooner than the gate foresaw (a track that was missing
+  starts: the gate counted on the jitter allowance): once.
+
+And what the reader notices between windows -- a `mark` or `dtmf` message, `stop`, the socket
+closing -- is noticed up to a window later.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-REMEMBERED = 16
-"""Windows whose offsets are remembered: a path that got slower is followed after this many
-windows, a faster one at once."""
+REMEMBERED = 50
+"""Windows whose delays are remembered (5 s of 100 ms windows): the smallest of them is used, so a
+path that got slower is followed after this many windows (until then the reader wakes early and
+reads frames as they come, which costs wakes, not latency)."""
 EARLY_S = 0.002
-"""Read this much before the predicted moment: timers fire up to about a millisecond late, and
+"""Wake this much before the predicted moment: timers fire up to about a millisecond late, and
 Twilio's timestamps are whole milliseconds."""
+TOLERANCE_S = 0.002
+"""A delay this much smaller than every remembered one means the stream got earlier."""
+JITTER_SHARE = 0.5
+"""The reader wakes earlier by this share of the spread of the remembered delays: on a jittery path
+a window often comes with less delay than the few before it, and waking for it costs less than
+sleeping through it (a steady path has no spread, and loses nothing)."""
+UNPACED = 0.0
+"""What `window_done` returns for "read as frames come" (a time long past)."""
 
 
 class ReadPacer:
-    def __init__(self, window_s: float) -> None:
-        if window_s <= 0:
-            raise ValueError("the window must be longer than 0 s")
-        self.window_s = window_s
-        self._offsets: deque[float] = deque(maxlen=REMEMBERED)
+    def __init__(self) -> None:
+        self._delays: deque[float] = deque(maxlen=REMEMBERED)
 
-    def window_done(self, now: float, timeline_s: float) -> float:
-        """The reader completed the windows up to `timeline_s` (seconds of the stream) at `now`;
-        returns when to read next (the earliest the next window can be complete)."""
-        self._offsets.append(now - timeline_s)
-        return min(self._offsets) + timeline_s + self.window_s - EARLY_S
+    def window_done(self, now: float, received_to_s: float, next_due_s: float, *, after_sleep: bool) -> float:
+        """The reader completed a window at `now` with the read that brought the stream's audio up
+        to `received_to_s` (stream seconds); `after_sleep`: that read was the first after sleeping
+        until a time this returned. The next window will be complete once audio up to `next_due_s`
+        is there. Returns when to read next (`UNPACED`: at once, as frames come)."""
+        if after_sleep:  # it may have been complete long before the reader woke: not a measurement
+            return UNPACED
+        delay = now - received_to_s
+        earlier = bool(self._delays) and delay < min(self._delays) - TOLERANCE_S
+        self._delays.append(delay)
+        if earlier:
+            return UNPACED
+        smallest = min(self._delays)
+        spread = max(self._delays) - smallest
+        return smallest + next_due_s - EARLY_S - spread * JITTER_SHARE

@@ -171,7 +171,7 @@ class Call:
         media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
         gate: WindowGate | None = None
         held: list[MediaInfo] = []
-        pacer = ReadPacer(self.settings.window_ms / 1000)
+        pacer = ReadPacer()
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
         try:
@@ -179,6 +179,7 @@ class Call:
                 go_on = True
                 read_at = 0.0
                 while go_on:
+                    after_sleep = read_at > trio.current_time()
                     try:
                         frames = await self._receive(read_at)
                     except trio.EndOfChannel:
@@ -200,7 +201,12 @@ class Call:
                         held = []
                         now = trio.current_time()
                         scope.deadline = now + self.settings.media_timeout_s  # once a window
-                        read_at = pacer.window_done(now, gate.head / SAMPLES_PER_S)  # type: ignore[union-attr]
+                        read_at = pacer.window_done(
+                            now,
+                            gate.received_to / SAMPLES_PER_S,  # type: ignore[union-attr]
+                            gate.next_due_at / SAMPLES_PER_S,  # type: ignore[union-attr]
+                            after_sleep=after_sleep,
+                        )
             if scope.cancelled_caught and not self._end_requested and media_send is None:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")

@@ -1,0 +1,160 @@
+"""The call's read pacing against reading every frame as it comes: each scenario runs twice on
+MockClock, once with the paced reader and once with a reader that ignores `not_before` (as the
+reader did before pacing), and the audio must be the same and no window later than
+core/read_pacing.py says it may be."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import trio
+
+from server.test_call import STOP, Harness, ScriptedDeepgram, twilio_media, twilio_start
+
+Schedule = list[tuple[float, str]]
+"""(arrival time in seconds from the call's start, Twilio frame), in arrival order."""
+
+
+def real_time(track: str, first_ms: int, count: int, *, latency_s: float = 0.05, byte: int = 0x11) -> Schedule:
+    """Frames of `track` from `first_ms` on, each arriving `latency_s` after its 20 ms ended."""
+    return [
+        ((first_ms + 20 * n + 20) / 1000 + latency_s, twilio_media(track, first_ms + 20 * n, bytes([byte]) * 160))
+        for n in range(count)
+    ]
+
+
+def in_order(schedule: Schedule) -> Schedule:
+    """A TCP stream delivers in order: no frame arrives before the one sent before it."""
+    out: Schedule = []
+    latest = 0.0
+    for at, frame in sorted(schedule, key=_sent_order):
+        latest = max(latest, at)
+        out.append((latest, frame))
+    return out
+
+
+def _sent_order(item: tuple[float, str]) -> tuple[int, int]:
+    media = json.loads(item[1])["media"]
+    return int(media["timestamp"]), 0 if media["track"] == "inbound" else 1
+
+
+async def _run(
+    schedule: Schedule, tracks: list[str], *, paced: bool, window_ms: int, **settings: object
+) -> tuple[list[float], bytes, int]:
+    h = Harness(ScriptedDeepgram(channels=len(tracks)), window_ms=window_ms, **settings)
+    read = h._read
+    reads = 0
+
+    async def counted(not_before: float = 0.0) -> list[str | None]:
+        nonlocal reads
+        reads += 1
+        return await read(not_before if paced else 0.0)
+
+    h.call._receive = counted
+    with trio.fail_after(600):
+        async with h.running(subscribed=False):
+            base = trio.current_time()
+            h.feed(twilio_start(tracks))
+            for at, frame in schedule:
+                await trio.sleep_until(base + at)
+                h.feed(frame)
+            await trio.sleep(1)
+            h.feed(STOP)
+    connection = h.deepgram.connections[0]
+    sent_at = [at - base for m, at in zip(connection.sent, connection.sent_at, strict=True) if isinstance(m, bytes)]
+    return sent_at, b"".join(h.deepgram.audio), reads
+
+
+async def later_windows(
+    schedule: Schedule, tracks: list[str], window_ms: int = 100, **settings: object
+) -> tuple[list[tuple[int, float, float]], float]:
+    """(window number, how much later it left with pacing, when it left) for every window that left
+    later, and the paced reader's reads as a share of the unpaced reader's."""
+    before, audio_before, reads_before = await _run(schedule, tracks, paced=False, window_ms=window_ms, **settings)
+    after, audio_after, reads_after = await _run(schedule, tracks, paced=True, window_ms=window_ms, **settings)
+    assert audio_after == audio_before and len(after) == len(before)
+    later = [(n, round(a - b, 4), a) for n, (a, b) in enumerate(zip(after, before, strict=True)) if a > b + 1e-9]
+    return later, reads_after / reads_before
+
+
+async def test_a_steady_stream_is_never_later_and_read_about_twice_a_window(autojump_clock: trio.abc.Clock) -> None:
+    schedule = in_order(real_time("inbound", 0, 150) + real_time("outbound", 0, 150, byte=0x22))
+    later, reads = await later_windows(schedule, ["inbound", "outbound"])
+    assert not later
+    assert reads < 0.45  # a read a pair before: five a window; now two (the wake, the last pair)
+
+
+async def test_a_window_length_not_a_multiple_of_20_ms_is_never_later(autojump_clock: trio.abc.Clock) -> None:
+    for window_ms in (30, 50, 70, 250):
+        schedule = in_order(real_time("inbound", 0, 100) + real_time("outbound", 0, 100, byte=0x22))
+        later, _ = await later_windows(schedule, ["inbound", "outbound"], window_ms=window_ms)
+        assert not later, f"window {window_ms} ms: {later}"
+
+
+async def test_timestamps_jumping_back_and_forward_are_never_later(autojump_clock: trio.abc.Clock) -> None:
+    # Both tracks jump 500 ms back at 1 s (the overlap is dropped), then 3 s forward at 2 s (padded).
+    def jumped(track: str, byte: int) -> Schedule:
+        out: Schedule = []
+        for n in range(150):
+            sent_ms = 20 * n
+            stamp = sent_ms - 500 if sent_ms >= 1000 else sent_ms
+            stamp = stamp + 3000 if sent_ms >= 2000 else stamp
+            out.append(((sent_ms + 20) / 1000 + 0.05, twilio_media(track, stamp, bytes([byte]) * 160)))
+        return out
+
+    schedule = sorted(jumped("inbound", 0x11) + jumped("outbound", 0x22), key=lambda item: item[0])
+    later, _ = await later_windows(schedule, ["inbound", "outbound"])
+    assert not later
+
+
+async def test_a_sender_faster_than_real_time_is_held_back_once_at_most(autojump_clock: trio.abc.Clock) -> None:
+    # 1.5x real time. The first paced read (after one window, the rate cannot be known) sleeps
+    # through the second window; from then on every window comes earlier than the last, and the
+    # reader reads as frames come. (Deepgram is taken as fast as it comes: its own pace, at most
+    # replay_rate x real time, would hide the reader's.)
+    schedule = [(0.03 + (20 * n + 20) / 1500, twilio_media("inbound", 20 * n, b"\x11" * 160)) for n in range(300)]
+    later, _ = await later_windows(schedule, ["inbound"], replay_rate=100.0)
+    assert [n for n, _, _ in later] in ([], [1]), later
+
+
+async def test_when_the_outbound_track_starts_late_only_the_window_it_completes_first_is_later(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Until the outbound leg starts (1 s in), windows are cut when the inbound track is a window
+    # plus the jitter allowance ahead; the reader counted on that for the window the outbound
+    # track then completes sooner. From the next window on it counts on both tracks.
+    schedule = in_order(real_time("inbound", 0, 150) + real_time("outbound", 1000, 100, byte=0x22))
+    later, _ = await later_windows(schedule, ["inbound", "outbound"])
+    assert len(later) <= 1 and all(by <= 0.04 for _, by, _ in later), later
+
+
+async def test_when_the_network_delay_drops_only_the_window_slept_through_is_later(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # 2 s of audio come 120 ms later than the rest (a congested path); then the path clears: the
+    # reader sleeps through the windows that come in the meantime, and catches up in one read.
+    slow = [(at + 0.12, f) for at, f in real_time("inbound", 0, 100, latency_s=0.03)]
+    slow += [(at + 0.12, f) for at, f in real_time("outbound", 0, 100, latency_s=0.03, byte=0x22)]
+    fast = real_time("inbound", 2000, 100, latency_s=0.03) + real_time("outbound", 2000, 100, latency_s=0.03, byte=0x22)
+    later, _ = await later_windows(in_order(slow + fast), ["inbound", "outbound"])
+    assert len({left for _, _, left in later}) <= 1 and all(by <= 0.12 for _, by, _ in later), later
+
+
+async def test_after_a_burst_at_the_start_only_the_first_paced_window_is_later(autojump_clock: trio.abc.Clock) -> None:
+    # Twilio delivers the first 160 ms with the start (buffered while the socket opened).
+    schedule = [(max(at, 0.2), frame) for at, frame in real_time("inbound", 0, 100, latency_s=0.03)]
+    later, _ = await later_windows(in_order(schedule), ["inbound"])
+    assert len({left for _, _, left in later}) <= 1, later
+
+
+async def test_a_jittery_sender_loses_little(autojump_clock: trio.abc.Clock) -> None:
+    # 0-60 ms of jitter on every frame: a window whose audio comes with less delay than every one
+    # remembered is slept through (by up to the difference: the first windows, before there is
+    # much to remember), and the reader wakes earlier by half the spread of the delays it saw.
+    rng = random.Random(7)
+    schedule = [(at + rng.uniform(0, 0.06), f) for at, f in real_time("inbound", 0, 250, latency_s=0.03)]
+    schedule += [(at + rng.uniform(0, 0.06), f) for at, f in real_time("outbound", 0, 250, latency_s=0.03, byte=0x22)]
+    later, reads = await later_windows(in_order(schedule), ["inbound", "outbound"])
+    assert len(later) <= 8 and all(by <= 0.03 for _, by, _ in later), later  # of 50 windows; jitter up to 60 ms
+    assert reads < 0.8
