@@ -38,9 +38,9 @@ reads frames as they come, which costs wakes, not latency)."""
 EARLY_S = 0.002
 """Wake this much before the predicted moment: timers fire up to about a millisecond late, and
 Twilio's timestamps are whole milliseconds."""
-TOLERANCE_S = 0.002
+TOLERANCE_S = 0.005
 """A delay this much smaller than every remembered one means the stream got earlier."""
-JITTER_SHARE = 0.5
+JITTER_SHARE = 0.25
 """The reader wakes earlier by this share of the spread of the remembered delays: on a jittery path
 a window often comes with less delay than the few before it, and waking for it costs less than
 sleeping through it (a steady path has no spread, and loses nothing)."""
