@@ -180,7 +180,8 @@ SERVER_FIELDS = frozenset(f.name for f in fields(ServerSettings))
 
 def server_settings(fake: FakeDeepgram, **overrides: Any) -> ServerSettings:
     """`TEST_SERVER`'s settings with Deepgram at `fake`, changed by `overrides`: fields of `ServerSettings`
-    or, the others, of `CallSettings`. A None is the field's default (`store=None`: no call store)."""
+    or, the others, of `CallSettings`. A None for a `ServerSettings` field leaves it as it would be
+    without the override: `TEST_SERVER`'s value, else the field's default (`store=None`: no call store)."""
     call: dict[str, Any] = {"deepgram_url": fake.url, "deepgram_api_key": API_KEY}
     server = dict(TEST_SERVER)
     for name, value in overrides.items():

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import time
+import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from callscribe.core.audio import generate_tone
 from callscribe.server import redis_hub, redis_link
 from callscribe.server.hub import CLOSE_TRY_AGAIN_LATER, HubUnavailable
 from callscribe.server.redis_hub import COMMAND_TIMEOUT_S, PROBE_INTERVAL_S, RedisHub
+from callscribe.server.redis_link import RedisLink
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour, FakeDeepgramSession
 from callscribe.testing.simulator import CallSpec, run_call
 from conftest import API_KEY, RunningServer, Subscriber, noise, start_server, stop_servers, subscribe, wait_until_live
@@ -420,3 +422,21 @@ async def test_two_streams_of_one_call_on_two_processes_are_one_call(
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []
     await stop_servers(a, b)
+
+
+def test_a_hub_given_its_link_refuses_link_options_it_would_not_use() -> None:
+    # Constructing does no IO: the address is never connected to.
+    link = RedisLink("redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="lease_s would not be used"):
+        RedisHub("redis://127.0.0.1:1/0", link=link, lease_s=5.0)
+    with pytest.raises(TypeError):
+        RedisHub("redis://127.0.0.1:1/0", lease=5.0)  # type: ignore[call-arg]  # a typo is no option
+
+
+def test_the_hub_and_the_app_keep_annotations_that_resolve_at_run_time() -> None:
+    # Tools that read type hints (documentation, dependency injection) need the names at run time.
+    from callscribe.server.app import create_app
+    from callscribe.server.store_writer import StoreRecorder  # imported for type checking only there
+
+    assert typing.get_type_hints(RedisHub.__init__)["url"] is str
+    assert "settings" in typing.get_type_hints(create_app, localns={"StoreRecorder": StoreRecorder})

@@ -567,3 +567,13 @@ def test_cli_runs_until_ctrl_c() -> None:
                 process.kill()
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_the_options_keep_the_names_argparse_gives_them_and_make_the_behaviour() -> None:
+    # A program that adds the fake's options to its own parser reads them by their flags' names.
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--api-key", "k", "--delay", "0.5", "--drop-after", "3", "--result-every", "2"])
+    assert (args.delay, args.drop_after, args.result_every, args.idle_timeout) == (0.5, 3.0, 2.0, 10.0)
+    behaviour = behaviour_from_args(args)
+    assert (behaviour.response_delay_s, behaviour.drop_after_audio_s, behaviour.result_every_s) == (0.5, 3.0, 2.0)

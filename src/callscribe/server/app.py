@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, TypedDict, Unpack, cast
 
 import trio
 from quart import Request, Response, Websocket, request, websocket
@@ -54,8 +54,6 @@ from callscribe.server.supervisor import Supervisor
 from callscribe.server.websocket import Admission, FirstValues, ReadTick, ServedWebSocket, accept_websocket
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack  # typing's own from Python 3.12
-
     from callscribe.server.store_writer import StoreRecorder
 
 log = logging.getLogger(__name__)

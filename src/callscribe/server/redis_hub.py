@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Unpack, cast
 
 import coredis
 import trio
@@ -84,9 +84,6 @@ from callscribe.server.redis_outbox import OUTBOX_SIZE, Outbox, Pipeline, Write
 from callscribe.server.redis_pubsub import PUBSUB_BACKLOG, PubSubListener
 from callscribe.server.redis_scripts import BURY, END_STREAM, JOIN, KEEP
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack  # typing's own from Python 3.12
-
 __all__ = ["COMMAND_TIMEOUT_S", "CONNECT_TIMEOUT_S", "PROBE_INTERVAL_S", "REDIS_ERRORS", "RedisHub"]
 
 log = logging.getLogger(__name__)
@@ -116,7 +113,9 @@ class RedisHub:
         link: RedisLink | None = None,
         **link_options: Unpack[LinkOptions],
     ) -> None:
-        """`link_options` go to the `RedisLink` made for `url` (unless `link` is given)."""
+        """`link_options` go to the `RedisLink` made for `url`; with a `link` given there is none to make."""
+        if link is not None and link_options:
+            raise TypeError(f"RedisHub: {', '.join(sorted(link_options))} would not be used: a link is given")
         self.link = link or RedisLink(url, **link_options)
         for script in (KEEP, END_STREAM, BURY, JOIN):
             self.link.register_script(script)

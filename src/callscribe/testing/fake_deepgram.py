@@ -259,8 +259,8 @@ def _error_status(text: str) -> int:
 
 
 #: The options that set a :class:`FakeDeepgramBehaviour` field (``--api-key`` aside, whose default
-#: comes from the environment), each defaulting to the field's default: flag, field (the option's
-#: ``dest``, so that :func:`behaviour_from_args` reads the same names), type, metavar, help.
+#: comes from the environment), each defaulting to the field's default: flag (whose attribute in the
+#: parsed options argparse names, as always: ``--delay`` is ``args.delay``), field, type, metavar, help.
 _BEHAVIOUR_OPTIONS: Final[tuple[tuple[str, str, Callable[[str], object], str | None, str], ...]] = (
     ("--reject-status", "reject_status", _error_status, "STATUS",
      "refuse every handshake with this HTTP status, e.g. 401 or 429"),
@@ -299,12 +299,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: $DEEPGRAM_API_KEY, else {defaults.api_key!r})",
     )
     for flag, field, type_, metavar, help_ in _BEHAVIOUR_OPTIONS:
-        parser.add_argument(flag, dest=field, type=type_, default=getattr(defaults, field), metavar=metavar, help=help_)
+        parser.add_argument(flag, type=type_, default=getattr(defaults, field), metavar=metavar, help=help_)
 
 
 def behaviour_from_args(args: argparse.Namespace) -> FakeDeepgramBehaviour:
     """The behaviour the parsed options of :func:`add_cli_arguments` ask for."""
-    fields = {field: getattr(args, field) for _, field, *_ in _BEHAVIOUR_OPTIONS}
+    fields = {field: getattr(args, _dest(flag)) for flag, field, *_ in _BEHAVIOUR_OPTIONS}
     return FakeDeepgramBehaviour(api_key=args.api_key, **fields)
 
 
@@ -352,3 +352,8 @@ def run_from_cli(args: argparse.Namespace, *, announce: Callable[[str], None] | 
         print(f"fake Deepgram: cannot listen on {args.host}:{binding}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _dest(flag: str) -> str:
+    """The attribute argparse stores a long option under (`--drop-after`: `drop_after`)."""
+    return flag.removeprefix("--").replace("-", "_")
