@@ -136,12 +136,14 @@ async def test_no_callsid_follows_the_only_call_or_the_next_to_start(server: Run
 
 async def test_several_live_calls_and_no_choice_is_bad_usage(server: RunningServer) -> None:
     async with trio.open_nursery() as nursery:
-        for sid in ("CAa", "CAb"):
-            nursery.start_soon(run_call, server.url("/twilio"), call(sid, 3.0))
+        for sid in ("CAa", "CAb"):  # calls that outlast the listener's start on any machine
+            nursery.start_soon(run_call, server.url("/twilio"), call(sid, 60.0))
         for sid in ("CAa", "CAb"):
             await wait_until_live(server, sid)
         listener = await listen(nursery, "--url", server.ws_url)
-        assert await listener.status() == 2
+        status = await listener.status()
+        nursery.cancel_scope.cancel()  # the calls are not needed any more
+    assert status == 2
     (line,) = listener.errors
     assert re.fullmatch(
         r"callscribe listen: 2 live calls \(CA[ab], CA[ab]\): name one \(callscribe listen CALLSID\) "
