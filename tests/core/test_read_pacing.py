@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from callscribe.core.read_pacing import EARLY_S, JITTER_SHARE, REMEMBERED, TOLERANCE_S, UNPACED, ReadPacer
@@ -61,6 +61,7 @@ def test_a_path_that_got_slower_is_followed_after_the_remembered_windows() -> No
     extra_delays_s=st.lists(st.floats(0, 0.5), min_size=1, max_size=80),
     next_due_s=st.sampled_from([0.02, 0.1, 0.14, 0.25]),
 )
+@example(base_delay_s=0.0, extra_delays_s=[0.005, 0.0], next_due_s=0.02)  # exactly at the tolerance, after rounding
 def test_the_reader_is_never_told_to_sleep_past_what_the_smallest_recent_delay_allows(
     base_delay_s: float, extra_delays_s: list[float], next_due_s: float
 ) -> None:
@@ -71,7 +72,7 @@ def test_the_reader_is_never_told_to_sleep_past_what_the_smallest_recent_delay_a
     delays: list[float] = []
     for n, extra in enumerate(extra_delays_s, start=1):
         received_to = n * 0.1
-        delay = base_delay_s + extra
+        delay = (received_to + base_delay_s + extra) - received_to  # as the pacer sees it, rounding included
         smallest_before = min(delays[-REMEMBERED:], default=delay)
         delays.append(delay)
         next_read = done(pacer, received_to + delay, received_to, received_to + next_due_s)
