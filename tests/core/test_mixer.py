@@ -343,3 +343,79 @@ def test_with_a_silent_track_the_next_window_is_due_a_jitter_allowance_after_its
     assert gate.due()
     assert gate.received_to == 140 * SAMPLES_PER_MS
     assert gate.next_due_at == 240 * SAMPLES_PER_MS
+
+
+def test_the_gate_counts_the_chunks_the_next_window_needs() -> None:
+    gate = WindowGate(2, window_ms=100, jitter_ms=40)
+    assert gate.chunks_until_due(160) == 10  # five of each track
+    gate.add(0, 0, 160)
+    assert gate.chunks_until_due(160) == 9  # the inbound track is 20 ms ahead: four more, and five
+    gate.add(1, 0, 160)
+    assert gate.chunks_until_due(160) == 8
+    for n in range(1, 7):  # the inbound track alone, until the jitter rule cuts a window at 140 ms
+        gate.add(0, 20 * n, 160)
+    assert gate.due()
+    # The outbound track is now the jitter allowance behind: it may have stopped. The next window is
+    # due when the inbound track is 240 ms in, five chunks on (the outbound counts for none).
+    assert gate.chunks_until_due(160) == 5
+
+
+def test_chunks_longer_than_the_jitter_allowance_can_bring_the_jitter_rule_first() -> None:
+    gate = WindowGate(2, window_ms=21, jitter_ms=1)
+    # inbound 0-20, outbound 0-20, inbound 20-40: 40 ms is past 21 + 1, due before the outbound track
+    # has its 21 ms.
+    assert gate.chunks_until_due(160) == 3
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    before=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 12)), max_size=30),
+    window_ms=st.integers(20, 250),
+    jitter_ms=st.integers(0, 100),
+    chunk_ms=st.sampled_from([10, 20, 30]),
+    stopped=st.sampled_from([None, 0, 1]),
+)
+def test_the_next_window_never_comes_with_fewer_chunks_than_the_gate_counts(
+    before: list[tuple[int, int]], window_ms: int, jitter_ms: int, chunk_ms: int, stopped: int | None
+) -> None:
+    """From any state, with the tracks going on in real time (chunks in time order, the track behind
+    first) or the one behind stopping when it is the jitter allowance behind, the next window is never
+    due after fewer chunks than the gate counted: a reader woken after that many is never late."""
+    gate = WindowGate(2, window_ms=window_ms, jitter_ms=jitter_ms)
+    chunk = chunk_ms * SAMPLES_PER_MS
+    position = [0, 0]
+    for track, count in before:  # each track some chunks ahead of the other, in turns
+        for _ in range(count):
+            gate.add(track, position[track], chunk)
+            position[track] += chunk_ms
+        gate.due()
+    lengths = gate._lengths  # as the gate sees the tracks (a cut pads the one behind)
+    counted = gate.chunks_until_due(chunk)
+    sending = [0, 1]
+    behind = lengths[1 - stopped] - lengths[stopped] if stopped is not None else 0
+    if behind > 0 and behind >= jitter_ms * SAMPLES_PER_MS:
+        sending = [1 - stopped]  # the track behind stops (one in step with the other that stops: see read pacing)
+    added = 0
+    while not gate.due():
+        track = min(sending, key=lambda t: position[t])
+        gate.add(track, position[track], chunk)
+        position[track] += chunk_ms
+        added += 1
+        assert added <= 1000
+    assert added >= counted
+
+
+def test_two_tracks_in_step_are_counted_exactly() -> None:
+    """Twilio's steady case (a frame of each track every 20 ms): the reader is woken by the very
+    frame that completes each window, never one before it. (With a jitter allowance shorter than a
+    frame the count can be low, which costs a read, never lateness.)"""
+    for window_ms, jitter_ms in ((100, 40), (250, 40), (70, 40), (30, 40), (120, 20), (60, 100)):
+        gate = WindowGate(2, window_ms=window_ms, jitter_ms=jitter_ms)
+        counted, added = gate.chunks_until_due(160), 0
+        for n in range(400):
+            for track in (0, 1):
+                gate.add(track, 20 * n, 160)
+                added += 1
+                if gate.due():
+                    assert added == counted, (window_ms, jitter_ms, n)
+                    counted, added = gate.chunks_until_due(160), 0

@@ -1,16 +1,23 @@
-"""The call's read pacing against reading every frame as it comes: each scenario runs twice on
-MockClock, once with the paced reader and once with a reader that ignores `not_before` (as the
-reader did before pacing), and the audio must be the same and no window later than
-core/read_pacing.py says it may be."""
+"""The call's read pacing against reading every frame as it comes: each scenario runs on MockClock
+with the paced reader, with a reader woken by bytes (as a plain TCP socket wakes it, `wake_after`)
+and with a reader that ignores both (as the reader did before pacing); the audio must be the same
+and no window later than core/read_pacing.py and `Call._read_twilio` say it may be."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
+from typing import Literal
 
+import pytest
 import trio
 
+from callscribe.core.read_pacing import EARLY_S
+from callscribe.server.websocket import framed, low_water
 from server.test_call import STOP, Harness, ScriptedDeepgram, twilio_media, twilio_start
+
+Reader = Literal["unpaced", "paced", "bytes"]
 
 Schedule = list[tuple[float, str]]
 """(arrival time in seconds from the call's start, Twilio frame), in arrival order."""
@@ -39,17 +46,49 @@ def _sent_order(item: tuple[float, str]) -> tuple[int, int]:
     return int(media["timestamp"]), 0 if media["track"] == "inbound" else 1
 
 
+class ByteWoken:
+    """The harness's Twilio frames as a plain TCP socket gives them to a reader that asked to be
+    woken once `wake_after`'s bytes are there (SO_RCVLOWAT) or at its latest time: everything
+    queued by then, in one read."""
+
+    def __init__(self, h: Harness) -> None:
+        self._frames = h._twilio_receive
+        self._wake: tuple[int, float] | None = None
+
+    def wake_after(self, messages: int, size: int, latest: float) -> None:
+        self._wake = (low_water(messages, size), latest)
+
+    async def read(self, not_before: float = 0.0) -> list[str | None]:
+        (wanted, latest), self._wake = self._wake or (1, math.inf), None
+        frames: list[str | None] = []
+        queued = 0
+        while not frames or (queued < wanted and trio.current_time() < latest):
+            with trio.move_on_at(latest if frames or trio.current_time() < latest else math.inf):
+                frame = await self._frames.receive()
+                frames.append(frame)
+                queued += framed(len(frame or ""))
+        while True:
+            try:
+                frames.append(self._frames.receive_nowait())
+            except trio.WouldBlock:
+                return frames
+
+
 async def _run(
-    schedule: Schedule, tracks: list[str], *, paced: bool, window_ms: int, **settings: object
+    schedule: Schedule, tracks: list[str], *, reader: Reader, window_ms: int, **settings: object
 ) -> tuple[list[float], bytes, int]:
     h = Harness(ScriptedDeepgram(channels=len(tracks)), window_ms=window_ms, **settings)
     read = h._read
     reads = 0
+    if reader == "bytes":
+        socket = ByteWoken(h)
+        read = socket.read
+        h.call._wake_after = socket.wake_after
 
     async def counted(not_before: float = 0.0) -> list[str | None]:
         nonlocal reads
         reads += 1
-        return await read(not_before if paced else 0.0)
+        return await read(not_before if reader == "paced" else 0.0)
 
     h.call._receive = counted
     with trio.fail_after(600):
@@ -67,12 +106,12 @@ async def _run(
 
 
 async def later_windows(
-    schedule: Schedule, tracks: list[str], window_ms: int = 100, **settings: object
+    schedule: Schedule, tracks: list[str], window_ms: int = 100, reader: Reader = "paced", **settings: object
 ) -> tuple[list[tuple[int, float, float]], float]:
-    """(window number, how much later it left with pacing, when it left) for every window that left
-    later, and the paced reader's reads as a share of the unpaced reader's."""
-    before, audio_before, reads_before = await _run(schedule, tracks, paced=False, window_ms=window_ms, **settings)
-    after, audio_after, reads_after = await _run(schedule, tracks, paced=True, window_ms=window_ms, **settings)
+    """(window number, how much later it left with the `reader`, when it left) for every window that
+    left later than with the unpaced reader, and the reader's reads as a share of the unpaced one's."""
+    before, audio_before, reads_before = await _run(schedule, tracks, reader="unpaced", window_ms=window_ms, **settings)
+    after, audio_after, reads_after = await _run(schedule, tracks, reader=reader, window_ms=window_ms, **settings)
     assert audio_after == audio_before and len(after) == len(before)
     later = [(n, round(a - b, 4), a) for n, (a, b) in enumerate(zip(after, before, strict=True)) if a > b + 1e-9]
     return later, reads_after / reads_before
@@ -158,3 +197,81 @@ async def test_a_jittery_sender_loses_little(autojump_clock: trio.abc.Clock) -> 
     later, reads = await later_windows(in_order(schedule), ["inbound", "outbound"])
     assert len(later) <= 8 and all(by <= 0.03 for _, by, _ in later), later  # of 50 windows; jitter up to 60 ms
     assert reads < 0.8
+
+
+def track_stops(window_ms: int = 100) -> Schedule:
+    """Both tracks, then the outbound one stops at 1 s (a leg put on hold, say)."""
+    return in_order(real_time("inbound", 0, 150) + real_time("outbound", 0, 50, byte=0x22))
+
+
+def jittery() -> Schedule:
+    rng = random.Random(7)
+    schedule = [(at + rng.uniform(0, 0.06), f) for at, f in real_time("inbound", 0, 250, latency_s=0.03)]
+    schedule += [(at + rng.uniform(0, 0.06), f) for at, f in real_time("outbound", 0, 250, latency_s=0.03, byte=0x22)]
+    return in_order(schedule)
+
+
+BOTH = ["inbound", "outbound"]
+SCENARIOS: dict[str, tuple[Schedule, list[str], dict[str, object]]] = {
+    "steady": (in_order(real_time("inbound", 0, 150) + real_time("outbound", 0, 150, byte=0x22)), BOTH, {}),
+    "window 70 ms": (
+        in_order(real_time("inbound", 0, 100) + real_time("outbound", 0, 100, byte=0x22)),
+        BOTH,
+        {"window_ms": 70},
+    ),
+    "window 250 ms": (
+        in_order(real_time("inbound", 0, 100) + real_time("outbound", 0, 100, byte=0x22)),
+        BOTH,
+        {"window_ms": 250},
+    ),
+    "inbound only": (real_time("inbound", 0, 150), ["inbound"], {}),
+    "outbound starts late": (
+        in_order(real_time("inbound", 0, 150) + real_time("outbound", 1000, 100, byte=0x22)),
+        BOTH,
+        {},
+    ),
+    "path clears": (
+        in_order(
+            [(at + 0.12, f) for at, f in real_time("inbound", 0, 100, latency_s=0.03)]
+            + [(at + 0.12, f) for at, f in real_time("outbound", 0, 100, latency_s=0.03, byte=0x22)]
+            + real_time("inbound", 2000, 100, latency_s=0.03)
+            + real_time("outbound", 2000, 100, latency_s=0.03, byte=0x22)
+        ),
+        BOTH,
+        {},
+    ),
+    "burst at the start": (
+        in_order([(max(at, 0.2), frame) for at, frame in real_time("inbound", 0, 100, latency_s=0.03)]),
+        ["inbound"],
+        {},
+    ),
+    "faster than real time": (
+        [(0.03 + (20 * n + 20) / 1500, twilio_media("inbound", 20 * n, b"\x11" * 160)) for n in range(300)],
+        ["inbound"],
+        {"replay_rate": 100.0},
+    ),
+    "jittery": (jittery(), BOTH, {}),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_a_reader_woken_by_bytes_is_never_later(scenario: str, autojump_clock: trio.abc.Clock) -> None:
+    # The socket wakes the reader once the frames that complete the next window can all be there
+    # (`WindowGate.chunks_until_due`, never more than it takes): whatever the network does, the
+    # window leaves with the read that brings its last frame, as when every frame is read.
+    schedule, tracks, settings = SCENARIOS[scenario]
+    later, reads = await later_windows(schedule, tracks, reader="bytes", **settings)  # type: ignore[arg-type]
+    assert not later
+    if scenario == "steady":
+        assert reads < 0.25  # a read a pair before: five a window; now one
+
+
+async def test_a_reader_woken_by_bytes_reads_at_its_latest_time_when_a_track_stops(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The outbound track stops: the next window is due when the inbound one is the jitter allowance
+    # ahead, with fewer bytes than the reader waited for; it reads at its latest time, a window
+    # and the jitter allowance after the last window (and EARLY_S), then waits for the inbound
+    # track's frames alone.
+    later, _ = await later_windows(track_stops(), BOTH, reader="bytes")
+    assert len(later) == 1 and later[0][1] <= EARLY_S + 1e-9, later

@@ -109,7 +109,7 @@ async def test_a_peer_ahead_of_us_is_read_at_once_whatever_the_reader_would_wait
     # the reader asks for none before a later time (a sender faster than real time, or a burst
     # after a network hiccup, is not slowed to one buffer a window), and nothing is lost.
     async with served(tls) as (client, ws):
-        messages = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 1000) for n in range(12)]  # ~12 KiB: three buffers
+        messages = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 1000) for n in range(12)]  # ~12 KiB: more than a buffer
         await client.send_all(b"".join(rawws.frame(rawws.OP_TEXT, m) for m in messages))
         received: list[str | bytes] = []
         with trio.fail_after(5):
@@ -338,6 +338,86 @@ async def test_a_sender_and_a_reader_waiting_when_the_writer_gives_up_just_see_t
             await sent.wait()
         assert ws.gone
         await client.aclose()  # the reader, still waiting on the socket, gets its end
+
+
+def padded(n: int) -> bytes:
+    """A text message of 300 bytes, about a Twilio frame."""
+    head = b'{"n":%d,"pad":"' % n
+    return head + b"x" * (300 - len(head) - 2) + b'"}'
+
+
+async def test_a_reader_woken_by_bytes_takes_them_in_one_read_once_they_have_all_come() -> None:
+    async with served() as (client, ws), trio.open_nursery() as nursery:
+        assert ws.wakes_on_bytes
+
+        async def send_over_time() -> None:
+            for n in range(3):
+                await trio.sleep(0.05)
+                if n == 2:
+                    last_sent.set()
+                await client.send_all(rawws.frame(rawws.OP_TEXT, padded(n)))
+
+        last_sent = trio.Event()
+        nursery.start_soon(send_over_time)
+        ws.wake_after(3, 300, trio.current_time() + 60)
+        with trio.fail_after(5):
+            batch = await ws.receive_batch()
+        assert last_sent.is_set()  # not woken by the first two
+        assert batch == [padded(n).decode() for n in range(3)]
+
+
+async def test_a_reader_woken_by_bytes_reads_what_came_by_its_latest_time_and_then_anything() -> None:
+    async with served() as (client, ws):
+        await client.send_all(rawws.frame(rawws.OP_TEXT, padded(0)) + rawws.frame(rawws.OP_TEXT, padded(1)))
+        latest = trio.current_time() + 0.2
+        ws.wake_after(5, 300, latest)
+        with trio.fail_after(5):
+            batch = await ws.receive_batch()
+        assert trio.current_time() >= latest
+        assert batch == [padded(0).decode(), padded(1).decode()]
+        # Nothing comes by the latest time: the read then takes the first bytes that come, however few.
+        ws.wake_after(5, 300, trio.current_time() + 0.05)
+        async with trio.open_nursery() as nursery:
+
+            async def send_later() -> None:
+                await trio.sleep(0.2)
+                await client.send_all(rawws.frame(rawws.OP_TEXT, b"a"))
+
+            nursery.start_soon(send_later)
+            with trio.fail_after(5):
+                assert await ws.receive_batch() == ["a"]
+
+
+async def test_a_peer_that_hangs_up_wakes_a_reader_waiting_for_bytes_at_once() -> None:
+    async with served() as (client, ws):
+        ws.wake_after(10, 300, trio.current_time() + 60)
+        await client.aclose()
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await ws.receive_batch()
+
+
+async def test_a_close_frame_is_read_by_the_latest_time() -> None:
+    # A few bytes, fewer than the reader waits for: read at its latest time (the call's is at
+    # most a window and the jitter allowance after its last window), and answered.
+    async with served() as (client, ws):
+        latest = trio.current_time() + 0.2
+        ws.wake_after(10, 300, latest)
+        await client.send_all(rawws.close_frame(1000))
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await ws.receive_batch()
+        assert trio.current_time() >= latest
+        with trio.fail_after(5):
+            reply = await client.receive_some(1024)
+        assert rawws.server_frames(reply)[0][0] == rawws.OP_CLOSE
+
+
+async def test_only_a_plain_socket_read_without_the_shared_tick_is_woken_by_bytes() -> None:
+    async with served(tls=True) as (_, ws):
+        assert not ws.wakes_on_bytes
+        ws.wake_after(10, 300, trio.current_time() + 60)  # ignored: TLS records are not the messages
+    async with tcp_pair() as (client, server):
+        ws = await accepted(client, server, read_tick=ReadTick(0.02))
+        assert not ws.wakes_on_bytes
 
 
 async def test_readers_on_a_shared_tick_wake_together() -> None:

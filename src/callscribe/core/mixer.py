@@ -213,6 +213,27 @@ class WindowGate:
         lengths = self._lengths
         return self.head + self.window + min(max(lengths) - min(lengths), self.jitter)
 
+    def chunks_until_due(self, chunk: int) -> int:
+        """The fewest chunks of `chunk` samples after which the next window can be due, if the
+        channels go on in real time (each sending its chunks in time order, the others' interleaved
+        by time): a reader woken after that many is never woken after the window was due.
+
+        While no channel is the jitter allowance behind the one ahead, that is the fewer of: every
+        channel's chunks up to a window (every channel has one), and the one ahead's up to a window
+        plus the jitter allowance with the chunks the others send before its last (the jitter rule).
+        A channel further behind may have stopped, and counts for none."""
+        lengths = self._lengths
+        window = self.window
+        ahead = max(lengths)
+        ahead_needs = -(-max(0, window + self.jitter - ahead) // chunk)
+        behind = ahead - min(lengths)
+        if behind and behind >= self.jitter:
+            return ahead_needs
+        all_have_one = sum(-(-max(0, window - length) // chunk) for length in lengths)
+        last_starts = ahead + (ahead_needs - 1) * chunk
+        others_before = sum(max(0, last_starts - length) // chunk for length in lengths) - (ahead_needs - 1)
+        return min(all_have_one, ahead_needs + others_before)
+
     def due(self) -> bool:
         """Whether the chunks added so far complete at least one window the mixer has not cut yet
         (those windows are then taken as cut)."""

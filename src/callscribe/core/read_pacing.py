@@ -1,5 +1,8 @@
 """When a call's reader next needs to read its Twilio socket. No IO; time is passed in.
 
+(A plain TCP socket wakes the reader once the bytes of the next window's frames have come, with
+`latest_read` as its bound, see `Call._read_twilio`; the pacer is for sockets that cannot: TLS.)
+
 The mixer works a window at a time, so reading a Twilio socket whenever a frame arrives (every
 20 ms, per track) wakes the reader several times a window for nothing the mixer can use yet, and
 on Trio a wake costs more than the work a frame brings. Twilio sends audio in real time, so when a
@@ -67,3 +70,11 @@ class ReadPacer:
         smallest = min(self._delays)
         spread = max(self._delays) - smallest
         return smallest + next_due_s - EARLY_S - spread * JITTER_SHARE
+
+
+def latest_read(window_done_at: float, window_ms: int, jitter_ms: int) -> float:
+    """For a reader woken by bytes (the socket holds its wake until the next window's frames can
+    all be there): when to read whatever came if they have not. A window completed at
+    `window_done_at`; if any track goes on in real time, the next is due by then at the latest
+    (a window, plus the jitter allowance for a track that stopped), `EARLY_S` for the timer."""
+    return window_done_at + (window_ms + jitter_ms) / 1000 + EARLY_S

@@ -171,7 +171,9 @@ class Server:
                 if not self.supervisor.accepting:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down")
                     return
-                call = self.supervisor.start_call(ws.receive_batch, ws.send)
+                call = self.supervisor.start_call(
+                    ws.receive_batch, ws.send, ws.wake_after if ws.wakes_on_bytes else None
+                )
                 try:
                     await call.finished.wait()
                 finally:

@@ -3,8 +3,9 @@
 Where a media frame goes:
 
     Call._read_twilio      frames of a read -> TwilioStream.receive -> [Media...] -> media channel,
-                           once a window is due (WindowGate); then no read until the next window
-                           can be complete (ReadPacer)
+                           once a window is due (WindowGate); then no read until the frames that
+                           complete the next window have come (plain TCP: the socket's wake_after)
+                           or can have come (TLS: ReadPacer)
     Call._mix              [Media...] -> Mixer.add -> Mixer.windows               -> window channel
     DeepgramClient.run     window -> AudioBacklog -> Deepgram socket; Deepgram's messages -> Hub.publish
                            (and GamePatch.on_deepgram), see deepgram_client.py
@@ -36,7 +37,7 @@ import trio
 from callscribe.core.call_record import call_start
 from callscribe.core.deepgram import DEFAULT_URL, DeepgramStream, MessageKind
 from callscribe.core.mixer import SAMPLES_PER_MS, Mixer, WindowGate
-from callscribe.core.read_pacing import ReadPacer
+from callscribe.core.read_pacing import ReadPacer, latest_read
 from callscribe.core.twilio import Dtmf, Event, Mark, Media, MediaInfo, Rejected, Start, Stop, TwilioStream
 from callscribe.server.deepgram_client import Connector, DeepgramClient
 from callscribe.server.games import GamePatch, GameRegistry
@@ -105,8 +106,11 @@ class Call:
         send: Callable[[str], Awaitable[None]] | None = None,
         games: GameRegistry | None = None,
         recorder: Recorder = NO_RECORDER,
+        wake_after: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._receive = receive
+        self._wake_after = wake_after
+        """The socket can hold the reader's wake until a number of bytes has come (see `_read_twilio`)."""
         self.recorder = recorder
         """The call store: told of the start, each final and (by the supervisor) the end."""
         self._send_twilio = send
@@ -165,13 +169,20 @@ class Call:
         """Read Twilio's frames a socket read at a time and hand the media to the mixer's task once
         a window is due (the `WindowGate` knows when, from the mixer's own arithmetic): one wake of
         the mixer per window rather than per frame, and no window later than mixing each frame.
-        After each window the reader sleeps until the next one can be complete (`ReadPacer`) and
-        takes the frames in between in one read: about two reads a window instead of one or two
-        a frame, again with no window later."""
+        After each read the reader asks the socket to wake it once the frames that complete the
+        next window can all be there (`wake_after`, from `WindowGate.chunks_until_due` and the
+        smallest media message so far), or a window and the jitter allowance after the last window
+        (`latest_read`: a track that stopped, a `stop`): one read a window, as its last frame
+        lands. A socket that cannot wake on bytes (TLS) is read after sleeping until the next
+        window can be complete (`ReadPacer`): about two reads a window. Either way no window
+        leaves later than with a read per frame, but in the cases those say."""
         media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
         gate: WindowGate | None = None
         held: list[MediaInfo] = []
         pacer = ReadPacer()
+        wake_after = self._wake_after
+        message_size = chunk = 0  # the smallest media message (bytes), the latest chunk (samples)
+        latest = 0.0
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
         try:
@@ -189,7 +200,10 @@ class Call:
                         if type(event) is Media:
                             media = event.media
                             held.append(media)
-                            gate.add(self._channel_of[media.track], media.timestamp, len(media.payload))  # type: ignore[union-attr]  # media comes after start
+                            chunk = len(media.payload)
+                            gate.add(self._channel_of[media.track], media.timestamp, chunk)  # type: ignore[union-attr]  # media comes after start
+                            if wake_after is not None and (len(frame) < message_size or not message_size):  # type: ignore[arg-type]  # media is not None
+                                message_size = len(frame)  # type: ignore[arg-type]
                         elif type(event) is Start:
                             scope.deadline = trio.current_time() + self.settings.media_timeout_s
                             media_send, gate = await self._begin(nursery)
@@ -201,12 +215,17 @@ class Call:
                         held = []
                         now = trio.current_time()
                         scope.deadline = now + self.settings.media_timeout_s  # once a window
-                        read_at = pacer.window_done(
-                            now,
-                            gate.received_to / SAMPLES_PER_S,  # type: ignore[union-attr]
-                            gate.next_due_at / SAMPLES_PER_S,  # type: ignore[union-attr]
-                            after_sleep=after_sleep,
-                        )
+                        if wake_after is not None:
+                            latest = latest_read(now, self.settings.window_ms, self.settings.jitter_ms)
+                        else:
+                            read_at = pacer.window_done(
+                                now,
+                                gate.received_to / SAMPLES_PER_S,  # type: ignore[union-attr]
+                                gate.next_due_at / SAMPLES_PER_S,  # type: ignore[union-attr]
+                                after_sleep=after_sleep,
+                            )
+                    if wake_after is not None and chunk:
+                        wake_after(gate.chunks_until_due(chunk), message_size, latest)  # type: ignore[union-attr]
             if scope.cancelled_caught and not self._end_requested and media_send is None:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)
                 self._set_close(1008, "no start message")

@@ -73,11 +73,12 @@ class Supervisor:
         self,
         receive: Callable[[float], Awaitable[Sequence[str | bytes | None]]],
         send: Callable[[str], Awaitable[None]] | None,
+        wake_after: Callable[[int, int, float], None] | None = None,
     ) -> Call:
         """Start a call reading Twilio frames from `receive` (each call: the frames of one read, made
-        no earlier than the time it is given) and
-        talking back with `send`; the caller waits for `call.finished` and calls `call.end_input()`
-        when its socket is gone."""
+        no earlier than the time it is given; or, with `wake_after`, once the bytes it last asked
+        for can be there) and talking back with `send`; the caller waits for `call.finished` and
+        calls `call.end_input()` when its socket is gone."""
         if self._nursery is None:
             raise RuntimeError("the supervisor is not running")
         call = Call(
@@ -88,6 +89,7 @@ class Supervisor:
             send=send,
             games=self.games,
             recorder=self.recorder,
+            wake_after=wake_after,
         )
         # Live from now, not from when its task first runs: a shutdown in between must see it
         # (and end it with 1001) rather than cut it off when the calls' nursery is cancelled.

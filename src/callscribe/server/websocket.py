@@ -11,10 +11,13 @@ for each message sent. Here the call's own reader task reads the socket and pars
 Reading: a small buffer allocated once per connection; on plain TCP the reader waits with
 `trio.lowlevel.wait_readable` and reads with a non-blocking `recv_into` on a duplicate of the
 socket's descriptor (no failed `recv` before each wait, as `trio.SocketStream` does); on TLS it
-reads through the `trio.SSLStream`. A reader may ask not to read before a given time
-(`receive_batch(not_before)`: the call does, until its next window can be complete, see
-core/read_pacing.py); it then reads at once, without waiting to be told the socket is readable. A
-read that filled the buffer is followed by another at once, whatever the reader asked: a peer
+reads through the `trio.SSLStream`. On plain TCP a reader may ask to be woken only once a number
+of bytes has come, or at a given time if they have not (`wake_after`: the call's reader asks for
+the frames that complete its next window, so it reads once a window, as that window's last frame
+lands; the kernel holds the wake, `SO_RCVLOWAT`). On TLS the bytes are not the messages, and the
+reader may instead ask not to read before a given time (`receive_batch(not_before)`: the call does,
+until its next window can be complete, see core/read_pacing.py); it then reads at once, without
+waiting to be told the socket is readable. A read that filled the buffer is followed by another at once, whatever the reader asked: a peer
 ahead of real time (a burst after a network hiccup) is read as fast as it sends. Optionally the wait is replaced by a shared tick
 (`ReadTick`): every reader wakes on the same tick and takes what arrived, trading up to one tick of
 latency for fewer wakes.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +58,9 @@ _protocol_log = logging.getLogger(__name__ + ".websockets")
 what matters is logged by callscribe with the call's context."""
 _protocol_log.setLevel(logging.WARNING)
 
-READ_BUFFER = 4096
-"""Bytes read at a time: a few Twilio frames (each ~300 bytes on the wire)."""
+READ_BUFFER = 8192
+"""Bytes read at a time: a 100 ms window of both tracks (ten Twilio frames of ~400 bytes on the wire)
+with room to spare."""
 WRITE_QUEUE = 64
 """Writes that may wait for the writer (talk-back audio is sent in chunks of ~100 ms)."""
 CLOSE_TIMEOUT_S = 2.0
@@ -132,6 +137,10 @@ class ServedWebSocket:
         self._gone = trio.Event()
         self._eof = False
         self._more = False
+        self._wake: tuple[int, float] | None = None
+        """The next wait's low-water mark (bytes) and latest time, from `wake_after`."""
+        self._low_water = 1
+        """The socket's SO_RCVLOWAT as last set."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -156,6 +165,19 @@ class ServedWebSocket:
                 self._set_gone()
             if messages:
                 return messages
+
+    @property
+    def wakes_on_bytes(self) -> bool:
+        """Whether `wake_after` is honoured: a plain TCP socket read without the shared tick."""
+        return self._fast_socket is not None and self._read_tick is None and hasattr(socket, "SO_RCVLOWAT")
+
+    def wake_after(self, messages: int, size: int, latest: float) -> None:
+        """Let the next read wait until `messages` more messages of at least `size` bytes can be
+        there (the kernel holds the wake until that many bytes have come: `SO_RCVLOWAT`), or until
+        `latest` (trio time), whichever comes first; then the read takes whatever came. For the
+        call's reader, which knows how much completes its next window. A peer that closes, resets
+        or fails wakes it at once."""
+        self._wake = (low_water(messages, size), latest) if self.wakes_on_bytes and messages > 0 < size else None
 
     async def receive(self) -> str | bytes:
         """One message at a time (the remainder of a batch is kept for the next call)."""
@@ -191,6 +213,11 @@ class ServedWebSocket:
                 return b""
             if read_now:
                 read_now = False
+            elif self._wake is not None:
+                low_water, latest = self._wake
+                self._wake = None
+                if not await self._wait_bytes(sock, low_water, latest):
+                    return b""
             elif self._read_tick is None:
                 try:
                     await trio.lowlevel.wait_readable(sock)
@@ -201,12 +228,34 @@ class ServedWebSocket:
             try:
                 count = sock.recv_into(self._buffer)
             except BlockingIOError:
+                if self._low_water > 1:  # woken with too few bytes (by the timer): take whatever comes
+                    self._set_low_water(sock, 1)
                 continue
             except OSError as error:  # ETIMEDOUT: the kernel cut off a peer that took no data
                 self.stalled = self.stalled or error.errno == errno.ETIMEDOUT
                 return b""
             self._more = count == len(self._buffer)
             return bytes(self._view[:count])
+
+    async def _wait_bytes(self, sock: socket.socket, low_water: int, latest: float) -> bool:
+        """Wait until `low_water` bytes are there or `latest`; False if the socket was closed."""
+        if latest <= trio.current_time():
+            low_water = 1
+        if low_water != self._low_water:
+            self._set_low_water(sock, low_water)
+        try:
+            with trio.CancelScope(deadline=latest if low_water > 1 else math.inf):
+                await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:  # closed under us (aclose)
+            return False
+        return True
+
+    def _set_low_water(self, sock: socket.socket, low_water: int) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+        except OSError:  # closed or reset: the read says so
+            low_water = 1
+        self._low_water = low_water
 
     def _messages(self) -> list[str | bytes]:
         """Complete messages from the frames parsed so far; control frames are the protocol's."""
@@ -417,6 +466,19 @@ def _text_frame(text: str) -> bytes:
         _LastFrame.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
         _LastFrame.text = text
     return _LastFrame.frame
+
+
+def framed(size: int) -> int:
+    """Bytes on the wire of a client's message of `size` bytes in one frame: header, masking key, data."""
+    return size + (2 if size < 126 else 4 if size < 65536 else 10) + 4
+
+
+def low_water(messages: int, size: int) -> int:
+    """Bytes on the wire by which `messages` client messages of at least `size` bytes each have
+    come, but for half of the last (so a message or two a little longer or shorter than `size`
+    changes nothing), and at most what one read takes."""
+    one = framed(size)
+    return max(1, min(messages * one - one // 2, READ_BUFFER - one))
 
 
 def _decoded(protocol: ServerProtocol, opcode: Opcode, data: bytes) -> str | bytes | None:
