@@ -58,9 +58,9 @@ _protocol_log = logging.getLogger(__name__ + ".websockets")
 what matters is logged by callscribe with the call's context."""
 _protocol_log.setLevel(logging.WARNING)
 
-READ_BUFFER = 8192
-"""Bytes read at a time: a 100 ms window of both tracks (ten Twilio frames of ~400 bytes on the wire)
-with room to spare."""
+READ_BUFFER = 4096
+"""Bytes read at a time: a 100 ms window of both tracks (ten Twilio frames of ~390 bytes on the
+wire) in one read. (8 KiB measured 1-7% less CPU per frame and ~10 KB more memory per call.)"""
 WRITE_QUEUE = 64
 """Writes that may wait for the writer (talk-back audio is sent in chunks of ~100 ms)."""
 CLOSE_TIMEOUT_S = 2.0
