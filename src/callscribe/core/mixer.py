@@ -229,10 +229,14 @@ class WindowGate:
         behind = ahead - min(lengths)
         if behind and behind >= self.jitter:
             return ahead_needs
-        all_have_one = sum(-(-max(0, window - length) // chunk) for length in lengths)
         last_starts = ahead + (ahead_needs - 1) * chunk
-        others_before = sum(max(0, last_starts - length) // chunk for length in lengths) - (ahead_needs - 1)
-        return min(all_have_one, ahead_needs + others_before)
+        all_have_one = before_the_last = 0  # chunks until every channel has a window; until the one ahead's last
+        for length in lengths:  # once a read: a plain loop costs less than sum() over generators
+            if length < window:
+                all_have_one -= (length - window) // chunk
+            if length < last_starts:
+                before_the_last += (last_starts - length) // chunk
+        return min(all_have_one, before_the_last + 1)
 
     def due(self) -> bool:
         """Whether the chunks added so far complete at least one window the mixer has not cut yet

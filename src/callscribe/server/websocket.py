@@ -137,6 +137,7 @@ class ServedWebSocket:
         self._gone = trio.Event()
         self._eof = False
         self._more = False
+        self._wakes_on_bytes = self._fast_socket is not None and read_tick is None and hasattr(socket, "SO_RCVLOWAT")
         self._wake: tuple[int, float] | None = None
         """The next wait's low-water mark (bytes) and latest time, from `wake_after`."""
         self._low_water = 1
@@ -169,7 +170,7 @@ class ServedWebSocket:
     @property
     def wakes_on_bytes(self) -> bool:
         """Whether `wake_after` is honoured: a plain TCP socket read without the shared tick."""
-        return self._fast_socket is not None and self._read_tick is None and hasattr(socket, "SO_RCVLOWAT")
+        return self._wakes_on_bytes
 
     def wake_after(self, messages: int, size: int, latest: float) -> None:
         """Let the next read wait until `messages` more messages of at least `size` bytes can be
@@ -177,7 +178,7 @@ class ServedWebSocket:
         `latest` (trio time), whichever comes first; then the read takes whatever came. For the
         call's reader, which knows how much completes its next window. A peer that closes, resets
         or fails wakes it at once."""
-        self._wake = (low_water(messages, size), latest) if self.wakes_on_bytes and messages > 0 < size else None
+        self._wake = (low_water(messages, size), latest) if self._wakes_on_bytes and messages > 0 < size else None
 
     async def receive(self) -> str | bytes:
         """One message at a time (the remainder of a batch is kept for the next call)."""
