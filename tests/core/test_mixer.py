@@ -419,3 +419,38 @@ def test_two_tracks_in_step_are_counted_exactly() -> None:
                 if gate.due():
                     assert added == counted, (window_ms, jitter_ms, n)
                     counted, added = gate.chunks_until_due(160), 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    before=st.lists(st.tuples(st.integers(0, 1), st.sampled_from([10, 20, 30, 40])), max_size=40),
+    later=st.lists(st.sampled_from([10, 20, 30, 40]), min_size=1, max_size=8),
+    window_ms=st.integers(20, 250),
+    jitter_ms=st.integers(0, 100),
+)
+def test_counted_with_the_largest_chunk_so_far_chunks_of_mixed_sizes_are_never_late(
+    before: list[tuple[int, int]], later: list[int], window_ms: int, jitter_ms: int
+) -> None:
+    """Chunks of several sizes (the stream takes any up to 1 s): counted with the largest so far,
+    the next window never comes with fewer chunks no larger than that, in real time. (Counted with
+    the latest chunk, a smaller one overcounts: the call's reader is then woken late.)"""
+    gate = WindowGate(2, window_ms=window_ms, jitter_ms=jitter_ms)
+    position, largest = [0, 0], 0
+    for track, size_ms in before:
+        gate.add(track, position[track], size_ms * SAMPLES_PER_MS)
+        position[track] += size_ms
+        largest = max(largest, size_ms)
+        gate.due()
+    if not largest:
+        return
+    counted = gate.chunks_until_due(largest * SAMPLES_PER_MS)
+    sizes = [size for size in later if size <= largest] or [largest]
+    added = 0
+    while not gate.due():
+        track = min((0, 1), key=lambda t: position[t])
+        size_ms = sizes[added % len(sizes)]
+        gate.add(track, position[track], size_ms * SAMPLES_PER_MS)
+        position[track] += size_ms
+        added += 1
+        assert added <= 1000
+    assert added >= counted

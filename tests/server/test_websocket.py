@@ -411,6 +411,70 @@ async def test_a_close_frame_is_read_by_the_latest_time() -> None:
         assert rawws.server_frames(reply)[0][0] == rawws.OP_CLOSE
 
 
+async def test_a_read_after_a_cancelled_wait_for_bytes_is_woken_by_any_byte() -> None:
+    # The call's reader is cancelled while the socket holds its wake (no media for a while, the
+    # call ended by the server): the next read, with no wake asked for (close() waiting for the
+    # peer's close frame, say), must not wait for the low-water mark the cancelled one set.
+    async with served() as (client, ws):
+        ws.wake_after(10, 300, trio.current_time() + 60)
+        with trio.move_on_after(0.1):
+            await ws.receive_batch()
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"a"))
+        with trio.fail_after(1):
+            assert await ws.receive_batch() == ["a"]
+
+
+async def test_closing_after_a_cancelled_wait_for_bytes_takes_the_peers_close_frame_at_once() -> None:
+    async with served() as (client, ws):
+        ws.wake_after(10, 300, trio.current_time() + 60)
+        with trio.move_on_after(0.1):
+            await ws.receive_batch()
+
+        async def answer() -> None:
+            reply = b""
+            while not rawws.server_frames(reply):
+                reply += await client.receive_some(1024)
+            await client.send_all(rawws.close_frame(1000))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer)
+            started = trio.current_time()
+            await ws.close(1000, "call ended", timeout_s=2)
+        assert trio.current_time() - started < 1  # not the whole close timeout
+
+
+async def test_a_wake_that_brings_no_whole_message_leaves_the_next_wait_woken_by_any_byte() -> None:
+    # Woken by the low-water mark with the first part of a message only: the read gives no message
+    # and receive_batch reads again, with no wake asked for; the rest of the message must wake it.
+    async with served() as (client, ws), trio.open_nursery() as nursery:
+        frame = rawws.frame(rawws.OP_TEXT, padded(0))
+        ws.wake_after(1, 300, trio.current_time() + 60)
+
+        async def send_in_two() -> None:
+            await client.send_all(frame[:250])
+            await trio.sleep(0.1)
+            await client.send_all(frame[250:])
+
+        nursery.start_soon(send_in_two)
+        with trio.fail_after(1):
+            assert await ws.receive_batch() == [padded(0).decode()]
+
+
+async def test_the_bytes_of_a_message_already_read_count_towards_the_wake() -> None:
+    # A read ended inside a message (TCP split it: a burst, the sender's Nagle): the socket must
+    # wake the reader once the rest of it has come, not once a whole message more has.
+    async with served() as (client, ws):
+        frames = [rawws.frame(rawws.OP_TEXT, padded(n)) for n in range(2)]
+        data, cut = b"".join(frames), len(frames[0]) + 250
+        await client.send_all(data[:cut])  # a message and most of the next
+        with trio.fail_after(1):
+            assert await ws.receive_batch() == [padded(0).decode()]
+        ws.wake_after(1, 300, trio.current_time() + 60)  # the message that completes a window
+        await client.send_all(data[cut:])
+        with trio.fail_after(1):
+            assert await ws.receive_batch() == [padded(1).decode()]
+
+
 async def test_only_a_plain_socket_read_without_the_shared_tick_is_woken_by_bytes() -> None:
     async with served(tls=True) as (_, ws):
         assert not ws.wakes_on_bytes

@@ -72,9 +72,13 @@ class ReadPacer:
         return smallest + next_due_s - EARLY_S - spread * JITTER_SHARE
 
 
-def latest_read(window_done_at: float, window_ms: int, jitter_ms: int) -> float:
+def latest_read(window_done_at: float, received_to_s: float, next_due_s: float, jitter_ms: int) -> float:
     """For a reader woken by bytes (the socket holds its wake until the next window's frames can
-    all be there): when to read whatever came if they have not. A window completed at
-    `window_done_at`; if any track goes on in real time, the next is due by then at the latest
-    (a window, plus the jitter allowance for a track that stopped), `EARLY_S` for the timer."""
-    return window_done_at + (window_ms + jitter_ms) / 1000 + EARLY_S
+    all be there): when to read whatever came if they have not. A window was completed at
+    `window_done_at` by audio up to `received_to_s` (stream seconds); in real time the audio up to
+    `next_due_s` comes `next_due_s - received_to_s` later. Half the jitter allowance on top (and
+    `EARLY_S` for the timer) is the network's leeway: a window whose frames come later than that
+    is read as they come (a read or two more, never later). What the count of frames cannot
+    foresee -- a track that skipped frames (the mixer pads the gap, so fewer frames complete the
+    window), a track that stopped, a `stop` or `mark` on their own -- is read by then."""
+    return window_done_at + (next_due_s - received_to_s) + jitter_ms / 2000 + EARLY_S

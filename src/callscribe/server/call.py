@@ -172,9 +172,9 @@ class Call:
         the mixer per window rather than per frame, and no window later than mixing each frame.
         After each read the reader asks the socket to wake it once the frames that complete the
         next window can all be there (`wake_after`, from `WindowGate.chunks_until_due` and the
-        smallest media message so far), or a window and the jitter allowance after the last window
-        (`latest_read`: a track that stopped, a `stop`): one read a window, as its last frame
-        lands. A socket that cannot wake on bytes (TLS) is read after sleeping until the next
+        smallest media message and the largest chunk so far), or when they were due in real time
+        and half the jitter allowance more (`latest_read`: a track that skipped frames or stopped, a
+        `stop`): one read a window, as its last frame lands. A socket that cannot wake on bytes (TLS) is read after sleeping until the next
         window can be complete (`ReadPacer`): about two reads a window. Either way no window
         leaves later than with a read per frame, but in the cases those say."""
         media_send: trio.MemorySendChannel[list[MediaInfo]] | None = None
@@ -182,7 +182,9 @@ class Call:
         held: list[MediaInfo] = []
         pacer = ReadPacer()
         wake_after = self._wake_after
-        message_size = chunk = 0  # the smallest media message (bytes), the latest chunk (samples)
+        # The smallest media message (bytes) and the largest chunk (samples) so far: the count is a
+        # lower bound for chunks no larger than that (a smaller latest chunk would overcount).
+        message_size = chunk = 0
         latest = 0.0
         scope = self._reader_scope
         scope.deadline = trio.current_time() + self.settings.start_timeout_s
@@ -203,8 +205,9 @@ class Call:
                         if type(event) is Media:
                             media = event.media
                             held.append(media)
-                            chunk = len(media.payload)
-                            gate.add(self._channel_of[media.track], media.timestamp, chunk)  # type: ignore[union-attr]  # media comes after start
+                            size = len(media.payload)
+                            chunk = max(chunk, size)
+                            gate.add(self._channel_of[media.track], media.timestamp, size)  # type: ignore[union-attr]  # media comes after start
                             if wake_after is not None and (len(frame) < message_size or not message_size):  # type: ignore[arg-type]  # media is not None
                                 message_size = len(frame)  # type: ignore[arg-type]
                         elif type(event) is Start:
@@ -221,7 +224,12 @@ class Call:
                         if scope.deadline - now < extend_after_s:
                             scope.deadline = now + media_timeout_s
                         if wake_after is not None:
-                            latest = latest_read(now, self.settings.window_ms, self.settings.jitter_ms)
+                            latest = latest_read(
+                                now,
+                                gate.received_to / SAMPLES_PER_S,  # type: ignore[union-attr]
+                                gate.next_due_at / SAMPLES_PER_S,  # type: ignore[union-attr]
+                                self.settings.jitter_ms,
+                            )
                         else:
                             read_at = pacer.window_done(
                                 now,

@@ -178,7 +178,13 @@ class ServedWebSocket:
         `latest` (trio time), whichever comes first; then the read takes whatever came. For the
         call's reader, which knows how much completes its next window. A peer that closes, resets
         or fails wakes it at once."""
-        self._wake = (low_water(messages, size), latest) if self._wakes_on_bytes and messages > 0 < size else None
+        if not (self._wakes_on_bytes and messages > 0 < size):
+            self._wake = None
+            return
+        # A read that ended inside a frame left its first bytes with the parser (its header, at
+        # most MAX_HEADER bytes, already taken off): they will not come again.
+        held = len(self._protocol.reader.buffer)
+        self._wake = (max(1, low_water(messages, size) - (held + MAX_HEADER if held else 0)), latest)
 
     async def receive(self) -> str | bytes:
         """One message at a time (the remainder of a batch is kept for the next call)."""
@@ -220,6 +226,8 @@ class ServedWebSocket:
                 if not await self._wait_bytes(sock, low_water, latest):
                     return b""
             elif self._read_tick is None:
+                if self._low_water > 1:  # no wake asked for (a cancelled wait, close, a read of no message)
+                    self._set_low_water(sock, 1)
                 try:
                     await trio.lowlevel.wait_readable(sock)
                 except trio.ClosedResourceError:  # closed under us (aclose)
@@ -467,6 +475,10 @@ def _text_frame(text: str) -> bytes:
         _LastFrame.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
         _LastFrame.text = text
     return _LastFrame.frame
+
+
+MAX_HEADER = 14
+"""The longest header of a client's frame: 2 bytes, 8 of extended length, 4 of masking key."""
 
 
 def framed(size: int) -> int:
