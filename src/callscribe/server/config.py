@@ -45,7 +45,8 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0
     stall_timeout_s: float = 20.0
     read_tick_ms: int = 0
-    """0: each Twilio socket's reader wakes when its data arrives; else all wake on one shared tick."""
+    """0: each Twilio socket's reader wakes when its next window's frames have come (plain TCP) or
+    can have come (TLS); else all wake on one shared tick."""
     log_level: int = logging.INFO
     games: GameSettings = field(default_factory=GameSettings)
     public_url: str | None = None

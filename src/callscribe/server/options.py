@@ -72,8 +72,8 @@ OPTIONS = [
     Option(
         "--read-tick-ms",
         "CALLSCRIBE_READ_TICK_MS",
-        "0 (off) or 1-100: read every Twilio socket on one shared tick of this many ms, trading up to"
-        " that much latency for less CPU per frame",
+        "0 (off) or 1-100: read every Twilio socket on one shared tick of this many ms instead of when"
+        " its next window's frames have come (up to that much more latency)",
         "0",
     ),
     Option("--log-level", "CALLSCRIBE_LOG_LEVEL", "debug, info, warning or error", "info"),
