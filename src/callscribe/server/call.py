@@ -110,8 +110,6 @@ class Call:
         wake_after: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._receive = receive
-        self._wake_after = wake_after
-        """The socket can hold the reader's wake until a number of bytes has come (see `_read_twilio`)."""
         self.recorder = recorder
         """The call store: told of the start, each final and (by the supervisor) the end."""
         self._send_twilio = send
@@ -120,6 +118,7 @@ class Call:
         self.settings = settings
         self.hub = hub
         self._connect = connect
+        self._wake_after = wake_after  # the socket holds the reader's wake until bytes come (see _read_twilio)
         self.stream = TwilioStream()
         self.mixer: Mixer | None = None
         self.deepgram: DeepgramClient | None = None
