@@ -182,7 +182,9 @@ class ServedWebSocket:
             self._wake = None
             return
         # A read that ended inside a frame left its first bytes with the parser (its header, at
-        # most MAX_HEADER bytes, already taken off): they will not come again.
+        # most MAX_HEADER bytes, already taken off): they will not come again. (`reader` is the
+        # sans-IO protocol's buffer, not documented API: test_websocket's
+        # test_the_bytes_of_a_message_already_read_count_towards_the_wake fails if it goes.)
         held = len(self._protocol.reader.buffer)
         self._wake = (max(1, low_water(messages, size) - (held + MAX_HEADER if held else 0)), latest)
 
