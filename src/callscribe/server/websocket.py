@@ -17,10 +17,11 @@ the frames that complete its next window, so it reads once a window, as that win
 lands; the kernel holds the wake, `SO_RCVLOWAT`). On TLS the bytes are not the messages, and the
 reader may instead ask not to read before a given time (`receive_batch(not_before)`: the call does,
 until its next window can be complete, see core/read_pacing.py); it then reads at once, without
-waiting to be told the socket is readable. A read that filled the buffer is followed by another at once, whatever the reader asked: a peer
-ahead of real time (a burst after a network hiccup) is read as fast as it sends. Optionally the wait is replaced by a shared tick
-(`ReadTick`): every reader wakes on the same tick and takes what arrived, trading up to one tick of
-latency for fewer wakes.
+waiting to be told the socket is readable. A read that filled the buffer is followed by another
+at once, whatever the reader asked: a peer ahead of real time (a burst after a network hiccup) is
+read as fast as it sends. Optionally the wait is replaced by a shared tick (`ReadTick`): every
+reader wakes on the same tick and takes what arrived, trading up to one tick of latency for fewer
+wakes.
 
 Writing: on plain TCP, a message sent while nothing is queued or being written is written at once
 with a non-blocking `send` by the sending task (a subscriber's message costs one system call, no
