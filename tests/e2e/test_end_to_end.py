@@ -14,6 +14,7 @@ import trio_websocket
 import trustme
 
 from callscribe.core.audio import generate_tone
+from callscribe.server.websocket import ServedWebSocket
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallConnectionError, CallSpec, PlannedFrame, run_call
 from conftest import RunningServer, Subscriber, start_server, subscribe, wait_until_live
@@ -297,3 +298,25 @@ async def test_calls_read_on_a_shared_tick_arrive_whole(nursery: trio.Nursery, f
     received = sorted((bytes(s.audio_by_channel[0]), bytes(s.audio_by_channel[1])) for s in fake_deepgram.sessions)
     assert received == sorted((spec.inbound, spec.outbound) for spec in specs)
     server.stop.set()
+
+
+async def test_a_real_time_call_on_plain_tcp_is_read_about_once_a_window(
+    server: RunningServer, fake_deepgram: FakeDeepgram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server lets the Twilio socket wake its reader once a window's frames have come
+    # (ServedWebSocket.wake_after): 40 windows of both tracks take about 40 reads, where the
+    # timer-paced reader took two a window and a reader woken by every frame five.
+    reads = 0
+    read = ServedWebSocket._read
+
+    async def counted(self: ServedWebSocket, not_before: float = 0.0) -> bytes:
+        nonlocal reads
+        reads += 1  # the call's Twilio socket is the only WebSocket this server serves here
+        return await read(self, not_before)
+
+    monkeypatch.setattr(ServedWebSocket, "_read", counted)
+    spec = CallSpec(inbound=speech(4.0, 300), outbound=speech(4.0, 700), call_sid="CA" + "7" * 32)
+    report = await run_call(server.url("/twilio"), spec, speed=1.0)
+    assert (report.close_code, report.close_reason) == (1000, "call ended")
+    assert bytes(fake_deepgram.sessions[0].audio_by_channel[0]) == spec.inbound
+    assert reads <= 60, reads
