@@ -371,6 +371,35 @@ async def test_a_twilio_socket_silent_after_its_start_ends_its_call(autojump_clo
     assert h.deepgram.control[-1] == CLOSE_STREAM and len(b"".join(h.deepgram.audio)) == 10 * 160
 
 
+@pytest.mark.parametrize("timeout_s", [2.0, 15.0])
+async def test_a_stream_sending_media_lives_past_the_media_timeout_and_ends_within_it_once_silent(
+    timeout_s: float, autojump_clock: trio.abc.Clock
+) -> None:
+    # The reader moves the media timeout's deadline on only once a tenth of it (at most a second)
+    # has gone: media for three timeouts keeps the call, and once it stops the call ends no
+    # earlier than that tenth (and a window of held frames) before the timeout, never after it.
+    h = Harness(ScriptedDeepgram(channels=1), media_timeout_s=timeout_s)
+    ended_at: list[float] = []
+
+    async def watch() -> None:
+        while h.call.close_code == 1000 and not h.call.finished.is_set():  # until the reader gives up
+            await trio.sleep(0.001)
+        ended_at.append(trio.current_time())
+
+    async with h.running() as nursery:
+        nursery.start_soon(watch)
+        h.feed(twilio_start(["inbound"]))
+        for frame in frames("inbound", int(3 * timeout_s * 50) + 3, 1):
+            await trio.sleep(0.02)
+            assert not ended_at, "ended while media came"
+            h.feed(frame)
+        last = trio.current_time()
+        with trio.fail_after(timeout_s + 120):  # ending takes the Deepgram side its own time
+            await h.call.finished.wait()
+    assert (h.call.close_code, h.call.close_reason) == (1008, f"no media for {timeout_s:g} s")
+    assert timeout_s - min(1.0, timeout_s / 10) - 0.1 <= ended_at[0] - last <= timeout_s + 0.001
+
+
 async def test_a_call_started_just_before_a_shutdown_is_ended_with_1001_not_cut_off(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -301,3 +301,23 @@ async def test_a_window_whose_track_skips_frames_leaves_at_most_half_the_jitter_
     # real time, plus half the jitter allowance and EARLY_S (`latest_read`).
     later, _ = await later_windows(skips_frames(tracks[-1], tracks), tracks, reader="bytes")
     assert len(later) == 1 and later[0][1] <= 0.02 + EARLY_S + 1e-9, later
+
+
+async def test_the_read_that_ends_the_stream_leaves_no_wake_for_the_close(autojump_clock: trio.abc.Clock) -> None:
+    # After `stop` (or a fatal frame) the socket is read once more, by close() for the peer's close
+    # frame: a wake asked for the next window's frames would hold that read until its latest time.
+    h = Harness(ScriptedDeepgram(channels=2))
+    socket = ByteWoken(h)
+    h.call._receive = socket.read
+    h.call._wake_after = socket.wake_after
+    schedule = in_order(real_time("inbound", 0, 12) + real_time("outbound", 0, 12, byte=0x22))
+    with trio.fail_after(60):
+        async with h.running(subscribed=False):
+            base = trio.current_time()
+            h.feed(twilio_start(BOTH))
+            for at, frame in schedule[:-1]:
+                await trio.sleep_until(base + at)
+                h.feed(frame)
+            h.feed(schedule[-1][1], STOP)  # the last frame and stop in one read, mid-window
+            await h.call.finished.wait()
+            assert socket._wake is None

@@ -424,11 +424,16 @@ async def test_a_read_after_a_cancelled_wait_for_bytes_is_woken_by_any_byte() ->
             assert await ws.receive_batch() == ["a"]
 
 
-async def test_closing_after_a_cancelled_wait_for_bytes_takes_the_peers_close_frame_at_once() -> None:
+@pytest.mark.parametrize("cancelled", [True, False], ids=["after a cancelled wait", "with a wake left"])
+async def test_closing_after_a_wake_for_bytes_takes_the_peers_close_frame_at_once(cancelled: bool) -> None:
+    # Either the reader's wait for the bytes was cancelled (the call ended), or the reader asked for
+    # the next window's bytes after the read that brought `stop` (or a fatal frame) and ended:
+    # close() must not wait for those bytes (or their latest time) to take the peer's close frame.
     async with served() as (client, ws):
         ws.wake_after(10, 300, trio.current_time() + 60)
-        with trio.move_on_after(0.1):
-            await ws.receive_batch()
+        if cancelled:
+            with trio.move_on_after(0.1):
+                await ws.receive_batch()
 
         async def answer() -> None:
             reply = b""

@@ -74,9 +74,9 @@ class CallSettings:
     send_timeout_s: float = 10.0
     media_timeout_s: float = 60.0
     """Twilio sends a frame every 20 ms per track: a stream silent this long after its start has
-    gone (a connection dropped with no FIN or RST), and its call ends (to within a tenth of it, at
-    most a second: the deadline is moved on that often, not every window). (Generous: KeepAlive
-    covers shorter gaps.)"""
+    gone (a connection dropped with no FIN or RST), and its call ends (up to a tenth of it, at most
+    a second, and a window earlier: the deadline is moved on that often, when a window is handed
+    over, not every window). (Generous: KeepAlive covers shorter gaps.)"""
     answer_timeout_s: float = 30.0
     """A Deepgram connection that says nothing at all for this long while audio goes to it is taken
     as lost (Deepgram sends results, empty ones for silence, every few seconds of audio)."""
@@ -236,7 +236,7 @@ class Call:
                                 gate.next_due_at / SAMPLES_PER_S,  # type: ignore[union-attr]
                                 after_sleep=after_sleep,
                             )
-                    if wake_after is not None and chunk:
+                    if wake_after is not None and chunk and go_on:
                         wake_after(gate.chunks_until_due(chunk), message_size, latest)  # type: ignore[union-attr]
             if scope.cancelled_caught and not self._end_requested and media_send is None:
                 log.warning("closing a Twilio stream that sent no 'start' within %g s", self.settings.start_timeout_s)

@@ -441,6 +441,7 @@ class ServedWebSocket:
     async def close(self, code: int, reason: str, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Send a close frame (unless the connection already ended) and wait, bounded, for the
         peer's, discarding whatever it still sends; then end the writer and the socket."""
+        self._wake = None  # a wake the call's reader asked for is for its messages, not the close frame
         with trio.move_on_after(timeout_s):
             if not self.gone and self._protocol.state is State.OPEN:
                 try:
