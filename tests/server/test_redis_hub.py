@@ -70,19 +70,24 @@ def count_logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
 
 
 @pytest.fixture
-def patient_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis commands get 5 s instead of 1 s. For tests whose two "processes" share the test's one
-    Trio loop with their calls and subscribers: on a loaded CI machine a reply can wait in that
-    loop past 1 s, Redis is taken as unavailable and messages are dropped, as designed (seen once),
-    which is not what those tests are about."""
+async def two_processes(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Two servers on one Redis, stopped after the test. Their Redis commands get 5 s instead of
+    1 s: the two "processes" share the test's one Trio loop with their calls and subscribers, and on
+    a loaded CI machine a reply can wait in that loop past 1 s; Redis is then taken as unavailable
+    and messages are dropped, as designed (seen once), which is not what these tests are about."""
     monkeypatch.setitem(RedisLink.__init__.__kwdefaults__, "command_timeout_s", 5.0)
+    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    yield a, b
+    await stop_servers(a, b)
 
 
 async def test_a_call_in_one_process_is_followed_from_another(
-    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, patient_redis: None
+    fake_deepgram: FakeDeepgram, two_processes: tuple[RunningServer, RunningServer]
 ) -> None:
-    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
-    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    a, b = two_processes
     spec = CallSpec(inbound=generate_tone(3.0), outbound=generate_tone(3.0, freq_hz=600), call_sid="CA" + "4" * 32)
     on_a, on_b = Subscriber(), Subscriber()
     async with trio.open_nursery() as inner:
@@ -98,19 +103,13 @@ async def test_a_call_in_one_process_is_followed_from_another(
     assert on_a.messages == on_b.messages
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []  # gone from the shared registry
-    await stop_servers(a, b)
 
 
 async def test_notices_and_unknown_calls_across_processes(
-    nursery: trio.Nursery,
-    fake_deepgram: FakeDeepgram,
-    redis_url: str,
-    caplog: pytest.LogCaptureFixture,
-    patient_redis: None,
+    fake_deepgram: FakeDeepgram, caplog: pytest.LogCaptureFixture, two_processes: tuple[RunningServer, RunningServer]
 ) -> None:
     fake_deepgram.behaviour.reject_status = 401
-    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
-    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    a, b = two_processes
     spec = CallSpec(inbound=generate_tone(2.0), call_sid="CA" + "5" * 32)
     late = Subscriber()
     async with trio.open_nursery() as inner:
@@ -124,7 +123,6 @@ async def test_notices_and_unknown_calls_across_processes(
     assert "HTTP 401" in error["message"] and late.close_code == 1000
     unknown = await subscribe(b, "CA-nowhere", Subscriber(), wait_for_call=False)
     assert unknown.close_code == 1008
-    await stop_servers(a, b)
 
 
 async def test_calls_of_a_dead_process_drop_out_after_the_lease(
@@ -346,14 +344,12 @@ async def test_redis_back_is_logged_as_soon_as_it_answers_and_coredis_stays_quie
 
 
 async def test_malformed_pubsub_messages_are_skipped(
-    nursery: trio.Nursery,
     fake_deepgram: FakeDeepgram,
     redis_url: str,
     caplog: pytest.LogCaptureFixture,
-    patient_redis: None,
+    two_processes: tuple[RunningServer, RunningServer],
 ) -> None:
-    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
-    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    a, b = two_processes
     spec = CallSpec(inbound=generate_tone(3.0), call_sid="CA" + "3" * 32)
     on_a, on_b = Subscriber(), Subscriber()
     garbage = [
@@ -383,7 +379,6 @@ async def test_malformed_pubsub_messages_are_skipped(
         assert subscriber.types.count("Results") == session.results_sent
         assert (subscriber.types[-1], subscriber.close_code) == ("Metadata", 1000)
     assert count_logged(caplog, "malformed") == 2  # once by each process, however many
-    await stop_servers(a, b)
 
 
 async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
@@ -412,12 +407,11 @@ async def test_a_process_that_cannot_keep_up_drops_its_pubsub_backlog(
 
 
 async def test_two_streams_of_one_call_on_two_processes_are_one_call(
-    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, redis_url: str, patient_redis: None
+    fake_deepgram: FakeDeepgram, two_processes: tuple[RunningServer, RunningServer]
 ) -> None:
     """Twilio's second stream for a call may reach another process: as on one process, both are
     transcribed, every subscriber gets both, and the call ends when its last stream does."""
-    a = await start_server(nursery, fake_deepgram, redis_url=redis_url)
-    b = await start_server(nursery, fake_deepgram, redis_url=redis_url)
+    a, b = two_processes
     call_sid = "CA" + "2" * 32
     first, second = (
         CallSpec(inbound=noise(1.5, 7), call_sid=call_sid),
@@ -438,7 +432,6 @@ async def test_two_streams_of_one_call_on_two_processes_are_one_call(
     assert sorted(on_a.messages) == sorted(on_b.messages)  # (each process has its own stream first)
     async with trio_websocket.open_websocket_url(b.url("/client"), connect_timeout=5) as ws:
         assert json.loads(await ws.get_message()) == []
-    await stop_servers(a, b)
 
 
 def test_a_hub_given_its_link_refuses_link_options_it_would_not_use() -> None:
