@@ -28,6 +28,8 @@ class Receiver:
     fail_first: int = 0
     """Answer 500 to this many requests, then 200."""
     delay_s: float = 0.0
+    endless_reply: bool = False
+    """Answer 200 with a body that never ends: a chunk every 50 ms, for as long as it is read."""
     deliveries: list[Delivery] = field(default_factory=list)
     port: int = 0
     arrived: trio.Event = field(default_factory=trio.Event)
@@ -73,6 +75,12 @@ class Receiver:
                 self.deliveries.append(Delivery(headers, body, status))
                 self.arrived.set()
                 self.arrived = trio.Event()
+                if self.endless_reply:
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for _ in range(1200):  # a minute of it at most, unless the client goes first
+                        await stream.send_all(b"400\r\n" + b"x" * 1024 + b"\r\n")
+                        await trio.sleep(0.05)
+                    return
                 reply = b"ok" if status == 200 else b"not now"
                 await stream.send_all(
                     connection.send(h11.Response(status_code=status, headers=[("Content-Length", str(len(reply)))]))

@@ -58,6 +58,7 @@ def test_every_parameter() -> None:
         ({"live": "yes"}, "live must be true or false"),
         ({"number": "abc"}, "number must be a phone number"),
         ({"q": "?!"}, "q has no words"),
+        ({"q": "_ __"}, "q has no words"),  # symbols, like "?!"
         ({"since": "yesterday"}, "since must be an ISO 8601 time"),
         ({"until": "2026-13-01"}, "until must be an ISO 8601 time"),
         ({"cursor": "%%%"}, "cursor is not one this server gave out"),
@@ -103,5 +104,5 @@ def test_a_cursor_of_deeply_nested_json_is_a_bad_query_not_a_recursion_error() -
 def test_any_search_text_gives_plain_words(text: str) -> None:
     words = search_words(text)
     assert len(words) <= 16
-    assert all((word and word.isalnum()) or "_" in word for word in words)
+    assert all(word.isalnum() for word in words)
     assert all('"' not in word and " " not in word for word in words)

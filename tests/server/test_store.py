@@ -176,6 +176,17 @@ def test_search_finds_words_anywhere_in_a_transcript(engine: Engine) -> None:
     assert found("absent") == []
 
 
+def test_an_underscore_is_a_symbol_in_a_search_like_any_other(engine: Engine) -> None:
+    call_with_finals(engine, "CA1", ["I would like to cancel my subscription"], at=100.0)
+
+    def found(q: str) -> list[str]:
+        return [c.call_sid for c in engine.list_calls(parse_query({"q": q}))[0]]
+
+    assert found("subscription cancel") == ["CA1"]
+    assert found("subscription-cancel") == ["CA1"]
+    assert found("subscription_cancel") == ["CA1"]  # as the two words, in any order, not as a phrase
+
+
 def test_erasing_a_call_leaves_nothing_of_it(engine: Engine) -> None:
     call_with_finals(engine, "CA1", ["secret words"])
     engine.write([start("CA2"), final("CA2", 1, "still going")], RECEIVERS)
@@ -254,7 +265,7 @@ def test_the_outbox_hands_out_each_calls_events_in_order(engine: Engine) -> None
     assert body["id"] == heads[0].event_id and body["type"] == "call.started" and body["sequence"] == 0
     assert body["data"]["from"] == "+15550100"
     # CA1's head fails: CA1 waits for it; CA2's is delivered.
-    engine.outbox_settle(Settlement(delivered=[heads[1].id], retry=[(heads[0].id, 1, now + 60, "HTTP 500")]))
+    engine.outbox_settle(Settlement(delivered=[heads[1]], retry=[(heads[0], 1, now + 60, "HTTP 500")]))
     assert engine.outbox_heads("this-process", receiver, now, 10) == []
     assert engine.outbox_state("this-process", receiver).next_due_at == now + 60
     retried = engine.outbox_heads("this-process", receiver, now + 60, 10)
@@ -265,7 +276,7 @@ def test_the_outbox_hands_out_each_calls_events_in_order(engine: Engine) -> None
         if not heads:
             break
         kinds += [(e.kind, e.sequence) for e in heads]
-        engine.outbox_settle(Settlement(delivered=[e.id for e in heads]))
+        engine.outbox_settle(Settlement(delivered=heads))
     assert kinds == [("call.started", 0), ("transcript.final", 1), ("transcript.final", 2), ("call.ended", 3)]
     ended = json.loads(engine.outbox_heads("this-process", RECEIVERS.receivers[1], now, 10)[0].body)
     assert ended["type"] == "call.started"  # the other receiver has its own copy, untouched
@@ -291,7 +302,7 @@ def iter_events(engine: Engine, receiver: str) -> list[OutboxEvent]:
         if not heads:
             return out
         out += heads
-        engine.outbox_settle(Settlement(delivered=[e.id for e in heads]))
+        engine.outbox_settle(Settlement(delivered=heads))
     raise AssertionError("the outbox did not empty")
 
 
@@ -398,3 +409,19 @@ def test_an_unreachable_postgresql_is_one_line(tmp_path: Path) -> None:
         open_engine(url).open()
     assert str(raised.value).startswith("cannot reach PostgreSQL at postgresql://127.0.0.1:")
     assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_settling_a_round_never_touches_an_event_written_after_its_call_was_erased(engine: Engine) -> None:
+    # A delivery round holds CA1's event while CA1 is erased (DELETE /api/calls) and a new call's
+    # event is written: SQLite numbers a row max(id) + 1, so the new event may get the erased one's
+    # id. Settling the round (delivered, or retried) must leave the new event alone.
+    receiver = RECEIVERS.receivers[0]
+    engine.write([start("CA1"), end("CA1", 0)], RECEIVERS)
+    now = time.time() + 1
+    (in_flight,) = engine.outbox_heads("this-process", receiver, now, 10)
+    assert engine.delete_call("CA1") is Deleted.DELETED
+    engine.write([start("CA2")], RECEIVERS)
+    engine.outbox_settle(Settlement(delivered=[in_flight]))
+    engine.outbox_settle(Settlement(retry=[(in_flight, 1, now + 60, "HTTP 500")]))
+    heads = engine.outbox_heads("this-process", receiver, now, 10)
+    assert [(e.call_sid, e.kind, e.attempts) for e in heads] == [("CA2", "call.started", 0)]

@@ -150,3 +150,20 @@ async def test_an_unexpected_store_error_is_logged_and_delivery_goes_on(
     assert [e["type"] for e in receiver.accepted] == ["call.started", "transcript.final", "call.ended"]
     (failed,) = [r for r in caplog.records if "delivery round failed unexpectedly" in r.getMessage()]
     assert failed.exc_info is not None and "malformed" in str(failed.exc_info[1])
+
+
+async def test_a_receiver_whose_answer_never_ends_gets_each_event_once_and_holds_up_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The receiver took each event (200) but its body goes on forever (a URL that streams, a
+    # misconfigured proxy): its status is all that counts, the body is neither waited for nor kept.
+    receiver = Receiver(endless_reply=True)
+    await nursery.start(receiver.serve)
+    async with running_store(tmp_path / "store.db", [receiver.url]) as (recorder, delivery):
+        a_call(recorder, "CA1", 1)
+        await receiver.wait_for(3, timeout=10)
+        stats = delivery.stats[receiver.url]
+        with trio.fail_after(10):
+            while stats.delivered < 3:
+                await trio.sleep(0.01)
+    assert stats.failed == 0 and [e["sequence"] for e in receiver.accepted] == [0, 1, 2]

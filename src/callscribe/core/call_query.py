@@ -32,7 +32,8 @@ from callscribe.core.twilio import MAX_SID_LENGTH
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_QUERY_WORDS = 16
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[^\W_]+")
+"""Letters and digits; the underscore is a symbol like any other."""
 
 
 class BadQuery(ValueError):

@@ -174,12 +174,14 @@ class OutboxState:
 
 @dataclass(frozen=True)
 class Settlement:
-    """A delivery round's results, written in one transaction."""
+    """A delivery round's results, written in one transaction. Events are known by their row's `id`
+    and their `event_id` both: SQLite may give a new row the `id` of one deleted meanwhile (its call
+    erased while the round was under way)."""
 
-    delivered: Sequence[int] = ()
-    retry: Sequence[tuple[int, int, float, str]] = ()
-    """(id, failures so far, when to try again, the last error)"""
-    dropped: Sequence[int] = ()
+    delivered: Sequence[OutboxEvent] = ()
+    retry: Sequence[tuple[OutboxEvent, int, float, str]] = ()
+    """(the event, failures so far, when to try again, the last error)"""
+    dropped: Sequence[OutboxEvent] = ()
 
 
 class Deleted(enum.Enum):

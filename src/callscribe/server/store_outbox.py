@@ -35,10 +35,10 @@ class SqlOutbox(SqlReads):
 
     def outbox_settle(self, settlement: Settlement) -> None:
         with self._transaction() as db:
-            for event_id in (*settlement.delivered, *settlement.dropped):
-                db.execute("DELETE FROM outbox WHERE id = ?", (event_id,))
-            for event_id, attempts, next_at, error in settlement.retry:
+            for event in (*settlement.delivered, *settlement.dropped):
+                db.execute("DELETE FROM outbox WHERE id = ? AND event_id = ?", (event.id, event.event_id))
+            for event, attempts, next_at, error in settlement.retry:
                 db.execute(
-                    "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
-                    (attempts, next_at, error[:500], event_id),
+                    "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE id = ? AND event_id = ?",
+                    (attempts, next_at, error[:500], event.id, event.event_id),
                 )

@@ -110,9 +110,9 @@ class WebhookDelivery:
                     await self._wake[receiver].wait()
 
     async def _round(self, client: httpx.AsyncClient, receiver: str, heads: list[OutboxEvent]) -> None:
-        delivered: list[int] = []
-        retry: list[tuple[int, int, float, str]] = []
-        dropped: list[int] = []
+        delivered: list[OutboxEvent] = []
+        retry: list[tuple[OutboxEvent, int, float, str]] = []
+        dropped: list[OutboxEvent] = []
         limiter = trio.CapacityLimiter(CONCURRENCY)
         stats = self.stats[receiver]
 
@@ -121,7 +121,7 @@ class WebhookDelivery:
                 error = await self._post(client, receiver, event)
             now = time.time()
             if error is None:
-                delivered.append(event.id)
+                delivered.append(event)
                 stats.delivered += 1
                 stats.lag_sum_s += max(0.0, now - event.created_at)
                 return
@@ -129,7 +129,7 @@ class WebhookDelivery:
             failures = event.attempts + 1
             next_at = self.policy.next_attempt(failures, event.created_at, now)
             if next_at is None:
-                dropped.append(event.id)
+                dropped.append(event)
                 stats.dropped += 1
                 log.warning(
                     "webhook %s: gave up %s %s of call %s after %d attempts over %.0f s (last: %s)",
@@ -142,7 +142,7 @@ class WebhookDelivery:
                     error,
                 )
             else:
-                retry.append((event.id, failures, next_at, error))
+                retry.append((event, failures, next_at, error))
             if stats.failing_since is None:
                 stats.failing_since = now
                 log.warning(
@@ -178,9 +178,11 @@ class WebhookDelivery:
         if self.secret is not None:
             headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(self.secret, int(time.time()), body)
         try:
-            response = await client.post(receiver, content=body, headers=headers)
+            # The status is the answer: the body is not read (it could be endless, or huge).
+            async with client.stream("POST", receiver, content=body, headers=headers) as response:
+                status = response.status_code
         except (httpx.HTTPError, httpx.InvalidURL) as error:  # InvalidURL: not an HTTPError
             return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
