@@ -30,6 +30,8 @@ class Receiver:
     delay_s: float = 0.0
     endless_reply: bool = False
     """Answer 200 with a body that never ends: a chunk every 50 ms, for as long as it is read."""
+    trickled_reply: bool = False
+    """Answer 200 with headers that never end: a byte every 100 ms (each read comes well in time)."""
     deliveries: list[Delivery] = field(default_factory=list)
     port: int = 0
     arrived: trio.Event = field(default_factory=trio.Event)
@@ -80,6 +82,12 @@ class Receiver:
                     for _ in range(1200):  # a minute of it at most, unless the client goes first
                         await stream.send_all(b"400\r\n" + b"x" * 1024 + b"\r\n")
                         await trio.sleep(0.05)
+                    return
+                if self.trickled_reply:
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+                    for _ in range(600):  # a minute of it at most, unless the client goes first
+                        await stream.send_all(b"X")
+                        await trio.sleep(0.1)
                     return
                 reply = b"ok" if status == 200 else b"not now"
                 await stream.send_all(

@@ -30,12 +30,12 @@ ENDED = CallEnd(ended_at=time.time(), outcome=Outcome.HUNG_UP, reason="call ende
 
 @asynccontextmanager
 async def running_store(
-    path: Path, receivers: list[str], policy: RetryPolicy = FAST, deliver: bool = True
+    path: Path, receivers: list[str], policy: RetryPolicy = FAST, deliver: bool = True, attempt_timeout_s: float = 30.0
 ) -> AsyncIterator[tuple[StoreRecorder, WebhookDelivery]]:
     recorder = await open_store(
         StoreSettings(location=str(path), webhook_urls=tuple(receivers), webhook_secret=SECRET, webhook_retry=policy)
     )
-    delivery = WebhookDelivery(recorder, SECRET, poll_s=0.5)
+    delivery = WebhookDelivery(recorder, SECRET, poll_s=0.5, attempt_timeout_s=attempt_timeout_s)
     if deliver:
         recorder.delivery = delivery
     try:
@@ -167,3 +167,20 @@ async def test_a_receiver_whose_answer_never_ends_gets_each_event_once_and_holds
             while stats.delivered < 3:
                 await trio.sleep(0.01)
     assert stats.failed == 0 and [e["sequence"] for e in receiver.accepted] == [0, 1, 2]
+
+
+async def test_an_answer_that_trickles_in_forever_fails_the_attempt_in_time(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each byte of the headers comes well within httpx's read timeout: only the attempt's own
+    # limit ends it, as a failure to retry, so the receiver's events are not held up for ever.
+    receiver = Receiver(trickled_reply=True)
+    await nursery.start(receiver.serve)
+    async with running_store(tmp_path / "store.db", [receiver.url], attempt_timeout_s=0.5) as (recorder, delivery):
+        a_call(recorder, "CA1", 0)
+        stats = delivery.stats[receiver.url]
+        with trio.fail_after(10):
+            while stats.failed < 2:
+                await trio.sleep(0.01)
+    assert stats.delivered == 0
+    assert any("no answer within 0.5 s" in r.getMessage() for r in caplog.records)

@@ -34,6 +34,8 @@ CONCURRENCY = 8
 ROUND_SIZE = 100
 POLL_S = 5.0
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+ATTEMPT_TIMEOUT_S = 30.0
+"""An attempt's whole exchange, however its answer trickles in (httpx's timeouts are per read)."""
 
 
 @dataclass
@@ -60,8 +62,10 @@ class WebhookDelivery:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         poll_s: float = POLL_S,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
     ) -> None:
         self.store = store
+        self.attempt_timeout_s = attempt_timeout_s
         self.receivers = store.events.receivers
         self.policy = store.events.policy
         self.secret = secret.encode() if secret else None
@@ -179,8 +183,11 @@ class WebhookDelivery:
             headers[webhooks.SIGNATURE_HEADER] = webhooks.sign(self.secret, int(time.time()), body)
         try:
             # The status is the answer: the body is not read (it could be endless, or huge).
-            async with client.stream("POST", receiver, content=body, headers=headers) as response:
-                status = response.status_code
+            with trio.fail_after(self.attempt_timeout_s):
+                async with client.stream("POST", receiver, content=body, headers=headers) as response:
+                    status = response.status_code
+        except trio.TooSlowError:
+            return f"no answer within {self.attempt_timeout_s:g} s"
         except (httpx.HTTPError, httpx.InvalidURL) as error:  # InvalidURL: not an HTTPError
             return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if 200 <= status < 300:
