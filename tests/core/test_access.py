@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 
 import httpx
 import jwt
@@ -303,4 +304,46 @@ async def test_browsers_from_other_origins_are_refused(nursery: trio.Nursery, fa
         server.url("/client"), connect_timeout=5, extra_headers=[(b"Origin", b"https://app.example.com")]
     ) as ws:
         assert json.loads(await ws.get_message()) == []
+    server.stop.set()
+
+
+@pytest.mark.parametrize("claims", [{"exp": 10**400}, {"exp": 1060, "nbf": -(10**400)}])
+def test_a_time_claim_too_large_for_a_float_is_refused_not_raised(claims: dict[str, object]) -> None:
+    # JSON integers have no limit; Python's json gives them exactly, and float() of one overflows.
+    verdict = TokenCheck(secret=SECRET).check(mint(claims), now=1030)
+    assert not verdict.ok and verdict.reason.startswith("token claim")
+
+
+def test_a_token_secret_that_is_not_utf8_is_used_as_its_bytes() -> None:
+    # os.environ gives a variable's bytes that are not UTF-8 as surrogates (surrogateescape).
+    secret = os.fsdecode(b"\xff" * 32)
+    token = jwt.encode({"exp": 1060}, b"\xff" * 32, algorithm="HS256")
+    assert TokenCheck(secret=secret).check(token, now=1030).ok
+    assert TokenCheck(secret=secret).check(TokenCheck(secret=secret).issue(ttl_s=60, now=1000), now=1030).ok
+
+
+async def test_an_origin_that_mentions_token_is_still_refused_with_403(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+) -> None:
+    """401 is for a missing or bad token; an Origin not allowed is 403, whatever its text says."""
+    server = await start_server(nursery, fake_deepgram, allowed_origins=frozenset({"https://app.example.com"}))
+    evil = [(b"Origin", b"https://token.example.com")]
+    assert await _rejection(server, "/client", extra_headers=evil) == 403  # callscribe's own socket
+    assert await _rejection(server, "/game", extra_headers=evil) == 403  # Quart's
+    async with httpx.AsyncClient() as http:
+        for path in ("/api/calls", "/api/games", "/metrics"):
+            answer = await http.get(server.http_url + path, headers={"Origin": "https://token.example.com"})
+            assert (path, answer.status_code) == (path, 403)
+    server.stop.set()
+
+
+async def test_a_call_limited_token_cannot_open_a_game(nursery: trio.Nursery, fake_deepgram: FakeDeepgram) -> None:
+    """A game gets the transcripts of whichever call says its code, and talks to that caller: a
+    token limited to one call (a viewer's) must not open one."""
+    server = await start_server(nursery, fake_deepgram, token_secret=SECRET)
+    limited = TokenCheck(secret=SECRET).issue(ttl_s=60, call_sid="CA" + "1" * 32)
+    assert await _rejection(server, f"/game?token={limited}") == 403
+    unlimited = TokenCheck(secret=SECRET).issue(ttl_s=60)
+    async with trio_websocket.open_websocket_url(server.url(f"/game?token={unlimited}"), connect_timeout=5) as ws:
+        await ws.get_message()  # the phone number
     server.stop.set()

@@ -159,3 +159,12 @@ def test_bad_store_settings_are_one_line(environ: dict[str, str], message: str) 
 def test_a_superscript_digit_is_a_config_error(environ: dict[str, str]) -> None:  # str.isdigit takes it, int does not
     with pytest.raises(ConfigError):
         settings_from(argparse.Namespace(), {"DEEPGRAM_API_KEY": "k", **environ})
+
+
+def test_a_token_secret_that_is_not_utf8_is_taken_not_a_traceback() -> None:
+    # os.environ gives a variable's bytes that are not UTF-8 as surrogates (surrogateescape).
+    environ = {"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_TOKEN_SECRET": os.fsdecode(b"\xff" * 31)}
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        settings_from(flags(), environ)
+    environ["CALLSCRIBE_TOKEN_SECRET"] = os.fsdecode(b"\xff" * 32)
+    assert settings_from(flags(), environ).token_secret == os.fsdecode(b"\xff" * 32)

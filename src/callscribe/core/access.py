@@ -60,6 +60,8 @@ class Verdict:
     """For a signed token limited to one call: that call."""
     subject: str | None = None
     """For a signed token with a `sub` claim: who it was issued to."""
+    status: int = 401
+    """The HTTP status a refusal is answered with: 401 no or a bad token, 403 the rest (an Origin)."""
 
 
 ALLOWED = Verdict(True)
@@ -123,7 +125,8 @@ class TokenCheck:
 
     def __init__(self, static_tokens: set[str] | frozenset[str] = frozenset(), secret: str | None = None) -> None:
         self.static_tokens = frozenset(t for t in static_tokens if t)
-        self._key = secret.encode() if secret else None
+        # A secret from os.environ that is not UTF-8 holds its bytes as surrogates: they are the key.
+        self._key = secret.encode("utf-8", "surrogateescape") if secret else None
         if self._key is not None and len(self._key) < MIN_SECRET_BYTES:
             raise ValueError(f"the token secret must be at least {MIN_SECRET_BYTES} bytes long for {TOKEN_ALGORITHM}")
 
@@ -188,7 +191,12 @@ def _judge_claims(claims: dict[str, Any], now: float) -> Verdict:
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return False
 
 
 def bearer_token(headers: Headers, query: str) -> tuple[str | None, bool]:
@@ -210,7 +218,7 @@ def origin_allowed(headers: Headers, allowed: frozenset[str]) -> Verdict:
     origin = headers.get("origin")
     if not allowed or origin is None or origin.rstrip("/") in allowed:
         return ALLOWED
-    return Verdict(False, f"origin {origin} is not allowed")
+    return Verdict(False, f"origin {origin} is not allowed", status=403)
 
 
 class Access:

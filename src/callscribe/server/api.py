@@ -52,7 +52,7 @@ class CallsApi:
     def _admit(self, http_request: Request) -> Verdict | Response:
         verdict, _ = self.access.check_client(http_request.headers, http_request.query_string.decode("latin-1"))
         if not verdict.ok:
-            status = 401 if "token" in verdict.reason else 403
+            status = verdict.status
             log.warning("refused an API request from %s: %s", http_request.remote_addr or "unknown", verdict.reason)
             return error(status, verdict.reason)
         if self.store is None:

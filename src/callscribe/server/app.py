@@ -193,7 +193,7 @@ class Server:
                 FirstValues(request.headers), request.path.partition("?")[2]
             )
             if not verdict.ok:
-                return Admission(401 if "token" in verdict.reason else 403, verdict.reason)
+                return Admission(verdict.status, verdict.reason)
             return Admission(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
 
         ws = await self._accept(stream, head, peer, check, "subscriber")
@@ -216,12 +216,15 @@ class Server:
 
     # -- /client and /game: admission ----------------------------------------------------------
 
-    async def _admit(self, ws: Websocket, what: str) -> Verdict | Response | None:
+    async def _admit(self, ws: Websocket, what: str, *, any_call: bool = False) -> Verdict | Response | None:
         """Check a /client or /game connection's Origin and token. A Response refuses the upgrade;
-        None means the socket was accepted and closed again (shutting down); a Verdict, go on."""
+        None means the socket was accepted and closed again (shutting down); a Verdict, go on.
+        `any_call`: the connection may reach any call (a game), which a token limited to one may not."""
         verdict, as_subprotocol = self.access.check_client(ws.headers, ws.query_string.decode("latin-1"))
+        if verdict.ok and any_call and verdict.call_sid is not None:
+            verdict = Verdict(False, f"a token limited to one call cannot open {what}", status=403)
         if not verdict.ok:
-            return _refuse(verdict, 401 if "token" in verdict.reason else 403, what, QuartSocket(ws).peer)
+            return _refuse(verdict, verdict.status, what, QuartSocket(ws).peer)
         await ws.accept(subprotocol=BEARER_SUBPROTOCOL if as_subprotocol else None)
         if self.supervisor.closing:
             await QuartSocket(ws).close(CLOSE_GOING_AWAY, "server shutting down")
@@ -239,7 +242,7 @@ class Server:
     # -- /game ---------------------------------------------------------------------------------
 
     async def handle_game(self, quart_ws: Websocket) -> Response | None:
-        admitted = await self._admit(quart_ws, "a game")
+        admitted = await self._admit(quart_ws, "a game", any_call=True)
         if not isinstance(admitted, Verdict):
             return admitted
         ws: ReaderSocket = QuartSocket(quart_ws)
@@ -358,7 +361,7 @@ def create_app(
         # hold their secrets); a token limited to one call is a viewer's, not a scraper's.
         verdict, _ = server.access.check_client(request.headers, request.query_string.decode("latin-1"))
         if not verdict.ok:
-            refusal, status = verdict.reason, 401 if "token" in verdict.reason else 403
+            refusal, status = verdict.reason, verdict.status
         elif verdict.call_sid is not None:
             refusal, status = "a token limited to one call cannot read the metrics", 403
         else:

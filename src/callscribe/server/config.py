@@ -178,7 +178,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     speech: Literal["aura", "espeak"] = "aura" if choice == "aura" else "espeak"
 
     token_secret = values["CALLSCRIBE_TOKEN_SECRET"] or None
-    if token_secret and len(token_secret.encode()) < MIN_SECRET_BYTES:
+    if token_secret and len(token_secret.encode("utf-8", "surrogateescape")) < MIN_SECRET_BYTES:
         raise ConfigError(
             f"CALLSCRIBE_TOKEN_SECRET must be at least {MIN_SECRET_BYTES} bytes long (an HS256 key);"
             " `openssl rand -hex 32` makes one"

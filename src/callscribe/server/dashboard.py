@@ -111,7 +111,7 @@ class Dashboard:
         if not verdict.ok:
             log.warning("refused GET /api/games from %s: %s", http_request.remote_addr or "unknown", verdict.reason)
             response = jsonify({"error": verdict.reason})
-            response.status_code = 401 if "token" in verdict.reason else 403
+            response.status_code = verdict.status
             return response
         games = [{"code": code, "callSid": sid} for code, sid in sorted(self.feed.patches().items())]
         if verdict.call_sid is not None:
