@@ -218,7 +218,7 @@ def test_a_silent_connection_is_a_lost_connection() -> None:
     p.opened(0.0)
     decision = reconnect(p.silent(30.0, 30.0))
     assert decision.retry == 1
-    assert p.cause == "Deepgram connection lost: no message for 30 s while audio was sent"
+    assert p.cause == "Deepgram connection lost: no message for 30 s while as much audio was sent"
 
 
 def test_a_stalled_send_is_a_lost_connection() -> None:

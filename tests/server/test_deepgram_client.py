@@ -227,3 +227,64 @@ async def test_a_quiet_deepgram_while_no_audio_flows_is_kept(autojump_clock: tri
         assert len(connections) == 1 and client.error == ""
         assert connections[0].control.count('{"type":"KeepAlive"}') >= 10
         nursery.cancel_scope.cancel()
+
+
+class AnsweringConnection:
+    """Answers as Deepgram does: a final for each whole second of audio it got (nothing for less),
+    and Metadata once CloseStream came."""
+
+    def __init__(self) -> None:
+        self.audio = 0
+        self._finals = 0
+        self._send, self._receive = trio.open_memory_channel[str](100)
+
+    async def send_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self.audio += len(message)
+            while self.audio >= (self._finals + 1) * 8000:
+                self._send.send_nowait(
+                    '{"type":"Results","channel_index":[0,1],"is_final":true,'
+                    f'"start":{self._finals}.0,"duration":1.0,"channel":{{"alternatives":[{{"transcript":""}}]}}}}'
+                )
+                self._finals += 1
+        elif "CloseStream" in message:
+            self._send.send_nowait('{"type":"Metadata","request_id":"r"}')
+            self._send.close()
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, None)) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_a_pause_in_the_audio_is_not_taken_for_a_silent_deepgram(autojump_clock: trio.abc.Clock) -> None:
+    """5.5 s of audio, then Twilio sends nothing for 40 s (the call is live), then 2 s more. Deepgram
+    answered every second of audio; the last half second waits for more audio, so it says nothing
+    during the pause, rightly. The half second sent in the reader's quiet window used to count as
+    "audio went to it": 30 s after the last final the connection was taken as lost (a reconnect, a
+    "Reconnecting" notice) although Deepgram had been given 0.5 s of audio, not 30 s."""
+    connections: list[AnsweringConnection] = []
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> AnsweringConnection:
+        connections.append(AnsweringConnection())
+        return connections[-1]
+
+    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=InMemoryHub(), connect=connect)
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run, receive)
+        for n in range(55):
+            await send.send(window(n))
+            await trio.sleep(0.1)
+        await trio.sleep(40)
+        for n in range(55, 75):
+            await send.send(window(n))
+            await trio.sleep(0.1)
+        await send.aclose()
+
+    assert len(connections) == 1, f"{len(connections)} connections; error={client.error!r}"
+    assert connections[0].audio == 75 * WINDOW and client.error == ""

@@ -213,8 +213,8 @@ class DeepgramPolicy:
         return self._failed(now, f"Deepgram connection lost: {cause}")
 
     def silent(self, now: float, quiet_s: float) -> Decision:
-        """The open connection said nothing for `quiet_s` while audio went to it (accepted, then hung)."""
-        return self._failed(now, f"Deepgram connection lost: no message for {quiet_s:g} s while audio was sent")
+        """The open connection said nothing for `quiet_s` while that much audio went to it (accepted, then hung)."""
+        return self._failed(now, f"Deepgram connection lost: no message for {quiet_s:g} s while as much audio was sent")
 
     def send_stalled(self, now: float, stalled_s: float) -> Decision:
         """A send on the open connection did not complete within `stalled_s`."""

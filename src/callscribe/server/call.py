@@ -78,8 +78,8 @@ class CallSettings:
     a second, and a window earlier: the deadline is moved on that often, when a window is handed
     over, not every window). (Generous: KeepAlive covers shorter gaps.)"""
     answer_timeout_s: float = 30.0
-    """A Deepgram connection that says nothing at all for this long while audio goes to it is taken
-    as lost (Deepgram sends results, empty ones for silence, every few seconds of audio)."""
+    """A Deepgram connection that says nothing at all for this long while this much audio goes to it is
+    taken as lost (Deepgram sends results, empty ones for silence, every few seconds of audio)."""
     backlog_s: float = 60.0
     max_reconnects: int = 8
     """Retries in a row after a failure (CALLSCRIBE_DEEPGRAM_RETRIES): a call gives up on Deepgram after

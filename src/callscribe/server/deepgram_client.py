@@ -57,7 +57,7 @@ class SendStalled(Exception):
 
 
 class DeepgramSilent(Exception):
-    """The open connection said nothing for `answer_timeout_s` while audio went to it."""
+    """The open connection said nothing for `answer_timeout_s` while that much audio went to it."""
 
 
 _FAILURES = (
@@ -105,8 +105,6 @@ class DeepgramClient:
         self.error = ""
         """Why transcription was given up, if it was."""
         self._all_audio_in = False
-        self._audio_sent_at = -math.inf
-        """When audio last went to Deepgram (trio's clock)."""
         """The mixer's last window is in the backlog: after it, only CloseStream is left to send."""
         self._audio_ready = trio.Event()
         self._waiting: trio.CancelScope | None = None
@@ -271,7 +269,7 @@ class DeepgramClient:
                 await trio.sleep(wait)
             await self._send(connection, stream.send_audio(window))
             backlog.mark_sent(window)
-            last_sent = self._audio_sent_at = trio.current_time()
+            last_sent = trio.current_time()
         await self._send(connection, stream.send_close_stream())
 
     async def _send(self, connection: DeepgramConnection, message: str | bytes) -> None:
@@ -290,24 +288,36 @@ class DeepgramClient:
         is lost: the finals of its last audio may never come, so the policy may reconnect and replay it.
         """
         policy = self.policy
+        answer_s = self.settings.answer_timeout_s
+        heard_at = trio.current_time()
+        heard_bytes = stream.audio_bytes_sent
         try:
             while stream.state is not DeepgramState.FINISHED:
-                # While audio goes to it, a Deepgram that accepted the connection and then says
-                # nothing (not even an empty result) is lost; after CloseStream, the finalize
-                # timeout bounds the wait instead.
-                quiet_s = self.settings.answer_timeout_s if stream.state is DeepgramState.STREAMING else math.inf
-                since = trio.current_time()
+                # A Deepgram that accepted the connection and then says nothing (not even an empty
+                # result) for `answer_s` while it got `answer_s` of audio is lost. Audio it got in a
+                # pause of Twilio's may rightly wait for more (KeepAlive keeps the connection); after
+                # CloseStream, the finalize timeout bounds the wait instead.
+                unanswered_s = (stream.audio_bytes_sent - heard_bytes) / self.backlog.bytes_per_second
+                if stream.state is not DeepgramState.STREAMING:
+                    check_at = math.inf
+                else:
+                    # (no sooner than that much more audio can come live; and not too often in a pause)
+                    wait_s = max(answer_s - unanswered_s, answer_s / 10)
+                    check_at = max(heard_at + answer_s, trio.current_time() + wait_s)
                 try:
-                    with trio.move_on_after(quiet_s) as quiet:
+                    with trio.move_on_at(check_at) as quiet:
                         message = await connection.get_message()
                     if quiet.cancelled_caught:
-                        if self._audio_sent_at > since:
+                        unanswered_s = (stream.audio_bytes_sent - heard_bytes) / self.backlog.bytes_per_second
+                        if unanswered_s >= answer_s:
                             raise DeepgramSilent()
-                        continue  # no audio either (Twilio sent none): KeepAlive keeps it open
+                        continue  # too little audio for an answer to be due: wait for more
                 except trio_websocket.ConnectionClosed as closed:
                     if stream.state is DeepgramState.STREAMING or not _normal_closure(closed):
                         raise DeepgramLost(_close_text(closed)) from None
                     return  # closed normally after CloseStream, without Metadata: nothing more will come
+                heard_at = trio.current_time()
+                heard_bytes = stream.audio_bytes_sent
                 if isinstance(message, bytes):
                     continue
                 kind = stream.receive(message)
