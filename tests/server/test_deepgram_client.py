@@ -4,15 +4,19 @@ across an outage and reconnects, under trio's MockClock."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 import trio_websocket
 
 from callscribe.core.backlog import AudioBacklog
 from callscribe.server.call import CallSettings
-from callscribe.server.deepgram_client import DeepgramClient
+from callscribe.server.deepgram_client import DeepgramClient, DeepgramConnection
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.websocket_client import ConnectFailed
+
+C = TypeVar("C", bound=DeepgramConnection)
 
 WINDOW = 800  # 100 ms of one channel
 
@@ -21,7 +25,34 @@ def window(n: int) -> bytes:
     return bytes([n % 256]) * WINDOW
 
 
-class SlowFirstSendConnection:
+def client_of(connections: list[C], make: Callable[[], C], hub: InMemoryHub | None = None) -> DeepgramClient:
+    """A client of call CA1 (one channel) whose every connection is a new `make()`, kept in `connections`."""
+
+    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> C:
+        connections.append(make())
+        return connections[-1]
+
+    settings = CallSettings(deepgram_api_key="k")
+    return DeepgramClient("CA1", 1, settings=settings, hub=hub or InMemoryHub(), connect=connect)
+
+
+class RepliesConnection:
+    """A connection whose replies are what the test puts in `_send`; closing it is a normal close."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[str](100)
+
+    async def get_message(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, None)) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+class SlowFirstSendConnection(RepliesConnection):
     """Accepts everything; the first audio send completes only once the next live window has been
     appended to `backlog` (a congested link: one send taking a little over 100 ms), the rest are instant."""
 
@@ -29,7 +60,7 @@ class SlowFirstSendConnection:
         self.audio: list[bytes] = []
         self.backlog = backlog
         self._first = True
-        self._send, self._receive = trio.open_memory_channel[str](100)
+        super().__init__()
 
     async def send_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -41,15 +72,6 @@ class SlowFirstSendConnection:
             self.audio.append(message)
         elif "CloseStream" in message:
             self._send.send_nowait('{"type":"Metadata","request_id":"r"}')
-
-    async def get_message(self) -> str:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, None)) from None
-
-    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
-        pass
 
 
 async def test_a_window_being_sent_when_a_full_backlog_drops_it_leaves_no_hole_in_the_replay(
@@ -177,14 +199,10 @@ async def test_a_deepgram_that_accepts_and_never_answers_is_lost_and_reconnected
     (60 s) quietly let go of audio that was never transcribed."""
     connections: list[SilentConnection] = []
 
-    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SilentConnection:
-        connections.append(SilentConnection())
-        return connections[-1]
-
     hub = InMemoryHub()
     await hub.register_call("CA1")
     notices: list[str] = []
-    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=hub, connect=connect)
+    client = client_of(connections, SilentConnection, hub)
     send, receive = trio.open_memory_channel[bytes](100)
     async with hub.subscribe("CA1") as subscription, trio.open_nursery() as nursery:
 
@@ -213,12 +231,7 @@ async def test_a_quiet_deepgram_while_no_audio_flows_is_kept(autojump_clock: tri
     # Twilio sent nothing for a minute (the call is live): Deepgram has nothing to say either, and
     # KeepAlive keeps the connection; only silence while audio goes to it counts as lost.
     connections: list[SilentConnection] = []
-
-    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> SilentConnection:
-        connections.append(SilentConnection())
-        return connections[-1]
-
-    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=InMemoryHub(), connect=connect)
+    client = client_of(connections, SilentConnection)
     send, receive = trio.open_memory_channel[bytes](100)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run, receive)
@@ -229,14 +242,14 @@ async def test_a_quiet_deepgram_while_no_audio_flows_is_kept(autojump_clock: tri
         nursery.cancel_scope.cancel()
 
 
-class AnsweringConnection:
+class AnsweringConnection(RepliesConnection):
     """Answers as Deepgram does: a final for each whole second of audio it got (nothing for less),
     and Metadata once CloseStream came."""
 
     def __init__(self) -> None:
         self.audio = 0
         self._finals = 0
-        self._send, self._receive = trio.open_memory_channel[str](100)
+        super().__init__()
 
     async def send_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -251,15 +264,6 @@ class AnsweringConnection:
             self._send.send_nowait('{"type":"Metadata","request_id":"r"}')
             self._send.close()
 
-    async def get_message(self) -> str:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            raise trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1000, None)) from None
-
-    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
-        pass
-
 
 async def test_a_pause_in_the_audio_is_not_taken_for_a_silent_deepgram(autojump_clock: trio.abc.Clock) -> None:
     """5.5 s of audio, then Twilio sends nothing for 40 s (the call is live), then 2 s more. Deepgram
@@ -268,12 +272,7 @@ async def test_a_pause_in_the_audio_is_not_taken_for_a_silent_deepgram(autojump_
     "audio went to it": 30 s after the last final the connection was taken as lost (a reconnect, a
     "Reconnecting" notice) although Deepgram had been given 0.5 s of audio, not 30 s."""
     connections: list[AnsweringConnection] = []
-
-    async def connect(nursery: trio.Nursery, url: str, headers: list[tuple[str, str]]) -> AnsweringConnection:
-        connections.append(AnsweringConnection())
-        return connections[-1]
-
-    client = DeepgramClient("CA1", 1, settings=CallSettings(deepgram_api_key="k"), hub=InMemoryHub(), connect=connect)
+    client = client_of(connections, AnsweringConnection)
     send, receive = trio.open_memory_channel[bytes](100)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run, receive)
