@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, InMemoryHub, UnknownCall
+from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, HISTORY, InMemoryHub, UnknownCall
 
 
 async def drain(subscription) -> list[str]:
@@ -92,3 +92,19 @@ async def test_a_lagging_subscriber_skips_interims_but_never_a_final() -> None:
         await hub.publish("CA1", "final-5")  # would be lost: the subscriber is closed instead
         assert lagging.ended and lagging.close_code == CLOSE_POLICY
         assert await drain(lagging) == ["final-1", "final-2", "final-3", "final-4"]
+
+
+async def test_resuming_from_before_a_full_history_is_not_taken_for_a_slow_subscriber() -> None:
+    """The history read back (up to `HISTORY` messages and the gap notice) is not the subscriber
+    lagging: it gets all of it, then the live messages, and the usual bound applies to those."""
+    hub = InMemoryHub()
+    await hub.register_call("CA1")
+    for n in range(HISTORY + 1):  # one more than kept: the first is evicted
+        await hub.publish("CA1", f'{{"n": {n}}}')
+    async with hub.subscribe("CA1", after="0-0") as resumed:
+        await hub.publish("CA1", '{"n": "live"}')
+        await hub.unregister_call("CA1")
+        got = await drain(resumed)
+    assert resumed.close_code == 1000, resumed.close_reason
+    assert "cannot resume right after 0-0" in got[0]
+    assert len(got) == 1 + HISTORY + 1 and got[-1].endswith('"n": "live"}')

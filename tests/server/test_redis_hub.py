@@ -450,3 +450,26 @@ def test_the_hub_and_the_app_keep_annotations_that_resolve_at_run_time() -> None
 
     assert typing.get_type_hints(RedisHub.__init__)["url"] is str
     assert "settings" in typing.get_type_hints(create_app, localns={"StoreRecorder": StoreRecorder})
+
+
+async def test_a_late_subscriber_gets_a_long_history_of_another_processs_call(redis_server: RedisServer) -> None:
+    """A call elsewhere with more kept messages than a subscriber's queue holds (XADD MAXLEN ~ keeps
+    whole nodes, so past `HISTORY`): a subscriber from its start (the late subscriber's ?after=0-0)
+    gets them all, then the live ones, instead of being ended as too slow at once."""
+    call_sid, count = "CA-long", 1050
+    async with (
+        running_hub(redis_server.url) as hub,
+        coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw,
+    ):
+        await raw.zadd("callscribe:calls", {call_sid: time.time()})  # a call of another process
+        async with raw.pipeline(transaction=False) as pipe:
+            for n in range(count):
+                pipe.xadd(f"callscribe:history:{call_sid}", {"k": "m", "o": "elsewher", "t": f'{{"n": {n}}}'})
+        async with hub.subscribe(call_sid, ids=True, after="0-0") as late:
+            await raw.publish(
+                f"callscribe:fanout:{call_sid}", 'eelsewher9999999999999-0 {"code": 1000, "reason": "call ended"}'
+            )
+            with trio.fail_after(5):
+                received = [message async for message in late]
+        assert (late.close_code, late.close_reason) == (1000, "call ended")
+        assert len(received) == count

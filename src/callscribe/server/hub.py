@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
@@ -72,7 +73,13 @@ class Subscription:
         self.resume = Resume(after or "")
         self._queue_size = queue_size
         self._held: list[tuple[str, bool, str, tuple[int, str] | None]] | None = None
-        self._send, self._receive = trio.open_memory_channel[str](queue_size)
+        # Bounded by `offer`: `queue_size` live messages, besides the history read back (`release`),
+        # which may be longer than that and is not the subscriber lagging.
+        self._send, self._receive = trio.open_memory_channel[str](math.inf)
+        self._queued = 0
+        self._replaying = False
+        self._replayed, self._replay_end = 0, 0
+        """Messages read back from the history, and `_queued` after the last of them."""
         self.close_code = CLOSE_NORMAL
         self.close_reason = "call ended"
         self.delivered = 0
@@ -97,16 +104,20 @@ class Subscription:
                 return True
             if self.ids:
                 message = with_id(message, message_id)
-        if droppable and self._send.statistics().current_buffer_used >= self._lagging_at:
-            self.skipped += 1
-            return True
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
-            unread = self._send.statistics().current_buffer_used
-            self.end(CLOSE_POLICY, f"subscriber too slow: {unread} messages unread")
-            self.cancel_scope.cancel()
-            return False
+        unread = self._send.statistics().current_buffer_used
+        live = unread - min(self._replayed, max(0, self._replay_end - self.delivered))
+        if not self._replaying:
+            if droppable and live >= self._lagging_at:
+                self.skipped += 1
+                return True
+            if live >= self._queue_size:
+                self.end(CLOSE_POLICY, f"subscriber too slow: {unread} messages unread")
+                self.cancel_scope.cancel()
+                return False
+        self._send.send_nowait(message)
+        self._queued += 1
+        if self._replaying:
+            self._replayed, self._replay_end = self._replayed + 1, self._queued
         return True
 
     def finish(self, code: int, reason: str, message_id: str = "") -> None:
@@ -124,11 +135,16 @@ class Subscription:
         """Offer `before` (kept messages read back: id, kind, text), then what was held, in order;
         each kept message once."""
         held, self._held = self._held or [], None
-        for message_id, kind, text in before:
-            if kind == END:
-                self.finish(*(parse_end(text) or (CLOSE_NORMAL, "call ended")), message_id)
-            elif not self.offer(text, False, message_id):
-                return
+        self._replayed = min(self._replayed, max(0, self._replay_end - self.delivered))  # still unread
+        self._replaying = True  # (bounded by the history: not the subscriber lagging)
+        try:
+            for message_id, kind, text in before:
+                if kind == END:
+                    self.finish(*(parse_end(text) or (CLOSE_NORMAL, "call ended")), message_id)
+                else:
+                    self.offer(text, False, message_id)
+        finally:
+            self._replaying = False
         for message, droppable, message_id, end in held:
             if end is not None:
                 self.finish(*end, message_id)
