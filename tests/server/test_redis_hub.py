@@ -15,6 +15,7 @@ import coredis
 import httpx
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from callscribe.core.audio import generate_tone
@@ -473,3 +474,80 @@ async def test_a_late_subscriber_gets_a_long_history_of_another_processs_call(re
                 received = [message async for message in late]
         assert (late.close_code, late.close_reason) == (1000, "call ended")
         assert len(received) == count
+
+
+async def test_when_the_first_subscribe_to_a_call_fails_the_others_waiting_on_it_fail_too(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two subscribers of a call join at once: the first subscribes this process to the call's
+    channel, the second waits for it. When that SUBSCRIBE fails, the second must not go on as if
+    the channel were subscribed (it would get the history, then nothing live, not even the end)."""
+    async with running_hub(redis_server.url) as hub:
+        await hub.register_call("CA1")
+        attempted = trio.Event()
+
+        async def failing_subscribe(channel: str) -> None:
+            attempted.set()
+            await trio.sleep(0.1)  # the second subscriber is waiting by now
+            raise coredis.exceptions.ConnectionError("connection lost while subscribing")
+
+        monkeypatch.setattr(hub._listener, "subscribe", failing_subscribe)
+        outcomes: list[str] = []
+
+        async def subscriber() -> None:
+            try:
+                async with hub.subscribe("CA1"):
+                    outcomes.append("subscribed")
+            except HubUnavailable:
+                outcomes.append("unavailable")
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber)
+                await attempted.wait()
+                nursery.start_soon(subscriber)
+        assert outcomes == ["unavailable", "unavailable"]
+
+
+async def test_when_the_first_subscriber_leaves_while_subscribing_the_next_one_subscribes(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first subscriber of another process's call goes (its client hung up) while its SUBSCRIBE
+    is under way: the one waiting for it subscribes itself and gets the call's messages."""
+    async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
+        await streaming.register_call("CA1")
+        subscribe = hub._listener.subscribe
+        hanging = trio.Event()
+
+        async def first_hangs(channel: str) -> None:
+            if not hanging.is_set():
+                hanging.set()
+                await trio.sleep_forever()
+            await subscribe(channel)
+
+        monkeypatch.setattr(hub._listener, "subscribe", first_hangs)
+        first = trio.CancelScope()
+        subscribed = trio.Event()
+        received: list[str] = []
+
+        async def leaves() -> None:
+            with first:
+                async with hub.subscribe("CA1"):
+                    raise AssertionError("subscribed through a SUBSCRIBE that never answered")
+
+        async def stays() -> None:
+            async with hub.subscribe("CA1") as second:
+                subscribed.set()
+                received.extend([message async for message in second])
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leaves)
+                await hanging.wait()
+                nursery.start_soon(stays)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the second waits for the first
+                first.cancel()
+                await subscribed.wait()
+                await streaming.publish("CA1", "hello")
+                await streaming.unregister_call("CA1")
+        assert received == ["hello"]

@@ -303,20 +303,10 @@ class RedisHub:
         subscription.hold()  # live messages wait while the history is read
         local = self._subscriptions.setdefault(call_sid, set())
         local.add(subscription)
-        listening = self._listening.get(call_sid)
-        first = listening is None
-        if listening is None:
-            listening = self._listening[call_sid] = trio.Event()
+        listening: trio.Event | None = None
         try:
             try:
-                if first:
-                    try:
-                        await self._listener.subscribe(self._channel_prefix + call_sid)
-                    finally:
-                        listening.set()
-                else:  # the channel's messages reach this process once the first one subscribed
-                    with trio.move_on_after(self.link.timeout):
-                        await listening.wait()
+                listening = await self._listen(call_sid)
                 with self.link.deadline():
                     joined = await self.link.client.evalsha(
                         self.link.script(JOIN),
@@ -350,9 +340,33 @@ class RedisHub:
             local.discard(subscription)
             if not local and self._subscriptions.get(call_sid) is local:
                 del self._subscriptions[call_sid]
-                if self._listening.get(call_sid) is listening:
+                if listening is not None and self._listening.get(call_sid) is listening:
                     del self._listening[call_sid]
                 await self._listener.unsubscribe(self._channel_prefix + call_sid)
+
+    async def _listen(self, call_sid: str) -> trio.Event:
+        """Make sure this process is subscribed to the call's channel: the first of its subscribers
+        subscribes, the others wait for it, and take over if it failed or was cancelled."""
+        for _ in range(3):
+            listening = self._listening.get(call_sid)
+            if listening is None:
+                listening = self._listening[call_sid] = trio.Event()
+                try:
+                    await self._listener.subscribe(self._channel_prefix + call_sid)
+                except BaseException:
+                    if self._listening.get(call_sid) is listening:
+                        del self._listening[call_sid]  # (those waiting on it see that it did not)
+                    raise
+                finally:
+                    listening.set()
+                return listening
+            with trio.move_on_after(self.link.timeout):
+                await listening.wait()
+            if not listening.is_set():
+                break
+            if self._listening.get(call_sid) is listening:
+                return listening
+        raise ConnectionError("the call's channel could not be subscribed to in time")
 
     async def _history(self, call_sid: str, after: str, subscription: Subscription) -> list[tuple[str, str, str]]:
         """The kept messages after `after` that `subscription` is to get from the history."""
