@@ -11,6 +11,7 @@ import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import coredis
 import httpx
 import pytest
@@ -551,3 +552,38 @@ async def test_when_the_first_subscriber_leaves_while_subscribing_the_next_one_s
                 await streaming.publish("CA1", "hello")
                 await streaming.unregister_call("CA1")
         assert received == ["hello"]
+
+
+async def test_a_pubsub_connection_closing_under_an_unsubscribe_is_not_an_error(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """coredis's pub/sub raises anyio's ClosedResourceError when its connection goes while in use:
+    the last subscriber of a call leaving then must not fail (the reconnection subscribes afresh)."""
+    async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
+        await streaming.register_call("CA1")
+        async with hub.subscribe("CA1"):
+            pubsub = hub._listener._pubsub
+            assert pubsub is not None
+
+            async def closing(*channels: str) -> None:
+                raise anyio.ClosedResourceError
+
+            monkeypatch.setattr(pubsub, "unsubscribe", closing)
+        await streaming.unregister_call("CA1")
+
+
+async def test_a_pubsub_connection_closing_under_a_subscribe_is_redis_unavailable(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
+        await streaming.register_call("CA1")
+        pubsub = hub._listener._pubsub
+        assert pubsub is not None
+
+        async def closing(*channels: str) -> None:
+            raise anyio.ClosedResourceError
+
+        monkeypatch.setattr(pubsub, "subscribe", closing)
+        with pytest.raises(HubUnavailable):
+            async with hub.subscribe("CA1"):
+                pass

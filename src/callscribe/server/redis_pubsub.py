@@ -17,11 +17,12 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import coredis
 import trio
 
 from callscribe.server.hub import HubUnavailable
-from callscribe.server.redis_link import PUBSUB_ERRORS, REDIS_ERRORS, RedisLink
+from callscribe.server.redis_link import PUBSUB_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ class PubSubListener:
         if (pubsub := self._pubsub) is None:
             raise TimeoutError("the pub/sub connection is not back")
         with self._link.deadline():
-            await pubsub.subscribe(channel)
+            try:
+                await pubsub.subscribe(channel)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as error:  # closing under us
+                raise ConnectionError(f"the pub/sub connection closed ({error!r})") from error
 
     async def unsubscribe(self, channel: str) -> None:
         if (pubsub := self._pubsub) is None or self._link.down:
@@ -67,8 +71,8 @@ class PubSubListener:
         with trio.move_on_after(self._link.timeout, shield=True):
             try:
                 await pubsub.unsubscribe(channel)
-            except REDIS_ERRORS as error:
-                log.debug("could not unsubscribe from %s: %s", channel, error)
+            except PUBSUB_ERRORS as error:
+                log.debug("could not unsubscribe from %s: %r", channel, error)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection open and dispatch its messages until cancelled. Raises
