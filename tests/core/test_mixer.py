@@ -454,3 +454,47 @@ def test_counted_with_the_largest_chunk_so_far_chunks_of_mixed_sizes_are_never_l
         added += 1
         assert added <= 1000
     assert added >= counted
+
+
+def test_a_pause_of_both_tracks_near_max_gap_keeps_the_tracks_aligned() -> None:
+    """Both tracks fall silent (Twilio skips silent packets) for about `max_gap_ms`, the inbound
+    track 100 ms after the outbound one. Twilio's tracks share one clock: whether the pause is taken
+    as a clock jump or padded, both tracks must come back at the same place. (Judged per channel,
+    the outbound gap was just over the limit and the inbound one just under: the outbound track
+    was put 10 s before the inbound audio of the same moment, and then dropped as overlap.)"""
+    mixer = Mixer(2, window_ms=100, jitter_ms=40, max_gap_ms=10_000)
+    out = bytearray()
+
+    def add(ch: int, ts: int, byte: int) -> None:
+        mixer.add(ch, ts, tone(byte))
+        for window in mixer.windows():
+            out.extend(window)
+
+    for ts in range(0, 1000, 20):
+        add(0, ts, 0x10)
+        add(1, ts, 0x20)
+    for ts in range(1000, 1100, 20):  # the inbound track goes on 100 ms longer
+        add(0, ts, 0x10)
+    for ts in range(11_050, 12_050, 20):  # both come back ~10 s later, the outbound frame first
+        add(1, ts, 0x40)
+        add(0, ts, 0x30)
+    out += b"".join(mixer.flush())
+    inbound, outbound = channel(bytes(out), 0, 2), channel(bytes(out), 1, 2)
+    assert outbound.count(0x40) == 50 * FRAME  # no audio dropped
+    assert inbound.index(0x30) == outbound.index(0x40)  # the same moment at the same place
+
+
+def test_a_track_starting_late_in_a_large_batch_is_placed_at_its_timestamp() -> None:
+    """The outbound track starts 15 s into the call (a `<Dial>` answered late) and the mixer is given
+    the first 16 s at once: the outbound audio belongs 15 s in, next to the inbound audio of the
+    same moment, not at the start (its gap to its own empty buffer is no clock jump: the inbound
+    track is already there)."""
+    mixer = Mixer(2, window_ms=100, jitter_ms=40, max_gap_ms=10_000)
+    for ts in range(0, 16_000, 20):
+        mixer.add(0, ts, tone(0x30 if ts >= 15_000 else 0x10))
+        if ts >= 15_000:
+            mixer.add(1, ts, tone(0x40))
+    out = b"".join(collect(mixer, flush=True))
+    inbound, outbound = channel(out, 0, 2), channel(out, 1, 2)
+    assert mixer.resyncs == 0
+    assert inbound.index(0x30) == outbound.index(0x40) == 15_000 * SAMPLES_PER_MS

@@ -6,9 +6,13 @@ yet emitted (shared by all channels). A chunk is placed where its timestamp says
 
 - within `ROUNDING_SAMPLES` of the channel's end: appended (Twilio's millisecond timestamps round);
 - later than that: the gap is filled with mu-law silence (0xFF) of exactly that length, then the
-  chunk is appended -- unless the jump is larger than `max_gap_ms`, which is treated as a clock
-  jump: the chunk is appended and `resyncs` is counted, so a hostile timestamp cannot make us
-  allocate gigabytes of silence;
+  chunk is appended -- unless the chunk is more than `max_gap_ms` beyond the furthest channel's
+  end (or more than that before its own channel's end), which is treated as a jump of the stream's
+  clock: the chunk is placed at the furthest channel's end and `resyncs` is counted, so a hostile
+  timestamp cannot make us allocate gigabytes of silence. Twilio's tracks share one clock, so a
+  jump moves the timeline of every channel alike: tracks that pause together come back together
+  whichever of them comes back first, and a track that starts late lands next to the audio the
+  others have at its timestamp however much of it is buffered;
 - earlier than the end (a repeated or backwards timestamp, or audio for a stretch that was already
   padded): the part that overlaps is dropped and counted. The timeline only moves forward, so
   audio is never duplicated and no length is ever negative.
@@ -69,8 +73,8 @@ class Mixer:
         """Payload bytes dropped per channel because they overlapped audio already placed."""
         self.resyncs = 0
         """Timestamp jumps beyond `max_gap_ms` (either way), taken as clock jumps: the chunk was
-        appended unpadded and its channel's later timestamps are read from there."""
-        self._shift = [0] * channels  # per channel: samples to take off timestamps (clock jumps)
+        placed at the furthest channel's end and every channel's later timestamps are read from there."""
+        self._shift = 0  # samples to take off every channel's timestamps (clock jumps)
 
     def buffered(self, channel: int) -> int:
         """Samples of `channel` waiting to be emitted."""
@@ -80,14 +84,16 @@ class Mixer:
         """Place one chunk of `channel`'s audio at `timestamp_ms` on the call's timeline."""
         buffer = self._buffers[channel]
         self.received[channel] += len(payload)
-        gap = timestamp_ms * SAMPLES_PER_MS - self._shift[channel] - (self.head + len(buffer))
+        gap = timestamp_ms * SAMPLES_PER_MS - self._shift - (self.head + len(buffer))
         if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
             buffer += payload
             return
-        pad, drop = _placement(gap, len(payload), self.max_gap)
-        if abs(gap) > self.max_gap:
+        jump = _jump(gap, max(map(len, self._buffers)) - len(buffer), self.max_gap)
+        if jump:
             self.resyncs += 1
-            self._shift[channel] += gap
+            self._shift += jump
+            gap -= jump
+        pad, drop = _placement(gap, len(payload))
         self.padded[channel] += pad
         self.dropped[channel] += drop
         if pad:
@@ -154,11 +160,18 @@ class Mixer:
         return bytes(out)
 
 
-def _placement(gap: int, size: int, max_gap: int) -> tuple[int, int]:
+def _jump(gap: int, behind: int, max_gap: int) -> int:
+    """A chunk starts `gap` samples after its channel's end, which is `behind` samples short of the
+    furthest channel's end: the clock jump to take off every channel's timestamps from now on (0:
+    none), which puts the chunk at the furthest channel's end. Shared by `Mixer` and `WindowGate`."""
+    if gap - behind > max_gap or gap < -max_gap:
+        return gap - behind
+    return 0
+
+
+def _placement(gap: int, size: int) -> tuple[int, int]:
     """Where a chunk of `size` samples lands when it starts `gap` samples after its channel's end:
     (silence to insert before it, samples to drop from its start). Shared by `Mixer` and `WindowGate`."""
-    if abs(gap) > max_gap:  # a clock jump: the chunk goes on where its channel is, unpadded
-        return 0, 0
     if gap > ROUNDING_SAMPLES:
         return gap, 0
     if gap < -ROUNDING_SAMPLES:
@@ -186,18 +199,18 @@ class WindowGate:
         self.max_gap = max_gap_ms * SAMPLES_PER_MS
         self.head = 0
         self._lengths = [0] * channels
-        self._shift = [0] * channels
+        self._shift = 0
 
     def add(self, channel: int, timestamp_ms: int, size: int) -> None:
         """The mixer will be given a chunk of `size` samples of `channel` at `timestamp_ms`."""
         length = self._lengths[channel]
-        gap = timestamp_ms * SAMPLES_PER_MS - self._shift[channel] - (self.head + length)
+        gap = timestamp_ms * SAMPLES_PER_MS - self._shift - (self.head + length)
         if -ROUNDING_SAMPLES <= gap <= ROUNDING_SAMPLES:
             self._lengths[channel] = length + size
             return
-        pad, drop = _placement(gap, size, self.max_gap)
-        if abs(gap) > self.max_gap:
-            self._shift[channel] += gap
+        jump = _jump(gap, max(self._lengths) - length, self.max_gap)
+        self._shift += jump
+        pad, drop = _placement(gap - jump, size)
         self._lengths[channel] = length + pad + max(0, size - drop)
 
     @property
