@@ -49,6 +49,7 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _token(args: argparse.Namespace) -> int:
+    import math
     import os
 
     from callscribe.core.access import TokenCheck
@@ -57,7 +58,7 @@ def _token(args: argparse.Namespace) -> int:
     if not secret:
         print("callscribe: CALLSCRIBE_TOKEN_SECRET must be set to the server's token secret", file=sys.stderr)
         return 2
-    if args.ttl <= 0:
+    if not (math.isfinite(args.ttl) and args.ttl > 0):  # float() takes "nan" and "inf"
         print("callscribe: --ttl must be positive", file=sys.stderr)
         return 2
     try:
@@ -85,9 +86,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from callscribe.server.workers import Supervisor, SupervisorError, worker_of
 
-    several = settings.workers > 1 or worker_of() is not None
+    worker = worker_of()
+    several = settings.workers > 1 or worker is not None
     logging.basicConfig(level=settings.log_level, format=WORKERS_LOG_FORMAT if several else LOG_FORMAT)
-    if settings.workers > 1:
+    # A worker serves, whatever its command line says (argparse takes `--worker 2` for `--workers 2`,
+    # which `worker_argv` does not drop): a worker that supervised would start workers of its own.
+    if settings.workers > 1 and worker is None:
         try:
             return trio.run(Supervisor(settings, args.argv).run)
         except SupervisorError as error:
@@ -98,7 +102,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     tune_for_serving()
     try:
-        worker = worker_of()
         if worker is None:
             trio.run(serve, settings)
         else:

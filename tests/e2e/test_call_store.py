@@ -453,3 +453,27 @@ async def test_a_bug_behind_the_api_is_a_json_500_and_logged(
         answer = await get_json(http, server.http_url + "/api/calls", 500)
     assert answer == {"error": "Internal Server Error: GET /api/calls"}
     server.stop.set()
+
+
+async def test_a_call_cut_off_by_the_shutdown_grace_is_still_closed_in_the_store(
+    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path
+) -> None:
+    """With no grace left the live call is cut off, and its end must still reach the store (not be
+    left live, to be taken for a crash's `interrupted` at the next start)."""
+    path = str(tmp_path / "calls.db")
+    server = await start_server(nursery, deepgram, store=StoreSettings(location=path), shutdown_grace_s=0.0)
+    cut = CallSpec(inbound=generate_tone(20.0))
+    async with httpx.AsyncClient() as http, trio.open_nursery() as calls:
+        calls.start_soon(lambda: run_call(server.url("/twilio"), cut, speed=1.0))
+        await wait_for_call(http, server.http_url, cut.call_sid, live=True)
+        server.stop.set()
+        with trio.fail_after(10):
+            await server.done.wait()
+    reader = open_engine(path)
+    reader.open(migrate=False)
+    try:
+        stopped = reader.get_call(cut.call_sid)
+        assert stopped is not None and not stopped.live, stopped
+        assert (stopped.outcome, stopped.reason) == ("shutdown", "server shutting down")
+    finally:
+        reader.close()

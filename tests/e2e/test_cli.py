@@ -3,6 +3,7 @@ process, the health check, token minting, and subcommands that import only what 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -406,3 +407,77 @@ def test_readme_starts_with_the_two_commands_and_documents_every_setting() -> No
         assert f"| `{option.flag}` | `{option.env}` |" in readme
     ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
     assert "scripts/test" in ci
+
+
+async def test_a_second_signal_during_the_drain_does_not_kill_the_server(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches every process of the group, so a worker of `--workers N` gets
+    SIGINT and then its supervisor's SIGTERM (systemd's KillMode=control-group does the same): the
+    drain must go on, not end with the second signal's default action."""
+    port = free_port()
+    env = clean_env({"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}"})
+    process = await trio.lowlevel.open_process([PYTHON, "-m", "callscribe", "serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient() as http:
+            with trio.fail_after(15):
+                while True:
+                    try:
+                        await http.get(f"http://127.0.0.1:{port}/healthz")
+                        break
+                    except httpx.ConnectError:
+                        await trio.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            status = await process.wait()
+        log = (await process.stderr.receive_some(1 << 16)).decode()  # type: ignore[union-attr]
+        assert status == 0, log
+        assert "received SIGINT" in log and "callscribe stopped" in log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@needs_redis
+async def test_an_abbreviated_workers_flag_does_not_make_the_workers_supervise(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """argparse takes `--worker 2` for `--workers 2`; the supervisor drops only the exact flag from
+    its workers' command line, so a worker must not start workers of its own (a chain of processes
+    that never gets ready)."""
+    env = clean_env({"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{free_port()}"})
+    env["CALLSCRIBE_REDIS_URL"] = redis_server.url
+    log_path = tmp_path / "workers.log"
+    with log_path.open("wb") as log_file:
+        # Its own process group: whatever it starts is killed with it, even on this test's failure.
+        process = await trio.lowlevel.open_process(
+            [PYTHON, "-m", "callscribe", "serve", "--worker", "2"],
+            env=env,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        with trio.move_on_after(20):
+            while "2 workers listening" not in log_path.read_text() and process.returncode is None:
+                await trio.sleep(0.1)
+        log = log_path.read_text()
+        assert "2 workers listening" in log, log
+        pids = [int(pid) for pid in re.findall(r"\(pids (\d+), (\d+)\)", log)[0]]
+        for pid in pids:  # a worker serves; it has no processes of its own
+            children = (await trio.Path(f"/proc/{pid}/task/{pid}/children").read_text()).split()
+            assert children == [], log
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "nan", "inf"])
+def test_token_with_a_bad_ttl_is_one_line_and_status_2(ttl: str) -> None:
+    result = run_cli("token", "--ttl", ttl, env={"CALLSCRIBE_TOKEN_SECRET": TOKEN_SECRET})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["callscribe: --ttl must be positive"], result.stderr
+    assert result.stdout == ""

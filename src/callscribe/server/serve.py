@@ -186,11 +186,13 @@ async def _run(
     async def watch_signals() -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread gets signals; a program serving from another thread sets `stop`
+        # Kept open until the server has stopped: closing it would give a second signal (Ctrl-C
+        # reaches a worker as SIGINT and then as its supervisor's SIGTERM) its default action,
+        # which kills the process in the middle of the drain.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("received %s", signal.Signals(signum).name)
+                log.info("received %s%s", signal.Signals(signum).name, "; already stopping" if stop.is_set() else "")
                 stop.set()
-                return
 
     address = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
     try:

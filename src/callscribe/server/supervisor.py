@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 STORE_FLUSH_S = 5.0
 """At shutdown, how long the store gets to write what the calls handed it."""
+CUT_OFF_S = 5.0
+"""At shutdown, how long the calls still live after the grace get, once cancelled, to hand their
+end to the store: their shielded clean-ups (closing Deepgram, leaving the hub) take up to 2 s each."""
 
 
 class Supervisor:
@@ -52,6 +55,7 @@ class Supervisor:
         self.metrics = Metrics(self.live_counts)
         self._nursery: trio.Nursery | None = None
         self._connection_scopes: set[trio.CancelScope] = set()
+        self._call_scopes: dict[Call, trio.CancelScope] = {}
         self._idle = trio.Event()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -99,14 +103,20 @@ class Supervisor:
 
     async def _run_call(self, call: Call) -> None:
         outcome = "failed"
+        cut_off = False
         try:
-            await call.run()
-            outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
+            with trio.CancelScope() as scope:
+                self._call_scopes[call] = scope
+                await call.run()
+                outcome = "transcription_failed" if call.deepgram_error else ("ok" if call.call_sid else "no_start")
+            cut_off = scope.cancelled_caught  # by shutdown, after the grace: not a crash
         except Exception:
             log.exception("call %s failed", call.call_sid or "(before start)")
         finally:
+            self._call_scopes.pop(call, None)
             if call.call_sid:
-                self.recorder.call_ended(call.call_sid, call_end_of(call, crashed=outcome == "failed"))
+                crashed = outcome == "failed" and not cut_off
+                self.recorder.call_ended(call.call_sid, call_end_of(call, crashed=crashed))
             self.metrics.call_ended(call, outcome)
             self.calls.discard(call)
             if not self.calls:
@@ -121,6 +131,12 @@ class Supervisor:
         if self.calls:
             self._idle = trio.Event()
             with trio.move_on_after(grace_s):
+                await self._idle.wait()
+        if self.calls:  # the grace is over: cut them off, and let them hand their end to the store
+            log.warning("shutting down: %d calls did not finish within the grace; cutting them off", len(self.calls))
+            for scope in list(self._call_scopes.values()):
+                scope.cancel()
+            with trio.move_on_after(CUT_OFF_S):
                 await self._idle.wait()
         with trio.move_on_after(STORE_FLUSH_S):
             await self.recorder.flush()
