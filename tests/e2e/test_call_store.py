@@ -203,11 +203,15 @@ async def test_a_subscriber_joining_another_processes_call_mid_call_gets_every_f
     assert all('"id"' not in message for message in late.messages)  # a plain subscriber: Deepgram's JSON
 
 
+@pytest.mark.parametrize("grace_s", [5.0, 0.0])
 async def test_outcomes_hung_up_and_shut_down_are_kept(
-    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path
+    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path, grace_s: float
 ) -> None:
+    """A call still live at shutdown ends as `shutdown`: told to end (1001) within the grace, or cut
+    off when there is none left, its end must still reach the store (not be left live, to be taken
+    for a crash's `interrupted` at the next start)."""
     path = str(tmp_path / "calls.db")
-    server = await start_server(nursery, deepgram, store=StoreSettings(location=path))
+    server = await start_server(nursery, deepgram, store=StoreSettings(location=path), shutdown_grace_s=grace_s)
     hung_up, cut = CallSpec(inbound=generate_tone(1.0)), CallSpec(inbound=generate_tone(20.0))
     await run_call(server.url("/twilio"), hung_up, speed=0, send_stop=False)
     async with httpx.AsyncClient() as http, trio.open_nursery() as calls:
@@ -222,7 +226,8 @@ async def test_outcomes_hung_up_and_shut_down_are_kept(
     try:
         assert reader.get_call(hung_up.call_sid).outcome == "hung_up"  # type: ignore[union-attr]
         stopped = reader.get_call(cut.call_sid)
-        assert stopped is not None and (stopped.outcome, stopped.reason) == ("shutdown", "server shutting down")
+        assert stopped is not None and not stopped.live
+        assert (stopped.outcome, stopped.reason) == ("shutdown", "server shutting down")
     finally:
         reader.close()
 
@@ -453,27 +458,3 @@ async def test_a_bug_behind_the_api_is_a_json_500_and_logged(
         answer = await get_json(http, server.http_url + "/api/calls", 500)
     assert answer == {"error": "Internal Server Error: GET /api/calls"}
     server.stop.set()
-
-
-async def test_a_call_cut_off_by_the_shutdown_grace_is_still_closed_in_the_store(
-    nursery: trio.Nursery, deepgram: RecordingDeepgram, tmp_path: Path
-) -> None:
-    """With no grace left the live call is cut off, and its end must still reach the store (not be
-    left live, to be taken for a crash's `interrupted` at the next start)."""
-    path = str(tmp_path / "calls.db")
-    server = await start_server(nursery, deepgram, store=StoreSettings(location=path), shutdown_grace_s=0.0)
-    cut = CallSpec(inbound=generate_tone(20.0))
-    async with httpx.AsyncClient() as http, trio.open_nursery() as calls:
-        calls.start_soon(lambda: run_call(server.url("/twilio"), cut, speed=1.0))
-        await wait_for_call(http, server.http_url, cut.call_sid, live=True)
-        server.stop.set()
-        with trio.fail_after(10):
-            await server.done.wait()
-    reader = open_engine(path)
-    reader.open(migrate=False)
-    try:
-        stopped = reader.get_call(cut.call_sid)
-        assert stopped is not None and not stopped.live, stopped
-        assert (stopped.outcome, stopped.reason) == ("shutdown", "server shutting down")
-    finally:
-        reader.close()

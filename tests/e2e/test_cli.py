@@ -126,20 +126,24 @@ def test_flags_override_the_environment() -> None:
     assert result.returncode == 2 and "not 999" in result.stderr
 
 
+async def health_once_up(port: int) -> httpx.Response:
+    """The server's /healthz on `port`, once it listens (within 15 s)."""
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    return await http.get(f"http://127.0.0.1:{port}/healthz")
+                except httpx.ConnectError:
+                    await trio.sleep(0.05)
+
+
 async def test_a_real_server_process_serves_health_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM_", "CERT_", "KEY_", "CALLSCRIBE_"))}
     env |= {"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}", "CALLSCRIBE_DATA_DIR": str(tmp_path / "data")}
     process = await trio.lowlevel.open_process([PYTHON, "-m", "callscribe", "serve"], env=env, stderr=subprocess.PIPE)
     try:
-        async with httpx.AsyncClient() as http:
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        response = await http.get(f"http://127.0.0.1:{port}/healthz")
-                        break
-                    except httpx.ConnectError:
-                        await trio.sleep(0.05)
+        response = await health_once_up(port)
         assert response.status_code == 200
         assert response.json() == {"status": "ok", "active_calls": 0, "subscribers": 0, "games": 0}
         process.send_signal(signal.SIGTERM)
@@ -417,14 +421,7 @@ async def test_a_second_signal_during_the_drain_does_not_kill_the_server(tmp_pat
     env = clean_env({"DEEPGRAM_API_KEY": "k", "PROXY_URL": f"127.0.0.1:{port}"})
     process = await trio.lowlevel.open_process([PYTHON, "-m", "callscribe", "serve"], env=env, stderr=subprocess.PIPE)
     try:
-        async with httpx.AsyncClient() as http:
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        await http.get(f"http://127.0.0.1:{port}/healthz")
-                        break
-                    except httpx.ConnectError:
-                        await trio.sleep(0.05)
+        await health_once_up(port)
         process.send_signal(signal.SIGINT)
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
