@@ -4,11 +4,13 @@ that come with the upgrade request."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 import rawws
+from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, call_messages
-from conftest import RunningServer, noise
+from conftest import RunningServer, noise, start_server, stop_servers
 
 
 def port_of(server: RunningServer) -> int:
@@ -53,3 +55,32 @@ async def test_twilio_messages_that_arrive_with_the_upgrade_are_not_lost(server:
             while (await http.get(server.http_url + "/healthz")).json()["active_calls"] != 1:
                 await trio.sleep(0.05)
     await stream.aclose()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:abc", "127.0.0.1:99999", "[::1"])
+async def test_a_signed_twilio_request_whose_host_makes_no_url_gets_403_not_a_logged_exception(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, host: str
+) -> None:
+    # With TWILIO_AUTH_TOKEN the signature is checked over a URL rebuilt from Host; Twilio's
+    # validator reads that URL's port, which raised ValueError for such a Host: the upgrade got no
+    # HTTP answer at all (the barrier logged a traceback and dropped the connection), /twiml a 500.
+    server = await start_server(nursery, fake_deepgram, twilio_auth_token="1" * 32)
+    port = port_of(server)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(rawws.upgrade_request("/twilio", host, {"X-Twilio-Signature": "c2lnbmF0dXJl"}))
+    with trio.fail_after(5):
+        status, _, _ = await rawws.read_response_head(stream)
+    await stream.aclose()
+    assert status == 403
+    body = b"CallSid=CA1"
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        b"POST /twiml HTTP/1.1\r\nHost: %s\r\nX-Twilio-Signature: c2lnbmF0dXJl\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+        % (host.encode(), len(body), body)
+    )
+    with trio.fail_after(5):
+        status, _, _ = await rawws.read_response_head(stream)
+    await stream.aclose()
+    assert status == 403
+    await stop_servers(server)

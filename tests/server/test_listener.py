@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from hypercorn.config import Config
 
 from callscribe.server import listener
 
@@ -109,3 +111,54 @@ async def test_a_silent_or_vanishing_connection_gives_what_it_sent(autojump_cloc
     assert await listener.read_head(server, timeout_s=5) == b"GET /"
     await client.aclose()
     assert await listener.read_head(server, timeout_s=5) == b""
+
+
+async def _minimal_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost:", b"GET /twilio HTTP/1.1\r\n"])
+async def test_shutdown_closes_a_connection_whose_request_has_not_come_at_once(sent: bytes) -> None:
+    # listener.serve: "Idle keep-alive connections close now" -- as Hypercorn closes a connection
+    # that has not sent a whole request yet. One still in `read_head` kept the server up for the
+    # whole graceful_timeout (or until its head came).
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 30.0
+    config.keep_alive_timeout = 30.0
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await listener.serve(
+                _minimal_app, config, shutdown_trigger=stop.wait, routes={"/twilio": _never}, task_status=task_status
+            )
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        (bind,) = await nursery.start(run)
+        port = int(bind.rsplit(":", 1)[1])
+        quiet = await trio.open_tcp_stream("127.0.0.1", port)
+        await quiet.send_all(sent)
+        served = await trio.open_tcp_stream("127.0.0.1", port)  # a keep-alive connection idle after a request
+        await served.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            assert (await served.receive_some(1000)).startswith(b"HTTP/1.1 200")
+        stop.set()
+        with trio.fail_after(5):
+            await stopped.wait()
+            assert await quiet.receive_some(1000) == b""
+        await quiet.aclose()
+        await served.aclose()
+
+
+async def _never(stream: trio.abc.Stream, head: bytes, peer: str) -> None:
+    raise AssertionError("no upgrade is sent")

@@ -161,6 +161,22 @@ async def test_bad_input_fails_the_connection_with_its_close_code(frames: list[b
         nursery.cancel_scope.cancel()
 
 
+async def test_nothing_that_came_after_a_message_failing_the_connection_is_delivered() -> None:
+    # Module docstring: after the connection fails, `receive*` raise EndOfChannel (RFC 6455 7.1.7:
+    # nothing more is processed). Messages parsed in the same read as the invalid one were returned.
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        after = rawws.frame(rawws.OP_TEXT, b'{"event": "media"}')
+        await client.send_all(rawws.frame(rawws.OP_TEXT, b"\xff\xfe") + after * 3)
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            delivered = await ws.receive_batch()
+            raise AssertionError(f"delivered after the connection failed: {delivered}")
+        ((opcode, payload),) = await rawws.read_frames(client, 1)
+        assert opcode == rawws.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1007
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_peer_closing_ends_reading_and_is_answered() -> None:
     async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
         ws = await accepted(client, server)

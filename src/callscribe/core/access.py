@@ -98,7 +98,11 @@ class TwilioSignatureCheck:
     def check(self, url: str, params: Mapping[str, str], signature: str | None) -> Verdict:
         if not signature:
             return Verdict(False, "missing X-Twilio-Signature")
-        if not self._validator.validate(url, dict(params), signature):
+        try:
+            valid = self._validator.validate(url, dict(params), signature)
+        except ValueError:  # the URL rebuilt from Host (or a proxy's header) does not parse: bad port, "["
+            return Verdict(False, f"X-Twilio-Signature cannot match {url}: not a valid URL")
+        if not valid:
             return Verdict(False, f"X-Twilio-Signature does not match {url}")
         return ALLOWED
 

@@ -126,10 +126,20 @@ async def serve(
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
     own_routes = dict(routes or {})
+    reading_heads: set[trio.CancelScope] = set()
+    """Connections whose first request has not come yet: idle, so shutdown closes them at once."""
 
     async def connection(stream: trio.abc.Stream) -> None:
-        head = await read_head(stream, config.keep_alive_timeout, own_routes)
-        if not head:
+        head = b""
+        with trio.CancelScope() as reading:
+            if context.terminated.is_set():  # accepted just before the shutdown
+                return
+            reading_heads.add(reading)
+            try:
+                head = await read_head(stream, config.keep_alive_timeout, own_routes)
+            finally:
+                reading_heads.discard(reading)
+        if not head or reading.cancelled_caught:
             return
         route = route_of(head, own_routes)
         if route is not None:
@@ -152,6 +162,8 @@ async def serve(
                 await trio.aclose_forcefully(listener)
             # Idle keep-alive connections close now; the others get `graceful_timeout` to finish.
             await context.terminated.set()
+            for reading in list(reading_heads):
+                reading.cancel()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -290,8 +290,9 @@ class ServedWebSocket:
                 self._fragment_opcode, self._fragments = None, []
             else:
                 continue
-            if message is not None:
-                out.append(message)
+            if message is None:  # it failed the connection: nothing after it is processed (RFC 6455 7.1.7)
+                break
+            out.append(message)
         return out
 
     # -- writing ---------------------------------------------------------------------------
