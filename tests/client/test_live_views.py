@@ -306,3 +306,64 @@ def test_the_call_page_says_streaming_again_once_it_has_resubscribed(tmp_path: p
     assert state["sockets"] == 2 and state["before"] == "streaming"
     # Transcripts flow again on the new connection, but the badge still says "reconnecting".
     assert state["after"] == "streaming", state
+
+
+# -- what the server says besides transcripts: deeply nested JSON, control characters on stderr ---
+
+NESTED = "[" * 100_000  # json.loads raises RecursionError, not ValueError
+
+
+def test_a_deeply_nested_message_shows_nothing_and_never_raises() -> None:
+    from callscribe.client.listen import _call_list
+    from callscribe.client.outputs import JsonOutput
+
+    assert TranscriptView().receive(NESTED) == []
+    out, err = io.StringIO(), io.StringIO()
+    JsonOutput(out, err, tag_calls=True).message("CAx", NESTED)  # --json --all: passed on as it is
+    assert out.getvalue() == NESTED + "\n"
+    with pytest.raises(ListenError, match="is not a callscribe /client"):
+        _call_list(Server(), NESTED)
+
+
+EVIL = "\x1b]0;owned\x07\x1b[2J\x9b1A"
+
+
+def test_json_outputs_own_lines_show_control_characters_as_replacement() -> None:
+    from callscribe.client.outputs import JsonOutput
+
+    out, err = io.StringIO(), io.StringIO()
+    output = JsonOutput(out, err)
+    output.info(f"call CA{EVIL} started")
+    output.closed(f"CA{EVIL}", 1008, f"bad {EVIL}")
+    written = err.getvalue()
+    assert not any(unicodedata.category(ch) == "Cc" and ch != "\n" for ch in written), repr(written)
+
+
+async def test_listen_shows_the_servers_error_without_its_control_characters() -> None:
+    """README: the server's message is shown, and control characters in what the server sends are
+    shown as U+FFFD, never passed to the terminal (stderr is one too)."""
+    port = free_port()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        message = f"subscriptions are unavailable: {EVIL}"
+        await ws.send_message(json.dumps({"type": "Error", "source": "callscribe", "message": message}))
+        await ws.aclose(1013, "hub unavailable, try again later")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", port, None)
+        env = {k: v for k, v in os.environ.items() if k != "CALLSCRIBE_TOKEN"}
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                [sys.executable, "-m", "callscribe", "listen", "--url", f"ws://127.0.0.1:{port}"],
+                capture_stdout=True,
+                capture_stderr=True,
+                env=env,
+                check=False,
+            )
+        nursery.cancel_scope.cancel()
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert "subscriptions are unavailable" in stderr, stderr
+    assert not any(unicodedata.category(ch) == "Cc" and ch != "\n" for ch in stderr), repr(stderr)

@@ -31,7 +31,7 @@ import trio_websocket
 
 from callscribe import argtypes
 from callscribe.client.outputs import HumanOutput, JsonOutput, Output
-from callscribe.client.terminal import Terminal, stdout_gone
+from callscribe.client.terminal import Terminal, stdout_gone, visible
 from callscribe.client.transcript_view import close_description
 from callscribe.core.fanout import MAX_WAIT_S
 from callscribe.exception_groups import leaves
@@ -147,7 +147,7 @@ def _call_list(server: Server, first: str | bytes) -> list[str]:
     (the hub unavailable, a bad parameter) is raised as what it says."""
     try:
         calls = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep
         calls = None
     if isinstance(calls, dict) and calls.get("type") == "Error" and isinstance(calls.get("message"), str):
         raise ListenError(f"{server.client_url()}: {calls['message'][:300]}")
@@ -341,5 +341,5 @@ def _failure(error: BaseException) -> int:
 
 
 def _error(message: str, status: int) -> int:
-    print(f"callscribe listen: {message}", file=sys.stderr, flush=True)
+    print(f"callscribe listen: {visible(message)}", file=sys.stderr, flush=True)  # the server's words too
     return status

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from callscribe.client.terminal import Terminal
+from callscribe.client.terminal import Terminal, visible
 from callscribe.client.transcript_view import TranscriptView, close_description
 
 __all__ = ["HumanOutput", "JsonOutput", "Output"]
@@ -57,13 +57,13 @@ class JsonOutput:
     tag_calls: bool = False
 
     def info(self, text: str) -> None:
-        print(f"callscribe listen: {text}", file=self.err, flush=True)
+        print(f"callscribe listen: {visible(text)}", file=self.err, flush=True)
 
     def message(self, call_sid: str, text: str) -> None:
         if self.tag_calls:
             try:
                 message = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep
                 message = None
             if isinstance(message, dict) and "callSid" not in message:
                 text = json.dumps({"callSid": call_sid, **message})

@@ -77,7 +77,7 @@ class TranscriptView:
     def receive(self, text: str | bytes) -> list[Shown]:
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep
             return []
         if not isinstance(message, dict):
             return []
