@@ -140,6 +140,19 @@ def test_json_lines_are_every_final_as_sent() -> None:
     assert [json.loads(line) for line in text.splitlines()] == [json.loads(raw) for raw in raws]
 
 
+def test_json_lines_keep_unicode_line_separators_inside_strings() -> None:
+    # JSON lets U+2028, U+2029 and U+0085 stand raw in a string (Deepgram's JSON and msgspec, which
+    # rebases, write them so): only a real newline may be taken out to keep one final a line.
+    raw = final("one\u2028two\u2029three\x85four").replace("\\u2028", "\u2028")
+    raw = raw.replace("\\u2029", "\u2029").replace("\\u0085", "\x85")
+    assert "\u2028" in raw and "\x85" in raw
+    line = parse_final(raw, 1)
+    assert line is not None
+    text = to_json_lines([line])
+    assert text.count("\n") == 1
+    assert json.loads(text) == json.loads(raw)
+
+
 def test_export_by_extension() -> None:
     lines = [utterance(1, "x", 0, 1)]
     assert export(lines, "txt") == to_text(lines) and export(lines, "srt") == to_srt(lines)

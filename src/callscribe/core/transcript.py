@@ -237,7 +237,9 @@ def to_srt(utterances: Iterable[Utterance]) -> str:
 
 def to_json_lines(utterances: Iterable[Utterance]) -> str:
     """Every final as Deepgram sent it, one per line (finals of silence included)."""
-    return "".join(" ".join(u.raw.splitlines()) + "\n" for u in utterances)
+    # Only CR and LF: JSON has them outside strings alone, while `splitlines` would also cut at
+    # U+2028, U+2029 or U+0085, which may stand raw inside a string (and change the transcript).
+    return "".join(u.raw.replace("\r\n", " ").replace("\r", " ").replace("\n", " ") + "\n" for u in utterances)
 
 
 def export(utterances: Sequence[Utterance], kind: str) -> str:
