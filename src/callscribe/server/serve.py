@@ -188,11 +188,19 @@ async def _run(
             return  # only the main thread gets signals; a program serving from another thread sets `stop`
         # Kept open until the server has stopped: closing it would give a second signal (Ctrl-C
         # reaches a worker as SIGINT and then as its supervisor's SIGTERM) its default action,
-        # which kills the process in the middle of the drain.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s%s", signal.Signals(signum).name, "; already stopping" if stop.is_set() else "")
-                stop.set()
+        # which kills the process in the middle of the drain. And when it closes, trio hands the
+        # signals it has not given out yet to the handlers it found: ignoring ones, so that a
+        # second signal that came as the server stopped does not kill the process at the end.
+        found = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with trio.open_signal_receiver(*found) as signals:
+                async for signum in signals:
+                    stopping = "; already stopping" if stop.is_set() else ""
+                    log.info("received %s%s", signal.Signals(signum).name, stopping)
+                    stop.set()
+        finally:
+            for signum, handler in found.items():
+                signal.signal(signum, handler)
 
     address = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
     try:
