@@ -280,15 +280,16 @@ const result = (start, text) => ({ data: JSON.stringify({
   type: "Results", channel_index: [0, 2], start, duration: 1, is_final: true,
   channel: { alternatives: [{ transcript: text }] } }) });
 view.open("CAx");
+const withId = (id, message) => ({ data: message.data.replace("{", `{"id": "${id}", `) });
 sockets[0].fire("message", { data: JSON.stringify(["CAx"]) });
-sockets[0].fire("message", result(0, "hello"));
+sockets[0].fire("message", withId("17-0", result(0, "hello")));
 const before = document.getElementById("call-status").textContent;
 sockets[0].fire("close", { code: 1006, reason: "" });       // the network blipped
 await new Promise((resolve) => setTimeout(resolve, 700));  // the page subscribes again
 sockets[1].fire("message", { data: JSON.stringify(["CAx"]) });
-sockets[1].fire("message", result(1, "and we are back"));
+sockets[1].fire("message", withId("18-0", result(1, "and we are back")));
 console.log(JSON.stringify({ before, after: document.getElementById("call-status").textContent,
-                             sockets: sockets.length }));
+                             sockets: sockets.length, urls: sockets.map((s) => s.url) }));
 """
 
 
@@ -306,6 +307,12 @@ def test_the_call_page_says_streaming_again_once_it_has_resubscribed(tmp_path: p
     assert state["sockets"] == 2 and state["before"] == "streaming"
     # Transcripts flow again on the new connection, but the badge still says "reconnecting".
     assert state["after"] == "streaming", state
+    # With no call store, the hub's ids fill the gap: what it keeps of the call at first, then
+    # everything after the last message seen (no final spoken during the break is lost).
+    assert state["urls"] == [
+        "ws://127.0.0.1:5000/client?ids=1&after=0-0",
+        "ws://127.0.0.1:5000/client?ids=1&after=17-0",
+    ]
 
 
 # -- what the server says besides transcripts: deeply nested JSON, control characters on stderr ---

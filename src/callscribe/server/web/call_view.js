@@ -227,6 +227,7 @@ export class CallView {
     this.close();
     this.callSid = callSid;
     this.reconnects = 0;
+    this.lastId = null;
     this.startedAt = null;
     this.transcript.live = false;
     this.transcript.reset(2, this.labels());
@@ -256,7 +257,11 @@ export class CallView {
   }
 
   subscribe(callSid) {
-    const socket = openSocket("/client");
+    // With a call store, each subscription begins with the call's finals so far, which fills any
+    // gap a broken connection left. Without one, the hub's message ids do: the first subscription
+    // replays what the hub keeps of the call (?after=0-0), a later one resumes after the last id.
+    const path = this.session.history ? "/client" : `/client?ids=1&after=${encodeURIComponent(this.lastId || "0-0")}`;
+    const socket = openSocket(path);
     this.socket = socket;
     let named = false;
     socket.addEventListener("message", (message) => {
@@ -279,6 +284,7 @@ export class CallView {
         }
         return;
       }
+      if (typeof data.id === "string") this.lastId = data.id;
       this.received(data);
     });
     socket.addEventListener("close", (closed) => {
@@ -312,7 +318,7 @@ export class CallView {
       this.state("failed", "disconnected");
       this.message(`The server closed the transcript: ${reason || code}`);
     } else {
-      this.reconnects += 1; // the connection broke: subscribe again (the call's history fills any gap)
+      this.reconnects += 1; // the connection broke: subscribe again (see `subscribe`: no gap)
       this.linkLost = true;
       this.state("reconnecting", "reconnecting");
       setTimeout(() => this.callSid === callSid && this.subscribe(callSid), 500 * this.reconnects);
