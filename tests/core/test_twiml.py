@@ -138,3 +138,16 @@ def test_the_calls_from_to_and_direction_become_stream_parameters() -> None:
     stream = parse(game_twiml("https://h.example", parameters={**parameters, "route": "x"})).find("./Connect/Stream")
     assert stream is not None
     assert [(p.get("name"), p.get("value")) for p in stream] == [("route", "game"), *parameters.items()]
+
+
+def test_control_characters_in_the_webhook_fields_do_not_break_the_twiml() -> None:
+    # XML 1.0 cannot hold most C0 control characters, even escaped; ElementTree writes them raw,
+    # so a From like "+1555\x01" made a document Twilio refuses to parse (the call fails).
+    form = {"From": "+1555\x00\x01", "To": "sip:a\x1b[0m@b.example", "Direction": "in\x0bbound"}
+    parameters = call_parameters(form)
+    assert parameters == {"From": "+1555", "To": "sip:a[0m@b.example", "Direction": "inbound"}
+    for twiml in (
+        transcription_twiml("https://h.example", None, parameters=call_parameters(form)),
+        game_twiml("https://h.example", parameters=call_parameters(form)),
+    ):
+        parse(twiml)

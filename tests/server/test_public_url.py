@@ -74,3 +74,21 @@ def test_a_public_url_the_config_accepts_validates_the_streams_its_twiml_starts(
 
 
 # -- 3. Aura error body that is deeply nested JSON: RecursionError escapes instead of SpeechError
+
+
+# -- An empty X-Forwarded-Proto or X-Forwarded-Host: the signature check falls back to the request's
+# own scheme and Host, the TwiML answered 400 ("cannot tell this server's address")
+
+
+async def test_empty_forwarded_headers_fall_back_to_the_request_as_the_signature_check_does(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram
+) -> None:
+    server = await start_server(nursery, fake_deepgram)
+    host = server.http_url.split("://", 1)[1]
+    async with httpx.AsyncClient() as http:
+        for headers in ({"X-Forwarded-Proto": ""}, {"X-Forwarded-Host": ""}, {"X-Forwarded-Host": ", x"}):
+            answer = await http.post(server.http_url + "/twiml/game", data={"CallSid": "CA1"}, headers=headers)
+            assert answer.status_code == 200, (headers, answer.text)
+            (stream,) = re.findall(r'url="([^"]+)"', answer.text)
+            assert stream == f"ws://{host}/twilio"
+    server.stop.set()

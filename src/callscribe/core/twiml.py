@@ -27,6 +27,7 @@ itself only connects to ``wss://``; ``ws://`` is allowed for local tests.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,9 @@ MAX_HOLD_S: Final = 4 * 3600
 CALL_PARAMETERS: Final = ("From", "To", "Direction")
 #: Twilio's limit on a stream parameter's value is generous; a phone number or direction is short.
 MAX_PARAMETER_CHARS: Final = 64
+
+#: Characters XML 1.0 cannot hold even escaped (ElementTree writes them raw: Twilio cannot parse that).
+_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 _WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
@@ -95,10 +99,10 @@ def stream_url(public_url: str, path: str = STREAM_PATH) -> str:
 
 def call_parameters(form: Mapping[str, str]) -> dict[str, str]:
     """The :data:`CALL_PARAMETERS` a voice webhook's ``form`` has (non-empty, trimmed, at most
-    :data:`MAX_PARAMETER_CHARS` characters), in that order."""
+    :data:`MAX_PARAMETER_CHARS` characters, without characters XML cannot hold), in that order."""
     found = {}
     for name in CALL_PARAMETERS:
-        value = str(form.get(name) or "").strip()[:MAX_PARAMETER_CHARS]
+        value = _NOT_XML.sub("", str(form.get(name) or "")).strip()[:MAX_PARAMETER_CHARS]
         if value:
             found[name] = value
     return found

@@ -301,8 +301,9 @@ class Server:
         """This server's public address: PUBLIC_URL, or what the request (and any proxy) says."""
         if self.access.public_url:
             return self.access.public_url
-        scheme = http_request.headers.get("X-Forwarded-Proto", http_request.scheme).split(",")[0].strip()
-        host = http_request.headers.get("X-Forwarded-Host", http_request.host).split(",")[0].strip()
+        # As the signature check rebuilds it (access.public_url): an empty header is no header.
+        scheme = (http_request.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip() or http_request.scheme
+        host = (http_request.headers.get("X-Forwarded-Host") or "").split(",")[0].strip() or http_request.host
         return f"{scheme}://{host}"
 
 
