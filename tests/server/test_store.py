@@ -159,32 +159,34 @@ def test_filters_by_number_time_and_liveness(engine: Engine) -> None:
     assert [c.call_sid for c in engine.list_calls(CallQuery(call_sid="CA3"))[0]] == ["CA3"]
 
 
+def found(engine: Engine, q: str) -> list[str]:
+    """The calls a search for `q` finds."""
+    return [c.call_sid for c in engine.list_calls(parse_query({"q": q}))[0]]
+
+
 def test_search_finds_words_anywhere_in_a_transcript(engine: Engine) -> None:
     call_with_finals(engine, "CA1", ["I would like to cancel my subscription", "Sure, let me help"], at=100.0)
     call_with_finals(engine, "CA2", ["What's the weather like?", "Sunny, I'd say"], at=200.0)
     call_with_finals(engine, "CA3", ["Nothing to see"], at=300.0)
 
-    def found(q: str) -> list[tuple[str, str]]:
+    def snippets(q: str) -> list[tuple[str, str]]:
         return [(c.call_sid, c.snippet) for c in engine.list_calls(parse_query({"q": q}))[0]]
 
-    assert found("subscription") == [("CA1", "I would like to cancel my subscription")]
-    assert found("CANCEL subscription") == [("CA1", "I would like to cancel my subscription")]
-    assert found("sunny") == [("CA2", "Sunny, I'd say")]
-    assert found("like") == [("CA2", "What's the weather like?"), ("CA1", "I would like to cancel my subscription")]
-    assert found('help) ("*') == [("CA1", "Sure, let me help")]  # no operators: symbols are spaces
-    assert found("cancel OR weather") == []  # every word must be there
-    assert found("absent") == []
+    assert snippets("subscription") == [("CA1", "I would like to cancel my subscription")]
+    assert snippets("CANCEL subscription") == [("CA1", "I would like to cancel my subscription")]
+    assert snippets("sunny") == [("CA2", "Sunny, I'd say")]
+    assert snippets("like") == [("CA2", "What's the weather like?"), ("CA1", "I would like to cancel my subscription")]
+    assert snippets('help) ("*') == [("CA1", "Sure, let me help")]  # no operators: symbols are spaces
+    assert snippets("cancel OR weather") == []  # every word must be there
+    assert snippets("absent") == []
 
 
 def test_an_underscore_is_a_symbol_in_a_search_like_any_other(engine: Engine) -> None:
     call_with_finals(engine, "CA1", ["I would like to cancel my subscription"], at=100.0)
 
-    def found(q: str) -> list[str]:
-        return [c.call_sid for c in engine.list_calls(parse_query({"q": q}))[0]]
-
-    assert found("subscription cancel") == ["CA1"]
-    assert found("subscription-cancel") == ["CA1"]
-    assert found("subscription_cancel") == ["CA1"]  # as the two words, in any order, not as a phrase
+    assert found(engine, "subscription cancel") == ["CA1"]
+    assert found(engine, "subscription-cancel") == ["CA1"]
+    assert found(engine, "subscription_cancel") == ["CA1"]  # as the two words, in any order, not as a phrase
 
 
 def test_erasing_a_call_leaves_nothing_of_it(engine: Engine) -> None:
@@ -231,27 +233,32 @@ def test_calls_left_open_by_a_process_that_is_gone_are_closed_interrupted(store_
         survivor.close()
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite workers"])
-def test_a_live_process_keeps_its_calls_with_other_processes_on_the_store(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    if kind == "postgresql":
+@pytest.fixture(params=["postgresql", "sqlite workers"])
+def two_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    """Two processes on one store, registered as "first" and "second": on PostgreSQL, or the
+    workers of one `serve --workers N` on one SQLite file."""
+    if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
         first, second = open_engine(url), open_engine(url)
-    else:  # the workers of one `serve --workers N` on one file
+    else:
         path = str(tmp_path / "callscribe.db")
         first, second = open_engine(path, shared=True), open_engine(path, shared=True)
     for engine, name in ((first, "first"), (second, "second")):
         engine.open()
         engine.register(name, time.time())
     try:
-        first.write([start("CA1")], NO_EVENTS)
-        first.heartbeat("first", time.time())
-        assert second.reap("second", time.time(), 30.0, NO_EVENTS) == []  # its lease is fresh
-        assert second.reap("second", time.time(), -1.0, NO_EVENTS) == ["CA1"]  # a lease that has run out
+        yield first, second
     finally:
         first.close()
         second.close()
+
+
+def test_a_live_process_keeps_its_calls_with_other_processes_on_the_store(two_processes: tuple[Engine, Engine]) -> None:
+    first, second = two_processes
+    first.write([start("CA1")], NO_EVENTS)
+    first.heartbeat("first", time.time())
+    assert second.reap("second", time.time(), 30.0, NO_EVENTS) == []  # its lease is fresh
+    assert second.reap("second", time.time(), -1.0, NO_EVENTS) == ["CA1"]  # a lease that has run out
 
 
 def test_the_outbox_hands_out_each_calls_events_in_order(engine: Engine) -> None:
@@ -425,3 +432,27 @@ def test_settling_a_round_never_touches_an_event_written_after_its_call_was_eras
     engine.outbox_settle(Settlement(retry=[(in_flight, 1, now + 60, "HTTP 500")]))
     heads = engine.outbox_heads("this-process", receiver, now, 10)
     assert [(e.call_sid, e.kind, e.attempts) for e in heads] == [("CA2", "call.started", 0)]
+
+
+def test_symbols_inside_a_token_are_spaces_on_both_engines(engine: Engine) -> None:
+    # Deepgram's smart formatting writes prices, times, e-mails and web addresses; a search takes
+    # their symbols as spaces (call_query), so the words inside them are found, as on SQLite.
+    call_with_finals(engine, "CA1", ["It costs $3.50, write to john.doe@example.com or see shop.example.org/help"])
+
+    assert found(engine, "3.50") == ["CA1"]
+    assert found(engine, "example") == ["CA1"]
+    assert found(engine, "doe") == ["CA1"]
+    assert found(engine, "shop help") == ["CA1"]
+    assert found(engine, "john.doe@example.com") == ["CA1"]
+
+
+def test_a_process_declared_gone_keeps_the_calls_it_starts_once_back(two_processes: tuple[Engine, Engine]) -> None:
+    first, second = two_processes
+    # The first lost the database for longer than its lease: the second declared it gone.
+    assert second.reap("second", time.time(), -1.0, NO_EVENTS) == []
+    # Back, its writer flushes a call started meanwhile before its next heartbeat.
+    first.write([start("CA1", time.time())], NO_EVENTS)
+    assert second.reap("second", time.time(), 30.0, NO_EVENTS) == []
+    first.write([end("CA1", 0, at=time.time() + 1)], NO_EVENTS)
+    call = first.get_call("CA1")
+    assert call is not None and call.outcome == Outcome.ENDED

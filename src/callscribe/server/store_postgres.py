@@ -7,6 +7,9 @@ hangs raises `StoreUnavailable` within seconds, and the writer retries.
 
 Full-text search: a generated `tsvector` column over each final's text (the `simple`
 configuration: words as they are, any case, no stemming, like SQLite's FTS5) with a GIN index.
+Symbols are made spaces first, as FTS5 and the search's own words take them: PostgreSQL's parser
+would otherwise keep `3.50`, `john@example.com` or `example.org/help` as single tokens, which no
+search (its words are letters and digits) could find.
 
 Processes sharing the database each have a lease: their heartbeat (`instances.heartbeat_at`, on
 the database's clock) is refreshed every few seconds; a process whose heartbeat is older than
@@ -41,6 +44,11 @@ POOL_SIZE = 4
 MIGRATION_LOCK = 0x63616C6C  # "call": one advisory lock id for callscribe's migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+_SEARCHED = (
+    "to_tsvector('simple', regexp_replace(text, '[!-/:-@[-`{-~\u2018\u2019\u201c\u201d\u2013\u2014\u2026]', ' ', 'g'))"
+)
+"""What search finds of a final's text: its words, every ASCII symbol (and typographic quote, dash
+and ellipsis) a space. (Character ranges, so that the statement holds no `?` or `%`.)"""
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -66,6 +74,11 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX finals_search ON finals USING GIN (text_search)",
         *outbox_table("DOUBLE PRECISION", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    ],
+    [  # 2: symbols are spaces in the search index (see above)
+        "ALTER TABLE finals DROP COLUMN text_search",
+        f"ALTER TABLE finals ADD COLUMN text_search TSVECTOR GENERATED ALWAYS AS ({_SEARCHED}) STORED",
+        "CREATE INDEX finals_search ON finals USING GIN (text_search)",
     ],
 ]
 """Schema versions 1, 2, ...: the statements that bring the previous version to each."""
@@ -175,9 +188,17 @@ class PostgresEngine(SqlEngine):
             updated = db.execute(f"UPDATE instances SET heartbeat_at = {_DB_NOW} WHERE id = ?", (instance,))
             if not updated.rowcount:  # declared gone after a long outage: its calls were closed; it lives on
                 db.execute(
-                    f"INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, {_DB_NOW}, {_DB_NOW})",
+                    f"INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, {_DB_NOW}, {_DB_NOW})"
+                    " ON CONFLICT (id) DO NOTHING",  # (unless a write, starting a call, did so meanwhile)
                     (instance,),
                 )
+
+    def _ensure_registered(self, db: Db) -> None:
+        db.execute(
+            f"INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, {_DB_NOW}, {_DB_NOW})"
+            " ON CONFLICT (id) DO NOTHING",
+            (self.instance,),
+        )
 
     def _dead_instances(self, db: Db, instance: str, now: float, lease_s: float) -> list[tuple[str, float]]:
         rows = db.execute(

@@ -21,6 +21,7 @@ dialect. Search (`_match`) and how a process is known to be gone (`_dead_instanc
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -144,8 +145,9 @@ class SqlEngine(SqlOutbox):
         with self._transaction() as db:
             updated = db.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, instance))
             if not updated.rowcount:  # declared gone once (a missed lease): it lives on, so are its new calls
-                db.execute(
-                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, ?, ?)", (instance, now, now)
+                db.execute(  # (unless a write, starting a call, did so meanwhile)
+                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (instance, now, now),
                 )
 
     def reap(self, instance: str, now: float, lease_s: float, events: EventSettings) -> list[str]:
@@ -176,9 +178,20 @@ class SqlEngine(SqlOutbox):
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _ensure_registered(self, db: Db) -> None:
+        """This process is among `instances` again if another declared it gone (a missed lease):
+        else that one would take a call it starts now, before its next heartbeat, for an orphan."""
+        now = time.time()
+        db.execute(
+            "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (self.instance, now, now),
+        )
+
     def write(self, batch: Sequence[Write], events: EventSettings) -> int:
         written = 0
         with self._transaction() as db:
+            if any(isinstance(item, StartWrite) for item in batch):
+                self._ensure_registered(db)
             for item in batch:
                 if isinstance(item, FinalWrite):
                     written += self._write_final(db, item, events)
