@@ -174,6 +174,7 @@ def test_messages_after_stop_are_rejected() -> None:
         {**start(), "start": {**start()["start"], "callSid": "CA\u0000"}},
         {**start(), "start": {**start()["start"], "streamSid": "MZ\n1"}},
         {**start(), "start": {**start()["start"], "accountSid": "AC" + "x" * 100}},
+        {**start(), "streamSid": "MZ2"},  # the message's streamSid is not the one it starts
     ],
 )
 def test_an_unusable_start_is_fatal(bad_start: dict) -> None:

@@ -277,6 +277,8 @@ class TwilioStream:
                 return self._reject(
                     f"{name} is not an id: up to {MAX_SID_LENGTH} printable characters (Twilio's are 34)", fatal=True
                 )
+        if message.stream_sid and message.stream_sid != info.stream_sid:
+            return self._reject(f"start's streamSid {message.stream_sid!r} is not the one it starts", fatal=True)
         if rejected := self._check_sequence(message.sequence_number):
             return rejected
         self.state = TwilioState.STREAMING
