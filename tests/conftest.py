@@ -20,7 +20,7 @@ import trio_websocket
 import trustme
 
 import pg
-from callscribe.server.call import CallSettings
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.serve import start_serving
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour

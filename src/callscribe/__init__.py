@@ -25,7 +25,7 @@ __all__ = ["CallSettings", "Settings", "__version__", "create_app", "serve"]
 
 if TYPE_CHECKING:
     from callscribe.server.app import create_app
-    from callscribe.server.call import CallSettings
+    from callscribe.server.call_settings import CallSettings
     from callscribe.server.config import ServerSettings as Settings
     from callscribe.server.serve import serve
 

@@ -23,7 +23,7 @@ import trustme
 
 from callscribe.exception_groups import leaves
 from callscribe.server import listener
-from callscribe.server.call import CallSettings
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.options import OPTIONS

@@ -15,7 +15,8 @@ import trio
 import trio_websocket
 
 from callscribe.core.deepgram import CLOSE_STREAM, KEEPALIVE
-from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.call import Call, Connector
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.games import GameRegistry, GameSettings
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.metrics import Metrics

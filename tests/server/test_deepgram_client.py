@@ -11,7 +11,7 @@ import trio
 import trio_websocket
 
 from callscribe.core.backlog import AudioBacklog
-from callscribe.server.call import CallSettings
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.deepgram_client import DeepgramClient, DeepgramConnection
 from callscribe.server.hub import InMemoryHub
 from callscribe.server.websocket_client import ConnectFailed

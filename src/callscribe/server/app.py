@@ -32,8 +32,9 @@ from callscribe.core.access import BEARER_SUBPROTOCOL, Access, Verdict
 from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import call_parameters, game_twiml, transcription_twiml
 from callscribe.server.api import CallsApi, add_routes
-from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.call import Call, Connector
 from callscribe.server.call_feed import CallFeed, ObservedHub
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.dashboard import Dashboard
 from callscribe.server.dashboard import add_routes as add_dashboard_routes
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message

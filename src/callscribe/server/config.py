@@ -25,7 +25,7 @@ from callscribe.core.mixer import MAX_WINDOW_MS, MIN_WINDOW_MS
 from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.twiml import stream_url
 from callscribe.core.webhooks import RetryPolicy, check_receiver_url
-from callscribe.server.call import CallSettings
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.games import NO_PHONE_NUMBER, GameSettings
 from callscribe.server.options import option_values
 from callscribe.server.store import DEFAULT_DATA_DIR, NO_STORE, SCHEME_POSTGRES, STORE_FILE, StoreSettings

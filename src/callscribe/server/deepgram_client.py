@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 import trio_websocket
@@ -29,11 +29,9 @@ from callscribe.core.backlog import AudioBacklog, Pacer
 from callscribe.core.deepgram import DeepgramState, DeepgramStream, MessageKind, rebase
 from callscribe.core.deepgram_policy import Decision, DeepgramPolicy, GiveUp, Notice
 from callscribe.exception_groups import leaves
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.hub import Hub
 from callscribe.server.websocket_client import ConnectFailed, connect_websocket, describe_failure
-
-if TYPE_CHECKING:
-    from callscribe.server.call import CallSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 
 import trio
 
-from callscribe.server.call import Call, CallSettings, Connector
+from callscribe.server.call import Call, Connector
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import CLOSE_GOING_AWAY, Hub
 from callscribe.server.metrics import Metrics

@@ -33,7 +33,7 @@ from callscribe.client.terminal import Terminal, stdout_gone
 from callscribe.client.transcript_view import Line, TranscriptView
 from callscribe.core import audio
 from callscribe.exception_groups import leaves
-from callscribe.server.call import CallSettings
+from callscribe.server.call_settings import CallSettings
 from callscribe.server.config import ServerSettings
 from callscribe.server.games import GameSettings
 from callscribe.server.serve import StartupError, start_serving
