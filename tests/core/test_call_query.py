@@ -15,6 +15,7 @@ from callscribe.core.call_query import (
     Cursor,
     decode_cursor,
     encode_cursor,
+    fold_accents,
     parse_query,
     search_words,
 )
@@ -98,6 +99,13 @@ def test_a_cursor_of_deeply_nested_json_is_a_bad_query_not_a_recursion_error() -
     cursor = base64.urlsafe_b64encode(b"[" * 5000).decode()
     with pytest.raises(BadQuery, match="cursor is not one this server gave out"):
         decode_cursor(cursor)
+
+
+def test_search_words_fold_accents() -> None:
+    assert search_words("Café CRÈME, İstanbul, São-Paulo") == ("cafe", "creme", "istanbul", "sao", "paulo")
+    assert search_words("cafe\u0301 ș ạ ſ") == ("cafe", "s", "a", "s")  # decomposed; Romanian; Vietnamese; long s
+    assert search_words("Straße æ ø Łódź ấ") == ("straße", "æ", "ø", "łodz", "ấ")  # no base letter; two diacritics
+    assert fold_accents("Crème Brûlée") == "Creme Brulee"
 
 
 @given(st.text())

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from callscribe.core.call_query import CallQuery, parse_query
+from callscribe.core.call_query import CallQuery, parse_query, search_words
 from callscribe.core.call_record import Outcome
 from callscribe.core.transcript import SpeakerLabels
 from callscribe.core.webhooks import RetryPolicy
-from callscribe.server import store_sqlite
+from callscribe.server import store_postgres, store_sqlite
 from callscribe.server.store import (
     Deleted,
     Engine,
@@ -25,6 +27,7 @@ from callscribe.server.store import (
     Settlement,
     StoreError,
     StoreUnavailable,
+    Write,
     open_engine,
 )
 from store_records import end, final, start
@@ -444,6 +447,82 @@ def test_symbols_inside_a_token_are_spaces_on_both_engines(engine: Engine) -> No
     assert found(engine, "doe") == ["CA1"]
     assert found(engine, "shop help") == ["CA1"]
     assert found(engine, "john.doe@example.com") == ["CA1"]
+
+
+LATIN = [chr(c) for block in (range(0xC0, 0x250), range(0x1E00, 0x1F00)) for c in block if chr(c).isalpha()]
+"""The letters of Latin-1 Supplement, Latin Extended-A and -B and Latin Extended Additional."""
+
+
+def unicode61(words: list[str]) -> list[str]:
+    """The term SQLite's FTS5 (the SQLite store's tokenizer, unicode61) makes of each word."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5 (text)")
+    db.execute("CREATE VIRTUAL TABLE terms USING fts5vocab (t, 'instance')")
+    db.executemany("INSERT INTO t (rowid, text) VALUES (?, ?)", enumerate(words))
+    terms = dict(db.execute("SELECT doc, term FROM terms").fetchall())
+    db.close()
+    return [terms[n] for n in range(len(words))]
+
+
+def test_search_words_fold_accents_as_sqlite_does() -> None:
+    # Covered: the letters of those blocks with one diacritic, which unicode61 takes off (é, ç, ñ,
+    # ő, ș, ạ, the long s: 376, upper and lower case). Not ß, æ, ø, ł, đ, ħ, œ, þ (no base letter)
+    # nor Vietnamese ấ, ệ or pinyin ǖ (two diacritics): unicode61 keeps them, and so does search.
+    words = [f"q{letter}z" for letter in LATIN]
+    assert [search_words(word) for word in words] == [(term,) for term in unicode61(words)]
+    assert sum(term != word.lower() for word, term in zip(words, unicode61(words), strict=True)) == 376
+
+
+def test_search_folds_accents_both_ways_on_both_engines(engine: Engine) -> None:
+    call_with_finals(engine, "CA1", ["Un café crème à São Paulo, ÉCOLE, Łódź, Straße"], at=100.0)
+    call_with_finals(engine, "CA2", ["a cafe creme in Sao Paulo"], at=200.0)
+    call_with_finals(engine, "CA3", ["cafe\u0301 (decomposed)"], at=300.0)
+
+    assert found(engine, "cafe") == ["CA3", "CA2", "CA1"]
+    assert found(engine, "CAFÉ") == ["CA3", "CA2", "CA1"]
+    assert found(engine, "crème sao PAULO") == ["CA2", "CA1"]
+    assert found(engine, "ecole") == found(engine, "école") == ["CA1"]
+    assert found(engine, "łodz") == ["CA1"]  # ó and ź fold, ł does not (nor in SQLite)
+    assert found(engine, "lodz") == found(engine, "strasse") == []
+    assert found(engine, "straße") == ["CA1"]
+
+
+def test_every_letter_sqlite_folds_is_folded_on_both_engines(engine: Engine) -> None:
+    folded = [(letter, term[1]) for letter, term in zip(LATIN, unicode61([f"q{c}z" for c in LATIN]), strict=True)]
+    folded = [(letter, base) for letter, base in folded if base != letter.lower()]  # the 376 letters above
+    calls = defaultdict(set)
+    batch: list[Write] = []
+    for n, (letter, base) in enumerate(folded):
+        batch += [start(f"CA{n}", 1000.0 + n), final(f"CA{n}", 1, f"q{letter}z"), end(f"CA{n}", 1, at=2000.0 + n)]
+        calls[base].add(f"CA{n}")
+    engine.write(batch, NO_EVENTS)
+
+    def found_all(q: str) -> set[str]:
+        return {c.call_sid for c in engine.list_calls(parse_query({"q": q, "limit": "200"}))[0]}
+
+    assert {letter: found_all(f"q{letter}z") for letter, _ in folded} == {
+        letter: calls[base] for letter, base in folded
+    }
+    assert {base: found_all(f"q{base}z") for base in calls} == calls
+
+
+def test_a_version_2_postgresql_store_upgraded_finds_accented_words(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_postgres, "MIGRATIONS", store_postgres.MIGRATIONS[:2])
+    old = open_engine(postgres_url)
+    old.open()
+    old.register("old", time.time())
+    call_with_finals(old, "CA1", ["un café à Zürich"])
+    assert found(old, "cafe zurich") == []
+    old.close()
+    monkeypatch.undo()
+    engine = open_engine(postgres_url)
+    engine.open()
+    try:
+        assert found(engine, "cafe zurich") == ["CA1"]
+    finally:
+        engine.close()
 
 
 def test_a_process_declared_gone_keeps_the_calls_it_starts_once_back(two_processes: tuple[Engine, Engine]) -> None:

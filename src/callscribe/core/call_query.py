@@ -3,7 +3,8 @@
 Parameters, all optional:
 
 - `q`       words that must all occur in the call's transcript (full-text search; whole words,
-            any case, no operators: quotes and symbols are taken as spaces)
+            any case, accents folded as SQLite's FTS5 does: `cafe` finds `café` and `café` finds
+            `cafe`; no operators: quotes and symbols are taken as spaces)
 - `number`  a phone number, matched against From and To by its digits (`+1 555-0100` = `15550100`)
 - `since`, `until`  ISO 8601 times (`2026-11-29`, `2026-11-29T10:00:00Z`, with an offset or
             without: then UTC); the calls that started in [since, until)
@@ -23,6 +24,7 @@ import datetime
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +36,32 @@ MAX_LIMIT = 200
 MAX_QUERY_WORDS = 16
 _WORD = re.compile(r"[^\W_]+")
 """Letters and digits; the underscore is a symbol like any other."""
+
+
+def _base_letter(letter: str) -> str | None:
+    """The ASCII letter under `letter` when it bears one diacritic (é, Ç, ő, ș, ạ), else None."""
+    decomposed = unicodedata.normalize("NFKD", letter)
+    base, marks = decomposed[0], decomposed[1:]
+    if base.isascii() and base.isalpha() and len(marks) <= 1 and all(unicodedata.combining(m) for m in marks):
+        return base
+    return None
+
+
+_LATIN = [chr(c) for block in (range(0xC0, 0x250), range(0x1E00, 0x1F00)) for c in block]
+ACCENTED = "".join(letter for letter in _LATIN if _base_letter(letter))
+UNACCENTED = "".join(_base_letter(letter) or "" for letter in ACCENTED)
+DIACRITICS = "".join(sorted({mark for letter in ACCENTED for mark in unicodedata.normalize("NFKD", letter)[1:]}))
+"""What search folds, as SQLite's FTS5 (unicode61) does: each letter of `ACCENTED` (those of Latin-1
+Supplement, Latin Extended-A and -B and Latin Extended Additional with one diacritic) is the
+letter of `UNACCENTED` at its place, and `DIACRITICS` (their combining marks, as in decomposed
+text) are dropped. Not ß, æ, ø, ł, đ, œ (no base letter) nor ấ, ǖ (two diacritics). PostgreSQL's
+search column is built from them: changing them needs a new schema version (store_postgres.py)."""
+_FOLD = str.maketrans(ACCENTED, UNACCENTED, DIACRITICS)
+
+
+def fold_accents(text: str) -> str:
+    """`text` without the diacritics search ignores: `Crème brûlée` is `Creme brulee`."""
+    return text.translate(_FOLD)
 
 
 class BadQuery(ValueError):
@@ -60,8 +88,8 @@ class CallQuery:
 
 
 def search_words(text: str) -> tuple[str, ...]:
-    """The words of a search, lower-cased, without operators (at most `MAX_QUERY_WORDS`)."""
-    return tuple(word.lower() for word in _WORD.findall(text))[:MAX_QUERY_WORDS]
+    """The words of a search, lower-cased, accents folded, without operators (at most `MAX_QUERY_WORDS`)."""
+    return tuple(word.lower() for word in _WORD.findall(fold_accents(text)))[:MAX_QUERY_WORDS]
 
 
 def parse_time(text: str, name: str) -> float:

@@ -9,7 +9,8 @@ Full-text search: a generated `tsvector` column over each final's text (the `sim
 configuration: words as they are, any case, no stemming, like SQLite's FTS5) with a GIN index.
 Symbols are made spaces first, as FTS5 and the search's own words take them: PostgreSQL's parser
 would otherwise keep `3.50`, `john@example.com` or `example.org/help` as single tokens, which no
-search (its words are letters and digits) could find.
+search (its words are letters and digits) could find. Accents are folded as FTS5 folds them, with
+an immutable `translate()` of call_query's table (no `unaccent` extension): `cafe` finds `café`.
 
 Processes sharing the database each have a lease: their heartbeat (`instances.heartbeat_at`, on
 the database's clock) is refreshed every few seconds; a process whose heartbeat is older than
@@ -28,6 +29,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from callscribe.core.call_query import ACCENTED, DIACRITICS, UNACCENTED
 from callscribe.core.transcript import DEFAULT_LABELS, SpeakerLabels
 from callscribe.server.store import StoreError, StoreUnavailable
 from callscribe.server.store_reads import Db
@@ -44,11 +46,24 @@ POOL_SIZE = 4
 MIGRATION_LOCK = 0x63616C6C  # "call": one advisory lock id for callscribe's migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
-_SEARCHED = (
-    "to_tsvector('simple', regexp_replace(text, '[!-/:-@[-`{-~\u2018\u2019\u201c\u201d\u2013\u2014\u2026]', ' ', 'g'))"
-)
-"""What search finds of a final's text: its words, every ASCII symbol (and typographic quote, dash
-and ellipsis) a space. (Character ranges, so that the statement holds no `?` or `%`.)"""
+_SYMBOLS = "'[!-/:-@[-`{-~\u2018\u2019\u201c\u201d\u2013\u2014\u2026]'"
+_FOLDED = f"translate(text, '{ACCENTED}{DIACRITICS}', '{UNACCENTED}')"
+
+
+def _searched(text: str) -> str:
+    """What search finds of a final's text: its words, every ASCII symbol (and typographic quote,
+    dash and ellipsis) a space. (Character ranges, so that the statement holds no `?` or `%`.)"""
+    return f"to_tsvector('simple', regexp_replace({text}, {_SYMBOLS}, ' ', 'g'))"
+
+
+def _search_column(searched: str) -> list[str]:
+    """The statements that rebuild the search column and its index (rewriting the finals table)."""
+    return [
+        "ALTER TABLE finals DROP COLUMN text_search",
+        f"ALTER TABLE finals ADD COLUMN text_search TSVECTOR GENERATED ALWAYS AS ({searched}) STORED",
+        "CREATE INDEX finals_search ON finals USING GIN (text_search)",
+    ]
+
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -75,11 +90,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX finals_search ON finals USING GIN (text_search)",
         *outbox_table("DOUBLE PRECISION", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     ],
-    [  # 2: symbols are spaces in the search index (see above)
-        "ALTER TABLE finals DROP COLUMN text_search",
-        f"ALTER TABLE finals ADD COLUMN text_search TSVECTOR GENERATED ALWAYS AS ({_SEARCHED}) STORED",
-        "CREATE INDEX finals_search ON finals USING GIN (text_search)",
-    ],
+    _search_column(_searched("text")),  # 2: symbols are spaces in the search index (see above)
+    _search_column(_searched(_FOLDED)),  # 3: and accents are folded (call_query.fold_accents)
 ]
 """Schema versions 1, 2, ...: the statements that bring the previous version to each."""
 
