@@ -118,10 +118,34 @@ def awaiting_mark() -> PatchMachine:
     return machine
 
 
-def hung_up() -> PatchMachine:
-    """PATCHED, but the Twilio socket is gone (the call is finishing)."""
-    machine = patched()
-    assert machine.twilio_gone() == []
+def keying() -> PatchMachine:
+    """WAITING with `4` keyed, and codes 42, 4 and 7 active: `4` waits for a `2` or a pause."""
+    machine = PatchMachine(CALL, STREAM, active_pool("42", "4", "7"))
+    assert machine.dtmf("4", 0.0) == []
+    return machine
+
+
+def after_hang_up(build: Callable[[], PatchMachine]) -> Callable[[], PatchMachine]:
+    """The state `build` makes, then the caller hangs up (Twilio's `stop`, or its socket gone): the
+    call is finishing, and Deepgram's last finals may still come."""
+
+    def hung_up() -> PatchMachine:
+        machine = build()
+        assert machine.twilio_gone() == []
+        return machine
+
+    return hung_up
+
+
+hung_up = after_hang_up(patched)
+waiting_hung_up = after_hang_up(waiting)
+keying_hung_up = after_hang_up(keying)
+
+
+def left_after_hang_up() -> PatchMachine:
+    """WAITING again: the caller hung up while patched, then the game left."""
+    machine = hung_up()
+    assert machine.game_left() == []
     return machine
 
 
@@ -137,6 +161,10 @@ STATES: dict[str, tuple[Callable[[], PatchMachine], PatchState]] = {
     "synthesizing": (synthesizing, PatchState.SPEAKING),
     "awaiting_mark": (awaiting_mark, PatchState.SPEAKING),
     "hung_up": (hung_up, PatchState.PATCHED),
+    "waiting_hung_up": (waiting_hung_up, PatchState.WAITING),
+    "keying": (keying, PatchState.WAITING),
+    "keying_hung_up": (keying_hung_up, PatchState.WAITING),
+    "left_after_hang_up": (left_after_hang_up, PatchState.WAITING),
     "ended": (ended, PatchState.ENDED),
 }
 
@@ -202,18 +230,26 @@ PATCHED: dict[str, Expected] = {
 }
 """The row of the patched state, which the hung-up state shares but for one entry."""
 
+WAITING: dict[str, Expected] = {
+    **{name: ([], W, [], None) for name in INPUTS},
+    "final_with_code": (["heard:42"], W, [], None),
+    "dtmf_code": (["heard:7"], W, [], None),
+    "connect": (["game:CallConnected"], P, [], None),
+    "call_ended": ([], E, [], None),
+}
+"""Waiting for a code: a final result or a key that carries one is heard (interim results never
+patch), `connect` patches the game, the call's end ends it; every other input is ignored."""
+
+HUNG_UP_WAITING: dict[str, Expected] = {
+    **{name: ([], W, [], None) for name in INPUTS},
+    "call_ended": ([], E, [], None),
+}
+"""The row of every waiting state once Twilio is gone."""
+
 # One row per state, one entry per input. Where a state ignores all its inputs but a few, its row
 # says so and names those few: a new input is ignored there unless the row says otherwise.
 TABLE: dict[str, dict[str, Expected]] = {
-    # Waiting for a code: a final result or a key that carries one is heard (interim results never
-    # patch), `connect` patches the game, the call's end ends it; every other input is ignored.
-    "waiting": {
-        **{name: ([], W, [], None) for name in INPUTS},
-        "final_with_code": (["heard:42"], W, [], None),
-        "dtmf_code": (["heard:7"], W, [], None),
-        "connect": (["game:CallConnected"], P, [], None),
-        "call_ended": ([], E, [], None),
-    },
+    "waiting": WAITING,
     "patched": PATCHED,
     "synthesizing": {
         "final_with_code": (["game:Results"], S, [], None),
@@ -270,6 +306,13 @@ TABLE: dict[str, dict[str, Expected]] = {
     # the same as patched but for a sentence to say: nobody is left to hear it, so it is dropped
     # (CallEnded follows)
     "hung_up": {**PATCHED, "say": NOTHING},
+    # Keys wait for more (`4`, with 42 held too): a pause submits them, and `7` makes `47`, no code.
+    "keying": {**WAITING, "dtmf_code": ([], W, [], None), "keypad_pause": (["heard:4"], W, [], None)},
+    # A caller who has hung up is never patched: no code is heard, spoken or keyed (a final may
+    # still come from Deepgram), and `connect` patches nothing. Only the call's end ends it.
+    "waiting_hung_up": HUNG_UP_WAITING,
+    "keying_hung_up": HUNG_UP_WAITING,
+    "left_after_hang_up": HUNG_UP_WAITING,
     "ended": {name: ([], E, [], None) for name in INPUTS},
 }
 
@@ -474,6 +517,35 @@ def test_the_call_ending_while_waiting_tells_nobody() -> None:
     assert machine.connect(CodeHeard("42", "said 42")) == []
 
 
+def test_a_caller_who_hung_up_is_never_patched() -> None:
+    # Deepgram's last finals come after Twilio's `stop`, while the call finishes: a code in them
+    # used to patch the gone caller, and the game got CallConnected, then CallEnded at once.
+    machine = waiting()
+    assert machine.twilio_gone() == []
+    carrier = results("my code is forty two")
+    assert deepgram(machine, carrier) == []
+    assert machine.dtmf("7", 0.0) == []
+    assert machine.connect(CodeHeard("42", "said 42", carrier)) == []  # never patched, even if asked
+    assert (machine.state, machine.code, machine.patched) == (PatchState.WAITING, None, False)
+    assert machine.call_ended("call ended") == []  # no game to tell
+
+
+def test_keys_pending_when_the_caller_hangs_up_are_never_submitted() -> None:
+    machine = keying()
+    assert machine.keypad_due() == KEYPAD_PAUSE_S
+    assert machine.twilio_gone() == []
+    assert machine.keypad_due() is None  # the shell waits for no pause
+    assert machine.keypad_pause(1e9) == []
+    assert machine.dtmf("2", 1.0) == machine.dtmf("#", 1.0) == []  # "42" would have been heard
+
+
+def test_a_patched_game_still_gets_the_finals_that_come_after_the_hang_up() -> None:
+    machine = hung_up()
+    assert describe(deepgram(machine, results("forty two"))) == ["game:Results"]
+    assert describe(machine.game_left()) == []
+    assert deepgram(machine, results("seven")) == []  # the game left: no other game takes the call
+
+
 def test_call_ended_carries_the_reason() -> None:
     machine = patched()
     (ended_message,) = machine.call_ended("deepgram failed")
@@ -589,11 +661,11 @@ class Harness:
             assert m.next_for_twilio() is None and m.next_speech() is None
             return
         if action == "connect" and before is PatchState.WAITING:
-            assert describe(outputs) == ["game:CallConnected"]
-            self.connected = True
+            assert describe(outputs) == ([] if self.twilio_gone else ["game:CallConnected"])
+            self.connected = not self.twilio_gone
         for output in outputs:
             if isinstance(output, CodeHeard):
-                assert before is PatchState.WAITING
+                assert before is PatchState.WAITING and not self.twilio_gone, "a code heard after the hang-up"
                 if self.game_free:
                     connected = m.connect(output)
                     assert describe(connected)[0] == "game:CallConnected"
@@ -625,6 +697,7 @@ class Harness:
             self.connected = False
         self.twilio_gone |= action in ("twilio_gone", "call_ended")
         self.ended |= action == "call_ended"
+        assert m.keypad_due() is None or not self.twilio_gone
         assert self.outstanding >= 0
         assert m.patched == self.connected or self.ended
         if m.patched:
@@ -662,6 +735,20 @@ def test_random_sequences_keep_the_protocol(patched_first: bool, actions: list[s
     harness = Harness()
     for action in ["final_with_code", *actions] if patched_first else actions:
         harness.perform(action)
+    harness.finish()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    before=st.lists(st.sampled_from(ACTIONS), max_size=20),
+    after=st.lists(st.sampled_from([*ACTIONS, "final_with_code", "final_with_code_7", "connect"]), max_size=30),
+)
+def test_after_the_hang_up_no_code_is_heard(before: list[str], after: list[str]) -> None:
+    """Whatever happened before Twilio went, and whatever comes after (late finals, the game
+    leaving, the shell asking to connect), no code is heard and no game is patched again."""
+    harness = Harness()
+    for action in [*before, "twilio_gone", *after]:
+        harness.perform(action)  # checks: no CodeHeard, no CallConnected once Twilio is gone
     harness.finish()
 
 

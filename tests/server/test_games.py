@@ -29,7 +29,7 @@ from callscribe.testing.call_runner import SimulationReport
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, run_call
-from conftest import API_KEY, RunningServer, start_server
+from conftest import API_KEY, RunningServer, Subscriber, start_server, subscribe
 from game_client import GameClient, game_call, play, say_when_connected
 
 PHONE = "+15550001111"
@@ -360,6 +360,31 @@ async def test_keypad_code_entry_and_dtmf_forwarding(
     assert game.messages[0] == {"type": "CallConnected", "callSid": spec.call_sid}
     assert {"type": "Dtmf", "digit": "7"} in game.messages
     assert {"type": "Dtmf", "digit": "4"} not in game.messages  # those digits were the code
+    server.stop.set()
+
+
+async def test_a_code_in_a_final_after_the_stop_patches_nothing_and_the_code_stays_free(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, codes_file: str
+) -> None:
+    # Deepgram's last finals come after Twilio's `stop`, while the call finishes: a code in them
+    # used to patch the caller who had hung up (CallConnected, CallEnded at once, the code busy).
+    fake_deepgram.behaviour.transcript = "forty two"
+    fake_deepgram.behaviour.result_every_s = 0  # finals only on CloseStream: after the `stop`
+    server = await game_server(nursery, fake_deepgram, None, codes_file)
+    gone, caller = game_call(1.0), game_call(3.0)
+    game, watcher = GameClient(), Subscriber()
+    async with trio.open_nursery() as inner:
+        await inner.start(play, server, game)  # until a call it was patched to ends
+        inner.start_soon(subscribe, server, gone.call_sid, watcher)
+        await run_call(server.url("/twilio"), gone, speed=2.0, bidirectional=True)
+        assert game.messages == []
+        fake_deepgram.behaviour.result_every_s = 0.5  # the next caller's code is heard mid-call
+        await run_call(server.url("/twilio"), caller, speed=2.0, bidirectional=True)
+    finals = [json.loads(m) for m in watcher.messages if json.loads(m).get("type") == "Results"]
+    assert [f["channel"]["alternatives"][0]["transcript"] for f in finals] == ["forty two"]  # still published
+    assert game.messages[0] == {"type": "CallConnected", "callSid": caller.call_sid}  # the code was free
+    assert gone.call_sid not in json.dumps(game.messages)
+    assert game.messages[-1] == {"type": "CallEnded", "callSid": caller.call_sid, "reason": "call ended"}
     server.stop.set()
 
 

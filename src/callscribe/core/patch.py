@@ -10,12 +10,12 @@ returns; no input ever raises. States (:class:`PatchState`)::
     any state --call_ended()--> ENDED (nothing more comes out)
 
 WAITING
-    No game. The caller's final results (channel 0) are matched against the pool's active codes
-    and keypad digits are collected (:class:`~callscribe.core.keypad.DtmfCollector`); a match
-    gives :class:`CodeHeard`. The shell checks that the code's game is there and free, and
-    answers with :meth:`PatchMachine.connect`, which gives the game ``CallConnected`` and then
-    the Deepgram message in which the code was said (nothing more for a keyed code: the digits
-    that formed it are not forwarded).
+    No game. Until Twilio's side is gone, the caller's final results (channel 0) are matched against
+    the pool's active codes and keypad digits are collected
+    (:class:`~callscribe.core.keypad.DtmfCollector`); a match gives :class:`CodeHeard`. The shell
+    checks that the code's game is there and free, and answers with :meth:`PatchMachine.connect`,
+    which gives the game ``CallConnected`` and then the Deepgram message in which the code was said
+    (nothing more for a keyed code: the digits that formed it are not forwarded).
 PATCHED
     Every Deepgram message goes to the game unchanged (interim results droppable), every key as
     ``Dtmf``. ``Say`` queues a sentence (at most ``say_queue`` waiting) and moves to SPEAKING.
@@ -33,12 +33,14 @@ SPEAKING
 ENDED
     ``CallEnded`` went to the game (if one was patched). Every input gives nothing.
 
-Twilio messages (``media``, ``mark``, ``clear``) wait in order in the machine until the shell's
-one Twilio writer takes them with :meth:`~PatchMachine.next_for_twilio`; everything for the game
-is returned by the input that caused it. Once the Twilio socket is gone
-(:meth:`~PatchMachine.twilio_gone`) nothing more is queued for it, sentences are dropped unsaid
-and ``Say`` is ignored: the call is ending, ``CallEnded`` follows. A game that leaves frees the
-call: back to WAITING, where the caller may say another code.
+Twilio messages (``media``, ``mark``, ``clear``) wait in order in the machine until the shell's one
+Twilio writer takes them with :meth:`~PatchMachine.next_for_twilio`; everything for the game is
+returned by the input that caused it. Once Twilio's side is gone (:meth:`~PatchMachine.twilio_gone`:
+its ``stop``, or its socket closed) nothing more is queued for it, sentences are dropped unsaid and
+``Say`` is ignored: the call is ending, ``CallEnded`` follows. The caller has hung up and is never
+patched: Deepgram's last finals still come while the call finishes (a patched game gets them), but
+no code is matched in them, nor keyed, and ``connect`` patches nothing. A game that leaves frees the
+call: back to WAITING, where the caller (still there) may say another code.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class PatchMachine:
     def deepgram(self, kind: MessageKind, text: str, interim: bool) -> list[Output]:
         """A Deepgram message (``text``, classified as ``kind``); ``interim`` for a non-final result."""
         if self.state is PatchState.WAITING:
-            if kind.type == "Results" and kind.is_final and kind.channel == 0:
+            if self._matching and kind.type == "Results" and kind.is_final and kind.channel == 0:
                 transcript = code_from_results(_json(text))
                 code = self.pool.find_code(transcript) if transcript else None
                 if code is not None:
@@ -168,14 +170,14 @@ class PatchMachine:
         """A key the caller pressed (Twilio's ``dtmf.digit``) at time ``now`` (seconds)."""
         if self.patched:
             return [ToGame(game_messages.dtmf(digit))]
-        if self.state is PatchState.WAITING:
+        if self._matching:
             self._keyed_at = now
             return self._submitted(self._dtmf.press(digit, self.pool.active))
         return []
 
     def keypad_due(self) -> float | None:
         """When to call `keypad_pause`: a pause's end after keys not yet submitted, else None."""
-        if self.state is PatchState.WAITING and self._dtmf.pending:
+        if self._matching and self._dtmf.pending:
             return self._keyed_at + KEYPAD_PAUSE_S
         return None
 
@@ -199,10 +201,12 @@ class PatchMachine:
         return [ToGame(game_messages.speech_done(name))]
 
     def twilio_gone(self) -> list[Output]:
-        """The Twilio socket is closed: nothing can be played any more."""
+        """Twilio's side is gone (its ``stop``, or its socket closed): nothing can be played any
+        more, and the caller, who has hung up, is never patched."""
         if self.state is PatchState.ENDED or not self.twilio_open:
             return []
         self.twilio_open = False
+        self._dtmf.reset()
         return self._stop()
 
     def call_ended(self, reason: str) -> list[Output]:
@@ -220,7 +224,7 @@ class PatchMachine:
 
     def connect(self, heard: CodeHeard) -> list[Output]:
         """Patch the call to the game holding ``heard.code`` (the shell found it there and free)."""
-        if self.state is not PatchState.WAITING:
+        if not self._matching:
             return []
         self.state, self.code = PatchState.PATCHED, heard.code
         self._dtmf.reset()
@@ -308,6 +312,11 @@ class PatchMachine:
         return outputs
 
     # -- internals -------------------------------------------------------------------------
+
+    @property
+    def _matching(self) -> bool:
+        """Codes are matched (and a game may be patched) while no game is and the caller is there."""
+        return self.state is PatchState.WAITING and self.twilio_open
 
     def _stop(self) -> list[Output]:
         outputs: list[Output] = []

@@ -221,7 +221,7 @@ class Call:
             if media_send is not None:
                 media_send.close()
             if self.game is not None:
-                self.game.twilio_gone()
+                self.game.twilio_gone()  # at `stop` too, before Deepgram's last finals: they patch nobody
 
     def _on_event(self, event: Event) -> bool:
         """A Twilio event other than media and start; False when it ends the stream."""

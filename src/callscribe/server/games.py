@@ -3,8 +3,10 @@
 A game connects to `/game`, is given the phone number to call and a code from the pool, and keeps
 the code until it disconnects. A call routed to games (`route=game` in the stream's custom
 parameters, or every call with `--route game`) gets a `GamePatch`. Until it is patched, the
-patch looks for an active code in the caller's *final* results (channel 0) and in keypad digits;
-once a code matches, the call belongs to that game for the rest of the call:
+patch looks for an active code in the caller's *final* results (channel 0) and in keypad digits,
+until the caller hangs up (`twilio_gone`: Twilio's `stop`, or its socket closed; Deepgram's last
+finals, which come after it, patch nobody). Once a code matches, the call belongs to that game
+for the rest of the call:
 
     game <- {"type":"CallConnected","callSid":...}, the Deepgram message that carried the code,
             then every Deepgram message unchanged, {"type":"Dtmf","digit":...},
@@ -271,7 +273,7 @@ class GamePatch:
         self._perform(self.machine.mark(name))
 
     def twilio_gone(self) -> None:
-        """Nobody is left to speak to: the speaker stops."""
+        """Twilio's `stop`, or its socket closed: the speaker stops, and the caller is never patched."""
         self._perform(self.machine.twilio_gone())
         self._speaker_scope.cancel()
 
