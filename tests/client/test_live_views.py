@@ -89,6 +89,50 @@ async def test_listen_one_call_piped_into_head_exits_quietly(json_flag: list[str
     assert "status=0" in stderr, stderr
 
 
+# -- an outbound-only call (<Stream track="outbound_track">): channel 0 is the other party --------
+
+
+async def serve_call_and_feed(nursery: trio.Nursery, tracks: list[str]) -> int:
+    """A minimal server: /client as `serve_fake_client` with one final on channel 0, and the call
+    feed (/api/events), whose snapshot lists CAx with `tracks`."""
+    port = free_port()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            if request.path == "/api/events":
+                call = {"callSid": "CAx", "from": None, "to": None, "tracks": tracks, "startedAt": "", "here": True}
+                await ws.send_message(json.dumps({"type": "snapshot", "now": "", "calls": [call], "games": []}))
+                await ws.get_message()  # until the client leaves
+                return
+            await ws.send_message(json.dumps(["CAx"]))
+            await ws.get_message()
+            await ws.send_message(result("thanks for calling", channel=0))
+            await ws.aclose(1000, "call ended")
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", port, None)
+    return port
+
+
+@pytest.mark.parametrize(("tracks", "speaker"), [(["outbound"], "Other party"), (["inbound", "outbound"], "Caller")])
+async def test_listen_names_each_channel_by_the_calls_tracks(
+    monkeypatch: pytest.MonkeyPatch, tracks: list[str], speaker: str
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        port = await serve_call_and_feed(nursery, tracks)
+        with trio.fail_after(10):
+            status = await listen(
+                Server(f"ws://127.0.0.1:{port}"), HumanOutput(Terminal(out)), "CAx", follow_all=False, wait_s=0.0
+            )
+        nursery.cancel_scope.cancel()
+    assert status == 0
+    assert f"00:00  {speaker:<11}  thanks for calling" in out.getvalue().splitlines(), out.getvalue()
+
+
 # -- an interim of wide characters wraps and cannot be taken back --------------------------------
 
 
@@ -293,17 +337,28 @@ console.log(JSON.stringify({ before, after: document.getElementById("call-status
 """
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node is not installed (scripts/setup installs it)")
-def test_the_call_page_says_streaming_again_once_it_has_resubscribed(tmp_path: pathlib.Path) -> None:
+def run_page_scenario(tmp_path: pathlib.Path, scenario: str) -> dict[str, object]:
+    """The dashboard's scripts under Node with the DOM stand-in: what `scenario` prints last, as JSON."""
     for name in os.listdir(WEB):
         if name.endswith(".js"):
             shutil.copy(os.path.join(WEB, name), tmp_path)
     (tmp_path / "package.json").write_text('{"type": "module"}')
     (tmp_path / "dom_stub.js").write_text(DOM_STUB)
-    (tmp_path / "scenario.js").write_text(SCENARIO)
+    (tmp_path / "scenario.js").write_text(scenario)
     done = subprocess.run(["node", "scenario.js"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    state = json.loads(done.stdout.strip().splitlines()[-1])
+    state: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return state
+
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None, reason="Node is not installed (scripts/setup installs it)"
+)
+
+
+@needs_node
+def test_the_call_page_says_streaming_again_once_it_has_resubscribed(tmp_path: pathlib.Path) -> None:
+    state = run_page_scenario(tmp_path, SCENARIO)
     assert state["sockets"] == 2 and state["before"] == "streaming"
     # Transcripts flow again on the new connection, but the badge still says "reconnecting".
     assert state["after"] == "streaming", state
@@ -313,6 +368,39 @@ def test_the_call_page_says_streaming_again_once_it_has_resubscribed(tmp_path: p
         "ws://127.0.0.1:5000/client?ids=1&after=0-0",
         "ws://127.0.0.1:5000/client?ids=1&after=17-0",
     ]
+
+
+OUTBOUND_ONLY = r"""
+import { elements, sockets } from "./dom_stub.js";
+const { Feed, LiveList } = await import("./live.js");
+const { CallView } = await import("./call_view.js");
+const feed = new Feed(document.getElementById("feed-status"));
+const cards = document.getElementById("cards");
+new LiveList(feed, cards, document.getElementById("no-calls"));
+const view = new CallView(feed, { history: false, speakerLabels: ["Customer", "Agent"] });
+view.open("CAx");  // before the feed knows the call: its lanes are named once it does
+const now = new Date().toISOString();
+feed.receive({ type: "snapshot", now, games: [], calls: [{ callSid: "CAx", from: "+15550100", to: "+15550199",
+  tracks: ["outbound"], startedAt: now, deepgram: "streaming", gameCode: null, here: true }] });
+sockets[0].fire("message", { data: JSON.stringify(["CAx"]) });
+sockets[0].fire("message", { data: JSON.stringify({ type: "Results", channel_index: [0, 1], start: 0, duration: 1,
+  is_final: true, channel: { alternatives: [{ transcript: "thanks for calling" }] } }) });
+const texts = (node) =>
+  (typeof node === "string" ? [node] : [node.textContent, ...node.children.flatMap(texts)]).filter(Boolean);
+const byId = (id) => document.getElementById(id);
+console.log(JSON.stringify({ heads: texts(byId("lane-heads")), lines: texts(byId("transcript")),
+  announced: byId("announcer").textContent, meta: byId("call-meta").textContent, card: texts(cards) }));
+"""
+
+
+@needs_node
+def test_the_call_page_names_an_outbound_only_calls_channel_0_the_other_party(tmp_path: pathlib.Path) -> None:
+    # <Stream track="outbound_track">: Deepgram's channel 0 carries the other party.
+    state = run_page_scenario(tmp_path, OUTBOUND_ONLY)
+    assert state["heads"] == ["Agent"], state
+    assert state["lines"] == ["Agent ", "00:00", "thanks for calling"], state
+    assert state["announced"] == "Agent: thanks for calling", state
+    assert str(state["meta"]).endswith("other party only") and "other party only" in state["card"], state
 
 
 # -- what the server says besides transcripts: deeply nested JSON, control characters on stderr ---

@@ -29,6 +29,16 @@ def test_a_final_is_a_line_with_the_time_into_the_call_and_the_speaker() -> None
     assert view.receive(results("Mono.", channel=0, channels=1)) == [Line("00:00  Caller       Mono.", "caller")]
 
 
+def test_an_outbound_only_calls_channel_0_is_the_other_party() -> None:
+    view = TranscriptView(tracks=("outbound",))
+    assert view.receive(results("Hello.", channels=1)) == [Line("00:00  Other party  Hello.", "other")]
+    assert view.receive(results("Hel", channels=1, final=False)) == [
+        Interim("0", "00:00  Other party  Hel ...", "other")
+    ]
+    both = TranscriptView(tracks=("inbound", "outbound"))
+    assert both.receive(results("Hi.")) == [Line("00:00  Caller       Hi.", "caller")]
+
+
 def test_an_interim_is_shown_in_place_until_its_final_replaces_it() -> None:
     view = TranscriptView()
     assert view.receive(results("Hello", final=False)) == [Interim("0", "00:00  Caller       Hello ...", "caller")]

@@ -398,6 +398,22 @@ def test_codes_no_game_holds_are_not_heard() -> None:
     assert machine.dtmf("4", 0.0) == machine.dtmf("2", 0.0) == machine.dtmf("#", 0.0) == []
 
 
+def test_an_outbound_only_stream_has_no_caller_to_hear_a_code_or_a_barge_in_from() -> None:
+    # <Stream track="outbound_track">: Deepgram's channel 0 is the other party; the caller is not heard.
+    machine = PatchMachine(CALL, STREAM, active_pool(), tracks=("outbound",))
+    assert deepgram(machine, results("forty two")) == []
+    assert describe(machine.dtmf("7", 0.0)) == ["heard:7"]  # keys are the caller's, whatever is heard
+    both = PatchMachine(CALL, STREAM, active_pool(), tracks=("inbound", "outbound"))
+    assert describe(deepgram(both, results("forty two"))) == ["heard:42"]
+    assert deepgram(both, results("seven", channel=1)) == []
+    machine.connect(CodeHeard("42", "keyed 42"))
+    machine.say("hello")
+    assert machine.next_speech() == Speak(1, "hello")
+    assert describe(deepgram(machine, speech_started())) == ["game:SpeechStarted"]  # forwarded, not a barge-in
+    assert describe(deepgram(machine, results("hi", final=False))) == ["game:Results~"]
+    assert machine.state is PatchState.SPEAKING
+
+
 def test_speaking_and_the_mark_round_trip() -> None:
     machine = patched()
     machine.say("one")

@@ -90,6 +90,15 @@ def test_an_inbound_only_call_is_the_caller_alone() -> None:
     assert parsed is not None and parsed.speaker == "Caller"
 
 
+def test_the_speaker_of_a_channel_is_the_calls_track_of_that_index() -> None:
+    # <Stream track="outbound_track">: Deepgram's channel 0 is the other party; nothing is renumbered.
+    parsed = parse_final(final("hello", channel_index=[0, 1]), 1, SpeakerLabels("Customer", "Agent"), ("outbound",))
+    assert parsed is not None and (parsed.channel, parsed.speaker) == (0, "Agent")
+    both = ("inbound", "outbound")
+    assert [DEFAULT_LABELS.for_channel(channel, both) for channel in (0, 1)] == ["Caller", "Other party"]
+    assert DEFAULT_LABELS.for_channel(0, ("inbound",)) == DEFAULT_LABELS.for_channel(0) == "Caller"
+
+
 def test_speaker_labels_are_two_names() -> None:
     assert SpeakerLabels.parse(" Customer , Agent ") == SpeakerLabels("Customer", "Agent")
     for bad in ("Caller", "A,B,C", "A,", "<v>,B", "A&B,C", "x" * 41 + ",y"):

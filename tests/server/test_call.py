@@ -184,7 +184,12 @@ STOP = json.dumps({"event": "stop", "streamSid": "MZ1"})
 
 class Harness:
     def __init__(
-        self, deepgram: ScriptedDeepgram | None = None, *, connect: Connector | None = None, **settings: object
+        self,
+        deepgram: ScriptedDeepgram | None = None,
+        *,
+        connect: Connector | None = None,
+        games: GameRegistry | None = None,
+        **settings: object,
     ) -> None:
         self.hub = InMemoryHub()
         self.deepgram = deepgram or ScriptedDeepgram()
@@ -199,11 +204,17 @@ class Harness:
             settings=CallSettings(**(base | settings)),
             hub=self.hub,
             connect=connect or self.deepgram.connect,
+            send=self._send_twilio if games is not None else None,
+            games=games,
         )
+        self.to_twilio: list[str] = []
         self.received: list[str] = []
         self.received_at: list[float] = []
         self.close: tuple[int, str] | None = None
         self.sequence_number = 0
+
+    async def _send_twilio(self, message: str) -> None:
+        self.to_twilio.append(message)
 
     async def _read(self, not_before: float = 0.0) -> list[str | None]:
         """Like a socket read: the next frame, and every frame queued behind it (from `not_before` on)."""
@@ -417,6 +428,17 @@ async def test_a_call_started_just_before_a_shutdown_is_ended_with_1001_not_cut_
             await call.finished.wait()
     assert supervisor.calls == set()
     assert (call.close_code, call.close_reason) == (1001, "server shutting down")
+
+
+@pytest.mark.parametrize(("tracks", "hears_caller"), [(["outbound"], False), (["inbound"], True)])
+async def test_a_game_call_hears_codes_only_from_a_stream_with_the_callers_audio(
+    autojump_clock: trio.abc.Clock, tracks: list[str], hears_caller: bool
+) -> None:
+    # <Stream track="outbound_track">: Deepgram's channel 0 is the other party, whose words are no code.
+    h = Harness(ScriptedDeepgram(channels=1), games=GameRegistry(GameSettings(route_all_calls=True), speech=None))
+    async with h.running(subscribed=False):
+        h.feed(twilio_start(tracks), *frames(tracks[0], 10, 1), STOP)
+    assert h.call.game is not None and h.call.game.machine.hears_caller is hears_caller
 
 
 async def test_twilio_hanging_up_without_stop_still_flushes_and_closes_the_stream(

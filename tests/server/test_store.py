@@ -16,7 +16,7 @@ import pytest
 
 from callscribe.core.call_query import CallQuery, parse_query, search_words
 from callscribe.core.call_record import Outcome
-from callscribe.core.transcript import SpeakerLabels
+from callscribe.core.transcript import SpeakerLabels, export
 from callscribe.core.webhooks import RetryPolicy
 from callscribe.server import store_postgres, store_sqlite
 from callscribe.server.store import (
@@ -302,6 +302,22 @@ def test_call_ended_carries_the_whole_transcript(engine: Engine) -> None:
     assert events[3]["sequence"] == 3 and events[3]["data"]["outcome"] == "ended"
     assert [u["text"] for u in events[3]["data"]["utterances"]] == ["hi", "bye"]
     assert len({e["id"] for e in events}) == 4
+
+
+def test_an_outbound_only_calls_channel_0_is_the_other_party_in_every_export(engine: Engine) -> None:
+    # <Stream track="outbound_track">: Deepgram's channel 0 carries the other party, not the caller.
+    receiver = RECEIVERS.receivers[0]
+    batch = [start("CA1", tracks=("outbound",)), final("CA1", 1, "thanks for calling"), end("CA1", 1)]
+    engine.write(batch, RECEIVERS)
+    utterances = engine.utterances("CA1")
+    assert [(u.channel, u.speaker) for u in utterances] == [(0, "Agent")]
+    assert export(utterances, "txt") == "[00:00] Agent: thanks for calling\n"
+    assert "<v Agent>thanks for calling" in export(utterances, "vtt")
+    assert "Agent: thanks for calling" in export(utterances, "srt")
+    assert json.loads(export(utterances, "json"))["channel_index"][0] == 0  # Deepgram's own, as it came
+    events = [json.loads(e.body) for e in iter_events(engine, receiver)]
+    assert events[1]["data"]["utterance"]["speaker"] == "Agent"
+    assert [u["speaker"] for u in events[2]["data"]["utterances"]] == ["Agent"]
 
 
 def iter_events(engine: Engine, receiver: str) -> list[OutboxEvent]:

@@ -7,7 +7,10 @@
 It is a plain `/client` subscriber: it reads the list of live calls, names one (with `?wait=` so a
 call that has not started yet is waited for), and shows each message as it arrives through a
 `TranscriptView` (`--json`: the messages themselves, one per line). `--all` asks for the list
-every `POLL_S` seconds and subscribes to each call it has not seen.
+every `POLL_S` seconds and subscribes to each call it has not seen. Before a call's first
+message is shown, the call feed (`/api/events`) is asked for its tracks, whose order names the
+speaker of each channel (an outbound-only stream's channel 0 is the other party); a call the
+feed cannot describe (on another process, an older server) has the caller on channel 0.
 
 Exit status: 0 when the call ended normally (close 1000), or on Ctrl-C with `--all`; 1 when the
 server could not be reached or closed otherwise; 2 for bad usage; 130 on Ctrl-C following one call.
@@ -20,7 +23,7 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn
@@ -43,6 +46,7 @@ __all__ = [
     "ListenError",
     "Server",
     "add_cli_arguments",
+    "call_tracks",
     "follow",
     "listen",
     "live_calls",
@@ -71,11 +75,11 @@ class Server:
     token: str | None = None
     ssl_context: ssl.SSLContext | None = None
 
-    def client_url(self, wait_s: float = 0.0) -> str:
+    def client_url(self, wait_s: float = 0.0, endpoint: str = "/client") -> str:
+        """The URL of `/client` (or of another `endpoint` of the same server)."""
         parts = urlsplit(self.url)
         scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        path = parts.path.rstrip("/")
-        path = path if path.endswith("/client") else path + "/client"
+        path = parts.path.rstrip("/").removesuffix("/client") + endpoint
         query = parts.query
         if wait_s > 0:
             query = "&".join(q for q in (query, urlencode({"wait": f"{wait_s:g}"})) if q)
@@ -91,8 +95,10 @@ class Server:
             raise ValueError("--ca-file only applies to wss:// URLs")
 
 
-async def _connect(nursery: trio.Nursery, server: Server, wait_s: float = 0.0) -> trio_websocket.WebSocketConnection:
-    url = server.client_url(wait_s)
+async def _connect(
+    nursery: trio.Nursery, server: Server, wait_s: float = 0.0, endpoint: str = "/client"
+) -> trio_websocket.WebSocketConnection:
+    url = server.client_url(wait_s, endpoint)
     headers = [("Authorization", f"Bearer {server.token}")] if server.token else []
     try:
         return await connect_websocket(
@@ -110,12 +116,14 @@ def _refused(server: Server, error: trio_websocket.ConnectionRejected) -> Listen
 
 
 @asynccontextmanager
-async def _subscriber(server: Server, wait_s: float = 0.0) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A /client connection, closed at the end. trio-websocket reports a refused upgrade from its
-    reader task, i.e. out of the nursery: what comes out is one error, never a group."""
+async def _subscriber(
+    server: Server, wait_s: float = 0.0, endpoint: str = "/client"
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A /client (or `endpoint`) connection, closed at the end. trio-websocket reports a refused
+    upgrade from its reader task, i.e. out of the nursery: what comes out is one error, never a group."""
     try:
         async with trio.open_nursery() as nursery:
-            ws = await _connect(nursery, server, wait_s)
+            ws = await _connect(nursery, server, wait_s, endpoint)
             try:
                 yield ws
             finally:
@@ -156,6 +164,33 @@ def _call_list(server: Server, first: str | bytes) -> list[str]:
     return calls
 
 
+async def call_tracks(server: Server, call_sid: str) -> tuple[str, ...]:
+    """The live call's tracks in channel order, as the server's call feed (`/api/events`) lists
+    them; () when it cannot tell (a call on another process, an older server, a refusal)."""
+    with trio.move_on_after(CONNECT_TIMEOUT_S):
+        try:
+            async with _subscriber(server, endpoint="/api/events") as ws:
+                return _tracks_in_snapshot(await ws.get_message(), call_sid)
+        except (ListenError, trio_websocket.ConnectionClosed):
+            pass
+    return ()
+
+
+def _tracks_in_snapshot(text: str | bytes, call_sid: str) -> tuple[str, ...]:
+    """The tracks of `call_sid` in the call feed's first message (`{"type": "snapshot", "calls": [...]}`)."""
+    try:
+        snapshot = json.loads(text)
+    except (ValueError, RecursionError):
+        return ()
+    calls = snapshot.get("calls") if isinstance(snapshot, dict) else None
+    for call in calls if isinstance(calls, list) else []:
+        if isinstance(call, dict) and call.get("callSid") == call_sid:
+            tracks = call.get("tracks")
+            if isinstance(tracks, list) and all(isinstance(track, str) for track in tracks):
+                return tuple(tracks)
+    return ()
+
+
 async def follow(
     server: Server,
     call_sid: str,
@@ -163,10 +198,12 @@ async def follow(
     *,
     wait_s: float = 0.0,
     connected: trio.Event | None = None,
+    before_first: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int | None, str | None]:
     """Subscribe to `call_sid` and give every message to `on_message` until the server closes;
     returns the close code and reason (None, None: the connection was lost without a close frame).
-    `connected` is set once the call is named (with `wait_s`, the server now waits for it)."""
+    `connected` is set once the call is named (with `wait_s`, the server now waits for it);
+    `before_first` is awaited when the first message has come (the call has started), before it is given."""
     async with _subscriber(server, wait_s) as ws:
         try:
             _call_list(server, await ws.get_message())  # the list of live calls
@@ -175,6 +212,9 @@ async def follow(
                 connected.set()
             while True:
                 message = await ws.get_message()
+                if before_first is not None:
+                    await before_first()
+                    before_first = None
                 on_message(message if isinstance(message, str) else message.decode("utf-8", "replace"))
         except trio_websocket.ConnectionClosed as closed:
             reason = closed.reason
@@ -207,7 +247,7 @@ async def listen(server: Server, output: Output, call_sid: str | None, *, follow
             call_sid = await _next_call(server, set())
         wait_s = 0.0
     output.info(f"call {call_sid}" + (f" (waiting up to {wait_s:g} s for it to start)" if wait_s else ""))
-    code, reason = await follow(server, call_sid, lambda text: output.message(call_sid, text), wait_s=wait_s)
+    code, reason = await _follow_into(server, output, call_sid, wait_s)
     output.closed(call_sid, code, reason)
     return 0 if code == CLOSE_NORMAL else 1
 
@@ -241,12 +281,26 @@ async def _follow_all(server: Server, output: Output) -> NoReturn:
 async def _follow_one(server: Server, output: Output, call_sid: str, running: set[str]) -> None:
     output.info(f"call {call_sid} started")
     try:
-        code, reason = await follow(server, call_sid, lambda text: output.message(call_sid, text))
+        code, reason = await _follow_into(server, output, call_sid)
         output.closed(call_sid, code, reason)
     except ListenError as error:
         output.info(f"call {call_sid}: {error}")
     finally:
         running.discard(call_sid)
+
+
+async def _follow_into(
+    server: Server, output: Output, call_sid: str, wait_s: float = 0.0
+) -> tuple[int | None, str | None]:
+    """`follow` the call into `output`, telling it the call's tracks first if it names speakers."""
+
+    async def learn_tracks() -> None:
+        output.tracks(call_sid, await call_tracks(server, call_sid))
+
+    before_first = learn_tracks if output.names_speakers else None
+    return await follow(
+        server, call_sid, lambda text: output.message(call_sid, text), wait_s=wait_s, before_first=before_first
+    )
 
 
 class _Usage(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
@@ -13,7 +14,11 @@ __all__ = ["HumanOutput", "JsonOutput", "Output"]
 
 
 class Output(Protocol):
+    names_speakers: bool
+    """Whether it wants `tracks` (the channels' speakers) before a call's first message."""
+
     def info(self, text: str) -> None: ...
+    def tracks(self, call_sid: str, tracks: Sequence[str]) -> None: ...
     def message(self, call_sid: str, text: str) -> None: ...
     def closed(self, call_sid: str, code: int | None, reason: str | None) -> None: ...
     def finish(self) -> None: ...
@@ -22,6 +27,8 @@ class Output(Protocol):
 class HumanOutput:
     """Transcripts as a person reads them (see `transcript_view`); `labelled` prefixes each line
     with its call, for `--all`."""
+
+    names_speakers = True
 
     def __init__(self, terminal: Terminal, *, labelled: bool = False) -> None:
         self.terminal = terminal
@@ -35,6 +42,9 @@ class HumanOutput:
 
     def info(self, text: str) -> None:
         self.terminal.show([TranscriptView().info(text)])
+
+    def tracks(self, call_sid: str, tracks: Sequence[str]) -> None:
+        self.view(call_sid).tracks = tuple(tracks)
 
     def message(self, call_sid: str, text: str) -> None:
         self.terminal.show(self.view(call_sid).receive(text))
@@ -55,9 +65,13 @@ class JsonOutput:
     out: TextIO
     err: TextIO
     tag_calls: bool = False
+    names_speakers = False
 
     def info(self, text: str) -> None:
         print(f"callscribe listen: {visible(text)}", file=self.err, flush=True)
+
+    def tracks(self, call_sid: str, tracks: Sequence[str]) -> None:
+        pass
 
     def message(self, call_sid: str, text: str) -> None:
         if self.tag_calls:

@@ -10,7 +10,10 @@ notices) and says what to show:
   next one (or cleared, `text == ""`, when its final arrives). Each has a `key`: several calls and
   both speakers may have one at a time.
 
-Channel 0 is the caller; channel 1 the other party; an inbound-only (mono) stream is the caller.
+The speaker of Deepgram's channel i is the call's track i (`tracks`, as Twilio's `start` announced
+them, when known): with both tracks channel 0 is the caller and channel 1 the other party; an
+inbound-only (mono) stream is the caller, an outbound-only one (`track="outbound_track"`) the
+other party. Without the tracks, channel 0 is the caller.
 Messages that are not JSON objects, results without words, and Deepgram's other events
 (`SpeechStarted`, `UtteranceEnd`, `Metadata`) show nothing.
 """
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from callscribe.core.twilio import track_of_channel
 
 __all__ = ["SPEAKERS", "Interim", "Kind", "Line", "TranscriptView", "clock", "close_description"]
 
@@ -28,7 +34,8 @@ Kind = Literal["caller", "other", "notice", "error", "info", "game"]
 """How a line is drawn: a speaker's colour, a callscribe notice, an error, quiet information, or
 what a game does (the demo's)."""
 
-SPEAKERS: dict[int, tuple[str, Kind]] = {0: ("Caller", "caller"), 1: ("Other party", "other")}
+SPEAKERS: dict[str, tuple[str, Kind]] = {"inbound": ("Caller", "caller"), "outbound": ("Other party", "other")}
+"""Each track's speaker and how their lines are drawn."""
 SPEAKER_WIDTH = max(len(name) for name, _ in SPEAKERS.values())
 CLOSE_NORMAL = 1000
 
@@ -68,10 +75,11 @@ def close_description(code: int | None, reason: str | None) -> str:
 
 class TranscriptView:
     """One call's messages as a person reads them. `label` prefixes every line (the call, when
-    several are followed at once)."""
+    several are followed at once); `tracks` are the call's, in channel order, when known."""
 
-    def __init__(self, label: str = "") -> None:
+    def __init__(self, label: str = "", tracks: Sequence[str] = ()) -> None:
         self.label = label
+        self.tracks = tuple(tracks)
         self._interims: set[str] = set()
 
     def receive(self, text: str | bytes) -> list[Shown]:
@@ -108,7 +116,7 @@ class TranscriptView:
         transcript, channel, start = _transcript(message)
         if channel is None:
             return []
-        speaker, kind = SPEAKERS.get(channel, (f"Channel {channel}", "other"))
+        speaker, kind = self._speaker(channel)
         key = f"{self.label}{channel}"
         text = f"{self.label}{clock(start)}  {speaker:<{SPEAKER_WIDTH}}  {transcript}"
         if message.get("is_final") is True:
@@ -123,6 +131,10 @@ class TranscriptView:
             return []
         self._interims.add(key)
         return [Interim(key, text + " ...", kind)]
+
+    def _speaker(self, channel: int) -> tuple[str, Kind]:
+        unknown: tuple[str, Kind] = (f"Channel {channel}", "other")
+        return SPEAKERS.get(track_of_channel(channel, self.tracks), unknown) if channel in (0, 1) else unknown
 
     def _clear_interims(self) -> list[Shown]:
         cleared: list[Shown] = [Interim(key, "", "info") for key in sorted(self._interims)]

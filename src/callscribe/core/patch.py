@@ -33,6 +33,11 @@ SPEAKING
 ENDED
     ``CallEnded`` went to the game (if one was patched). Every input gives nothing.
 
+The caller's channel is 0 when the stream has the inbound track (``tracks``, as the ``start``
+announced them; it comes first). An outbound-only stream (``<Stream track="outbound_track">``)
+carries no caller audio: its channel 0 is the other party, in whose words no code is heard and
+nothing is a barge-in; keys still count.
+
 Twilio messages (``media``, ``mark``, ``clear``) wait in order in the machine until the shell's one
 Twilio writer takes them with :meth:`~PatchMachine.next_for_twilio`; everything for the game is
 returned by the input that caused it. Once Twilio's side is gone (:meth:`~PatchMachine.twilio_gone`:
@@ -49,6 +54,7 @@ import enum
 import itertools
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,7 +62,7 @@ from callscribe.core import game_messages
 from callscribe.core.codes import CodePool, code_from_results, find_code
 from callscribe.core.deepgram import MessageKind
 from callscribe.core.keypad import DtmfCollector
-from callscribe.core.twilio import clear_message, mark_message, media_message
+from callscribe.core.twilio import CALLER_TRACK, clear_message, mark_message, media_message
 
 __all__ = ["SAY_QUEUE", "CodeHeard", "Output", "PatchMachine", "PatchState", "Speak", "StopSpeaking", "ToGame"]
 
@@ -114,9 +120,18 @@ class PatchMachine:
     """The patch of one call (see the module documentation)."""
 
     def __init__(
-        self, call_sid: str, stream_sid: str, pool: CodePool, *, can_speak: bool = True, say_queue: int = SAY_QUEUE
+        self,
+        call_sid: str,
+        stream_sid: str,
+        pool: CodePool,
+        *,
+        can_speak: bool = True,
+        say_queue: int = SAY_QUEUE,
+        tracks: Sequence[str] = (CALLER_TRACK,),
     ) -> None:
         self.call_sid = call_sid
+        self.hears_caller = CALLER_TRACK in tracks
+        """Whether the stream carries the caller's audio (channel 0: the inbound track comes first)."""
         self.stream_sid = stream_sid
         self.pool = pool
         self.can_speak = can_speak
@@ -152,7 +167,7 @@ class PatchMachine:
     def deepgram(self, kind: MessageKind, text: str, interim: bool) -> list[Output]:
         """A Deepgram message (``text``, classified as ``kind``); ``interim`` for a non-final result."""
         if self.state is PatchState.WAITING:
-            if self._matching and kind.type == "Results" and kind.is_final and kind.channel == 0:
+            if self._matching and self.hears_caller and kind.type == "Results" and kind.is_final and kind.channel == 0:
                 transcript = code_from_results(_json(text))
                 code = self.pool.find_code(transcript) if transcript else None
                 if code is not None:
@@ -161,7 +176,7 @@ class PatchMachine:
         if not self.patched:
             return []
         outputs: list[Output] = [ToGame(text, droppable=interim)]
-        if self.state is PatchState.SPEAKING and _caller_speaks(kind, text, interim):
+        if self.state is PatchState.SPEAKING and self.hears_caller and _caller_speaks(kind, text, interim):
             outputs += self._stop()
             outputs.append(ToGame(game_messages.interrupted()))
         return outputs

@@ -9,8 +9,11 @@ Times: a final covers `start` .. `start + duration`; when Deepgram sent word tim
 to the first word's start and the last word's end (so a cue is not stretched over the silence
 before and after the words). A final with an empty `words` list keeps `start` and `duration`.
 
-Speakers: channel 0 is the caller (Twilio's inbound track), channel 1 the other party (outbound);
-an inbound-only call has the caller alone. The labels are configurable (`SpeakerLabels`).
+Speakers: Deepgram's channel i is the call's track i (`start.tracks` in channel order, kept with
+the call): with both tracks channel 0 is the caller (Twilio's inbound track) and channel 1 the
+other party (outbound); an inbound-only call has the caller alone, an outbound-only call
+(`<Stream track="outbound_track">`) the other party alone, on channel 0. The labels are
+configurable (`SpeakerLabels`).
 
 Exports, one cue per final that has words to show (a final with an empty transcript is silence:
 it is kept in the JSON lines, which are Deepgram's finals as they came, but gets no cue):
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 import msgspec
 import srt
 import webvtt
+
+from callscribe.core.twilio import CALLER_TRACK, track_of_channel
 
 DEFAULT_SPEAKER_LABELS = ("Caller", "Other party")
 MIN_CUE_S = 0.001
@@ -57,8 +62,10 @@ class SpeakerLabels:
                 raise ValueError(f"speaker label {part!r} must be at most 40 characters without < > & or newlines")
         return cls(parts[0], parts[1])
 
-    def for_channel(self, channel: int) -> str:
-        return self.caller if channel <= 0 else self.other_party
+    def for_channel(self, channel: int, tracks: Sequence[str] = ()) -> str:
+        """The speaker of Deepgram's `channel` in a call of these `tracks` (without them: channel 0
+        is the caller)."""
+        return self.caller if track_of_channel(channel, tracks) == CALLER_TRACK else self.other_party
 
 
 DEFAULT_LABELS = SpeakerLabels()
@@ -128,9 +135,11 @@ class _Results(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Results)
 
 
-def parse_final(raw: str | bytes, seq: int, labels: SpeakerLabels = DEFAULT_LABELS) -> Utterance | None:
-    """The utterance of a final `Results` message; None for anything else (interim, other types,
-    malformed JSON, wrong types)."""
+def parse_final(
+    raw: str | bytes, seq: int, labels: SpeakerLabels = DEFAULT_LABELS, tracks: Sequence[str] = ()
+) -> Utterance | None:
+    """The utterance of a final `Results` message of a call of these `tracks`; None for anything
+    else (interim, other types, malformed JSON, wrong types)."""
     try:
         message = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeError, RecursionError):
@@ -148,7 +157,7 @@ def parse_final(raw: str | bytes, seq: int, labels: SpeakerLabels = DEFAULT_LABE
     return Utterance(
         seq=seq,
         channel=max(0, channel),
-        speaker=labels.for_channel(channel),
+        speaker=labels.for_channel(channel, tracks),
         start=round(start, 3),
         end=round(max(end, start), 3),
         text=text,

@@ -29,13 +29,17 @@ Numbers, checked against the messages accepted so far (a rejected frame changes 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 import msgspec
 
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
 TRACK_ORDER = ("inbound", "outbound")
-"""Channel order of the mix: channel 0 is the caller (inbound), channel 1 the other party."""
+"""Channel order of the mix: the announced tracks in this order, so with both tracks channel 0 is
+the caller (inbound) and channel 1 the other party; an outbound-only stream's channel 0 is the
+other party."""
+CALLER_TRACK = "inbound"
 
 MAX_TIMESTAMP_LEAD_MS = 3_600_000
 """How far (one hour) a media timestamp may be ahead of the stream's timeline."""
@@ -46,6 +50,14 @@ MAX_SID_LENGTH = 64
 """Longest callSid, streamSid and accountSid accepted (Twilio's are 34 characters). The ids go
 into the store's keys and indexes, logs and Redis keys: a longer one, or one with control
 characters (a NUL cannot be stored in PostgreSQL), ends the stream at its start."""
+
+
+def track_of_channel(channel: int, tracks: Sequence[str] = ()) -> str:
+    """The track whose audio is Deepgram's `channel`: the stream's `tracks` in channel order (as
+    `TwilioStream.tracks`, kept with the call); past them, or without them, `TRACK_ORDER`'s."""
+    if 0 <= channel < len(tracks):
+        return tracks[channel]
+    return TRACK_ORDER[0 if channel <= 0 else 1]
 
 
 class _Message(msgspec.Struct, tag_field="event", rename="camel", frozen=True):

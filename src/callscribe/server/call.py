@@ -290,7 +290,7 @@ class Call:
         nursery.start_soon(self._mix, media_receive, window_send)
         nursery.start_soon(self.deepgram.run, window_receive)
         if self._games is not None and self._send_twilio is not None and self._games.wants(start.custom_parameters):
-            self.game = self._games.patch_for(self.call_sid, start.stream_sid, self._send_twilio)
+            self.game = self._games.patch_for(self.call_sid, start.stream_sid, self._send_twilio, tracks)
             nursery.start_soon(self.game.run_speaker)
             log.info("call %s is routed to games: waiting for the caller to say or key in a code", self.call_sid)
         return media_send, gate

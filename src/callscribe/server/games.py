@@ -3,10 +3,10 @@
 A game connects to `/game`, is given the phone number to call and a code from the pool, and keeps
 the code until it disconnects. A call routed to games (`route=game` in the stream's custom
 parameters, or every call with `--route game`) gets a `GamePatch`. Until it is patched, the
-patch looks for an active code in the caller's *final* results (channel 0) and in keypad digits,
-until the caller hangs up (`twilio_gone`: Twilio's `stop`, or its socket closed; Deepgram's last
-finals, which come after it, patch nobody). Once a code matches, the call belongs to that game
-for the rest of the call:
+patch looks for an active code in the caller's *final* results (channel 0; none in an
+outbound-only stream, which carries no caller audio) and in keypad digits, until the caller hangs
+up (`twilio_gone`: Twilio's `stop`, or its socket closed; Deepgram's last finals, which come after
+it, patch nobody). Once a code matches, the call belongs to that game for the rest of the call:
 
     game <- {"type":"CallConnected","callSid":...}, the Deepgram message that carried the code,
             then every Deepgram message unchanged, {"type":"Dtmf","digit":...},
@@ -42,6 +42,7 @@ from callscribe.core.codes import CodePool
 from callscribe.core.deepgram import MessageKind
 from callscribe.core.game_messages import NOT_PATCHED, BadCommand, Say, error_message, parse_command
 from callscribe.core.patch import CodeHeard, Output, PatchMachine, Speak, StopSpeaking, ToGame
+from callscribe.core.twilio import CALLER_TRACK
 from callscribe.server.hub import CLOSE_GOING_AWAY, CLOSE_NORMAL, Subscription
 from callscribe.server.speech import SpeechEngine, SpeechError
 
@@ -234,8 +235,15 @@ class GameRegistry:
     def wants(self, custom_parameters: dict[str, str]) -> bool:
         return self.settings.route_all_calls or custom_parameters.get("route") == "game"
 
-    def patch_for(self, call_sid: str, stream_sid: str, send_to_twilio: Callable[[str], Awaitable[None]]) -> GamePatch:
-        return GamePatch(self, call_sid, stream_sid, send_to_twilio)
+    def patch_for(
+        self,
+        call_sid: str,
+        stream_sid: str,
+        send_to_twilio: Callable[[str], Awaitable[None]],
+        tracks: Sequence[str] = (CALLER_TRACK,),
+    ) -> GamePatch:
+        """The patch of a call whose stream has these `tracks` (no code is heard without the caller's)."""
+        return GamePatch(self, call_sid, stream_sid, send_to_twilio, tracks)
 
     def shutdown(self) -> None:
         for game in list(self.games.values()):
@@ -246,11 +254,18 @@ class GamePatch:
     """A game-routed call: feeds its `PatchMachine` and carries out what the machine decides."""
 
     def __init__(
-        self, registry: GameRegistry, call_sid: str, stream_sid: str, send_to_twilio: Callable[[str], Awaitable[None]]
+        self,
+        registry: GameRegistry,
+        call_sid: str,
+        stream_sid: str,
+        send_to_twilio: Callable[[str], Awaitable[None]],
+        tracks: Sequence[str] = (CALLER_TRACK,),
     ) -> None:
         self.registry = registry
         self.call_sid = call_sid
-        self.machine = PatchMachine(call_sid, stream_sid, registry.pool, can_speak=registry.speech is not None)
+        self.machine = PatchMachine(
+            call_sid, stream_sid, registry.pool, can_speak=registry.speech is not None, tracks=tracks
+        )
         self.game: PatchedGame | None = None
         self.patched_code: str | None = None
         """The code of the last game the call was patched to (for the call's record)."""

@@ -175,7 +175,7 @@ OPTIONS += [
     Option(
         "--speaker-labels",
         "CALLSCRIBE_SPEAKER_LABELS",
-        "names of channel 0 (the caller) and channel 1 (the other party) in transcripts",
+        "names of the caller (the inbound track) and the other party (the outbound track) in transcripts",
         "Caller,Other party",
     ),
     Option(

@@ -130,9 +130,9 @@ def _stored_call(row: Sequence[Any]) -> StoredCall:
     """A row of `CALL_COLUMNS` and then the snippet; the columns kept as text or numbers are decoded."""
     *columns, snippet = row
     call = dict(zip(CALL_FIELDS, columns, strict=True))
-    tracks, ended_at = call["tracks"], call["ended_at"]
+    ended_at = call["ended_at"]
     decoded = {
-        "tracks": tuple(tracks.split(",")) if tracks else (),
+        "tracks": decode_tracks(call["tracks"]),
         "started_at": float(call["started_at"]),
         "ended_at": None if ended_at is None else float(ended_at),
         "request_ids": tuple(json.loads(call["request_ids"] or "[]")),
@@ -140,6 +140,11 @@ def _stored_call(row: Sequence[Any]) -> StoredCall:
         "snippet": _shorten(snippet or ""),
     }
     return StoredCall(**(call | decoded))
+
+
+def decode_tracks(text: str) -> tuple[str, ...]:
+    """The `tracks` column (`inbound,outbound`): the call's tracks in channel order."""
+    return tuple(text.split(",")) if text else ()
 
 
 def _shorten(text: str) -> str:

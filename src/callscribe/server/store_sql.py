@@ -30,7 +30,7 @@ from callscribe.core.call_record import CallStart, Outcome, digits, stored_call_
 from callscribe.core.transcript import SpeakerLabels, parse_final
 from callscribe.server.store import Deleted, EndWrite, EventSettings, FinalWrite, StartWrite, StoreError, Write
 from callscribe.server.store_outbox import SqlOutbox
-from callscribe.server.store_reads import FINAL_COLUMNS, Db
+from callscribe.server.store_reads import FINAL_COLUMNS, Db, decode_tracks
 
 INTERRUPTED_REASON = "the process handling the call stopped (crash or kill) before the call ended"
 
@@ -231,14 +231,18 @@ class SqlEngine(SqlOutbox):
         return self._event(db, events, start.call_sid, 0, webhooks.CALL_STARTED, data, start.started_at)
 
     def _write_final(self, db: Db, item: FinalWrite, events: EventSettings) -> int:
-        utterance = parse_final(item.raw, item.seq, self.labels)
-        if utterance is None:
-            return 0
         # Only into a call this process started: a second stream of the call on another process
         # (which numbers its finals on its own) is transcribed live but not kept.
+        call = db.execute(
+            "SELECT tracks FROM calls WHERE call_sid = ? AND instance = ?", (item.call_sid, self.instance)
+        ).fetchone()
+        if call is None:
+            return 0
+        utterance = parse_final(item.raw, item.seq, self.labels, decode_tracks(call[0]))  # channel i: track i
+        if utterance is None:
+            return 0
         inserted = db.execute(
-            f"INSERT INTO finals (call_sid, {FINAL_COLUMNS}, received_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-            " WHERE EXISTS (SELECT 1 FROM calls WHERE call_sid = ? AND instance = ?)"
+            f"INSERT INTO finals (call_sid, {FINAL_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (call_sid, seq) DO NOTHING",
             (
                 item.call_sid,
@@ -252,8 +256,6 @@ class SqlEngine(SqlOutbox):
                 utterance.request_id,
                 utterance.raw,
                 item.received_at,
-                item.call_sid,
-                self.instance,
             ),
         )
         if not inserted.rowcount or not events.receivers:

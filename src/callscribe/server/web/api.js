@@ -92,6 +92,20 @@ export function outcomeText(outcome) {
 
 export const SPEAKERS = ["Caller", "Other party"];
 
+// Who speaks on each channel: Deepgram's channel i is the call's track i, so an outbound-only
+// stream's channel 0 is the other party; past the tracks (or without them) channel 0 is the caller.
+export function channelLabels(tracks, labels = SPEAKERS) {
+  const known = tracks || [];
+  return labels.map((label, channel) => (channel < known.length ? labels[known[channel] === "outbound" ? 1 : 0] : label));
+}
+
+// What a call's tracks say: "both tracks", "caller only", "other party only"; "" while unknown.
+export function tracksText(tracks) {
+  if (!tracks || !tracks.length) return "";
+  if (tracks.length > 1) return "both tracks";
+  return tracks[0] === "outbound" ? "other party only" : "caller only";
+}
+
 // An element with text (never HTML) and attributes.
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);

@@ -1,6 +1,19 @@
 // One call: its transcript in one lane per speaker, live over /client or from the store.
 
-import { ApiError, SPEAKERS, clock, download, el, getJson, openSocket, outcomeText, token, when } from "./api.js";
+import {
+  ApiError,
+  SPEAKERS,
+  channelLabels,
+  clock,
+  download,
+  el,
+  getJson,
+  openSocket,
+  outcomeText,
+  token,
+  tracksText,
+  when,
+} from "./api.js";
 import { STATE_TEXT } from "./live.js";
 
 export const MAX_LINES = 400; // lines in the page at once; the rest stay in memory ("show earlier")
@@ -44,6 +57,15 @@ export class Transcript {
     this.heads.replaceChildren(
       ...this.labels.slice(0, this.channels).map((label, channel) => el("span", { class: `lane-head ch${channel}`, text: label })),
     );
+  }
+
+  // Name the lanes again (the call's tracks became known): the heads and the lines shown so far.
+  rename(labels) {
+    if (labels.join("\n") === this.labels.join("\n")) return;
+    this.setLanes(this.channels, labels);
+    for (const entry of this.entries) {
+      entry.node.querySelector(".who").textContent = `${this.speaker(entry.channel)} `;
+    }
   }
 
   speaker(channel) {
@@ -218,9 +240,10 @@ export class CallView {
     }
   }
 
-  /** The speakers' names the server is configured with (--speaker-labels), else the defaults. */
-  labels() {
-    return [...(this.session.speakerLabels || SPEAKERS)];
+  /** Each channel's speaker in a call of these tracks, by the names the server is configured with
+   * (--speaker-labels), else the defaults. */
+  labels(tracks = []) {
+    return channelLabels(tracks, [...(this.session.speakerLabels || SPEAKERS)]);
   }
 
   open(callSid) {
@@ -364,7 +387,7 @@ export class CallView {
     }
     if (this.callSid !== callSid) return;
     const channels = Math.max(1, (call.tracks || []).length);
-    const labels = this.labels();
+    const labels = this.labels(call.tracks);
     for (const utterance of call.utterances) labels[utterance.channel] = utterance.speaker || labels[utterance.channel];
     this.transcript.reset(channels, labels);
     for (const utterance of call.utterances) this.transcript.utterance(utterance);
@@ -392,8 +415,9 @@ export class CallView {
   describe(call) {
     const from = call.from || "unknown";
     const to = call.to || "unknown";
-    const tracks = call.tracks && call.tracks.length ? (call.tracks.length > 1 ? "both tracks" : "caller only") : "";
-    byId("call-meta").textContent = [`${from} → ${to}`, when(call.startedAt), tracks].filter(Boolean).join(" · ");
+    byId("call-meta").textContent = [`${from} → ${to}`, when(call.startedAt), tracksText(call.tracks)]
+      .filter(Boolean)
+      .join(" · ");
     if (call.gameCode) {
       byId("call-game").hidden = false;
       byId("call-game").textContent = `game ${call.gameCode}`;
@@ -406,7 +430,11 @@ export class CallView {
     if (!call) return;
     this.describe(call);
     this.startedAt = call.startedAt;
-    if (!this.transcript.entries.length && call.tracks.length) this.transcript.setLanes(call.tracks.length);
+    if (call.tracks.length) {
+      const labels = this.labels(call.tracks);
+      if (this.transcript.entries.length) this.transcript.rename(labels);
+      else this.transcript.setLanes(call.tracks.length, labels);
+    }
     byId("call-game").hidden = !call.gameCode;
     this.tick();
   }

@@ -1,6 +1,6 @@
 // The call feed (/api/events): the live calls and games, kept up to date, and the Live page.
 
-import { clock, el, openSocket } from "./api.js";
+import { clock, el, openSocket, tracksText } from "./api.js";
 
 const RETRY_MS = [500, 1000, 2000, 5000, 10000];
 
@@ -88,11 +88,6 @@ function numbers(call) {
   return call.here ? "Unknown numbers" : "On another callscribe process";
 }
 
-function tracksText(call) {
-  if (!call.tracks.length) return "";
-  return call.tracks.length > 1 ? "both tracks" : "caller only";
-}
-
 // The Live page's list of calls: one card per call, durations ticking once a second.
 export class LiveList {
   constructor(feed, list, empty) {
@@ -124,7 +119,7 @@ export class LiveList {
         "span",
         { class: "facts" },
         el("span", { class: "duration", "data-since": call.startedAt }),
-        tracksText(call) ? el("span", { text: tracksText(call) }) : "",
+        tracksText(call.tracks) ? el("span", { text: tracksText(call.tracks) }) : "",
         state,
         call.gameCode ? el("span", { class: "badge game", text: `game ${call.gameCode}` }) : "",
       ),
