@@ -455,8 +455,8 @@ def test_the_hub_and_the_app_keep_annotations_that_resolve_at_run_time() -> None
 
 
 async def test_a_late_subscriber_gets_a_long_history_of_another_processs_call(redis_server: RedisServer) -> None:
-    """A call elsewhere with more kept messages than a subscriber's queue holds (XADD MAXLEN ~ keeps
-    whole nodes, so past `HISTORY`): a subscriber from its start (the late subscriber's ?after=0-0)
+    """A call elsewhere with more kept messages than a subscriber's queue holds (older versions'
+    XADD MAXLEN ~ kept whole nodes, so past `HISTORY`): a subscriber from its start (the late subscriber's ?after=0-0)
     gets them all, then the live ones, instead of being ended as too slow at once."""
     call_sid, count = "CA-long", 1050
     async with (

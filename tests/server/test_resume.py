@@ -4,9 +4,11 @@ the call on one, subscribers on the other)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import coredis
 import pytest
 import trio
 
@@ -131,7 +133,7 @@ async def test_resuming_from_before_the_kept_history_says_what_is_missing(
     pair: tuple[Hub, Hub], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(hub_module, "HISTORY", 5)
-    monkeypatch.setattr(redis_hub_module, "HISTORY", 5)  # XADD MAXLEN ~ trims whole nodes of 100
+    monkeypatch.setattr(redis_hub_module, "HISTORY", 5)
     call, follow = pair
     await start(call, follow)
     async with follow.subscribe("CA1", ids=True) as first:
@@ -144,6 +146,78 @@ async def test_resuming_from_before_the_kept_history_says_what_is_missing(
         gap = json.loads((await take(late, 1))[0])
     assert gap["type"] == "Error" and "no longer kept" in gap["message"] and "id" not in gap
     await call.unregister_call("CA1")
+
+
+async def test_resuming_right_after_the_last_message_no_longer_kept_misses_nothing(
+    pair: tuple[Hub, Hub], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gap notice for a subscriber that saw every message the history dropped; one for a
+    subscriber that missed the last of them."""
+    monkeypatch.setattr(hub_module, "HISTORY", 5)
+    monkeypatch.setattr(redis_hub_module, "HISTORY", 5)
+    call, follow = pair
+    await start(call, follow)
+    async with follow.subscribe("CA1", ids=True) as first:
+        for n in range(300):
+            await call.publish("CA1", result(n))
+        ids = [json.loads(m)["id"] for m in await take(first, 300)]
+    async with follow.subscribe("CA1", after="0-0") as replay:
+        gap, oldest = (json.loads(m) for m in await take(replay, 2))
+    assert "no longer kept" in gap["message"]
+    kept = ids.index(oldest["id"])
+    async with follow.subscribe("CA1", after=ids[kept - 2]) as one_missed:
+        gap, *resumed = (json.loads(m) for m in await take(one_missed, 1 + 300 - kept))
+    assert gap["type"] == "Error" and "no longer kept" in gap["message"]
+    assert [m["n"] for m in resumed] == list(range(kept, 300))
+    async with follow.subscribe("CA1", after=ids[kept - 1]) as right_after:
+        resumed = [json.loads(m) for m in await take(right_after, 300 - kept)]
+        await call.publish("CA1", result(300))
+        await call.unregister_call("CA1")
+        resumed += [json.loads(m) for m in await rest(right_after)]
+    assert [m.get("n") for m in resumed] == list(range(kept, 301))
+
+
+@needs_redis
+async def test_a_history_trimmed_by_an_older_version_still_says_what_may_be_missing(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older versions trimmed a call's history (XADD MAXLEN ~) without noting the last id trimmed:
+    resuming from before the first kept message gets the gap notice, resuming from it does not.
+    Once this version keeps a message there, it trims the history to `HISTORY`, noting the last."""
+    call_sid, key = "CA-old", "callscribe:history:CA-old"
+    async with (
+        hubs("redis", redis_server) as (hub, _),
+        coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw,
+    ):
+        await raw.zadd("callscribe:calls", {call_sid: time.time()})  # a call of another process
+        async with raw.pipeline(transaction=False) as pipe:
+            for n in range(1, 300):
+                fields = {"k": "m", "o": "elsewher", "t": f'{{"n": {n}}}'}
+                pipe.xadd(
+                    key,
+                    fields,
+                    identifier=f"1-{n}",
+                    trim_strategy=coredis.PureToken.MAXLEN,
+                    threshold=5,
+                    trim_operator=coredis.PureToken.APPROXIMATELY,
+                )
+        (oldest,) = await raw.xrange(key, count=1)
+        kept = int(str(oldest.identifier).split("-")[1])
+        assert kept > 1  # trimmed
+        async with hub.subscribe(call_sid, after=f"1-{kept - 1}") as right_before:
+            gap, first = (json.loads(m) for m in await take(right_before, 2))
+        assert "no longer kept" in gap["message"] and first["n"] == kept
+        async with hub.subscribe(call_sid, after=f"1-{kept}") as from_oldest:
+            (first,) = (json.loads(m) for m in await take(from_oldest, 1))
+        assert first["n"] == kept + 1
+        monkeypatch.setattr(redis_hub_module, "HISTORY", 5)
+        await hub.publish(call_sid, result(300))
+        await hub.written()
+        async with hub.subscribe(call_sid, after="1-295") as right_after:
+            resumed = [json.loads(m)["n"] for m in await take(right_after, 5)]
+        assert resumed == [296, 297, 298, 299, 300]
+        async with hub.subscribe(call_sid, after="1-294") as one_missed:
+            assert "no longer kept" in json.loads((await take(one_missed, 1))[0])["message"]
 
 
 async def test_a_late_plain_subscriber_gets_the_sticky_notice_then_live_messages(pair: tuple[Hub, Hub]) -> None:

@@ -13,8 +13,10 @@ call's history; each process fans out to its own subscribers:
                               call twice, onto two processes). A stream's end ends the call when no
                               live process streams it any more.
 - `{prefix}:history:{sid}`    Redis Stream: the call's kept messages (finals, notices) and its end,
-                              the last ~`HISTORY` (XADD MAXLEN ~), kept `RESUME_WINDOW_S` after the
-                              last write. Entry ids are the ids subscribers see and resume after.
+                              the last `HISTORY`, kept `RESUME_WINDOW_S` after the last write. Entry
+                              ids are the ids subscribers see and resume after; the last one trimmed
+                              is the stream's max-deleted-entry-id (redis_scripts.py), and a resume
+                              from before it is told that messages may be missing.
 - `{prefix}:notice:{sid}`     the call's sticky notice ("id text").
 - `{prefix}:fanout:{sid}`     pub/sub channel of the call: every message as it is written, in the
                               wire format of `callscribe.core.fanout` (kind, origin, id, text).

@@ -1,7 +1,7 @@
 """This process's subscribers of calls streaming anywhere, fed through Redis (see redis_hub.py).
 
-A subscriber joins in one script (`JOIN`: the call's sticky notice, its last history id, whether
-the history was trimmed, and whether a live process vouches for the call), then reads the history
+A subscriber joins in one script (`JOIN`: the call's sticky notice, its last history id, the last
+id trimmed from the history, and whether a live process vouches for the call), then reads the history
 after its resume point and gets live messages from the call's pub/sub channel, with duplicates
 dropped by id (`callscribe.core.fanout.Resume`). The first subscriber of a call on this process
 subscribes the pub/sub connection to the call's channel; the others wait for it. After the pub/sub
@@ -100,7 +100,7 @@ class RedisSubscribers:
                         [self.link.key("notice", call_sid), self.link.key("history", call_sid), self.link.key("calls")],
                         [call_sid],
                     )
-                notice, last, trimmed, oldest, vouched = (str(x) for x in cast(list[Any], joined))
+                notice, last, missing, oldest, vouched = (str(x) for x in cast(list[Any], joined))
                 live = call_sid in self._local_streams or (vouched != "" and float(vouched) >= self.link.stale_before())
                 if not live and (after is None or not last):
                     raise UnknownCall(call_sid)
@@ -109,7 +109,7 @@ class RedisSubscribers:
                     if notice:
                         notice_id, _, text = notice.partition(" ")
                         before.append((notice_id, MESSAGE, text))
-                elif trimmed and oldest and id_key(after) < id_key(oldest):
+                elif missing and id_key(after) < id_key(missing):
                     before.append(("", MESSAGE, gap_notice(call_sid, after, oldest)))
                 start = after if after is not None else (last or "0-0")
                 before += await self._history(call_sid, start, subscription)
