@@ -320,3 +320,31 @@ async def test_malformed_http_gets_a_status_and_a_closed_connection(
     await stream.aclose()
     assert response.startswith(b"HTTP/1.1 %d " % status), response[:80]
     await assert_alive_and_empty(server)
+
+
+@pytest.mark.parametrize("path", ["/twilio", "/client"])
+@pytest.mark.parametrize(
+    "first,more,code",
+    # Unread after the failure: less than the server reads on before it closes (64 KiB).
+    [
+        (rawws.frame(rawws.OP_BINARY, b"x" * (64 * 1024 + 100)), 100, 1009),
+        (rawws.frame(rawws.OP_TEXT, b"\xff\xfe"), 30_000, 1007),
+    ],
+    ids=["oversized", "bad UTF-8"],
+)
+async def test_a_connection_failed_while_the_peer_still_sends_ends_in_eof_not_a_reset(
+    server: RunningServer, path: str, first: bytes, more: int, code: int
+) -> None:
+    # The connection failed at the first frame, with the rest of what the peer sent unread: closed
+    # then, the kernel sent RST after the close frame and the FIN, and a client that had not read
+    # them yet (Windows discards them) could lose the close frame that says why. (Linux reads the
+    # FIN first and keeps the RST as the socket's error.)
+    ws = await rawws.connect(port_of(server), path)
+    await ws.send(first + rawws.frame(rawws.OP_BINARY, b"y" * more))
+    with trio.fail_after(5):
+        while chunk := await ws.stream.receive_some(65536):
+            ws.received += chunk
+    await assert_alive_and_empty(server)  # the server is done with the connection
+    error = ws.stream.socket.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_ERROR)
+    await ws.aclose()
+    assert (ws.close_code(), os.strerror(error)) == (code, os.strerror(0))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -230,3 +232,27 @@ async def test_a_static_token_that_is_no_http_token_works_as_subprotocol(
         server.stop.set()
         with trio.fail_after(10):
             await server.done.wait()
+
+
+@BOTH
+async def test_a_subscriber_closed_while_it_still_sends_sees_the_close_and_eof_not_a_reset(
+    server: RunningServer, after_a_request: bool
+) -> None:
+    # Hypercorn's connection closed at the first bytes after its close frame (GuardedTCPServer
+    # waited for the peer's answer, and took any bytes for it): the rest of what the peer had on
+    # its way, and its close frame, then met a closed socket and the peer got RST.
+    stream, status, rest = await open_client(server, after_a_request, "/client?wait=soon")
+    assert status == 101
+    ws = rawws.RawWebSocket(stream, status, b"", rest)
+    await ws.read_until_closed()
+    assert ws.close_code() == 1008
+    # More than Hypercorn reads at a time (64 KiB), less than that and what it reads on (LINGER_BYTES).
+    await ws.send(b"".join(rawws.frame(rawws.OP_TEXT, b"x" * 30_000) for _ in range(3)) + rawws.close_frame(1008))
+    with trio.fail_after(5):
+        while await stream.receive_some(65536):
+            pass
+    async with httpx.AsyncClient() as http:  # the server is done with the connection
+        assert (await http.get(server.http_url + "/healthz")).status_code == 200
+    error = stream.socket.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_ERROR)
+    await ws.aclose()
+    assert os.strerror(error) == os.strerror(0)  # a RST after the FIN: EPIPE

@@ -3,6 +3,9 @@ that come with the upgrade request."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
@@ -10,7 +13,7 @@ import trio
 import rawws
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, call_messages
-from conftest import RunningServer, noise, start_server, stop_servers
+from conftest import RunningServer, local_tls, noise, start_server, stop_servers
 
 
 def port_of(server: RunningServer) -> int:
@@ -83,4 +86,72 @@ async def test_a_signed_twilio_request_whose_host_makes_no_url_gets_403_not_a_lo
         status, _, _ = await rawws.read_response_head(stream)
     await stream.aclose()
     assert status == 403
+    await stop_servers(server)
+
+
+async def answer_and_end(server: RunningServer, stream: trio.abc.Stream, data: bytes) -> tuple[bytes, str]:
+    """Send `data` in one write, then read the whole answer: (the answer, how it ended: "EOF", or
+    the error, also when a RST came after the server's FIN: Linux then reads the FIN, and keeps
+    the RST as the socket's error, EPIPE, where Windows would have dropped the unread answer)."""
+    await stream.send_all(data)
+    answer = b""
+    with trio.fail_after(5):
+        try:
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        except trio.BrokenResourceError as error:
+            return answer, repr(error.__cause__)
+    async with httpx.AsyncClient(verify=server.ssl_context or True) as http:  # the server is done with it
+        assert (await http.get(server.http_url + "/healthz")).status_code == 200
+    tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    assert isinstance(tcp, trio.SocketStream)
+    error = tcp.socket.getsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_ERROR)
+    return answer, os.strerror(error) if error else "EOF"
+
+
+NO_KEY = b"GET /game HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize(
+    "path,status",
+    [("/twilio", 403), ("/client?token=wrong", 401), ("/game", 400)],
+)
+async def test_a_refused_upgrade_with_a_frame_behind_it_ends_in_eof_not_a_reset(
+    nursery: trio.Nursery,
+    fake_deepgram: FakeDeepgram,
+    tmp_path: Path,
+    tls: bool,
+    path: str,
+    status: int,
+) -> None:
+    # Closing with the frame unread made the kernel send RST: Windows and some proxies then drop
+    # the answer already received and report "connection reset" instead of the refusal.
+    local = local_tls()
+    files: dict[str, str] = {}
+    if tls:
+        cert = local.ca.issue_cert("127.0.0.1")
+        files = {"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+        cert.private_key_and_cert_chain_pem.write_to_path(files["certfile"])
+        cert.private_key_pem.write_to_path(files["keyfile"])
+    server = await start_server(
+        nursery,
+        fake_deepgram,
+        twilio_auth_token="1" * 32,
+        tokens=frozenset({"s3cret"}),
+        client_ssl=local.client if tls else None,
+        **files,
+    )
+    port = port_of(server)
+    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if tls:
+        stream = trio.SSLStream(stream, local.client, server_hostname="127.0.0.1", https_compatible=True)
+    # More than the listener reads to route the connection (16 KiB; TLS takes in more meanwhile)
+    # before callscribe's own code or Hypercorn answers, and less than that and LINGER_BYTES.
+    frame = rawws.frame(rawws.OP_TEXT, b"x" * (100_000 if tls else 60_000))
+    # /game: Hypercorn's own refusal (no Sec-WebSocket-Key), which it answers before the app runs.
+    request = NO_KEY if path == "/game" else rawws.upgrade_request(path, f"127.0.0.1:{port}")
+    answer, end = await answer_and_end(server, stream, request + frame)
+    await trio.aclose_forcefully(stream)
+    assert (answer[: len(b"HTTP/1.1 400")], end) == (b"HTTP/1.1 %d" % status, "EOF")
     await stop_servers(server)

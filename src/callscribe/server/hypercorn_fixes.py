@@ -10,6 +10,9 @@ where it starts (reports for upstream: docs/upstream/hypercorn.md):
   the peer's: a client still parsing that frame sees the connection drop first, and Node's
   WebSocket (undici) then reports 1006 instead of the code sent, on 5-50% of closes under load
   (`GuardedTCPServer._close` waits, bounded, for the peer's answer first);
+- it closes a connection with what the peer still sent unread (a refused request's body, frames on
+  their way after a close frame), so the kernel sends RST and the peer may lose the answer
+  (`GuardedTCPServer._close` closes lingering, linger.py);
 - a refused WebSocket handshake leaves the connection open (`RefusalClosingWSStream`).
 
 The connection's fate (did the kernel cut it off for taking no data?) reaches the app through the
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -34,6 +38,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from wsproto.events import Message
+
+from callscribe.server.linger import LINGER_S, linger_close, shut_write
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +157,11 @@ class GuardedTCPServer(TCPServer):
     once. RFC 6455 (7.1.1) has the server close TCP after the closing handshake, and clients rely on
     it: a client whose socket ends while it is still handling the close frame may report the
     connection as dropped (1006). So the close waits up to CLOSE_LINGER_S for the peer's first bytes
-    after the close frame (its own close frame) or its EOF. A close that Hypercorn's reading task
-    makes itself (the peer closed first, or left) does not wait: nothing more is coming."""
+    after the close frame (its own close frame) or its EOF.
+
+    Then the connection closes lingering (linger.py): its write side shut, what the peer still
+    sends is read until it closes, for up to LINGER_S (by Hypercorn's reading task, when another
+    task closes), so that the peer gets FIN, not RST. Not once the server is shutting down."""
 
     def __init__(
         self,
@@ -168,26 +177,54 @@ class GuardedTCPServer(TCPServer):
         state = ConnectionState({**state, CONNECTION_KEY: fate})
         self._watched = _WatchedStream(stream, fate)
         super().__init__(app, config, context, state, self._watched)  # type: ignore[arg-type]
+        self._raw = stream
         self._already_read = already_read
         self._reader: trio.lowlevel.Task | None = None
+        self._read_all = trio.Event()
+        """The reading task is done: the peer closed, the connection broke or was closed."""
 
     async def _read_data(self) -> None:
         """Hand the protocol what the listener read to route the connection, then read on."""
         self._reader = trio.lowlevel.current_task()
-        if self._already_read:
-            await self.protocol.handle(RawData(self._already_read))
-        await super()._read_data()
+        try:
+            if self._already_read:
+                await self.protocol.handle(RawData(self._already_read))
+            await super()._read_data()
+        finally:
+            self._read_all.set()
 
     async def _close(self) -> None:
+        """Close lingering (linger.py): where the reading task is elsewhere (an app's task closes),
+        shut the write side and let that task read on to the peer's end, for up to LINGER_S."""
+        reader_elsewhere = self._reader not in (None, trio.lowlevel.current_task()) and not self._read_all.is_set()
         answered = self._watched.answered
-        if answered is not None and self._reader not in (None, trio.lowlevel.current_task()):
+        if answered is not None and reader_elsewhere:
             with trio.move_on_after(CLOSE_LINGER_S):
                 await answered.wait()
+        linger = not self.context.terminated.is_set()
+        async with self._send_locked():
+            if not reader_elsewhere:
+                if linger:
+                    await linger_close(self._raw)
+                else:
+                    await trio.aclose_forcefully(self._raw)
+                return
+            if linger:
+                await shut_write(self._raw)
+        if linger:
+            with trio.move_on_after(LINGER_S):
+                await self._read_all.wait()
+        async with self._send_locked():
+            await trio.aclose_forcefully(self._raw)
+
+    @asynccontextmanager
+    async def _send_locked(self) -> AsyncIterator[None]:
+        """The send lock, unless this task holds it already (a write that failed closes)."""
         if self.send_lock.statistics().owner is trio.lowlevel.current_task():
-            await super()._close()
+            yield
         else:
             async with self.send_lock:
-                await super()._close()
+                yield
 
 
 class RefusalClosingWSStream(ws_stream.WSStream):

@@ -9,7 +9,9 @@ The task reads the connection's first request head. A WebSocket upgrade for one 
 (the `/twilio` media streams) is served by callscribe's own code with those bytes; any other
 connection goes, with the bytes already read, to Hypercorn's own per-connection server
 (hypercorn_fixes.py), so every other route stays Quart-Trio on Hypercorn. A connection is routed
-once: a later request on the same keep-alive connection stays with Hypercorn.
+once: a later request on the same keep-alive connection stays with Hypercorn. An upgrade that
+callscribe's code refuses (401, 403, 400) is then closed lingering (linger.py): the peer may have
+sent its first frames right behind the request.
 
 Everything else is Hypercorn's, in the order its `worker_serve` does it: the ASGI lifespan
 (Quart's `before_serving` starts callscribe's supervisor), the listening sockets from its config,
@@ -20,7 +22,8 @@ still open once the shutdown trigger has returned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 
 import trio
@@ -31,6 +34,7 @@ from hypercorn.typing import AppWrapper
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from callscribe.server.hypercorn_fixes import GuardedTCPServer
+from callscribe.server.linger import linger_close
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +130,32 @@ async def serve(
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
     own_routes = dict(routes or {})
-    reading_heads: set[trio.CancelScope] = set()
-    """Connections whose first request has not come yet: idle, so shutdown closes them at once."""
+    idle: set[trio.CancelScope] = set()
+    """Connections whose first request has not come yet, or lingering after a refusal: shutdown
+    closes them at once."""
+
+    @contextmanager
+    def while_idle() -> Iterator[trio.CancelScope]:
+        with trio.CancelScope() as scope:
+            if context.terminated.is_set():  # accepted just before the shutdown, say
+                scope.cancel()
+            idle.add(scope)
+            try:
+                yield scope
+            finally:
+                idle.discard(scope)
 
     async def connection(stream: trio.abc.Stream) -> None:
         head = b""
-        with trio.CancelScope() as reading:
-            if context.terminated.is_set():  # accepted just before the shutdown
-                return
-            reading_heads.add(reading)
-            try:
-                head = await read_head(stream, config.keep_alive_timeout, own_routes)
-            finally:
-                reading_heads.discard(reading)
+        with while_idle() as reading:
+            head = await read_head(stream, config.keep_alive_timeout, own_routes)
         if not head or reading.cancelled_caught:
             return
         route = route_of(head, own_routes)
         if route is not None:
             await route(stream, head, peer_of(stream))
+            with while_idle():  # a refused upgrade: its stream is still open, the peer maybe sending
+                await linger_close(stream)
         else:
             await GuardedTCPServer(asgi, config, context, lifespan_state, stream, already_read=head).run()
 
@@ -162,8 +174,8 @@ async def serve(
                 await trio.aclose_forcefully(listener)
             # Idle keep-alive connections close now; the others get `graceful_timeout` to finish.
             await context.terminated.set()
-            for reading in list(reading_heads):
-                reading.cancel()
+            for scope in list(idle):
+                scope.cancel()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -53,6 +53,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from callscribe.server.linger import LINGER_BYTES
+
 log = logging.getLogger(__name__)
 _protocol_log = logging.getLogger(__name__ + ".websockets")
 """websockets' own log lines ("connection open" at every call) stay below the server's info level;
@@ -441,8 +443,13 @@ class ServedWebSocket:
 
     async def close(self, code: int, reason: str, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Send a close frame (unless the connection already ended) and wait, bounded, for the
-        peer's, discarding whatever it still sends; then end the writer and the socket."""
+        peer's, discarding whatever it still sends; then end the writer and the socket.
+
+        A connection that failed (1002, 1007, 1009: its close frame and end of stream already
+        queued) is read on the same way until the peer closes, at most `LINGER_BYTES`: closed with
+        the rest of what the peer sent unread, it would get RST instead of FIN (linger.py)."""
         self._wake = None  # a wake the call's reader asked for is for its messages, not the close frame
+        left = math.inf  # bytes still read: up to the peer's close frame, whatever comes before it
         with trio.move_on_after(timeout_s):
             if not self.gone and self._protocol.state is State.OPEN:
                 try:
@@ -451,13 +458,18 @@ class ServedWebSocket:
                     pass
                 for data in self._protocol.data_to_send():
                     self._queue_last(data)
-                while not self._eof and self._protocol.close_rcvd is None:
-                    data = await self._read()
-                    if not data:
-                        break
-                    self._protocol.receive_data(data)
-                    self._protocol.events_received()
-                    self._flush_protocol()
+            elif self.stalled or self._protocol.state is not State.CLOSING:
+                left = 0  # stalled, broken or closed: nothing to wait for
+            else:
+                left = LINGER_BYTES  # failed, its close frame queued: the peer is owed no more
+            while not self._eof and self._protocol.close_rcvd is None and left > 0:
+                data = await self._read()
+                if not data:
+                    break
+                left -= len(data)
+                self._protocol.receive_data(data)  # after a failure, the protocol discards it
+                self._protocol.events_received()
+                self._flush_protocol()
         self._outbox_send.close()
 
     async def aclose(self) -> None:
