@@ -13,8 +13,8 @@ from typing import Literal
 import pytest
 import trio
 
-from callscribe.core.read_pacing import EARLY_S
-from callscribe.server.websocket import framed, low_water
+from callscribe.core.read_pacing import EARLY_S, framed, low_water
+from callscribe.server.websocket import READ_BUFFER
 from server.test_call import STOP, Harness, ScriptedDeepgram, twilio_media, twilio_start
 
 Reader = Literal["unpaced", "paced", "bytes"]
@@ -56,7 +56,7 @@ class ByteWoken:
         self._wake: tuple[int, float] | None = None
 
     def wake_after(self, messages: int, size: int, latest: float) -> None:
-        self._wake = (low_water(messages, size), latest)
+        self._wake = (low_water(messages, size, READ_BUFFER), latest)
 
     async def read(self, not_before: float = 0.0) -> list[str | None]:
         (wanted, latest), self._wake = self._wake or (1, math.inf), None

@@ -13,7 +13,9 @@ import trio
 import trio.testing
 
 import rawws
-from callscribe.server.websocket import WRITE_QUEUE, Admission, ReadTick, ServedWebSocket, accept_websocket
+from callscribe.server.websocket import ReadTick, ServedWebSocket
+from callscribe.server.websocket_accept import Admission, accept_websocket
+from callscribe.server.websocket_writes import WRITE_QUEUE
 from conftest import local_tls
 
 MAX = 64 * 1024
@@ -287,7 +289,7 @@ async def test_what_the_socket_cannot_take_at_once_is_queued_and_order_is_kept()
         texts = [f"{n:05d} " + "x" * 2000 for n in range(WRITE_QUEUE)]
         for text in texts:
             await ws.send(text)
-        assert ws._unwritten > 0  # some went through the writer
+        assert ws._writes.unwritten > 0  # some went through the writer
         frames = await rawws.read_frames(client, len(texts), timeout_s=10)
         assert [p.decode() for _, p in frames] == texts
         await ws.close(1000, "done", timeout_s=0.5)
@@ -582,7 +584,7 @@ async def test_a_close_after_the_queue_filled_still_sends_the_close_frame() -> N
 async def test_a_send_cancelled_after_a_partial_direct_write_leaves_a_valid_stream() -> None:
     # The sending task was woken with a message and its scope cancelled before it ran (e.g. the
     # supervisor cancels the connection scopes at shutdown): the send writes part of the frame
-    # directly, then `await _outbox_send.send(rest)` raises Cancelled before queueing the rest.
+    # directly, then `await outbox_send.send(rest)` raises Cancelled before queueing the rest.
     async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
         ws = await accepted(client, server)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -591,7 +593,7 @@ async def test_a_send_cancelled_after_a_partial_direct_write_leaves_a_valid_stre
         with trio.CancelScope() as scope:
             scope.cancel()
             await ws.send(big)
-        unwritten_after_cancel = ws._unwritten
+        unwritten_after_cancel = ws._writes.unwritten
         await ws.close(1001, "server shutting down", timeout_s=0.2)
         data = await read_all(client, 3)
         frames = rawws.server_frames(data)
@@ -613,7 +615,7 @@ async def test_the_peers_close_meanwhile_does_not_overtake_our_close_frame() -> 
         # Fill the queue; the kernel may still take a little after a first pause (the peer's
         # window grows), so fill again until the queue is full when `close` is called.
         with trio.fail_after(5):
-            while ws._outbox_send.statistics().current_buffer_used < WRITE_QUEUE:
+            while ws._writes.outbox_send.statistics().current_buffer_used < WRITE_QUEUE:
                 with trio.move_on_after(0.2):
                     while True:
                         await ws.send("x" * 2000)

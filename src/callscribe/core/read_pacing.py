@@ -28,6 +28,9 @@ leaves no later than without the pacer. What can be later:
 
 And what the reader notices between windows -- a `mark` or `dtmf` message, `stop`, the socket
 closing -- is noticed up to a window later.
+
+`low_water` is what such a wake on bytes waits for: the bytes on the wire of the frames that
+complete the next window.
 """
 
 from __future__ import annotations
@@ -82,3 +85,22 @@ def latest_read(window_done_at: float, received_to_s: float, next_due_s: float, 
     foresee -- a track that skipped frames (the mixer pads the gap, so fewer frames complete the
     window), a track that stopped, a `stop` or `mark` on their own -- is read by then."""
     return window_done_at + (next_due_s - received_to_s) + jitter_ms / 2000 + EARLY_S
+
+
+# -- what a wake on bytes waits for (plain TCP: the socket's SO_RCVLOWAT, see server/websocket.py) --
+
+MAX_HEADER = 14
+"""The longest header of a client's WebSocket frame: 2 bytes, 8 of extended length, 4 of masking key."""
+
+
+def framed(size: int) -> int:
+    """Bytes on the wire of a client's message of `size` bytes in one frame: header, masking key, data."""
+    return size + (2 if size < 126 else 4 if size < 65536 else 10) + 4
+
+
+def low_water(messages: int, size: int, read_buffer: int) -> int:
+    """Bytes on the wire by which `messages` client messages of at least `size` bytes each have
+    come, but for half of the last (so a message or two a little longer or shorter than `size`
+    changes nothing), and at most what one read of `read_buffer` bytes takes."""
+    one = framed(size)
+    return max(1, min(messages * one - one // 2, read_buffer - one))

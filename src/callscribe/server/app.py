@@ -52,7 +52,8 @@ from callscribe.server.store import NO_RECORDER
 from callscribe.server.subscriber_socket import QuartSocket, ReaderSocket, StallWatch
 from callscribe.server.subscribers import Subscribers
 from callscribe.server.supervisor import Supervisor
-from callscribe.server.websocket import Admission, FirstValues, ReadTick, ServedWebSocket, accept_websocket
+from callscribe.server.websocket import ReadTick, ServedWebSocket
+from callscribe.server.websocket_accept import Admission, FirstValues, accept_websocket
 
 if TYPE_CHECKING:
     from callscribe.server.store_writer import StoreRecorder

@@ -23,11 +23,9 @@ read as fast as it sends. Optionally the wait is replaced by a shared tick (`Rea
 reader wakes on the same tick and takes what arrived, trading up to one tick of latency for fewer
 wakes.
 
-Writing: on plain TCP, a message sent while nothing is queued or being written is written at once
-with a non-blocking `send` by the sending task (a subscriber's message costs one system call, no
-wake of another task). Everything else (what did not fit, replies to pings, close frames, writes
-on TLS) goes through one writer task per connection and a bounded queue, in order, so two tasks
-never write at once. A peer that takes nothing for `stall_timeout_s` is disconnected (`stalled`).
+Writing: websocket_writes.py (at once on plain TCP when nothing waits, else through one writer
+task and a bounded queue); a peer that takes nothing for `stall_timeout_s` is disconnected
+(`stalled`). Accepting: websocket_accept.py.
 
 Messages (text or binary, reassembled from fragments) are limited to `max_message` bytes; a bigger
 one fails the connection with 1009. Broken framing fails it with 1002 (invalid UTF-8 in a text
@@ -41,31 +39,22 @@ import errno
 import logging
 import math
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import trio
-from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
+from callscribe.core.read_pacing import MAX_HEADER, low_water
 from callscribe.server.linger import LINGER_BYTES
+from callscribe.server.websocket_writes import WebSocketWrites, text_frame
 
 log = logging.getLogger(__name__)
-_protocol_log = logging.getLogger(__name__ + ".websockets")
-"""websockets' own log lines ("connection open" at every call) stay below the server's info level;
-what matters is logged by callscribe with the call's context."""
-_protocol_log.setLevel(logging.WARNING)
 
 READ_BUFFER = 4096
 """Bytes read at a time: a 100 ms window of both tracks (ten Twilio frames of ~390 bytes on the
 wire) in one read. (8 KiB measured 1-7% less CPU per frame and ~10 KB more memory per call.)"""
-WRITE_QUEUE = 64
-"""Writes that may wait for the writer (talk-back audio is sent in chunks of ~100 ms)."""
 CLOSE_TIMEOUT_S = 2.0
 """Closing (our close frame, the peer's answer) gives up after this."""
 MAX_CLOSE_REASON = 120
@@ -121,18 +110,16 @@ class ServedWebSocket:
         self._what = what
         self._stream = stream
         self._protocol = protocol
-        self._stall_timeout_s = stall_timeout_s
         self._read_tick = read_tick
         self._buffer = bytearray(READ_BUFFER)
         self._view = memoryview(self._buffer)
         self._fast_socket = _duplicate_plain_socket(stream)
-        self._outbox_send, self._outbox = trio.open_memory_channel[bytes](WRITE_QUEUE)
+        self._writes = WebSocketWrites(
+            stream, self._fast_socket, stall_timeout_s=stall_timeout_s, give_up=self._give_up, gone=self._set_gone
+        )
         self._pending: list[str | bytes] = []
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
-        self._unwritten = 0
-        self._last_words: list[bytes] = []
-        """Writes handed to the writer and not finished: a message may go straight out only at 0."""
         self.gone = False
         """The peer has left, failed the protocol, or stopped taking data."""
         self.stalled = False
@@ -189,7 +176,7 @@ class ServedWebSocket:
         # sans-IO protocol's buffer, not documented API: test_websocket's
         # test_the_bytes_of_a_message_already_read_count_towards_the_wake fails if it goes.)
         held = len(self._protocol.reader.buffer)
-        self._wake = (max(1, low_water(messages, size) - (held + MAX_HEADER if held else 0)), latest)
+        self._wake = (max(1, low_water(messages, size, READ_BUFFER) - (held + MAX_HEADER if held else 0)), latest)
 
     async def receive(self) -> str | bytes:
         """One message at a time (the remainder of a batch is kept for the next call)."""
@@ -325,111 +312,24 @@ class ServedWebSocket:
             self._protocol.send_text(text.encode())
             frames = self._protocol.data_to_send()
         else:
-            frames = [_text_frame(text)]
+            frames = [text_frame(text)]
         for data in frames:
-            if self._fast_socket is not None and self._unwritten == 0:
-                rest = self._send_now(self._fast_socket, data)
-                if rest is not data:  # all or part of it went (or the connection broke)
-                    if rest:  # the rest of a frame begun on the wire: queued at once, never cancelled
-                        self._queue_nowait(rest)
-                    await trio.lowlevel.checkpoint()
-                    continue
-            await self._queue(data)
-
-    async def _queue(self, data: bytes) -> None:
-        """Hand `data` to the writer, waiting for room (a cancelled wait queues nothing)."""
-        self._unwritten += 1
-        try:
-            await self._outbox_send.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-            self._unwritten -= 1
-            self._set_gone()
-        except BaseException:
-            self._unwritten -= 1
-            raise
-
-    def _queue_last(self, data: bytes) -> None:
-        """Queue a close frame behind everything queued, even when the queue is full: the writer
-        then writes it after the rest (a slow peer that catches up still learns why it was closed)."""
-        if self._outbox_send.statistics().current_buffer_used < WRITE_QUEUE:
-            self._queue_nowait(data)
-        else:
-            self._unwritten += 1
-            self._last_words.append(data)
-
-    def _queue_nowait(self, data: bytes) -> None:
-        if self._last_words:  # behind a close frame that found the queue full (the protocol's EOF, say)
-            self._unwritten += 1
-            self._last_words.append(data)
-            return
-        self._unwritten += 1
-        try:
-            self._outbox_send.send_nowait(data)
-        except trio.WouldBlock:
-            self._unwritten -= 1
-            self._give_up("the write queue is full")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):  # the writer gave up or ended
-            self._unwritten -= 1
-            self._set_gone()
-
-    def _send_now(self, sock: socket.socket, data: bytes) -> bytes:
-        """Write what the socket takes without waiting; what is left for the writer (b"": all of it
-        went, or the connection broke)."""
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            return data
-        except OSError as error:
-            self._give_up("the connection broke", stalled=error.errno == errno.ETIMEDOUT)
-            return b""
-        return data[sent:]
+            await self._writes.send(data)
 
     def _flush_protocol(self) -> None:
         """Queue what the protocol has to send (pongs, close frames, EOF) without waiting; a peer
         that makes us answer more than the queue holds is given up on."""
         for data in self._protocol.data_to_send():
-            self._queue_nowait(data)
+            self._writes.queue_nowait(data)
             if self.gone:
                 return
 
     async def writer(self) -> None:
-        """Write queued data in order until the queue is closed (by `close`) or the peer stalls;
-        then the close frame if it found the queue full (`_last_words`)."""
-        async with self._outbox:
-            async for data in self._outbox:
-                if not await self._write(data):
-                    return
-        for data in self._last_words:
-            if not await self._write(data):
-                return
+        """Write what is queued, in order, until `close` (or the peer stalls): run it in a task
+        that lives as long as the connection."""
+        await self._writes.run()
 
-    async def _write(self, data: bytes) -> bool:
-        """Write one queued piece (b"": the protocol's end of stream); False once the peer is given up on."""
-        try:
-            if not data:
-                await self._send_eof()
-                return True
-            with trio.move_on_after(self._stall_timeout_s) as stalled:
-                try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                    timed_out = isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ETIMEDOUT
-                    self._give_up("the connection broke", stalled=timed_out)
-                    return False
-        finally:
-            self._unwritten -= 1
-        if stalled.cancelled_caught:
-            self._give_up(f"it took no data for {self._stall_timeout_s:g} s", stalled=True)
-            return False
-        return True
-
-    async def _send_eof(self) -> None:
-        try:
-            await self._stream.send_eof()  # type: ignore[attr-defined]
-        except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass  # TLS streams have no half-close; the close below ends them
-
-    def _give_up(self, why: str, *, stalled: bool = False) -> None:
+    def _give_up(self, why: str, stalled: bool = False) -> None:
         if not self.gone:
             log.info("%s %s: disconnecting, %s", self._what, self.peer, why)
         self.stalled = self.stalled or stalled
@@ -457,7 +357,7 @@ class ServedWebSocket:
                 except InvalidState:
                     pass
                 for data in self._protocol.data_to_send():
-                    self._queue_last(data)
+                    self._writes.queue_last(data)
             elif self.stalled or self._protocol.state is not State.CLOSING:
                 left = 0  # stalled, broken or closed: nothing to wait for
             else:
@@ -470,7 +370,7 @@ class ServedWebSocket:
                 self._protocol.receive_data(data)  # after a failure, the protocol discards it
                 self._protocol.events_received()
                 self._flush_protocol()
-        self._outbox_send.close()
+        self._writes.end()
 
     async def aclose(self) -> None:
         if self._fast_socket is not None:
@@ -478,37 +378,6 @@ class ServedWebSocket:
             trio.lowlevel.notify_closing(self._fast_socket)
             self._fast_socket.close()
         await trio.aclose_forcefully(self._stream)
-
-
-class _LastFrame:
-    text: str | None = None
-    frame = b""
-
-
-def _text_frame(text: str) -> bytes:
-    """A server's frame of the text message `text` (no extensions: the same bytes for every peer).
-    A result fanned out to a call's subscribers is one `str` object: it is framed once."""
-    if text is not _LastFrame.text:
-        _LastFrame.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
-        _LastFrame.text = text
-    return _LastFrame.frame
-
-
-MAX_HEADER = 14
-"""The longest header of a client's frame: 2 bytes, 8 of extended length, 4 of masking key."""
-
-
-def framed(size: int) -> int:
-    """Bytes on the wire of a client's message of `size` bytes in one frame: header, masking key, data."""
-    return size + (2 if size < 126 else 4 if size < 65536 else 10) + 4
-
-
-def low_water(messages: int, size: int) -> int:
-    """Bytes on the wire by which `messages` client messages of at least `size` bytes each have
-    come, but for half of the last (so a message or two a little longer or shorter than `size`
-    changes nothing), and at most what one read takes."""
-    one = framed(size)
-    return max(1, min(messages * one - one // 2, READ_BUFFER - one))
 
 
 def _decoded(protocol: ServerProtocol, opcode: Opcode, data: bytes) -> str | bytes | None:
@@ -529,94 +398,3 @@ def _duplicate_plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
     duplicate = socket.socket(fileno=stream.socket.dup().detach())
     duplicate.setblocking(False)
     return duplicate
-
-
-class _ServerProtocol(ServerProtocol):
-    def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
-        """Subprotocols are the route's business (`Admission.subprotocol`): websockets would refuse
-        an offer that is not an RFC 7230 token, such as a bearer token with `/` or `=` in it."""
-        return None
-
-
-class FirstValues:
-    """Request headers as the access policy reads them: a header given on several lines is their
-    values joined with ", " (as RFC 9110 allows), where websockets' `get` would raise."""
-
-    def __init__(self, headers: Headers) -> None:
-        self._headers = headers
-
-    def get(self, key: str, /) -> str | None:
-        values = self._headers.get_all(key)
-        return ", ".join(values) if values else None
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The answer to an upgrade request: refused with an HTTP status and a reason, or accepted
-    (with the subprotocol to echo, if any)."""
-
-    status: int = 101
-    reason: str = ""
-    subprotocol: str | None = None
-
-
-async def accept_websocket(
-    stream: trio.abc.Stream,
-    head: bytes,
-    peer: str,
-    *,
-    check: Callable[[Request], Admission],
-    max_message: int,
-    stall_timeout_s: float,
-    read_tick: ReadTick | None = None,
-    what: str = "Twilio socket",
-) -> ServedWebSocket | None:
-    """Answer the upgrade request in `head` (read by the listener, up to its blank line): refuse it
-    with `check`'s status and reason, or accept it. None when the connection is refused or is not
-    a valid WebSocket upgrade (it has then been answered, e.g. 400, and should be closed)."""
-    protocol = _ServerProtocol(max_size=max_message, logger=_protocol_log)
-    # Frames sent with the request (not RFC 6455's way, but seen) are read once the 101 is sent:
-    # given to the protocol now, a ping's pong would go out before the 101 and messages be lost.
-    end = head.find(b"\r\n\r\n")
-    early = b""
-    if end >= 0:
-        head, early = head[: end + 4], head[end + 4 :]
-    protocol.receive_data(head)
-    events = protocol.events_received()
-    request = events[0] if events and isinstance(events[0], Request) else None
-    if request is not None:
-        admission = check(request)
-        if admission.status != 101:
-            response = protocol.reject(admission.status, admission.reason + "\n")
-        else:
-            response = protocol.accept(request)
-            if admission.subprotocol and response.status_code == 101:
-                response.headers["Sec-WebSocket-Protocol"] = admission.subprotocol
-        protocol.send_response(response)
-        if response.status_code != 101:
-            log.warning(
-                "refused %s from %s: %s %s",
-                "a subscriber" if what == "subscriber" else "a WebSocket upgrade",
-                peer,
-                response.status_code,
-                response.body.decode(errors="replace").strip(),
-            )
-    with trio.move_on_after(stall_timeout_s):
-        try:
-            for data in protocol.data_to_send():
-                if data:
-                    await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-    if request is None or protocol.state is not State.OPEN:
-        return None
-    return ServedWebSocket(
-        stream,
-        protocol,
-        peer,
-        stall_timeout_s=stall_timeout_s,
-        read_tick=read_tick,
-        query=request.path.partition("?")[2],
-        what=what,
-        early=early,
-    )
