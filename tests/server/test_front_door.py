@@ -3,6 +3,8 @@ that come with the upgrade request."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import trio
 
 import rawws
+from callscribe.core.game_messages import NOT_PATCHED
 from callscribe.testing.fake_deepgram import FakeDeepgram
 from callscribe.testing.simulator import CallSpec, call_messages
 from conftest import RunningServer, local_tls, noise, start_server, stop_servers
@@ -155,3 +158,53 @@ async def test_a_refused_upgrade_with_a_frame_behind_it_ends_in_eof_not_a_reset(
     await trio.aclose_forcefully(stream)
     assert (answer[: len(b"HTTP/1.1 400")], end) == (b"HTTP/1.1 %d" % status, "EOF")
     await stop_servers(server)
+
+
+async def test_a_game_upgrade_with_a_frame_behind_it_is_accepted_and_the_frame_is_its_first_message(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not RFC 6455's way, but some clients send their first frame in the same write as the
+    # upgrade; callscribe's own routes take it. Hypercorn answered 400 ("data before handshake")
+    # while Quart answered too, and h11's LocalProtocolError was logged with a traceback.
+    port = port_of(server)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    say = json.dumps({"type": "Say", "text": "hello"}).encode()
+    await stream.send_all(rawws.upgrade_request("/game", f"127.0.0.1:{port}") + rawws.frame(rawws.OP_TEXT, say))
+    status, _, rest = await rawws.read_response_head(stream)
+    assert status == 101
+    # The phone number, the code, then the answer to the frame: not patched to a call yet.
+    frames = await rawws.read_frames(stream, 3, already=rest)
+    assert [json.loads(payload)["message"] for _, payload in frames[2:3]] == [NOT_PATCHED]
+    await stream.send_all(rawws.close_frame(1000))
+    with trio.fail_after(5):
+        await rawws.read_frames(stream, 4, already=rest)
+    await stream.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    "path,status,reason",
+    [("/game", 401, b"token"), ("/nope", 404, b"")],
+    ids=["no-token", "unknown-path"],
+)
+async def test_a_refused_hypercorn_upgrade_with_a_frame_behind_it_gets_its_own_answer_not_a_400(
+    nursery: trio.Nursery,
+    fake_deepgram: FakeDeepgram,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    status: int,
+    reason: bytes,
+) -> None:
+    # Hypercorn answered the frame with 400 ("data before handshake") while Quart answered the
+    # upgrade: the client got 400 and the log two LocalProtocolError tracebacks, at anyone's will.
+    server = await start_server(nursery, fake_deepgram, tokens=frozenset({"s3cret"}))
+    port = port_of(server)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    request = rawws.upgrade_request(path, f"127.0.0.1:{port}") + rawws.frame(rawws.OP_TEXT, b"{}")
+    answer, end = await answer_and_end(server, stream, request)
+    await stream.aclose()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert (head[: len(b"HTTP/1.1 400")], end) == (b"HTTP/1.1 %d" % status, "EOF")
+    assert reason in body.lower()
+    await stop_servers(server)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -13,7 +13,9 @@ where it starts (reports for upstream: docs/upstream/hypercorn.md):
 - it closes a connection with what the peer still sent unread (a refused request's body, frames on
   their way after a close frame), so the kernel sends RST and the peer may lose the answer
   (`GuardedTCPServer._close` closes lingering, linger.py);
-- a refused WebSocket handshake leaves the connection open (`RefusalClosingWSStream`).
+- a refused WebSocket handshake leaves the connection open (`GuardedWSStream`);
+- it answers a frame sent before the app answered the upgrade with 400, colliding with the app's own
+  answer (`GuardedWSStream` holds such frames until the app has answered).
 
 The connection's fate (did the kernel cut it off for taking no data?) reaches the app through the
 ASGI scope's state (`connection_fate`). All of this relies on Hypercorn internals, so pyproject pins
@@ -33,10 +35,10 @@ from hypercorn.config import Config
 from hypercorn.events import RawData
 from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.protocol import ws_stream
-from hypercorn.protocol.events import Event, StreamClosed
+from hypercorn.protocol.events import Body, Data, Event, StreamClosed
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ConnectionState
+from hypercorn.typing import AppWrapper, ASGISendEvent, ConnectionState
 from wsproto.events import Message
 
 from callscribe.server.linger import LINGER_S, linger_close, shut_write
@@ -227,27 +229,56 @@ class GuardedTCPServer(TCPServer):
                 yield
 
 
-class RefusalClosingWSStream(ws_stream.WSStream):
-    """Hypercorn's WebSocket stream, ending the connection after refusing a handshake.
+class GuardedWSStream(ws_stream.WSStream):
+    """Hypercorn's WebSocket stream, holding the peer's frames until the app has answered the
+    handshake, and ending the connection after refusing one.
+
+    Hypercorn answers any data that comes before the app accepted with `400` ("data before
+    handshake"), while the app is already answering the upgrade: some clients send their first
+    frame in the same write as the request (not RFC 6455's way, but callscribe's own routes take
+    it), and any client can. The two answers then collide in h11 (`LocalProtocolError` tracebacks
+    logged, and the client gets 400 instead of the app's 101, 401 or 404). Here such data waits,
+    and the connection's reading with it, until the app has answered: after a 101 it is the
+    WebSocket's first frames, after a refusal it is dropped (the connection closes lingering).
 
     A request that Hypercorn refuses itself (an upgrade without `Sec-WebSocket-Key`, a wrong
-    version, data before the handshake) gets `400` with `connection: close`, but the connection is
-    then left open and not idle, so the keep-alive timeout never ends it either: any client could
-    hold connections open for as long as it likes. Here the refusal also ends the stream, which
-    closes the connection as the header says."""
+    version) gets `400` with `connection: close`, but the connection is then left open and not
+    idle, so the keep-alive timeout never ends it either: any client could hold connections open
+    for as long as it likes. Here the refusal also ends the stream, which closes the connection as
+    the header says."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answered = trio.Event()
+        """The app has answered the handshake (accepted, refused, or ended), or the stream closed."""
 
     async def handle(self, event: Event) -> None:
+        if isinstance(event, (Body, Data)) and not self.closed and self.app_put is not None:
+            await self._answered.wait()
+            if not self.handshake.accepted:
+                return
         was_closed = self.closed
-        await super().handle(event)
+        try:
+            await super().handle(event)
+        finally:
+            if isinstance(event, StreamClosed):
+                self._answered.set()
         if self.closed and not was_closed and not isinstance(event, StreamClosed):
             await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def app_send(self, message: ASGISendEvent | None) -> None:
+        try:
+            await super().app_send(message)
+        finally:
+            if self.state is not ws_stream.ASGIWebsocketState.HANDSHAKE:
+                self._answered.set()
 
 
 def _install_hypercorn_fixes() -> None:
     """Hypercorn has no hooks for these: `WSStream.__init__` builds its buffer from the module's
     `WebsocketBuffer` name, and the HTTP/1.1 protocol its streams from its `WSStream` name."""
     ws_stream.WebsocketBuffer = OverflowSafeBuffer  # type: ignore[misc]
-    h11_protocol.WSStream = RefusalClosingWSStream  # type: ignore[attr-defined]  # replaces its import
+    h11_protocol.WSStream = GuardedWSStream  # type: ignore[attr-defined]  # replaces its import
 
 
 _install_hypercorn_fixes()
