@@ -99,6 +99,14 @@ def test_the_speaker_of_a_channel_is_the_calls_track_of_that_index() -> None:
     assert DEFAULT_LABELS.for_channel(0, ("inbound",)) == DEFAULT_LABELS.for_channel(0) == "Caller"
 
 
+@given(st.integers(-(2**31), 2**31), st.sampled_from([(), ("inbound",), ("outbound",), ("inbound", "outbound")]))
+def test_an_utterances_speaker_is_that_of_the_channel_it_is_kept_on(channel: int, tracks: tuple[str, ...]) -> None:
+    # A channel index below 0 is kept as channel 0: its speaker must be channel 0's, which in an
+    # outbound-only call is the other party.
+    parsed = parse_final(final("hello", channel_index=[channel, 1]), 1, DEFAULT_LABELS, tracks)
+    assert parsed is not None and parsed.speaker == DEFAULT_LABELS.for_channel(parsed.channel, tracks)
+
+
 def test_speaker_labels_are_two_names() -> None:
     assert SpeakerLabels.parse(" Customer , Agent ") == SpeakerLabels("Customer", "Agent")
     for bad in ("Caller", "A,B,C", "A,", "<v>,B", "A&B,C", "x" * 41 + ",y"):

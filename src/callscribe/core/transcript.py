@@ -146,7 +146,7 @@ def parse_final(
         return None
     if message.type != "Results" or not message.is_final:
         return None
-    channel = message.channel_index[0] if message.channel_index else 0
+    channel = max(0, message.channel_index[0]) if message.channel_index else 0
     alternatives = message.channel.alternatives if message.channel else []
     best = alternatives[0] if alternatives else _Alternative()
     start, end = message.start, message.start + message.duration
@@ -156,7 +156,7 @@ def parse_final(
     text = " ".join(best.transcript.split()).replace("\0", "\ufffd")  # PostgreSQL keeps no NUL in text
     return Utterance(
         seq=seq,
-        channel=max(0, channel),
+        channel=channel,
         speaker=labels.for_channel(channel, tracks),
         start=round(start, 3),
         end=round(max(end, start), 3),

@@ -44,7 +44,8 @@ class CallSettings:
     """Retries in a row after a failure (CALLSCRIBE_DEEPGRAM_RETRIES): a call gives up on Deepgram after
     1 + this many failed attempts in a row; a connection that produced results starts the count again."""
     backoff_initial_s: float = 0.5
-    """The first retry's delay; each further retry in a row doubles it, up to `backoff_max_s`."""
+    """The first retry's delay; each further retry in a row doubles it, up to `backoff_max_s` (each
+    delay times a random factor between 0.5 and 1: deepgram_policy.py)."""
     backoff_max_s: float = 8.0
     replay_rate: float = 1.25
     """After a reconnect, the backlog is replayed at most this many times real time."""
