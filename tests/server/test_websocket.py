@@ -637,3 +637,18 @@ async def test_the_peers_close_meanwhile_does_not_overtake_our_close_frame() -> 
         with trio.fail_after(5):
             await done.wait()
     assert rawws.server_frames(bytes(got))[-1] == (rawws.OP_CLOSE, struct.pack("!H", 1008) + b"subscriber too slow")
+
+
+async def test_a_second_close_after_one_the_peer_never_answered_returns_at_once(autojump_clock: trio.abc.Clock) -> None:
+    # A subscriber's handler closes in `serve` and again, shielded, in its `finally`: the second
+    # close must not wait for the silent peer a second time (nor, shielded, past a shutdown).
+    async with tcp_pair() as (client, server), trio.open_nursery() as nursery:
+        ws = await accepted(client, server)
+        nursery.start_soon(ws.writer)
+        await ws.close(1000, "call ended", timeout_s=2.0)  # the peer says nothing
+        start = trio.current_time()
+        with trio.CancelScope(shield=True):
+            await ws.close(1011, "server error", timeout_s=2.0)
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert took < 2.0

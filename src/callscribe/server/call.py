@@ -221,7 +221,7 @@ class Call:
             if media_send is not None:
                 media_send.close()
             if self.game is not None:
-                self.game.twilio_gone()  # at `stop` too, before Deepgram's last finals: they patch nobody
+                self.game.twilio_gone()  # the socket gone without a `stop` (or after it: nothing more)
 
     def _on_event(self, event: Event) -> bool:
         """A Twilio event other than media and start; False when it ends the stream."""
@@ -240,6 +240,8 @@ class Call:
                 return False
         elif type(event) is Stop:
             self._set_close(CLOSE_NORMAL, "call ended")
+            if self.game is not None:
+                self.game.twilio_gone()  # at once: Deepgram's last finals, still to come, patch nobody
             return False
         elif self.game is not None:
             if type(event) is Dtmf:

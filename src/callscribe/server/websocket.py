@@ -125,6 +125,7 @@ class ServedWebSocket:
         self.stalled = False
         """It was disconnected for taking no data for `stall_timeout_s` (by us or the kernel)."""
         self._gone = trio.Event()
+        self._closed = False
         self._eof = False
         self._more = False
         self._wakes_on_bytes = self._fast_socket is not None and read_tick is None and hasattr(socket, "SO_RCVLOWAT")
@@ -347,7 +348,12 @@ class ServedWebSocket:
 
         A connection that failed (1002, 1007, 1009: its close frame and end of stream already
         queued) is read on the same way until the peer closes, at most `LINGER_BYTES`: closed with
-        the rest of what the peer sent unread, it would get RST instead of FIN (linger.py)."""
+        the rest of what the peer sent unread, it would get RST instead of FIN (linger.py). A
+        second close only ends the writer: the first waited for the peer already."""
+        if self._closed:
+            self._writes.end()
+            return
+        self._closed = True
         self._wake = None  # a wake the call's reader asked for is for its messages, not the close frame
         left = math.inf  # bytes still read: up to the peer's close frame, whatever comes before it
         with trio.move_on_after(timeout_s):
