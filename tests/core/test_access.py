@@ -61,6 +61,15 @@ def test_twilio_signature_check_accepts_twilios_signature_only() -> None:
     ).ok
 
 
+@pytest.mark.parametrize("url", ["ws://h/twilio?a=\x1b[31m\rINFO:forged", "ws://[::1/twilio?a=\r\x85"])
+def test_a_refusal_shows_the_url_without_control_characters(url: str) -> None:
+    # The reason is logged: callscribe's own upgrade parser lets a CR or an escape sequence through
+    # in the query, which could then hide or forge log lines (unsigned, at anyone's will).
+    verdict = TwilioSignatureCheck(AUTH_TOKEN).check(url, {}, "c2lnbmF0dXJl")
+    assert not verdict.ok and verdict.reason.isprintable(), verdict.reason
+    assert "\\r" in verdict.reason  # escaped, as Python writes it
+
+
 def test_public_url_follows_configuration_then_proxy_headers() -> None:
     assert public_url({"host": "127.0.0.1:5000"}, "ws", "/twilio", "", None) == "ws://127.0.0.1:5000/twilio"
     proxied = {"host": "10.0.0.5:5000", "x-forwarded-proto": "https", "x-forwarded-host": "calls.example.com"}
@@ -188,6 +197,8 @@ def test_origins() -> None:
     assert not origin_allowed({"origin": "https://evil.example.com"}, allowed).ok
     assert origin_allowed({}, allowed).ok  # not a browser
     assert origin_allowed({"origin": "https://anything"}, frozenset()).ok
+    odd = origin_allowed({"origin": "https://evil\x85\x9b[2K"}, allowed)  # obs-text: C1 controls
+    assert not odd.ok and odd.reason == "origin https://evil\\x85\\x9b[2K is not allowed"
 
 
 # -- over loopback -----------------------------------------------------------------------------
@@ -294,6 +305,21 @@ async def test_a_call_limited_token_sees_and_reads_only_its_call(
             await ws.send_message(mine.call_sid)
             first = json.loads(await ws.get_message())
             assert first["type"] in ("Results", "Metadata")
+    server.stop.set()
+
+
+async def test_a_call_a_limited_token_may_not_follow_is_logged_quoted(
+    nursery: trio.Nursery, fake_deepgram: FakeDeepgram, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The callSid is the subscriber's own text: logged as it came, a newline in it forged a log line.
+    server = await start_server(nursery, fake_deepgram, token_secret=SECRET)
+    token = TokenCheck(secret=SECRET).issue(ttl_s=60, call_sid="CA" + "1" * 32)
+    async with trio_websocket.open_websocket_url(server.url(f"/client?token={token}"), connect_timeout=5) as ws:
+        await ws.get_message()
+        await ws.send_message("CA2\nWARNING callscribe: forged")
+        assert json.loads(await ws.get_message())["message"] == "this token is not valid for that call"
+    [line] = [r.getMessage() for r in caplog.records if "token is for call" in r.getMessage()]
+    assert line.endswith(" not 'CA2\\nWARNING callscribe: forged'"), line
     server.stop.set()
 
 

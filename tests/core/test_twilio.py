@@ -147,6 +147,16 @@ def test_bad_frames_are_rejected_with_a_reason_and_the_stream_goes_on(frame: str
     assert isinstance(stream.receive(json.dumps(media())), Media)
 
 
+def test_a_rejection_quotes_the_frame_without_control_characters() -> None:
+    # Rejections are logged with their reason, which quotes the bad value: a newline in it forged
+    # a log line of its own.
+    event = streaming().receive(json.dumps({"event": "x\nINFO callscribe: forged\x1b[2K\u2028"}))
+    assert isinstance(event, Rejected)
+    assert (
+        event.reason == "malformed message: Invalid value 'x\\nINFO callscribe: forged\\x1b[2K\\u2028' - at `$.event`"
+    )
+
+
 def test_media_before_start_is_rejected() -> None:
     stream = TwilioStream()
     event = stream.receive(json.dumps(media()))
@@ -238,7 +248,9 @@ def stream_in(state: TwilioState) -> TwilioStream:
 @settings(max_examples=500, deadline=None)
 @given(state=st.sampled_from(TwilioState), frame=st.one_of(st.none(), st.text(max_size=300), st.binary(max_size=300)))
 def test_arbitrary_frames_never_raise(state: TwilioState, frame: str | bytes | None) -> None:
-    assert isinstance(stream_in(state).receive(frame), EVENTS)
+    event = stream_in(state).receive(frame)
+    assert isinstance(event, EVENTS)
+    assert not isinstance(event, Rejected) or event.reason.isprintable(), event
 
 
 json_values = st.recursive(
@@ -335,6 +347,8 @@ def test_mutated_messages_never_raise_and_a_rejected_one_changes_nothing(
     event = stream.receive(frame)
     assert isinstance(event, EVENTS)
     assert stream.rejected == isinstance(event, Rejected)
+    if isinstance(event, Rejected):
+        assert event.reason.isprintable(), event.reason
     if isinstance(event, Rejected) and not event.fatal:
         assert stream.state is state
         if state is TwilioState.STREAMING:

@@ -42,6 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 from twilio.request_validator import RequestValidator
 
+from callscribe.core.twilio import printable
+
 
 class Headers(Protocol):
     """Request headers looked up case-insensitively (Werkzeug's, websockets', a plain dict in tests)."""
@@ -96,14 +98,16 @@ class TwilioSignatureCheck:
         self._validator = RequestValidator(auth_token)
 
     def check(self, url: str, params: Mapping[str, str], signature: str | None) -> Verdict:
+        """A refusal's reason (logged) shows `url` `printable`: callscribe's own upgrade parser lets
+        control characters through in its path and query."""
         if not signature:
             return Verdict(False, "missing X-Twilio-Signature")
         try:
             valid = self._validator.validate(url, dict(params), signature)
         except ValueError:  # the URL rebuilt from Host (or a proxy's header) does not parse: bad port, "["
-            return Verdict(False, f"X-Twilio-Signature cannot match {url}: not a valid URL")
+            return Verdict(False, f"X-Twilio-Signature cannot match {printable(url)}: not a valid URL")
         if not valid:
-            return Verdict(False, f"X-Twilio-Signature does not match {url}")
+            return Verdict(False, f"X-Twilio-Signature does not match {printable(url)}")
         return ALLOWED
 
 
@@ -222,7 +226,7 @@ def origin_allowed(headers: Headers, allowed: frozenset[str]) -> Verdict:
     origin = headers.get("origin")
     if not allowed or origin is None or origin.rstrip("/") in allowed:
         return ALLOWED
-    return Verdict(False, f"origin {origin} is not allowed", status=403)
+    return Verdict(False, f"origin {printable(origin)} is not allowed", status=403)
 
 
 class Access:

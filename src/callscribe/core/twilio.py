@@ -52,6 +52,14 @@ into the store's keys and indexes, logs and Redis keys: a longer one, or one wit
 characters (a NUL cannot be stored in PostgreSQL), ends the stream at its start."""
 
 
+def printable(text: str) -> str:
+    """`text` with each character that is not printable escaped as Python writes it (`\\n`,
+    `\\x1b`): what a peer sent, quoted in a log line or a reason, cannot forge or hide lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in text)
+
+
 def track_of_channel(channel: int, tracks: Sequence[str] = ()) -> str:
     """The track whose audio is Deepgram's `channel`: the stream's `tracks` in channel order (as
     `TwilioStream.tracks`, kept with the call); past them, or without them, `TRACK_ORDER`'s."""
@@ -303,7 +311,7 @@ class TwilioStream:
         self.rejected += 1
         if fatal:
             self.state = TwilioState.STOPPED
-        return Rejected(reason, fatal)
+        return Rejected(printable(reason), fatal)  # a reason may quote the frame (msgspec's do)
 
 
 # -- messages to Twilio (bidirectional streams only: `<Connect><Stream>`) -----------------------

@@ -65,6 +65,9 @@ SUBSCRIBER_SEND_TIMEOUT_S = 10.0
 MAX_WEBSOCKET_MESSAGE = 64 * 1024
 """Twilio frames are ~300 bytes and subscribers send one callSid: 64 KiB is generous, 16 MiB (the
 usual library default) would let one client make us buffer a lot."""
+MAX_REQUEST_BODY = 64 * 1024
+"""Twilio's webhooks are a few KB. Quart's default (16 MiB) let anyone make /twiml parse a form of
+millions of fields in the event loop before the signature could be checked; over this: 413."""
 
 
 def _refuse(verdict: Verdict, status: int, what: str, peer: str) -> Response:
@@ -330,6 +333,7 @@ def create_app(
     """The app; `app.extensions["callscribe"]` is its `Server`, whose `routes` go to
     `listener.serve` alongside it. Without `access`, the one made for `public_url` is used."""
     app = QuartTrio("callscribe")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY
     server = Server(settings, access=access or Access(public_url=public_url), **options)
     app.extensions["callscribe"] = server
     add_routes(app, server.api)

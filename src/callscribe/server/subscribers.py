@@ -85,7 +85,7 @@ class Subscribers:
                 return
             call_sid = _text(reply).strip()
             if verdict.call_sid is not None and call_sid != verdict.call_sid:
-                log.warning("subscriber %s: token is for call %s, not %s", peer, verdict.call_sid, call_sid[:64])
+                log.warning("subscriber %s: token is for call %s, not %r", peer, verdict.call_sid, call_sid[:64])
                 await ws.send(
                     json.dumps(
                         {"type": "Error", "source": "callscribe", "message": "this token is not valid for that call"}
