@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,8 +62,28 @@ def test_a_full_backlog_drops_the_oldest_and_counts_the_loss() -> None:
     for n in range(5):
         backlog.append(window(n))
     assert backlog.lost == 2 * 800
+    assert backlog.rewind() == 0.2  # a connection opens
     assert send_all(backlog) == [window(2), window(3), window(4)]
     assert backlog.unsent_seconds == 0
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_audio_a_full_backlog_drops_before_it_went_out_is_sent_as_silence(channels: int) -> None:
+    # A connection fell behind (a replay after a long outage, a send that stalled): windows it had
+    # not sent yet leave the full backlog. Deepgram's times count the audio it got, so skipping them
+    # would shift every later time on the connection (and compare its finals with the wrong ends):
+    # silence of the same length goes in their place, and they count as lost.
+    size = 800 * channels
+    backlog = AudioBacklog(channels=channels, max_seconds=0.3)
+    assert backlog.rewind() == 0.0  # the connection's time 0 is the call's
+    for n in range(6):
+        backlog.append(window(n, size))
+    assert backlog.lost == 3 * size
+    assert send_all(backlog) == [b"\xff" * size] * 3 + [window(n, size) for n in range(3, 6)]
+    assert backlog.unsent_seconds == 0 and backlog.lost == 3 * size
+    backlog.append(window(6, size))
+    assert send_all(backlog) == [window(6, size)]
+    assert backlog.abandon() == 0 and backlog.lost == 3 * size  # counted once
 
 
 def test_a_window_being_sent_when_a_full_backlog_drops_it_goes_out_and_the_next_follows() -> None:
@@ -79,6 +100,23 @@ def test_a_window_being_sent_when_a_full_backlog_drops_it_goes_out_and_the_next_
     backlog.mark_sent(in_flight)
     assert backlog.lost == 0
     assert send_all(backlog) == [window(1), window(2), window(3)]
+
+
+@pytest.mark.parametrize("give_up", [False, True])
+def test_a_window_a_full_backlog_drops_while_it_is_sent_is_lost_if_it_never_went_out(give_up: bool) -> None:
+    backlog = AudioBacklog(channels=1, max_seconds=0.2)
+    backlog.rewind()
+    backlog.append(window(0))
+    assert backlog.next_unsent() == window(0)
+    backlog.append(window(1))
+    backlog.append(window(2))  # full: window 0, being sent, leaves the backlog
+    assert backlog.lost == 0
+    # The send fails (the connection is lost): window 0 never reached Deepgram, nor will it.
+    if give_up:
+        assert backlog.abandon() == 0.3
+    else:
+        assert backlog.rewind() == 0.1
+    assert backlog.lost == 800 * (3 if give_up else 1)
 
 
 @settings(max_examples=200, deadline=None)
@@ -173,6 +211,7 @@ def test_abandoning_counts_what_deepgram_never_got_as_lost_once() -> None:
     backlog = AudioBacklog(channels=1, max_seconds=0.3)
     for n in range(5):
         backlog.append(window(n))  # the first two fall out of the full backlog
+    backlog.rewind()  # before a connection opened
     first = backlog.next_unsent()
     assert first == window(2)
     backlog.mark_sent(first)

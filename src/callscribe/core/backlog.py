@@ -6,7 +6,10 @@ in call time). Everything after the point that every channel's finals have reach
 flight": if the connection drops, the transcript of that audio would be lost. `AudioBacklog` keeps
 those windows (bounded) and, after a reconnect, hands them out again from the first one not yet
 covered. The new connection's time 0 is that window's position in the call, which is the offset to
-add to everything it says. When Deepgram is given up on, `abandon` counts what it never got as lost.
+add to everything it says. A connection's audio stays the call's from there without a hole, since
+Deepgram's times count what it got: audio that leaves a full backlog before it went out (the
+connection fell behind) is sent as silence of the same length, and counted as lost. When Deepgram is
+given up on, `abandon` counts what it never got as lost.
 
 `Pacer` keeps the replay at most `rate` x real time (Deepgram asks for at most 1.25x) after an
 initial burst of `burst_s` seconds of audio. The burst is there so that live audio, which arrives
@@ -18,6 +21,8 @@ from __future__ import annotations
 from collections import deque
 
 BYTES_PER_SECOND_PER_CHANNEL = 8000
+SILENCE = b"\xff"
+"""Mu-law silence, in place of audio a full backlog dropped before it went out."""
 
 
 class AudioBacklog:
@@ -37,6 +42,8 @@ class AudioBacklog:
         self._final_end = [0.0] * channels
         self._in_flight: int | None = None
         """The offset of the window `next_unsent` handed out and `mark_sent` has not confirmed."""
+        self._in_flight_dropped = 0
+        """The bytes of that window, if a full backlog dropped it meanwhile: lost unless it went out."""
 
     def append(self, window: bytes) -> None:
         if self.abandoned:
@@ -50,13 +57,21 @@ class AudioBacklog:
         while self._held > self.max_bytes and self._windows:
             offset, oldest = self._windows.popleft()
             self._held -= len(oldest)
-            if offset + len(oldest) > self.sent_until:
-                if offset != self._in_flight:  # (the window being sent goes out all the same)
-                    self.lost += offset + len(oldest) - max(offset, self.sent_until)
-                self.sent_until = offset + len(oldest)
+            if offset == self._in_flight:  # it goes out all the same (`mark_sent`), or is lost
+                self._in_flight_dropped = len(oldest)
+            elif offset + len(oldest) > self.sent_until:  # not sent: silence goes out in its place
+                self.lost += offset + len(oldest) - max(offset, self.sent_until)
+
+    @property
+    def _kept_from(self) -> int:
+        """The offset of the oldest audio still held: everything before it left the backlog."""
+        return self._windows[0][0] if self._windows else self.end
 
     def next_unsent(self) -> bytes | None:
         """The next window to send on the current connection (call `mark_sent` once it went out)."""
+        if self.sent_until < (kept_from := self._kept_from):
+            self._in_flight = self.sent_until
+            return SILENCE * min(kept_from - self.sent_until, self.bytes_per_second // 10)
         for offset, window in self._windows:
             if offset >= self.sent_until:
                 self._in_flight = offset
@@ -68,6 +83,13 @@ class AudioBacklog:
         if self._in_flight is not None:
             self.sent_until = max(self.sent_until, self._in_flight + len(window))
             self._in_flight = None
+            self._in_flight_dropped = 0
+
+    def _forget_in_flight(self) -> int:
+        """The connection ended with a window handed out and not confirmed: lost if it left the backlog."""
+        dropped, self._in_flight, self._in_flight_dropped = self._in_flight_dropped, None, 0
+        self.lost += dropped
+        return dropped
 
     @property
     def unsent_seconds(self) -> float:
@@ -88,20 +110,20 @@ class AudioBacklog:
     def abandon(self) -> float:
         """Deepgram will get no more audio: what was not sent, and whatever is appended from now on,
         is counted as lost. Returns the seconds of audio abandoned now."""
-        unsent = self.end - self.sent_until
+        unsent = self.end - max(self.sent_until, self._kept_from)  # (what a full backlog dropped is counted)
         self.lost += unsent
+        unsent += self._forget_in_flight()
         self.sent_until = self.end
         self._windows.clear()
         self._held = 0
-        self._in_flight = None
         self.abandoned = True
         return unsent / self.bytes_per_second
 
     def rewind(self) -> float:
         """A new connection starts: resend from the first uncovered window. Returns its call time (s)."""
-        start = self._windows[0][0] if self._windows else self.sent_until
+        start = self._kept_from
         self.sent_until = start
-        self._in_flight = None
+        self._forget_in_flight()
         return start / self.bytes_per_second
 
 

@@ -31,8 +31,10 @@ Replayed finals. A new connection starts at the backlog's rewind point (`opened(
 everything it says is shifted by that offset into call time. After a reconnect it repeats audio some
 of whose finals subscribers already have: its final for channel c covering call time [start, end) is
 dropped when it covers audio (duration > 0) and `end` is not past the furthest end of the finals
-published for c (that end only moves forward). A final reaching past it is published, overlap and
-all; a final of duration 0 (Deepgram's flush after CloseStream) covers nothing and is published.
+published for c (that end only moves forward; ends less than half a sample apart count as equal). A
+final reaching past it is published, overlap and all; a final of duration 0 (Deepgram's flush after
+CloseStream) covers nothing and is published. Interim results are dropped by the same rule: a
+replay's interims of what subscribers have would show those words again as live captions.
 
 Notices to subscribers (JSON by `Notice.json`, published sticky: a late subscriber gets the latest):
 
@@ -60,8 +62,10 @@ from callscribe.core.deepgram import MessageKind
 RETRYABLE_STATUS = frozenset({408, 429})
 """Handshake refusals worth retrying; any other 4xx (bad key, bad options, no credit) is final."""
 
-_EPSILON_S = 1e-6
-"""Deepgram's times are rounded: ends this close count as equal."""
+_EPSILON_S = 0.5 / 8000
+"""Ends this close count as equal: half a sample of the call's 8 kHz audio. Deepgram rounds start and
+duration each, so one end can come out microseconds apart on two connections; a final reaching less than
+half a sample past what subscribers have adds no audio."""
 
 
 @dataclass(frozen=True)
@@ -186,12 +190,13 @@ class DeepgramPolicy:
         offset = self.offset_s
         if kind.type != "Results":
             return Delivery(True, False, offset)
-        if not kind.is_final:
-            return Delivery(True, True, offset)
         end = offset + kind.start + kind.duration
-        covered = (kind.channel, end)
         previous = self._published_end.get(kind.channel, -math.inf)
-        if self.connections > 1 and kind.duration > 0 and end <= previous + _EPSILON_S:
+        replayed = self.connections > 1 and kind.duration > 0 and end <= previous + _EPSILON_S
+        if not kind.is_final:  # (a replayed one would show words subscribers have as live captions)
+            return Delivery(not replayed, True, offset)
+        covered = (kind.channel, end)
+        if replayed:
             return Delivery(False, False, offset, covered)  # subscribers already have this stretch
         if end > previous:
             self._published_end[kind.channel] = end
