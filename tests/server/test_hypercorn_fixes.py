@@ -21,6 +21,7 @@ from hypercorn.utils import wrap_app
 from wsproto.events import BytesMessage, TextMessage
 
 from callscribe.server import hypercorn_fixes as fixes
+from callscribe.server.linger import LINGER_BYTES, LINGER_S
 from rawws import OP_PING, OP_PONG, OP_TEXT, close_frame, frame, server_frames
 
 
@@ -241,3 +242,20 @@ async def test_frames_sent_before_the_app_answers_the_upgrade_wait_for_its_answe
         frames = server_frames(rest)  # the pong and the echo race; then the answer to our close
         assert sorted(frames[:2]) == [(OP_TEXT, b"early"), (OP_PONG, b"hi")]
         assert frames[2:] == [(0x8, struct.pack("!H", 1000))]
+
+
+async def test_a_peer_that_goes_on_sending_after_the_close_is_read_no_further_than_the_linger_bound(
+    closed_by_server: trio.SocketStream, autojump_clock: trio.testing.MockClock
+) -> None:
+    # It answers the close, then floods: the connection's reading task reads on to the peer's end
+    # (lingering), but no more than LINGER_BYTES, then the connection is closed under the peer.
+    await closed_by_server.send_all(close_frame(1000))
+    chunk, sent = b"\x00" * 65536, 0
+    with trio.fail_after(LINGER_S * 4):
+        try:
+            while sent < 256 * LINGER_BYTES:
+                await closed_by_server.send_all(chunk)
+                sent += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+    assert sent < 256 * LINGER_BYTES, "the server read on without a bound"

@@ -41,7 +41,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ASGISendEvent, ConnectionState
 from wsproto.events import Message
 
-from callscribe.server.linger import LINGER_S, linger_close, shut_write
+from callscribe.server.linger import LINGER_BYTES, LINGER_S, linger_close, shut_write
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class _WatchedStream:
         self._upgraded = False
         self.answered: trio.Event | None = None
         """From the close frame on: set once a read ends (with data, the peer's EOF or an error)."""
+        self.read_budget: int | None = None
+        """Bytes still read once closing (lingering): past them, reads end as if the peer had."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if not self._upgraded:
@@ -131,8 +133,13 @@ class _WatchedStream:
             raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.read_budget is not None and self.read_budget <= 0:
+            return b""
         try:
-            return await self._stream.receive_some(max_bytes)
+            data = await self._stream.receive_some(max_bytes)
+            if self.read_budget is not None:
+                self.read_budget -= len(data)
+            return data
         except trio.BrokenResourceError as error:
             self._fate.note(error)
             raise
@@ -162,8 +169,9 @@ class GuardedTCPServer(TCPServer):
     after the close frame (its own close frame) or its EOF.
 
     Then the connection closes lingering (linger.py): its write side shut, what the peer still
-    sends is read until it closes, for up to LINGER_S (by Hypercorn's reading task, when another
-    task closes), so that the peer gets FIN, not RST. Not once the server is shutting down."""
+    sends is read until it closes, for up to LINGER_S and LINGER_BYTES (by Hypercorn's reading task,
+    when another task closes), so that the peer gets FIN, not RST. Not once the server is shutting
+    down."""
 
     def __init__(
         self,
@@ -212,6 +220,7 @@ class GuardedTCPServer(TCPServer):
                     await trio.aclose_forcefully(self._raw)
                 return
             if linger:
+                self._watched.read_budget = LINGER_BYTES
                 await shut_write(self._raw)
         if linger:
             with trio.move_on_after(LINGER_S):
