@@ -37,6 +37,22 @@ async def test_a_websocket_upgrade_to_an_unknown_path_gets_404_not_a_logged_500(
     assert status == 404
 
 
+@pytest.mark.parametrize("route", ["/twilio", "/client"])
+@pytest.mark.parametrize("target", ["?a=\x1b[31m", "?a=\rX", "?a=\x00", "?\x7f"])
+async def test_an_upgrade_whose_target_holds_control_characters_gets_400(
+    server: RunningServer, route: str, target: str
+) -> None:
+    # RFC 9112 (3.2): a request target is printable ASCII; Hypercorn (h11) answers 400 to the others,
+    # and callscribe's own routes must too, rather than carry them into the call and the logs.
+    port = port_of(server)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(rawws.upgrade_request(route + target, f"127.0.0.1:{port}"))
+    with trio.fail_after(5):
+        status, _, _ = await rawws.read_response_head(stream)
+    await stream.aclose()
+    assert status == 400
+
+
 async def test_a_ping_sent_with_the_upgrade_is_not_answered_before_the_101(server: RunningServer) -> None:
     port = port_of(server)
     stream = await trio.open_tcp_stream("127.0.0.1", port)

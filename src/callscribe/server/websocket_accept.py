@@ -52,6 +52,14 @@ class Admission:
     subprotocol: str | None = None
 
 
+INVALID_TARGET = Admission(400, "the request target must be printable ASCII (RFC 9112, 3.2)")
+
+
+def _valid_target(target: str) -> bool:
+    """Visible ASCII only, as h11 (Hypercorn's routes) requires: no space, control character or DEL."""
+    return target.isascii() and all("!" <= c <= "~" for c in target)
+
+
 async def accept_websocket(
     stream: trio.abc.Stream,
     head: bytes,
@@ -77,7 +85,7 @@ async def accept_websocket(
     events = protocol.events_received()
     request = events[0] if events and isinstance(events[0], Request) else None
     if request is not None:
-        admission = check(request)
+        admission = check(request) if _valid_target(request.path) else INVALID_TARGET
         if admission.status != 101:
             response = protocol.reject(admission.status, admission.reason + "\n")
         else:
