@@ -192,10 +192,12 @@ class SqlEngine(SqlOutbox):
         with self._transaction() as db:
             if any(isinstance(item, StartWrite) for item in batch):
                 self._ensure_registered(db)
+            tracks: dict[str, tuple[str, ...] | None] = {}  # a call's, if this process started it: one query a call
             for item in batch:
                 if isinstance(item, FinalWrite):
-                    written += self._write_final(db, item, events)
+                    written += self._write_final(db, item, events, tracks)
                 elif isinstance(item, StartWrite):
+                    tracks.pop(item.start.call_sid, None)
                     written += self._write_start(db, item.start, events)
                 else:
                     written += self._write_end(db, item, events)
@@ -230,15 +232,20 @@ class SqlEngine(SqlOutbox):
         data = webhooks.started_data(stored_call_of(start))
         return self._event(db, events, start.call_sid, 0, webhooks.CALL_STARTED, data, start.started_at)
 
-    def _write_final(self, db: Db, item: FinalWrite, events: EventSettings) -> int:
+    def _write_final(
+        self, db: Db, item: FinalWrite, events: EventSettings, tracks: dict[str, tuple[str, ...] | None]
+    ) -> int:
         # Only into a call this process started: a second stream of the call on another process
         # (which numbers its finals on its own) is transcribed live but not kept.
-        call = db.execute(
-            "SELECT tracks FROM calls WHERE call_sid = ? AND instance = ?", (item.call_sid, self.instance)
-        ).fetchone()
-        if call is None:
+        if item.call_sid not in tracks:
+            call = db.execute(
+                "SELECT tracks FROM calls WHERE call_sid = ? AND instance = ?", (item.call_sid, self.instance)
+            ).fetchone()
+            tracks[item.call_sid] = None if call is None else decode_tracks(call[0])
+        call_tracks = tracks[item.call_sid]
+        if call_tracks is None:
             return 0
-        utterance = parse_final(item.raw, item.seq, self.labels, decode_tracks(call[0]))  # channel i: track i
+        utterance = parse_final(item.raw, item.seq, self.labels, call_tracks)  # channel i: track i
         if utterance is None:
             return 0
         inserted = db.execute(
