@@ -59,6 +59,9 @@ DEFAULT_WAIT_S = 600.0
 POLL_S = 1.0
 """How often `--all` (and `listen` with no live call) asks for the list of live calls."""
 CONNECT_TIMEOUT_S = 5.0
+TRACKS_WAIT_S = 2.0
+"""How long the first line of a call waits for the call feed to name its tracks (then: caller on 0)."""
+TRACKS_CLOSE_S = 1.0
 CLOSE_NORMAL = 1000
 
 
@@ -117,7 +120,7 @@ def _refused(server: Server, error: trio_websocket.ConnectionRejected) -> Listen
 
 @asynccontextmanager
 async def _subscriber(
-    server: Server, wait_s: float = 0.0, endpoint: str = "/client"
+    server: Server, wait_s: float = 0.0, endpoint: str = "/client", close_timeout_s: float = CONNECT_TIMEOUT_S
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """A /client (or `endpoint`) connection, closed at the end. trio-websocket reports a refused
     upgrade from its reader task, i.e. out of the nursery: what comes out is one error, never a group."""
@@ -127,7 +130,7 @@ async def _subscriber(
             try:
                 yield ws
             finally:
-                with trio.move_on_after(CONNECT_TIMEOUT_S) as cleanup:
+                with trio.move_on_after(close_timeout_s) as cleanup:
                     cleanup.shield = True
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
@@ -167,9 +170,9 @@ def _call_list(server: Server, first: str | bytes) -> list[str]:
 async def call_tracks(server: Server, call_sid: str) -> tuple[str, ...]:
     """The live call's tracks in channel order, as the server's call feed (`/api/events`) lists
     them; () when it cannot tell (a call on another process, an older server, a refusal)."""
-    with trio.move_on_after(CONNECT_TIMEOUT_S):
+    with trio.move_on_after(TRACKS_WAIT_S):
         try:
-            async with _subscriber(server, endpoint="/api/events") as ws:
+            async with _subscriber(server, endpoint="/api/events", close_timeout_s=TRACKS_CLOSE_S) as ws:
                 return _tracks_in_snapshot(await ws.get_message(), call_sid)
         except (ListenError, trio_websocket.ConnectionClosed):
             pass
