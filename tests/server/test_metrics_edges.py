@@ -73,7 +73,7 @@ def test_two_receivers_differing_only_in_query_get_distinct_metric_series() -> N
             self.stats = {url: ReceiverStats(delivered=i + 1, dropped=i) for i, url in enumerate(urls)}
             self.names = webhooks.receiver_names(urls)
 
-    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0})
+    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0, "hub_up": 1})
     metrics.store.delivery = Delivery()  # type: ignore[assignment]
     text = metrics.render().decode()
     series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("callscribe_webhook_")]

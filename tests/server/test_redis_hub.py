@@ -155,7 +155,9 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
     assert "Redis is unavailable" in caplog.text
     async with httpx.AsyncClient() as client:
         health = await client.get(server.http_url + "/healthz")
+        metrics = (await client.get(server.http_url + "/metrics")).text
     assert health.status_code == 200 and health.json()["active_calls"] == 0
+    assert "callscribe_hub_up 0.0" in metrics  # an outage an operator can alert on
 
     # A new subscriber cannot be served meanwhile, and is told so.
     async with trio_websocket.open_websocket_url(server.url("/client"), connect_timeout=5) as ws:
@@ -177,6 +179,8 @@ async def test_calls_go_on_while_redis_is_down_and_the_hub_recovers(
     assert 0 < follower.types.count("Results") <= fake_deepgram.sessions[-1].results_sent
     assert (follower.types[-1], follower.close_code) == ("Metadata", 1000)
     assert "Redis is back" in caplog.text
+    async with httpx.AsyncClient() as client:
+        assert "callscribe_hub_up 1.0" in (await client.get(server.http_url + "/metrics")).text
     await stop_servers(server)
 
 

@@ -231,7 +231,8 @@ class Hub(Protocol):
         ended within `RESUME_WINDOW_S`), then the live ones; no sticky notice is given first."""
 
     def stats(self) -> dict[str, int]:
-        """Counts for health checks: {"calls": ..., "subscribers": ...}."""
+        """Counts for health checks and metrics: {"calls": ..., "subscribers": ..., "up": 1 while
+        the hub takes subscribers (0 during a Redis outage)}."""
 
     async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
         """End every subscription with 1001; subscribers of calls streaming into other processes
@@ -361,6 +362,7 @@ class InMemoryHub:
         return {
             "calls": len(self._calls),
             "subscribers": sum(len(entry.subscriptions) for entry in self._calls.values()),
+            "up": 1,
         }
 
     async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:

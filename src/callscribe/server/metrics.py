@@ -33,6 +33,7 @@ class Metrics:
             ("active_calls", "Calls streaming now"),
             ("subscribers", "Subscribers connected to live calls"),
             ("games", "Games connected to /game"),
+            ("hub_up", "1 while the hub takes subscribers, 0 during an outage (Redis down)"),
         ):
             gauge = Gauge(f"callscribe_{name}", help_text, registry=self.registry)
             gauge.set_function(functools.partial(_live_count, live, name))

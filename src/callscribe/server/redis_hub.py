@@ -269,7 +269,11 @@ class RedisHub:
 
     def stats(self) -> dict[str, int]:
         """This process's share: its calls' streams and its subscribers."""
-        return {"calls": len(self._local_streams), "subscribers": self._subscribers.count()}
+        return {
+            "calls": len(self._local_streams),
+            "subscribers": self._subscribers.count(),
+            "up": int(not self.link.down),
+        }
 
     async def shutdown(self, reason: str = "server shutting down", *, grace_s: float = 0.0) -> None:
         """Give this process's subscribers of calls on other processes up to `grace_s` to get their

@@ -160,7 +160,14 @@ class Supervisor:
 
     def live_counts(self) -> dict[str, int]:
         stats = self.hub.stats()
-        return {"active_calls": stats["calls"], "subscribers": stats["subscribers"], "games": len(self.games.games)}
+        return {
+            "active_calls": stats["calls"],
+            "subscribers": stats["subscribers"],
+            "games": len(self.games.games),
+            "hub_up": stats["up"],
+        }
 
     def health(self) -> dict[str, object]:
-        return {"status": "closing" if self.closing else "ok", **self.live_counts()}
+        counts = self.live_counts()
+        del counts["hub_up"]  # (a process whose Redis is down still serves its calls: healthy)
+        return {"status": "closing" if self.closing else "ok", **counts}
