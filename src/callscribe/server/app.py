@@ -35,6 +35,7 @@ from callscribe.server.api import CallsApi, add_routes
 from callscribe.server.call import Call, Connector
 from callscribe.server.call_feed import CallFeed, ObservedHub
 from callscribe.server.call_settings import CallSettings
+from callscribe.server.call_waiters import CallWaiters
 from callscribe.server.dashboard import Dashboard
 from callscribe.server.dashboard import add_routes as add_dashboard_routes
 from callscribe.server.games import Game, GameRegistry, GameSettings, error_message
@@ -114,8 +115,10 @@ class Server:
         self.forward_number = forward_number
         self.feed = CallFeed(self._live_call, self.games)
         """The dashboard's call feed: it sees what calls tell the hub (call_feed.py)."""
-        self.hub: Hub = ObservedHub(hub if hub is not None else InMemoryHub(), self.feed)
-        self.supervisor = Supervisor(settings, self.hub, self.games, connect, store or NO_RECORDER)
+        inner = hub if hub is not None else InMemoryHub()
+        waiters = CallWaiters(inner)
+        self.hub: Hub = ObservedHub(inner, self.feed, waiters.registered)
+        self.supervisor = Supervisor(settings, self.hub, self.games, connect, store or NO_RECORDER, waiters)
         self.metrics = self.supervisor.metrics
         if store is not None:
             self.metrics.store.watch(store, store.delivery)

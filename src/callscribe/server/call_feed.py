@@ -157,11 +157,13 @@ class CallFeed:
 
 
 class ObservedHub:
-    """A hub that tells the call feed what calls of this process do, and otherwise is `hub`."""
+    """A hub that tells the call feed what calls of this process do, and otherwise is `hub`;
+    `registered` also hears of each call that registers (the waiting subscribers: call_waiters.py)."""
 
-    def __init__(self, hub: Hub, feed: CallFeed) -> None:
+    def __init__(self, hub: Hub, feed: CallFeed, registered: Callable[[str], None] | None = None) -> None:
         self.inner = hub
         self.feed = feed
+        self.registered = registered
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -172,6 +174,8 @@ class ObservedHub:
     async def register_call(self, call_sid: str) -> None:
         await self.inner.register_call(call_sid)
         self.feed.registered(call_sid)
+        if self.registered is not None:
+            self.registered(call_sid)
 
     async def unregister_call(self, call_sid: str, code: int = CLOSE_NORMAL, reason: str = "call ended") -> None:
         try:

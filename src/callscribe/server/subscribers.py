@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 30.0
 """A subscriber has this long to name its call."""
-WAIT_POLL_S = (0.05, 0.25)
-"""While a subscriber waits for its call, the hub is asked this often (first, then at most)."""
 HISTORY_TIMEOUT_S = 5.0
 """A late subscriber waits at most this long for the call's finals so far; then it gets live messages only."""
 
@@ -182,23 +180,19 @@ class Subscribers:
     async def _wait_for_call(self, ws: ReaderSocket, peer: str, call_sid: str, wait_s: float) -> bool:
         """Wait until `call_sid` is live (True), or up to `wait_s` seconds: then tell the subscriber
         and close (False). An app learns a CallSid from Twilio's voice webhook before the stream
-        starts, so it may subscribe first. The hub is asked every WAIT_POLL_S; meanwhile the socket
-        is read (pings answered), and a subscriber that leaves ends the wait (False); the
-        supervisor cancels it at shutdown."""
+        starts, so it may subscribe first. The process's waiters share one poll of the hub
+        (call_waiters.py); meanwhile the socket is read (pings answered), and a subscriber that
+        leaves ends the wait (False); the supervisor cancels it at shutdown."""
         started = left = False
         hub_error: HubUnavailable | None = None
 
+        def waiting() -> None:
+            log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
+
         async def poll() -> None:
             nonlocal started, hub_error
-            delay, most = WAIT_POLL_S
             try:
-                if call_sid not in await self.hub.active_calls():
-                    log.info("subscriber %s waits up to %g s for call %r to start", peer, wait_s, call_sid[:64])
-                with trio.move_on_after(wait_s):
-                    while call_sid not in await self.hub.active_calls():
-                        await trio.sleep(delay)
-                        delay = min(delay * 2, most)
-                    started = True
+                started = await self.supervisor.waiters.wait(call_sid, wait_s, waiting)
             except HubUnavailable as error:
                 hub_error = error
             nursery.cancel_scope.cancel()

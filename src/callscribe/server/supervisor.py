@@ -6,7 +6,8 @@ transcribed), so calls do not run in their handler: they run in the supervisor's
 lives as long as the app. The `/twilio` handler starts the call here and waits for it; when the
 handler ends it tells the call that its input ended, and the call finishes on its own.
 
-The hub's own tasks, and the call store's, run in an outer nursery: they outlive the calls, which
+The hub's own tasks, the call store's and the poll for subscribers waiting for their calls to start
+(call_waiters.py) run in an outer nursery: they outlive the calls, which
 unregister from the hub and hand their end to the store as they end. Subscriber and game connections register a cancel scope (`connection()`) that
 shutdown cancels once the calls are done.
 """
@@ -21,6 +22,7 @@ import trio
 
 from callscribe.server.call import Call, Connector
 from callscribe.server.call_settings import CallSettings
+from callscribe.server.call_waiters import CallWaiters
 from callscribe.server.games import GameRegistry
 from callscribe.server.hub import CLOSE_GOING_AWAY, Hub
 from callscribe.server.metrics import Metrics
@@ -36,7 +38,7 @@ end to the store: their shielded clean-ups (closing Deepgram, leaving the hub) t
 
 
 class Supervisor:
-    """Owns the hub's tasks and every call's; `run` lives as long as the app."""
+    """Owns the hub's tasks, the waiters' poll and every call's; `run` lives as long as the app."""
 
     def __init__(
         self,
@@ -45,9 +47,12 @@ class Supervisor:
         games: GameRegistry,
         connect: Connector | None = None,
         recorder: Recorder = NO_RECORDER,
+        waiters: CallWaiters | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
+        self.waiters = waiters if waiters is not None else CallWaiters(hub)
+        """Subscribers waiting for their calls to start (`/client?wait=`)."""
         self.recorder = recorder
         self.games = games
         self.connect = connect
@@ -63,6 +68,7 @@ class Supervisor:
         async with trio.open_nursery() as hub_nursery:
             await hub_nursery.start(self.hub.run)
             await hub_nursery.start(self.recorder.run)
+            await hub_nursery.start(self.waiters.run)
             async with trio.open_nursery() as calls:
                 self._nursery = calls
                 task_status.started()
