@@ -775,7 +775,7 @@ async def test_after_stop_a_call_that_cannot_reach_deepgram_ends_within_the_fina
         " dg.example:443: [Errno 113] No route to host); the audio not yet sent is not transcribed"
     )
     assert h.call.deepgram is not None and h.call.deepgram.backlog.lost == 50 * 160  # none of it reached Deepgram
-    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0})
+    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0, "hub_up": 1})
     metrics.call_ended(h.call, "transcription_failed")
     assert "callscribe_audio_seconds_lost_total 1.0" in metrics.render().decode()
 
@@ -812,7 +812,7 @@ async def test_a_call_adds_its_counters_to_the_metrics_once_at_its_end(autojump_
         h.deepgram.say("not json")
         await trio.sleep(1)
         h.feed(STOP)
-    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0})
+    metrics = Metrics(lambda: {"active_calls": 0, "subscribers": 0, "games": 0, "hub_up": 1})
     metrics.call_ended(h.call, "ok")
     text = metrics.render().decode()
     for line in (
@@ -889,10 +889,10 @@ async def test_cancelling_the_call_closes_deepgram_and_every_subscriber(autojump
         nursery.start_soon(_run_in, call_scope, h.call)
         h.feed(twilio_start(["inbound"]), *frames("inbound", 10, 1))
         await trio.sleep(1)
-        assert h.hub.stats() == {"calls": 1, "subscribers": 2}
+        assert h.hub.stats() == {"calls": 1, "subscribers": 2, "up": 1}
         call_scope.cancel()
     assert h.deepgram.closed
-    assert h.hub.stats() == {"calls": 0, "subscribers": 0}
+    assert h.hub.stats() == {"calls": 0, "subscribers": 0, "up": 1}
     assert h.call.finished.is_set()
 
 

@@ -62,7 +62,7 @@ async def test_what_the_hub_is_told_reaches_viewers_as_it_happens() -> None:
     assert updated["call"]["deepgram"] == "reconnecting"
     assert ended["type"] == "call.ended" and ended["outcome"] == "ended"
     assert feed.viewers == 0
-    assert hub.stats() == {"calls": 0, "subscribers": 0}  # the hub itself was told everything too
+    assert hub.stats() == {"calls": 0, "subscribers": 0, "up": 1}  # the hub itself was told everything too
 
 
 async def test_a_viewer_limited_to_one_call_sees_only_it() -> None:

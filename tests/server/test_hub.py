@@ -16,7 +16,7 @@ async def test_fan_out_shares_one_message_object_and_ends_with_the_call() -> Non
     hub = InMemoryHub()
     await hub.register_call("CA1")
     async with hub.subscribe("CA1") as first, hub.subscribe("CA1") as second:
-        assert hub.stats() == {"calls": 1, "subscribers": 2}
+        assert hub.stats() == {"calls": 1, "subscribers": 2, "up": 1}
         message = '{"type":"Results"}'
         await hub.publish("CA1", message)
         await hub.unregister_call("CA1")
@@ -24,7 +24,7 @@ async def test_fan_out_shares_one_message_object_and_ends_with_the_call() -> Non
     assert got_first == got_second == [message]
     assert got_first[0] is got_second[0]  # serialized once, shared
     assert (first.close_code, first.close_reason) == (1000, "call ended")
-    assert hub.stats() == {"calls": 0, "subscribers": 0}
+    assert hub.stats() == {"calls": 0, "subscribers": 0, "up": 1}
 
 
 async def test_unknown_call_is_refused() -> None:
