@@ -12,9 +12,16 @@ from callscribe.core.deepgram import (
     KEEPALIVE,
     DeepgramState,
     DeepgramStream,
+    api_key_problem,
     listen_url,
     rejection_summary,
 )
+
+
+def test_an_api_key_must_fit_an_authorization_header() -> None:
+    assert api_key_problem("0123abcd") == api_key_problem("with space~") == ""
+    assert api_key_problem("key\u201d") == "has a character that is not printable ASCII (at position 4)"
+    assert api_key_problem("\tkey").endswith("(at position 1)") and api_key_problem("key\n")
 
 
 def test_audio_parameters_are_forced_and_other_options_kept() -> None:

@@ -33,6 +33,14 @@ def test_an_empty_environment_is_empty_not_the_process_environment(monkeypatch: 
     assert settings_from(flags("--deepgram-url", LOCAL_DEEPGRAM)).speech == "aura"  # None: the process's
 
 
+@pytest.mark.parametrize("key", ["secret\u201d", "secret\n"])
+def test_the_deepgram_key_must_be_printable_ascii(key: str) -> None:
+    # It goes into HTTP headers (Deepgram's live STT and Aura), which cannot carry it.
+    with pytest.raises(ConfigError, match="DEEPGRAM_API_KEY has a character that is not printable ASCII") as raised:
+        settings_from(flags(), {"DEEPGRAM_API_KEY": key})
+    assert "secret" not in str(raised.value)
+
+
 def test_the_token_secret_must_be_long_enough_for_hs256() -> None:
     environ = {"DEEPGRAM_API_KEY": "k", "CALLSCRIBE_TOKEN_SECRET": "x" * 31}
     with pytest.raises(ConfigError, match="at least 32 bytes"):

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from unittest.mock import ANY
 from xml.etree import ElementTree
 
 import httpx
@@ -185,6 +186,45 @@ async def test_a_keyed_code_that_begins_a_longer_held_one_is_patched_after_a_pau
                 await trio.sleep(0.1)
         assert trio.current_time() - began == pytest.approx(KEYPAD_PAUSE_S, abs=0.11)
         nursery.cancel_scope.cancel()
+
+
+class FlakyEngine:
+    """Fails its first sentence with a bug (not a SpeechError); then yields one chunk a sentence."""
+
+    def __init__(self) -> None:
+        self.sentences = 0
+
+    @asynccontextmanager
+    async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        self.sentences += 1
+        if self.sentences == 1:
+            raise RuntimeError("a bug in the engine")
+        yield self._audio()
+
+    async def _audio(self) -> AsyncIterator[bytes]:
+        yield b"\x01" * 160
+
+
+@pytest.mark.logged_exceptions_expected
+async def test_a_synthesis_failing_unexpectedly_fails_its_sentence_not_the_call() -> None:
+    # Anything but a SpeechError ended the speaker, and with it the whole call (its transcription).
+    registry = GameRegistry(GameSettings(), FlakyEngine(), CodePool(["42"]))  # type: ignore[arg-type]
+    game = await registry.join("peer")
+    assert game is not None
+    twilio = FakeTwilio()
+    patch = registry.patch_for("CA1", "MZ1", twilio.send)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as speaker:
+            speaker.start_soon(patch.run_speaker)
+            feed(patch, final("forty two"))
+            game.command("Welcome!")
+            *_, error = await received(game.outbox, 3)  # CallConnected, Results, Error
+            assert error == {"type": "Error", "source": "callscribe", "message": ANY}
+            assert error["message"] == "speech failed: internal error (see the server's log)"
+            game.command("Second try.")  # the next sentence is spoken
+            await twilio.sent["mark"].wait()
+            patch.twilio_gone()
+    assert twilio.events == ["media", "mark"]
 
 
 async def test_game_commands_before_a_call_is_patched() -> None:

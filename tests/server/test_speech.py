@@ -6,11 +6,13 @@ import array
 import math
 import os
 import shutil
+import sys
 
 import httpx
 import pytest
 import trio
 
+import callscribe
 from callscribe.core import audio as mulaw
 from callscribe.server.speech import (
     AURA_AUDIO_PARAMS,
@@ -114,6 +116,20 @@ async def test_aura_stream_breaking_off_is_a_speech_error(fake_aura: FakeAura) -
     assert len(b"".join(received)) == 2 * fake_aura.behaviour.chunk_bytes
 
 
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/json"])
+async def test_aura_answering_with_something_other_than_audio_is_a_speech_error(
+    fake_aura: FakeAura, content_type: str
+) -> None:
+    # A 200 page or JSON (a URL that is not Aura's, Aura's `callback` mode) played as mu-law is
+    # loud noise in the caller's ear.
+    fake_aura.behaviour.content_type = content_type
+    with (
+        trio.fail_after(5),
+        pytest.raises(SpeechError, match=f"answered 200 with {content_type.split(';')[0]}, not audio"),
+    ):
+        await speak(AuraEngine(KEY, url=fake_aura.url), "hello")
+
+
 async def test_aura_slow_first_byte(fake_aura: FakeAura) -> None:
     fake_aura.behaviour.first_byte_delay_s = 0.3
     with trio.fail_after(5):
@@ -165,6 +181,11 @@ async def test_aura_blank_text_makes_no_request(fake_aura: FakeAura) -> None:
 def test_aura_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="API key"):
         AuraEngine("")
+    # httpx sends headers in ASCII: a pasted curly quote raised UnicodeEncodeError, with the key
+    # in it, at every Say (and ended the call)
+    with pytest.raises(ValueError, match="API key has a character that is not printable ASCII") as raised:
+        AuraEngine("secret\u201d")
+    assert "secret" not in str(raised.value)
     with pytest.raises(ValueError, match="http"):
         AuraEngine(KEY, url="ftp://example.com/speak")
     engine = AuraEngine(KEY)
@@ -253,6 +274,29 @@ async def test_espeak_text_is_never_an_option() -> None:
     with trio.fail_after(10):
         audio = b"".join(await speak(EspeakEngine(), "-v xx --help\0"))
     assert len(audio) > 4000
+
+
+@needs_espeak
+async def test_espeak_speaks_any_text_whatever_the_locale() -> None:
+    # The text goes to espeak-ng as UTF-8, which it reads in any locale; in a non-UTF-8 one
+    # (Python's UTF-8 mode off) it was encoded for the locale, and "caf\u00e9" raised
+    # UnicodeEncodeError, which ended the call it was said in.
+    code = (
+        "import trio\n"
+        "from callscribe.server.speech import EspeakEngine\n"
+        "async def main():\n"
+        "    async with EspeakEngine().synthesize('caf\\u00e9 \\u65e5\\u672c') as audio:\n"
+        "        print(len(b''.join([chunk async for chunk in audio])))\n"
+        "trio.run(main)\n"
+    )
+    src = os.path.dirname(os.path.dirname(callscribe.__file__))
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": src}
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            [sys.executable, "-c", code], env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+    assert int(done.stdout) > 4000
 
 
 @needs_espeak

@@ -52,6 +52,12 @@ def listen_url(base_url: str, *, channels: int, sample_rate: int = 8000) -> str:
     return urlunsplit(parts._replace(query=urlencode(kept + forced)))
 
 
+def api_key_problem(key: str) -> str:
+    """What makes `key` unfit for an `Authorization` header, without showing it; "" if nothing."""
+    at = next((i for i, c in enumerate(key) if not (c.isascii() and c.isprintable())), None)
+    return "" if at is None else f"has a character that is not printable ASCII (at position {at + 1})"
+
+
 def rejection_summary(status: int, headers: Mapping[str, str] | list[tuple[bytes, bytes]], body: bytes | None) -> str:
     """One readable line for a refused handshake, with Deepgram's `dg-error` and request id."""
     if not isinstance(headers, Mapping):

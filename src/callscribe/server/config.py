@@ -110,6 +110,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         raise ConfigError(
             "DEEPGRAM_API_KEY (or --deepgram-api-key) is required; try `callscribe fake-deepgram` for a local key-less run"
         )
+    if problem := deepgram.api_key_problem(api_key):
+        raise ConfigError(f"DEEPGRAM_API_KEY {problem}")
     url = values["DEEPGRAM_URL"] or ""
     try:
         deepgram.listen_url(url, channels=1)

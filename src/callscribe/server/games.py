@@ -396,4 +396,7 @@ class GamePatch:
         except SpeechError as failure:
             log.warning("call %s: speech failed: %s", self.call_sid, failure)
             error = str(failure)
+        except Exception:  # an engine's bug fails its sentence, never the call (this task is the call's)
+            log.exception("call %s: speech failed unexpectedly", self.call_sid)
+            error = "internal error (see the server's log)"
         self._perform(self.machine.speech_ended(speak.number, error))

@@ -17,7 +17,7 @@ Engines:
 * :class:`AuraEngine`: Deepgram Aura (``POST /v1/speak``), streamed with httpx, which runs under
   trio through anyio. Asks for ``encoding=mulaw&sample_rate=8000&container=none``: Twilio's
   format, no conversion needed.
-* :class:`EspeakEngine`: the local ``espeak-ng`` program (no account needed; robotic voice). It
+* :class:`EspeakEngine` (speech_espeak.py): the local ``espeak-ng`` program (no account needed; robotic voice). It
   writes a 22050 Hz 16-bit mono WAV stream to stdout, converted as it arrives by
   :class:`callscribe.core.audio.WavToMulaw` (anti-aliased resampling to 8 kHz, then mu-law).
 * :func:`engine_from_settings` picks Aura when a Deepgram key is set, espeak-ng otherwise.
@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Final, Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final, Literal
 
 import httpx
-import trio
 
-from callscribe.core.audio import WavToMulaw
+from callscribe.core.deepgram import api_key_problem
+from callscribe.server.speech_engine import ERROR_BODY_LIMIT, NoAudio, SpeechEngine, SpeechError
+from callscribe.server.speech_espeak import ESPEAK_MAX_TEXT_BYTES, EspeakEngine
 
 __all__ = [
     "AURA_AUDIO_PARAMS",
@@ -59,40 +57,6 @@ DEFAULT_AURA_URL: Final = "https://api.deepgram.com/v1/speak"
 DEFAULT_AURA_MODEL: Final = "aura-2-thalia-en"
 #: Query parameters always sent to Aura: Twilio's audio format, without a container.
 AURA_AUDIO_PARAMS: Final = {"encoding": "mulaw", "sample_rate": "8000", "container": "none"}
-
-_ERROR_BODY_LIMIT = 4096
-#: Longest text :class:`EspeakEngine` speaks (it goes on the command line; Linux allows 128 KiB).
-ESPEAK_MAX_TEXT_BYTES: Final = 100_000
-
-
-class SpeechError(Exception):
-    """Speech could not be produced; ``str()`` says why. ``status`` is the HTTP status, if any."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@runtime_checkable
-class SpeechEngine(Protocol):
-    """A text-to-speech engine producing 8 kHz mu-law (see the module documentation)."""
-
-    name: str
-
-    def synthesize(self, text: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """An async context manager giving an async iterator of mu-law chunks for ``text``."""
-        ...
-
-
-class _NoAudio:
-    """The audio of blank text."""
-
-    def __aiter__(self) -> _NoAudio:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
-
 
 # ---------------------------------------------------------------------------------------------
 # Deepgram Aura
@@ -163,8 +127,9 @@ class AuraEngine:
     :meth:`synthesize` opens and closes its own.
 
     Errors: a non-2xx answer raises :class:`SpeechError` on entering ``synthesize`` with the
-    status (``.status``) and Deepgram's error text; a connection failure or timeout raises it on
-    entering; a stream that breaks off raises it from the iteration.
+    status (``.status``) and Deepgram's error text, as does an answer that is text or JSON rather
+    than audio (a URL that is not Aura's); a connection failure or timeout raises it on entering;
+    a stream that breaks off raises it from the iteration.
     """
 
     name = "aura"
@@ -180,6 +145,8 @@ class AuraEngine:
     ) -> None:
         if not api_key:
             raise ValueError("Deepgram Aura needs an API key")
+        if problem := api_key_problem(api_key):
+            raise ValueError(f"the Deepgram API key {problem}")
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"Aura URL must be an http(s) URL, got {url!r}")
@@ -201,7 +168,7 @@ class AuraEngine:
     async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """Speak ``text``: yields an async iterator of mu-law chunks (see the class doc)."""
         if not text.strip():
-            yield _NoAudio()
+            yield NoAudio()
             return
         async with AsyncExitStack() as stack:
             client = self._client
@@ -216,16 +183,25 @@ class AuraEngine:
                     )
                 )
                 if not response.is_success:
-                    body = await _read_limited(response, _ERROR_BODY_LIMIT)
+                    body = await _read_limited(response, ERROR_BODY_LIMIT)
             except httpx.HTTPError as error:
                 raise SpeechError(f"Deepgram Aura request failed: {_describe_http_error(error)}") from error
             if not response.is_success:
                 raise SpeechError(
                     _aura_error_message(response.status_code, body, response.headers), status=response.status_code
                 )
+            if not_audio := _not_audio(response.headers.get("content-type", "")):
+                message = f"Deepgram Aura answered {response.status_code} with {not_audio}, not audio"
+                raise SpeechError(message, status=response.status_code)
             audio = _ResponseAudio(response)
             stack.push_async_callback(audio.aclose)
             yield audio
+
+
+def _not_audio(content_type: str) -> str:
+    """The media type of an answer that is text (JSON, XML, ...: as mu-law, loud noise), else ""."""
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind if kind.startswith("text/") or kind.endswith(("/json", "+json", "/xml", "+xml")) else ""
 
 
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:
@@ -235,136 +211,6 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
         if len(body) >= limit:
             break
     return bytes(body[:limit])
-
-
-# ---------------------------------------------------------------------------------------------
-# espeak-ng
-# ---------------------------------------------------------------------------------------------
-
-
-class _EspeakAudio:
-    """espeak-ng's stdout converted to mu-law as it arrives."""
-
-    def __init__(self, process: trio.Process, program: str) -> None:
-        self.process = process
-        self._program = program
-        self._decoder = WavToMulaw()
-        self._ended = False
-
-    def __aiter__(self) -> _EspeakAudio:
-        return self
-
-    async def __anext__(self) -> bytes:
-        stdout = self.process.stdout
-        assert stdout is not None
-        # Bounded: each round reads from a pipe that ends when the process does.
-        while not self._ended:
-            data = await stdout.receive_some(65536)
-            if not data:
-                self._ended = True
-                return await self._end()
-            out = self._convert(self._decoder.feed, data)
-            if out:
-                return out
-        raise StopAsyncIteration
-
-    async def _end(self) -> bytes:
-        status = await self.process.wait()
-        if status != 0:
-            message = " ".join((await self._stderr_text()).split()) or "no message"
-            raise SpeechError(f"{self._program} failed (exit status {status}): {message}")
-        tail = self._convert(self._decoder.finish)
-        if tail:
-            return tail
-        raise StopAsyncIteration
-
-    def _convert(self, step: Callable[..., bytes], *data: bytes | bytearray) -> bytes:
-        """One step of turning the program's audio into 8 kHz mu-law; bad audio is a SpeechError."""
-        try:
-            return step(*data)
-        except ValueError as error:
-            raise SpeechError(f"{self._program} wrote audio that cannot be converted: {error}") from error
-
-    async def _stderr_text(self) -> str:
-        """What the (exited) process wrote to stderr: a line or two, far below a pipe's buffer."""
-        stderr = self.process.stderr
-        assert stderr is not None
-        text = bytearray()
-        with trio.move_on_after(1):
-            while len(text) < _ERROR_BODY_LIMIT and (chunk := await stderr.receive_some(4096)):
-                text += chunk
-        return text[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
-
-
-class EspeakEngine:
-    """Local text to speech with the ``espeak-ng`` program.
-
-    Runs ``espeak-ng --stdout -v VOICE [-s RATE] -- TEXT`` (after ``--`` text starting with
-    ``-`` is never an option) and converts its WAV output (22050 Hz, 16-bit mono) to 8 kHz
-    mu-law as it streams. ``rate`` is in words per minute (espeak-ng's default is 175). Text
-    goes on the command line, so it is limited to :data:`ESPEAK_MAX_TEXT_BYTES` of UTF-8.
-    A missing program or too long a text raises :class:`SpeechError` on entering
-    ``synthesize``; a failing program (e.g. an unknown voice) raises it from the iteration with
-    espeak-ng's message. Leaving the block early or being cancelled kills the process.
-    """
-
-    name = "espeak-ng"
-
-    def __init__(self, voice: str = "en-us", rate: int | None = None, executable: str = "espeak-ng") -> None:
-        if rate is not None and not 1 <= rate <= 1000:
-            raise ValueError(f"espeak-ng rate must be 1..1000 words per minute, got {rate}")
-        if not voice or voice.startswith("-"):
-            raise ValueError(f"bad espeak-ng voice {voice!r}")
-        self.voice = voice
-        self.rate = rate
-        self.executable = executable
-
-    def available(self) -> bool:
-        """Whether the program can be found (to warn at start-up rather than on first use)."""
-        return shutil.which(self.executable) is not None
-
-    def command(self, text: str, program: str | None = None) -> list[str]:
-        """The command line that speaks ``text``."""
-        cmd = [program or self.executable, "--stdout", "-v", self.voice]
-        if self.rate is not None:
-            cmd += ["-s", str(self.rate)]
-        return [*cmd, "--", text.replace("\0", " ")]
-
-    @asynccontextmanager
-    async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Speak ``text``: yields an async iterator of mu-law chunks (see the class doc)."""
-        if not text.strip():
-            yield _NoAudio()
-            return
-        size = len(text.encode("utf-8"))
-        if size > ESPEAK_MAX_TEXT_BYTES:
-            raise SpeechError(f"text too long for espeak-ng ({size} bytes of UTF-8; at most {ESPEAK_MAX_TEXT_BYTES})")
-        program = shutil.which(self.executable)
-        if program is None:
-            raise SpeechError(
-                f"{self.executable} is not installed (not found on PATH); install espeak-ng "
-                "or set a Deepgram API key to use Deepgram Aura"
-            )
-        try:
-            process = await trio.lowlevel.open_process(
-                self.command(text, program),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        except OSError as error:
-            raise SpeechError(f"cannot run {program}: {error}") from error
-        try:
-            yield _EspeakAudio(process, os.path.basename(program))
-        finally:
-            with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                with trio.move_on_after(5):
-                    await process.wait()  # reaps it
-                for pipe in (process.stdout, process.stderr):
-                    if pipe is not None:
-                        await pipe.aclose()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class FakeAuraBehaviour:
     * ``hold_after_chunks``: after this many chunks, wait for :meth:`FakeAura.release`.
     * ``chunk_bytes``: bytes of audio per chunk (800 = 100 ms).
     * ``ms_per_char``: audio length per character of text (at least one chunk's worth).
+    * ``content_type``: the ``Content-Type`` of the audio answer (not audio: a misdirected URL).
     """
 
     api_key: str = "test-key"
@@ -56,6 +57,7 @@ class FakeAuraBehaviour:
     hold_after_chunks: int | None = None
     chunk_bytes: int = 800
     ms_per_char: int = 50
+    content_type: str = "audio/basic"
 
 
 @dataclass
@@ -229,7 +231,7 @@ class FakeAura:
             return True
         record.status = 200
         headers = [
-            ("content-type", "audio/basic"),
+            ("content-type", b.content_type),
             ("dg-request-id", request_id),
             ("dg-model-name", record.query.get("model", "")),
             ("dg-char-count", str(len(text))),
