@@ -87,14 +87,15 @@ def open_page(chromium: Browser) -> Iterator[Any]:
 
 
 class Sent:
-    """When the fake Deepgram sent each final (seconds since the epoch), per channel."""
+    """When the fake Deepgram sent each final that says something (seconds since the epoch), per
+    channel; the empty ones after CloseStream show no line."""
 
     def __init__(self) -> None:
         self.finals: list[dict[str, Any]] = []
 
     def __call__(self, session: FakeDeepgramSession, text: str) -> None:
         message = json.loads(text)
-        if message.get("type") == "Results" and message.get("is_final"):
+        if message.get("type") == "Results" and message.get("is_final") and message["duration"] > 0:
             self.finals.append({"message": message, "at": time.time()})
 
 

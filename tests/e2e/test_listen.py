@@ -103,7 +103,9 @@ async def test_json_is_the_messages_themselves_one_a_line(server: RunningServer)
         await run_call(server.url("/twilio"), call("CAjson"), speed=2)
         assert await listener.status() == 0
     messages = [json.loads(line) for line in listener.lines]
-    assert [m["type"] for m in messages] == ["Results"] * 4 + ["Metadata"]
+    # A final per channel per second, then CloseStream's empty final per channel (nothing was pending).
+    assert [m["type"] for m in messages] == ["Results"] * 6 + ["Metadata"]
+    assert [m["duration"] for m in messages[4:6]] == [0, 0]
     assert listener.errors[-1] == "callscribe listen: call CAjson: closed: 1000 call ended"
 
 

@@ -140,6 +140,36 @@ async def test_bidirectional_call_plays_what_comes_back_and_echoes_marks(
     assert report.playback.bad_messages == [] and report.close_code == 1000
 
 
+async def test_no_mark_is_echoed_after_stop(
+    start_websocket_server: Callable[..., Awaitable[int]], autojump_clock: trio.abc.Clock
+) -> None:
+    """`stop` is the last message Twilio sends: a mark whose audio has not played by then is never echoed."""
+    events: list[str] = []
+
+    async def speak_past_the_end(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                message = json.loads(await ws.get_message())
+                events.append(message["event"])
+                if message["event"] == "start":
+                    sid = message["streamSid"]
+                    payload = base64.b64encode(b"\xff" * 16000).decode()  # 2 s of audio, longer than the call
+                    await ws.send_message(
+                        json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+                    )
+                    await ws.send_message(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "late"}}))
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    port = await start_websocket_server(speak_past_the_end, ssl_context=None)
+    spec = small_spec(inbound=mulaw.generate_tone(0.5), outbound=None)
+    with trio.fail_after(20):  # virtual seconds
+        report = await run_call(f"ws://127.0.0.1:{port}/twilio", spec, bidirectional=True, close_wait=5)
+    assert events[-1] == "stop", events
+    assert report.playback is not None and report.playback.marks == []
+
+
 async def test_connection_refused() -> None:
     port = free_port()
     with (

@@ -272,11 +272,12 @@ async def test_results_per_channel(fake: FakeDeepgram) -> None:
     ]
     assert first["metadata"]["model_info"] == {"name": "fake", "version": "0", "arch": "fake"}
     assert first["metadata"]["request_id"] == fake.sessions[0].request_id
-    # Nothing was pending at CloseStream: only Metadata follows.
-    assert [m["type"] for m in rest] == ["Metadata"]
-    assert rest[0]["duration"] == 2.0
+    # Nothing was pending at CloseStream: an empty final per channel, then Metadata.
+    assert [m["type"] for m in rest] == ["Results", "Results", "Metadata"]
+    assert spans(rest) == [(0, 2.0, 0.0, True), (1, 2.0, 0.0, True)]
+    assert rest[2]["duration"] == 2.0
     assert closed.code == 1000
-    assert fake.sessions[0].results_sent == 4
+    assert fake.sessions[0].results_sent == 6
 
 
 async def test_channels_without_multichannel_are_mixed(fake: FakeDeepgram) -> None:
@@ -309,6 +310,24 @@ async def test_interim_results_half_way_through_each_segment(fake: FakeDeepgram)
     assert messages[0]["speech_final"] is False
 
 
+async def test_vad_events_and_utterance_ends(fake: FakeDeepgram) -> None:
+    fake.behaviour.result_every_s = 0.5
+    fake.behaviour.lines = (("hello there", "", ""),)
+    query = MULAW + "&interim_results=true&vad_events=true&utterance_end_ms=1000"
+    with trio.fail_after(TIMEOUT):
+        async with connect(fake, query) as ws:
+            await send_all(ws, b"\xff" * 12000)  # 1.5 s: a line, then 1 s without words
+            await ws.send_message('{"type":"CloseStream"}')
+            messages, _ = await read_until_closed(ws)
+    kinds = [m["type"] if m["type"] != "Results" else ("final" if m["is_final"] else "interim") for m in messages]
+    assert kinds == [
+        "SpeechStarted", "interim", "final", "interim", "final", "interim", "final", "UtteranceEnd", "final", "Metadata"
+    ]  # fmt: skip
+    # `channel`, not `channel_index` as in Results
+    assert messages[0] == {"type": "SpeechStarted", "channel": [0, 1], "timestamp": 0.0}
+    assert messages[7] == {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.5}
+
+
 async def test_finalize_flushes_only_new_audio(fake: FakeDeepgram) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(fake) as ws:
@@ -323,8 +342,9 @@ async def test_finalize_flushes_only_new_audio(fake: FakeDeepgram) -> None:
             rest, closed = await read_until_closed(ws)
     assert spans([first, second]) == [(0, 0.0, 0.3, True), (0, 0.3, 0.2, True)]
     assert first["from_finalize"] is True and second["from_finalize"] is True
-    assert [m["type"] for m in rest] == ["Metadata"]
-    assert rest[0]["duration"] == 0.5
+    assert [m["type"] for m in rest] == ["Results", "Metadata"]
+    assert spans(rest) == [(0, 0.5, 0.0, True)]  # CloseStream with nothing pending: an empty final
+    assert rest[1]["duration"] == 0.5
     assert closed.code == 1000
     assert fake.sessions[0].control == ["Finalize", "Finalize", "Finalize", "CloseStream"]
 
@@ -340,7 +360,8 @@ async def test_close_stream_sends_finals_then_metadata_then_closes_1000(fake: Fa
         await session.closed.wait()
     assert [m["type"] for m in messages] == ["Results", "Results", "Metadata"]
     assert spans(messages) == [(0, 0.0, 1.0, True), (0, 1.0, 0.5, True)]
-    assert messages[1]["from_finalize"] is False
+    assert messages[0]["from_finalize"] is False and messages[0]["speech_final"] is True
+    assert messages[1]["from_finalize"] is True and messages[1]["speech_final"] is False  # the flush
     metadata = messages[2]
     assert metadata["sha256"] == hashlib.sha256(audio).hexdigest()
     assert metadata["duration"] == 1.5
@@ -349,6 +370,19 @@ async def test_close_stream_sends_finals_then_metadata_then_closes_1000(fake: Fa
     assert (closed.code, session.close_code) == (1000, 1000)
     assert session.results_sent == 2
     assert bytes(session.audio_by_channel[0]) == audio
+
+
+async def test_close_stream_with_nothing_pending_sends_an_empty_final(fake: FakeDeepgram) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(fake, STEREO) as ws:
+            await send_all(ws, b"\xff" * 16000)  # 1 s on each channel: a final each, nothing left
+            await ws.send_message('{"type":"CloseStream"}')
+            messages, closed = await read_until_closed(ws)
+    assert [m["type"] for m in messages] == ["Results"] * 4 + ["Metadata"]
+    assert spans(messages[2:4]) == [(0, 1.0, 0.0, True), (1, 1.0, 0.0, True)]
+    for empty in messages[2:4]:
+        assert empty["from_finalize"] is True and empty["channel"]["alternatives"][0]["transcript"] == ""
+    assert closed.code == 1000
 
 
 async def test_control_messages_recorded_and_bad_ones_ignored(fake: FakeDeepgram) -> None:

@@ -23,6 +23,12 @@ def test_audio_format_defaults_and_parameters() -> None:
     assert parsed == AudioFormat("linear16", 16000, 2, multichannel=True, interim_results=True)
     assert (parsed.bytes_per_sample, parsed.result_channels) == (2, 2)
     assert audio_format({"channels": "2"}).result_channels == 1  # mixed
+    assert audio_format({}).endpointing and audio_format({"endpointing": "300"}).endpointing
+    assert not audio_format({"endpointing": "false"}).endpointing
+    assert (audio_format({}).vad_events, audio_format({}).utterance_end_ms) == (False, None)
+    events = audio_format({"vad_events": "true", "utterance_end_ms": "1000", "interim_results": "true"})
+    assert (events.vad_events, events.utterance_end_ms) == (True, 1000)
+    assert audio_format({"utterance_end_ms": "1000"}).utterance_end_ms is None  # needs interim results
 
 
 @pytest.mark.parametrize(
@@ -33,6 +39,7 @@ def test_audio_format_defaults_and_parameters() -> None:
         ({"channels": "0"}, "Invalid value for channels"),
         ({"sample_rate": "fast"}, "Invalid value for sample_rate"),
         ({"multichannel": "maybe"}, "Invalid value for multichannel"),
+        ({"utterance_end_ms": "soon"}, "Invalid value for utterance_end_ms"),
     ],
 )
 def test_bad_audio_parameters_are_a_400(query: dict[str, str], message: str) -> None:

@@ -10,6 +10,7 @@ from callscribe.testing.fake_deepgram_results import (
     MODEL_UUID,
     DueResult,
     ResultSchedule,
+    VoiceEvents,
     metadata_message,
     results_message,
     scripted_transcript,
@@ -94,11 +95,11 @@ def test_one_interim_half_way_through_each_segment() -> None:
 def test_flush_finalises_what_is_pending_once() -> None:
     schedule = ResultSchedule(2, 100, interim_results=True)
     schedule.on_audio([130, 60])
-    assert schedule.flush([130, 60], from_finalize=True) == [
+    assert schedule.flush([130, 60], closing=False) == [
         DueResult(0, 100, 130, is_final=True, from_finalize=True),
         DueResult(1, 0, 60, is_final=True, from_finalize=True),
     ]
-    assert schedule.flush([130, 60], from_finalize=False) == []
+    assert schedule.flush([130, 60], closing=False) == []
     # The next segment starts where the flush ended, with its own interim.
     assert schedule.on_audio([180, 60]) == [DueResult(0, 130, 180, is_final=False)]
 
@@ -106,7 +107,7 @@ def test_flush_finalises_what_is_pending_once() -> None:
 def test_without_a_segment_results_come_only_on_flush() -> None:
     schedule = ResultSchedule(1, 0, interim_results=True)
     assert schedule.on_audio([10_000]) == []
-    assert schedule.flush([10_000], from_finalize=False) == [DueResult(0, 0, 10_000, is_final=True)]
+    assert schedule.flush([10_000], closing=True) == [DueResult(0, 0, 10_000, is_final=True, from_finalize=True)]
 
 
 def test_a_script_gives_each_channel_its_lines_one_per_segment_cycling() -> None:
@@ -125,3 +126,52 @@ def test_a_script_gives_each_channel_its_lines_one_per_segment_cycling() -> None
     assert say(1, 10, final=False) == "Fine."
     assert say(2, 0) == ""  # a channel without a script says nothing
     assert scripted_transcript(lines, DueResult(0, 25, 27, is_final=True), segment=0) == "Hello there, how are you?"
+
+
+def test_close_stream_flushes_from_finalize_and_says_nothing_where_nothing_is_pending() -> None:
+    # protocols.md, gotcha 15: finals after CloseStream may be empty (duration 0, from_finalize: true).
+    schedule = ResultSchedule(3, 100, interim_results=False)
+    schedule.on_audio([130, 100, 0])
+    assert schedule.flush([130, 100, 0], closing=True) == [
+        DueResult(0, 100, 130, is_final=True, from_finalize=True),
+        DueResult(1, 100, 100, is_final=True, from_finalize=True),  # covers no audio
+    ]  # a channel that never had audio gets nothing
+    assert schedule.flush([130, 100, 0], closing=False) == []  # Finalize with nothing pending: no answer
+
+
+def test_speech_final_only_where_endpointing_cut_the_final() -> None:
+    def speech_final(**options: bool) -> bool:
+        message = results_message(request_id="r", channel=0, channels=1, start=0.0, end=1.0, **options)
+        return bool(message["speech_final"])
+
+    assert speech_final(is_final=True)
+    assert not speech_final(is_final=False)
+    assert not speech_final(is_final=True, from_finalize=True)  # cut by the client's flush, not by a pause
+    assert not speech_final(is_final=True, endpointing=False)  # no endpointing, no end of speech
+
+
+def test_a_result_covering_no_audio_says_nothing() -> None:
+    message = results_message(request_id="r", channel=0, channels=1, start=1.5, end=1.5, is_final=True)
+    assert message["duration"] == 0
+    assert message["channel"]["alternatives"] == [{"transcript": "", "confidence": 0.0, "words": []}]
+
+
+def test_speech_starts_after_silence_and_an_utterance_ends_after_utterance_end_ms_without_words() -> None:
+    events = VoiceEvents(2, vad_events=True, utterance_end_s=1.0)
+    assert events.before(0, 0.0, spoken=True) == [{"type": "SpeechStarted", "channel": [0, 2], "timestamp": 0.0}]
+    assert events.before(0, 0.0, spoken=True) == []  # still speaking
+    assert events.after_final(0, 0.5, spoken=True) == []
+    assert events.before(1, 0.0, spoken=False) == []  # silence starts nothing
+    assert events.after_final(0, 1.0, spoken=False) == []  # 0.5 s without words: not yet
+    assert events.after_final(0, 1.5, spoken=False) == [
+        {"type": "UtteranceEnd", "channel": [0, 2], "last_word_end": 0.5}
+    ]
+    assert events.after_final(0, 2.5, spoken=False) == []  # once per utterance
+    assert events.before(0, 2.5, spoken=True)[0]["timestamp"] == 2.5  # speech again after silence
+
+
+def test_no_voice_events_unless_asked() -> None:
+    events = VoiceEvents(1, vad_events=False, utterance_end_s=None)
+    assert events.before(0, 0.0, spoken=True) == []
+    assert events.after_final(0, 0.5, spoken=True) == []
+    assert events.after_final(0, 9.0, spoken=False) == []

@@ -211,6 +211,7 @@ async def _play(
     # numbers are moved up by the marks sent before them.
     numbered = 0  # messages sent after `connected`
     marks_sent = 0
+    stopping = False
 
     async def receive() -> None:
         nonlocal wake
@@ -236,7 +237,11 @@ async def _play(
             wake = trio.Event()
             with trio.move_on_at(due if due is not None else math.inf):
                 await wake.wait()
+            if stopping:  # `stop` is Twilio's last message: no echo after it
+                return
             for echo in playback.due(trio.current_time()):
+                if stopping:
+                    return
                 numbered, marks_sent = numbered + 1, marks_sent + 1
                 try:
                     await ws.send_message(_numbered(echo, numbered))
@@ -257,6 +262,9 @@ async def _play(
                 else:
                     await trio.lowlevel.checkpoint()
                 text = item.text
+                if item.event == "stop":
+                    stopping = True
+                    wake.set()  # the mark echoer ends
                 if item.event != "connected":
                     numbered += 1
                     text = _numbered(text, numbered) if marks_sent else text

@@ -22,9 +22,14 @@ What it reproduces from the real protocol (Deepgram's live streaming documentati
   each final covers only the audio since the previous final, with ``start``/``duration`` in
   seconds of audio since the connection opened and words spread evenly over the segment. With
   ``interim_results=true`` a non-final result is sent about half-way through each segment.
+  ``speech_final`` is true on a timed final only (not on a flush's, nor with ``endpointing=false``).
+* **Voice events.** With ``vad_events=true``, ``SpeechStarted`` before the first result with words
+  after silence; with ``utterance_end_ms`` (and interim results), ``UtteranceEnd`` after the first
+  final without words that far past the last word. Both say ``channel``, not ``channel_index``.
 * **Control messages** (text frames): ``KeepAlive`` (keeps the connection alive, no reply),
-  ``Finalize`` (flush: finals for pending audio with ``from_finalize: true``), ``CloseStream``
-  (flush, ``Metadata`` with the SHA-256 and duration of the audio, then close 1000). Unknown or
+  ``Finalize`` (flush: finals for pending audio with ``from_finalize: true``; nothing if none is
+  pending), ``CloseStream`` (flush likewise, an empty final of duration 0 for a channel with nothing
+  pending, ``Metadata`` with the SHA-256 and duration of the audio, then close 1000). Unknown or
   malformed text is ignored.
 * **Timeouts and close codes.** Neither audio nor ``KeepAlive`` for ``idle_timeout_s`` (10 s
   like Deepgram) closes ``1011 NET-0001``.
@@ -33,8 +38,8 @@ Misbehaviours, set on :class:`FakeDeepgramBehaviour`: refuse every handshake wit
 (``reject_status``), drop the connection with ``1011 NET-0000`` after some audio
 (``drop_after_audio_s``), and answer slowly (``response_delay_s``; receiving audio goes on).
 
-Not reproduced: speech recognition, ``SpeechStarted``/``UtteranceEnd`` events, endpointing,
-containerised or compressed encodings (rejected with 400), the 1.25x real-time rate limit.
+Not reproduced: speech recognition, endpointing (finals come at fixed intervals), containerised or
+compressed encodings (rejected with 400), the 1.25x real-time rate limit.
 
 Every accepted connection is recorded as a :class:`FakeDeepgramSession` (audio per channel,
 message sizes, control messages, close code) for tests to inspect. A failure while handling one

@@ -24,6 +24,7 @@ from callscribe.testing.fake_deepgram_handshake import AudioFormat
 from callscribe.testing.fake_deepgram_results import (
     DueResult,
     ResultSchedule,
+    VoiceEvents,
     compact_json,
     metadata_message,
     results_message,
@@ -177,6 +178,8 @@ class Connection:
             segment_samples(behaviour.result_every_s, audio.sample_rate),
             interim_results=audio.interim_results,
         )
+        utterance_end_s = audio.utterance_end_ms / 1000 if audio.utterance_end_ms else None
+        self._voice = VoiceEvents(audio.result_channels, vad_events=audio.vad_events, utterance_end_s=utterance_end_s)
         self._idle_deadline = trio.current_time() + behaviour.idle_timeout_s
         self._outgoing: trio.MemorySendChannel[_Outgoing] | None = None
         self._scope = trio.CancelScope()
@@ -254,9 +257,9 @@ class Connection:
         if kind == "KeepAlive":
             self._idle_deadline = trio.current_time() + self._behaviour.idle_timeout_s
         elif kind == "Finalize":
-            await self._send_results(self._schedule.flush(self._available(), from_finalize=True))
+            await self._send_results(self._schedule.flush(self._available(), closing=False))
         elif kind == "CloseStream":
-            await self._send_results(self._schedule.flush(self._available(), from_finalize=False))
+            await self._send_results(self._schedule.flush(self._available(), closing=True))
             metadata = metadata_message(
                 request_id=self._session.request_id,
                 sha256=self._sha256.hexdigest(),
@@ -293,17 +296,25 @@ class Connection:
         segment = segment_samples(self._behaviour.result_every_s, rate)
         for result in due:
             transcript = self._behaviour.transcript if lines is None else scripted_transcript(lines, result, segment)
+            start, end = seconds(result.start, rate), seconds(result.end, rate)
             message = results_message(
                 request_id=self._session.request_id,
                 channel=result.channel,
                 channels=self._audio.result_channels,
-                start=seconds(result.start, rate),
-                end=seconds(result.end, rate),
+                start=start,
+                end=end,
                 is_final=result.is_final,
                 from_finalize=result.from_finalize,
                 transcript=transcript,
+                endpointing=self._audio.endpointing,
             )
+            spoken = bool(message["channel"]["alternatives"][0]["words"])
+            for event in self._voice.before(result.channel, start, spoken=spoken):
+                await self._send(compact_json(event))
             await self._send(compact_json(message), is_results=True)
+            if result.is_final:
+                for event in self._voice.after_final(result.channel, end, spoken=spoken):
+                    await self._send(compact_json(event))
 
     # ---- sending ---------------------------------------------------------------------------
 

@@ -74,6 +74,12 @@ class AudioFormat:
     channels: int
     multichannel: bool
     interim_results: bool
+    endpointing: bool = True
+    """Whether finals may be ``speech_final`` (``endpointing=false`` turns it off)."""
+    vad_events: bool = False
+    """``SpeechStarted`` messages."""
+    utterance_end_ms: int | None = None
+    """``UtteranceEnd`` after this long without words (only with interim results)."""
 
     @property
     def bytes_per_sample(self) -> int:
@@ -121,12 +127,17 @@ def audio_format(query: dict[str, str]) -> AudioFormat:
                 + ", ".join(sorted(BYTES_PER_SAMPLE))
                 + ".",
             )
+    interim_results = _flag(query, "interim_results")
+    utterance_end_ms = _positive_int(query, "utterance_end_ms", 0)
     return AudioFormat(
         encoding=encoding,
         sample_rate=_positive_int(query, "sample_rate", 8000),
         channels=_positive_int(query, "channels", 1),
         multichannel=_flag(query, "multichannel"),
-        interim_results=_flag(query, "interim_results"),
+        interim_results=interim_results,
+        endpointing=query.get("endpointing", "").strip().lower() != "false",
+        vad_events=_flag(query, "vad_events"),
+        utterance_end_ms=utterance_end_ms if utterance_end_ms and interim_results else None,
     )
 
 

@@ -4,7 +4,9 @@ Results describe the audio they cover ("audio 1.00 to 2.00") or carry a fixed tr
 spread evenly over the segment. :class:`ResultSchedule` decides which results are due: one final per
 transcribed channel per segment of its audio, each covering only the audio since the previous final;
 with interim results a non-final one about half-way through each segment; finals for whatever is
-pending on a flush (``Finalize``/``CloseStream``).
+pending on a flush (``Finalize``/``CloseStream``), and after ``CloseStream`` an empty one (duration 0)
+for a channel with nothing pending. :class:`VoiceEvents` adds ``SpeechStarted`` and ``UtteranceEnd``
+where the results start and stop saying words.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "MODEL_UUID",
     "DueResult",
     "ResultSchedule",
+    "VoiceEvents",
     "compact_json",
     "metadata_message",
     "results_message",
@@ -77,16 +80,23 @@ def results_message(
     is_final: bool,
     from_finalize: bool = False,
     transcript: str | None = None,
+    endpointing: bool = True,
 ) -> dict[str, Any]:
-    """A ``Results`` message as Deepgram sends it, covering ``[start, end]`` seconds of ``channel``."""
-    text = transcript if transcript is not None else f"audio {start:.2f} to {end:.2f}"
+    """A ``Results`` message as Deepgram sends it, covering ``[start, end]`` seconds of ``channel``.
+
+    ``speech_final`` only on a final that endpointing ended: not on one a flush cut, nor with
+    ``endpointing=false``. A result covering no audio says nothing."""
+    if end <= start:
+        text = ""
+    else:
+        text = transcript if transcript is not None else f"audio {start:.2f} to {end:.2f}"
     return {
         "type": "Results",
         "channel_index": [channel, channels],
         "duration": round(end - start, TIME_DECIMALS),
         "start": start,
         "is_final": is_final,
-        "speech_final": is_final,
+        "speech_final": is_final and endpointing and not from_finalize,
         "from_finalize": from_finalize,
         "channel": {
             "alternatives": [
@@ -182,14 +192,51 @@ class ResultSchedule:
                 self._interim_sent[channel] = True
         return due
 
-    def flush(self, available: Sequence[int], *, from_finalize: bool) -> list[DueResult]:
-        """Finals for every channel's audio not yet covered by one."""
+    def flush(self, available: Sequence[int], *, closing: bool) -> list[DueResult]:
+        """Finals (``from_finalize``) for every channel's audio not yet covered by one; with
+        ``closing`` (``CloseStream``) an empty one for a channel that had audio but has none pending."""
         due: list[DueResult] = []
         for channel, received in enumerate(available):
-            if received > self._reported[channel]:
-                due.append(
-                    DueResult(channel, self._reported[channel], received, is_final=True, from_finalize=from_finalize)
-                )
+            reported = self._reported[channel]
+            if received > reported or (closing and received > 0):
+                due.append(DueResult(channel, reported, received, is_final=True, from_finalize=True))
                 self._reported[channel] = received
                 self._interim_sent[channel] = False
         return due
+
+
+class VoiceEvents:
+    """``SpeechStarted`` (``vad_events=true``) and ``UtteranceEnd`` (``utterance_end_ms``) per transcribed
+    channel, from what its results say: speech starts with the first result with words after silence
+    (or at the start), and an utterance ends with the first final without words that comes
+    ``utterance_end_s`` or more after the last word. Both name their channel ``channel``, not
+    ``channel_index`` as ``Results`` do."""
+
+    def __init__(self, channels: int, *, vad_events: bool, utterance_end_s: float | None) -> None:
+        self._channels = channels
+        self._vad_events = vad_events
+        self._utterance_end_s = utterance_end_s
+        self._speaking = [False] * channels
+        self._last_word_end: list[float | None] = [None] * channels
+        """Per channel: the end of the last word of an utterance not yet ended."""
+
+    def before(self, channel: int, start: float, *, spoken: bool) -> list[dict[str, Any]]:
+        """What to send before a result (interim or final) of ``channel`` that starts at ``start``."""
+        if not spoken or self._speaking[channel]:
+            return []
+        self._speaking[channel] = True
+        if not self._vad_events:
+            return []
+        return [{"type": "SpeechStarted", "channel": [channel, self._channels], "timestamp": start}]
+
+    def after_final(self, channel: int, end: float, *, spoken: bool) -> list[dict[str, Any]]:
+        """What to send after a final of ``channel`` that ends at ``end`` (its last word's end, if ``spoken``)."""
+        if spoken:
+            self._last_word_end[channel] = end
+            return []
+        self._speaking[channel] = False
+        last = self._last_word_end[channel]
+        if self._utterance_end_s is None or last is None or end - last < self._utterance_end_s:
+            return []
+        self._last_word_end[channel] = None
+        return [{"type": "UtteranceEnd", "channel": [channel, self._channels], "last_word_end": last}]
