@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -532,6 +533,71 @@ async def test_cancelling_serve_ends_open_connections(nursery: trio.Nursery) -> 
             await trio.open_tcp_stream("127.0.0.1", fake.port)
 
 
+async def _conversation(fake: FakeDeepgram, query: str, audio: bytes, sizes: list[int]) -> list[dict[str, Any]]:
+    """Send `audio` in messages of `sizes` (cycling), a Finalize half-way, then CloseStream; what came back,
+    with the connection's request id and creation time blanked out."""
+    async with connect(fake, query) as ws:
+        offset, turn = 0, 0
+        while offset < len(audio):
+            size = sizes[turn % len(sizes)]
+            await ws.send_message(audio[offset : offset + size])
+            if offset < len(audio) // 2 <= offset + size:
+                await ws.send_message('{"type":"Finalize"}')
+            offset, turn = offset + size, turn + 1
+        await ws.send_message('{"type":"CloseStream"}')
+        messages, closed = await read_until_closed(ws)
+    assert closed.code == 1000
+    request_id = fake.sessions[-1].request_id
+    return [json.loads(json.dumps(m).replace(request_id, "<id>")) | {"created": None} for m in messages]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        STEREO + "&interim_results=true&vad_events=true&utterance_end_ms=1000",
+        MULAW + "&channels=2&interim_results=true",  # mixed
+        "?encoding=linear16&sample_rate=8000&channels=2&multichannel=true&interim_results=true",
+    ],
+)
+async def test_without_keep_audio_results_are_the_same_and_no_audio_is_kept(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, query: str
+) -> None:
+    audio = os.urandom(2 * 2 * 8000 * 3 + 5)  # 3 s of stereo linear16 (6 s of mu-law), an odd tail
+    sizes = [1, 3, 1600, 999, 4000, 5]
+    behaviour = FakeDeepgramBehaviour(result_every_s=0.5, lines=(("one", "", "two"), ("", "three")))
+    keeping = FakeDeepgram(behaviour)
+    counting = FakeDeepgram(dataclasses.replace(behaviour), keep_audio=False)
+    with trio.fail_after(60):
+        for fake in (keeping, counting):
+            await nursery.start(fake.serve)
+        kept = await _conversation(keeping, query, audio, sizes)
+        counted = await _conversation(counting, query, audio, sizes)
+    assert len(kept) > 20
+    assert counted == kept
+    (full,), (light,) = keeping.sessions, counting.sessions
+    assert light.audio_by_channel == [bytearray(), bytearray()]
+    width = len(full.audio_by_channel[0]) // full.samples_by_channel[0]
+    assert light.samples_by_channel == full.samples_by_channel == [len(c) // width for c in full.audio_by_channel]
+    assert light.message_sizes == full.message_sizes
+
+
+async def test_keep_sessions_keeps_the_last_ones_and_counts_every_one(nursery: trio.Nursery) -> None:
+    fake = FakeDeepgram(keep_sessions=2)
+    with trio.fail_after(TIMEOUT):
+        await nursery.start(fake.serve)
+        for number in range(5):
+            async with connect(fake, MULAW + f"&number={number}") as ws:
+                await ws.send_message(b"\xff" * CHUNK)
+                await ws.send_message('{"type":"CloseStream"}')
+                await read_until_closed(ws)
+        sessions = await fake.wait_for_sessions(5)
+    assert fake.accepted == 5
+    assert sessions is fake.sessions
+    assert [session.query["number"] for session in sessions] == ["3", "4"]
+    with pytest.raises(ValueError, match="keep_sessions"):
+        FakeDeepgram(keep_sessions=-1)
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 
@@ -559,6 +625,17 @@ def test_cli_arguments_build_behaviour(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(SystemExit):
         parser.parse_args(["--reject-status", "200"])
+
+
+def test_cli_fake_keeps_no_audio_and_few_sessions() -> None:
+    # It runs until Ctrl-C: what it keeps must not grow with the calls it has served.
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--api-key", "k", "--result-every", "0.5"])
+    fake = fake_deepgram.fake_from_args(args)
+    assert fake.behaviour == behaviour_from_args(args)
+    assert fake.keep_audio is False
+    assert fake.keep_sessions is not None and 0 < fake.keep_sessions <= 100
 
 
 def test_cli_port_in_use_returns_1(capsys: pytest.CaptureFixture[str]) -> None:

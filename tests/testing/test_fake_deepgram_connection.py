@@ -15,15 +15,20 @@ from callscribe.testing.fake_deepgram_connection import Deinterleaver
     bytes_per_sample=st.integers(1, 2),
     data=st.binary(max_size=200),
     cuts=st.lists(st.integers(0, 200), max_size=8),
+    keep=st.booleans(),
 )
-def test_deinterleaver_matches_reference(channels: int, bytes_per_sample: int, data: bytes, cuts: list[int]) -> None:
+def test_deinterleaver_matches_reference(
+    channels: int, bytes_per_sample: int, data: bytes, cuts: list[int], keep: bool
+) -> None:
     outputs = [bytearray() for _ in range(channels)]
-    splitter = Deinterleaver(outputs, bytes_per_sample)
+    splitter = Deinterleaver(outputs, bytes_per_sample, keep=keep)
     previous = 0
     for cut in [*sorted(min(c, len(data)) for c in cuts), len(data)]:
         splitter.feed(data[previous:cut])
         previous = cut
     whole = len(data) // bytes_per_sample
     samples = [data[i * bytes_per_sample : (i + 1) * bytes_per_sample] for i in range(whole)]
-    assert [bytes(o) for o in outputs] == [b"".join(samples[c::channels]) for c in range(channels)]
+    expected = [b"".join(samples[c::channels]) for c in range(channels)]
+    assert [bytes(o) for o in outputs] == (expected if keep else [b""] * channels)
+    assert splitter.samples_by_channel == [len(e) // bytes_per_sample for e in expected]
     assert splitter.samples == whole

@@ -43,7 +43,15 @@ from callscribe.testing.call_runner import run_call
 from callscribe.testing.fake_aura import FakeAura, FakeAuraBehaviour
 from callscribe.testing.fake_deepgram import FakeDeepgram, FakeDeepgramBehaviour
 
-__all__ = ["CONVERSATION", "DEMO_NUMBER", "add_cli_arguments", "game_script", "run_demo", "run_from_cli"]
+__all__ = [
+    "CONVERSATION",
+    "DEMO_NUMBER",
+    "add_cli_arguments",
+    "fake_deepgram",
+    "game_script",
+    "run_demo",
+    "run_from_cli",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,12 @@ def game_script(code: str) -> tuple[tuple[str, ...], ...]:
     return ((f"Hi! My code is {code}.", "", "", "", "Thanks, bye!", ""),)
 
 
+def fake_deepgram() -> FakeDeepgram:
+    """The demo's fake Deepgram: it says `CONVERSATION`, and keeps no audio and only the last sessions
+    (the demo runs until Ctrl-C)."""
+    return FakeDeepgram.for_long_runs(FakeDeepgramBehaviour(api_key=API_KEY, result_every_s=LINE_S, lines=CONVERSATION))
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--game", action="store_true", help="patch each call into a demo game that talks back")
     parser.add_argument(
@@ -142,8 +156,7 @@ async def run_demo(
 ) -> None:
     """The whole demo: calls for `duration_s` once it is up (None: until SIGINT/SIGTERM, which the
     server catches: the live call is finished and the demo ends)."""
-    behaviour = FakeDeepgramBehaviour(api_key=API_KEY, result_every_s=LINE_S, lines=CONVERSATION)
-    fake = FakeDeepgram(behaviour)
+    fake = fake_deepgram()
     aura = FakeAura(FakeAuraBehaviour(api_key=API_KEY))
     stop = trio.Event()
     with tempfile.TemporaryDirectory(prefix="callscribe-demo-") as folder:

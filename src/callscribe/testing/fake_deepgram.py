@@ -42,7 +42,9 @@ Not reproduced: speech recognition, endpointing (finals come at fixed intervals)
 compressed encodings (rejected with 400), the 1.25x real-time rate limit.
 
 Every accepted connection is recorded as a :class:`FakeDeepgramSession` (audio per channel,
-message sizes, control messages, close code) for tests to inspect. A failure while handling one
+message sizes, control messages, close code) for tests to inspect; a fake that runs for long (the
+``callscribe fake-deepgram`` command, ``callscribe demo``) keeps no audio and only its last sessions
+(:meth:`FakeDeepgram.for_long_runs`). A failure while handling one
 connection is logged and ends only that connection (``1011 NET-0000``); the server carries on.
 
 This module holds the server (:class:`FakeDeepgram`) and the ``callscribe fake-deepgram`` command;
@@ -89,6 +91,7 @@ __all__ = [
     "FakeDeepgramSession",
     "add_cli_arguments",
     "behaviour_from_args",
+    "fake_from_args",
     "results_message",
     "run_from_cli",
 ]
@@ -102,6 +105,8 @@ LISTEN_PATH: Final = "/v1/listen"
 
 #: Seconds a client gets to finish its opening handshake.
 _HANDSHAKE_TIMEOUT: Final = 10.0
+#: Sessions kept by a fake that runs for long (:meth:`FakeDeepgram.for_long_runs`).
+LONG_RUN_SESSIONS: Final = 100
 
 
 class FakeDeepgram:
@@ -109,6 +114,11 @@ class FakeDeepgram:
 
     ``behaviour`` may be changed between connections; each connection uses the behaviour as it
     was when its handshake arrived.
+
+    By default every session is kept in :attr:`sessions` with all its audio, for tests to compare.
+    ``keep_audio=False``: sessions count their samples (``samples_by_channel``) but keep no audio
+    (``audio_by_channel`` stays empty); results are the same. ``keep_sessions=N``: only the last N
+    sessions stay in :attr:`sessions` (:attr:`accepted` counts them all).
     """
 
     def __init__(
@@ -117,19 +127,32 @@ class FakeDeepgram:
         *,
         on_audio: Callable[[FakeDeepgramSession, bytes], None] | None = None,
         on_send: Callable[[FakeDeepgramSession, str], None] | None = None,
+        keep_audio: bool = True,
+        keep_sessions: int | None = None,
     ) -> None:
         """``on_audio(session, data)`` and ``on_send(session, text)`` are optional instrumentation
         hooks (used by ``callscribe bench``): the first is called as each binary (audio) message
         arrives, before it is handled; the second just before each text message is written to the
         socket. They run on the fake's own tasks, so they must be quick and must not raise."""
+        if keep_sessions is not None and keep_sessions < 0:
+            raise ValueError(f"keep_sessions must be None or >= 0, not {keep_sessions}")
         self.behaviour = behaviour if behaviour is not None else FakeDeepgramBehaviour()
         self._hooks = Hooks(on_audio, on_send)
+        self.keep_audio = keep_audio
+        self.keep_sessions = keep_sessions
         self.sessions: list[FakeDeepgramSession] = []
+        self.accepted = 0
+        """Connections accepted so far, whether their sessions are still kept or not."""
         self.rejected = 0
         self.port = 0
         self._url_host = DEFAULT_HOST
         self._scheme = "ws"
         self._sessions_changed = trio.Event()
+
+    @classmethod
+    def for_long_runs(cls, behaviour: FakeDeepgramBehaviour) -> FakeDeepgram:
+        """A fake whose memory does not grow with the calls it serves: no audio, the last sessions."""
+        return cls(behaviour, keep_audio=False, keep_sessions=LONG_RUN_SESSIONS)
 
     @property
     def url(self) -> str:
@@ -171,13 +194,17 @@ class FakeDeepgram:
             task_status.started(self.port)
 
     async def wait_for_sessions(self, count: int) -> list[FakeDeepgramSession]:
-        """Wait until at least ``count`` connections were accepted; returns :attr:`sessions`."""
-        while len(self.sessions) < count:
+        """Wait until at least ``count`` connections were accepted (:attr:`accepted`, not only the
+        kept sessions); returns :attr:`sessions`."""
+        while self.accepted < count:
             await self._sessions_changed.wait()
         return self.sessions
 
     def _add_session(self, session: FakeDeepgramSession) -> None:
+        self.accepted += 1
         self.sessions.append(session)
+        if self.keep_sessions is not None:
+            del self.sessions[: max(0, len(self.sessions) - self.keep_sessions)]
         self._sessions_changed.set()
         self._sessions_changed = trio.Event()
 
@@ -221,7 +248,7 @@ class FakeDeepgram:
         self._add_session(session)
         logger.info("fake Deepgram %s: connection accepted for %s", request_id, request.path)
         try:
-            await Connection(ws, session, behaviour, audio, self._hooks).run()
+            await Connection(ws, session, behaviour, audio, self._hooks, keep_audio=self.keep_audio).run()
         except Exception:
             logger.exception("fake Deepgram %s: connection failed; closing it with 1011 NET-0000", request_id)
             if session.close_code is None:
@@ -313,13 +340,18 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeDeepgramBehaviour:
     return FakeDeepgramBehaviour(api_key=args.api_key, **fields)
 
 
+def fake_from_args(args: argparse.Namespace) -> FakeDeepgram:
+    """The fake the command runs: as the options ask, keeping no audio and only the last sessions."""
+    return FakeDeepgram.for_long_runs(behaviour_from_args(args))
+
+
 def run_from_cli(args: argparse.Namespace, *, announce: Callable[[str], None] | None = None) -> int:
     """Run the fake until Ctrl-C; prints ``fake Deepgram listening on ws://...`` once listening
     (and where the fake Aura listens, unless ``--no-speak``).
 
     Returns 0 after Ctrl-C, 1 if the address cannot be bound.
     """
-    fake = FakeDeepgram(behaviour_from_args(args))
+    fake = fake_from_args(args)
     say = announce if announce is not None else (lambda line: print(line, flush=True))
 
     binding = args.port

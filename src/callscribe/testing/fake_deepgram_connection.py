@@ -78,7 +78,10 @@ class FakeDeepgramSession:
     """Query parameters (the last value wins)."""
     channels: int
     audio_by_channel: list[bytearray]
-    """Audio received, de-interleaved: with 8-bit encodings byte ``i`` is channel ``i % channels``."""
+    """Audio received, de-interleaved: with 8-bit encodings byte ``i`` is channel ``i % channels``.
+    Empty bytearrays if the fake was made with ``keep_audio=False``."""
+    samples_by_channel: list[int] = field(default_factory=list)
+    """Samples received per channel (kept with or without ``keep_audio``)."""
     message_sizes: list[int] = field(default_factory=list)
     """Length of every binary message in arrival order (0 for an empty one)."""
     control: list[str] = field(default_factory=list)
@@ -108,16 +111,20 @@ class Deinterleaver:
 
     Samples are ``bytes_per_sample`` wide and rotate through the channels; a sample split across
     two messages is carried over, so the per-channel output is exact however the stream is chunked.
+    With ``keep=False`` the samples are only counted: ``outputs`` (one per channel) stay as they are.
     """
 
-    def __init__(self, outputs: list[bytearray], bytes_per_sample: int) -> None:
+    def __init__(self, outputs: list[bytearray], bytes_per_sample: int, *, keep: bool = True) -> None:
         self._outputs = outputs
         self._channels = len(outputs)
         self._bps = bytes_per_sample
+        self._keep = keep
         self._carry = b""
         self._next_channel = 0
         self.samples = 0
         """Complete samples so far, all channels together."""
+        self.samples_by_channel = [0] * self._channels
+        """Complete samples so far per channel."""
 
     def feed(self, data: bytes) -> None:
         if self._carry:
@@ -132,6 +139,9 @@ class Deinterleaver:
         for channel in range(channels):
             first = (channel - self._next_channel) % channels
             if first >= count:
+                continue
+            self.samples_by_channel[channel] += (count - first + channels - 1) // channels
+            if not self._keep:
                 continue
             if bps == 1:
                 self._outputs[channel] += data[first:usable:channels]
@@ -164,13 +174,17 @@ class Connection:
         behaviour: FakeDeepgramBehaviour,
         audio: AudioFormat,
         hooks: Hooks | None = None,
+        *,
+        keep_audio: bool = True,
     ) -> None:
+        """``keep_audio=False``: count the session's samples without storing its audio."""
         self._ws = ws
         self._hooks = hooks if hooks is not None else Hooks()
         self._session = session
         self._behaviour = behaviour
         self._audio = audio
-        self._deinterleaver = Deinterleaver(session.audio_by_channel, audio.bytes_per_sample)
+        self._deinterleaver = Deinterleaver(session.audio_by_channel, audio.bytes_per_sample, keep=keep_audio)
+        session.samples_by_channel = self._deinterleaver.samples_by_channel  # the same list, kept up to date
         self._sha256 = hashlib.sha256()
         self._created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._schedule = ResultSchedule(
@@ -284,7 +298,7 @@ class Connection:
         """Samples received per transcribed channel (per channel when mixed)."""
         audio = self._audio
         if audio.multichannel:
-            return [len(channel) // audio.bytes_per_sample for channel in self._session.audio_by_channel]
+            return list(self._deinterleaver.samples_by_channel)
         return [self._deinterleaver.samples // audio.channels]
 
     def _audio_seconds(self) -> float:
