@@ -432,6 +432,8 @@ async def test_postgresql_stopped_mid_call_harms_no_call_and_writes_land_when_it
                 await trio.to_thread.run_sync(postgres_cluster.stop)
                 down = await http.get(base + "/api/calls", timeout=15)
                 assert down.status_code == 503 and down.headers["retry-after"] == "5"
+                # The database's own words (its host, port, user) stay in the server's log.
+                assert down.json()["error"] == "the call store cannot answer now; try again later"
             (session,) = deepgram.sessions
             assert bytes(session.audio_by_channel[0]) == spec.inbound  # the call went on untouched
             assert finals_of(subscriber) == deepgram.finals and subscriber.close_code == 1000

@@ -150,7 +150,7 @@ class CallsApi:
 
     def _unavailable(self, failure: StoreUnavailable) -> Response:
         log.warning("API request answered 503: the store cannot answer: %s", failure)
-        return error(503, f"the call store cannot answer now: {failure}")
+        return error(503, "the call store cannot answer now; try again later")  # (its words are logged)
 
 
 def add_routes(app: Quart, api: CallsApi) -> None:
