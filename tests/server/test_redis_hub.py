@@ -521,6 +521,7 @@ async def test_when_the_first_subscriber_leaves_while_subscribing_the_next_one_s
     is under way: the one waiting for it subscribes itself and gets the call's messages."""
     async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
         await streaming.register_call("CA1")
+        await streaming.written()  # the registration reaches Redis before another process looks
         subscribe = hub._listener.subscribe
         hanging = trio.Event()
 
@@ -565,6 +566,7 @@ async def test_a_pubsub_connection_closing_under_an_unsubscribe_is_not_an_error(
     the last subscriber of a call leaving then must not fail (the reconnection subscribes afresh)."""
     async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
         await streaming.register_call("CA1")
+        await streaming.written()  # the registration reaches Redis before another process looks
         async with hub.subscribe("CA1"):
             pubsub = hub._listener._pubsub
             assert pubsub is not None
@@ -581,6 +583,7 @@ async def test_a_pubsub_connection_closing_under_a_subscribe_is_redis_unavailabl
 ) -> None:
     async with running_hub(redis_server.url) as streaming, running_hub(redis_server.url) as hub:
         await streaming.register_call("CA1")
+        await streaming.written()  # the registration reaches Redis before another process looks
         pubsub = hub._listener._pubsub
         assert pubsub is not None
 
